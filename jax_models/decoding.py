@@ -1,0 +1,301 @@
+"""Whisper decoding on EasyDeL: one jitted loop per (batch, prefix) shape, plus the host-side rules.
+
+The loop follows openai/whisper ``decoding.py``: the logit filters ``SuppressBlank``,
+``SuppressTokens`` and ``ApplyTimestampRules`` run inside the loop, greedy or sampled at a
+per-row temperature (a traced value, so one compilation serves every temperature), and each
+row stops at its own end-of-text while the batch continues. Prefixes of different lengths
+(prompts) are left-padded to a fixed bucket with an attention mask, so one compilation serves
+every prompt up to the bucket's length.
+
+Host-side: temperature fallback criteria (compression ratio > 2.4 or avg log-prob < -1.0,
+openai/whisper ``transcribe.py``), and timestamp tokens → segments.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from server.audio import TIME_PRECISION
+
+NEG_INF = -jnp.inf
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Token ids Whisper's decoding needs, read from the tokenizer and generation config."""
+
+    eot: int
+    sot: int
+    sot_prev: int
+    no_speech: int
+    no_timestamps: int
+    timestamp_begin: int
+    transcribe: int
+    translate: int
+    lang_to_id: dict[str, int] = field(hash=False, compare=False)
+    blank: tuple[int, ...] = ()
+    suppress: tuple[int, ...] = ()
+    multilingual: bool = True
+
+    @classmethod
+    def from_pretrained(cls, tokenizer, generation_config) -> "SpecialTokens":
+        """Build from a Hugging Face ``WhisperTokenizer(Fast)`` and ``GenerationConfig``.
+
+        Raises:
+            ValueError: the tokenizer lacks Whisper's special tokens.
+        """
+        def tid(tok: str) -> int:
+            i = tokenizer.convert_tokens_to_ids(tok)
+            if i is None or tokenizer.convert_ids_to_tokens(int(i)) != tok:
+                raise ValueError(f"tokenizer has no special token {tok}")
+            return int(i)
+
+        no_ts = int(generation_config.no_timestamps_token_id)
+        lang_to_id = {k.strip("<|>"): int(v) for k, v in (generation_config.lang_to_id or {}).items()}
+        try:
+            no_speech = tid("<|nospeech|>")
+        except ValueError:
+            no_speech = tid("<|nocaptions|>")
+        suppress = tuple(int(t) for t in (generation_config.suppress_tokens or []) if int(t) >= 0)
+        blank = tuple(tokenizer.encode(" ", add_special_tokens=False))
+        return cls(
+            eot=tid("<|endoftext|>"),
+            sot=tid("<|startoftranscript|>"),
+            sot_prev=tid("<|startofprev|>"),
+            no_speech=no_speech,
+            no_timestamps=no_ts,
+            timestamp_begin=no_ts + 1,
+            transcribe=tid("<|transcribe|>"),
+            translate=tid("<|translate|>"),
+            lang_to_id=lang_to_id,
+            blank=blank,
+            suppress=suppress,
+            multilingual=bool(lang_to_id),
+        )
+
+    def task_tokens(self, language: str | None, task: str) -> list[int]:
+        """``[<|startoftranscript|>, <|lang|>, <|task|>]`` (just SOT for English-only models)."""
+        if not self.multilingual:
+            return [self.sot]
+        lang = self.lang_to_id[language or "en"]
+        return [self.sot, lang, self.translate if task == "translate" else self.transcribe]
+
+
+class DecodeResult(NamedTuple):
+    """Device outputs of one batch: ``tokens`` int32 ``(B, max_new)`` (end-of-text padded),
+    ``sum_logprob`` float32 ``(B,)``, ``n_tokens`` int32 ``(B,)`` (text+timestamps, EOT
+    excluded), ``no_speech_prob`` float32 ``(B,)``."""
+
+    tokens: jax.Array
+    sum_logprob: jax.Array
+    n_tokens: jax.Array
+    no_speech_prob: jax.Array
+
+
+def apply_logit_filters(
+    logits: jax.Array, generated: jax.Array, step: jax.Array, ids: SpecialTokens, suppress_mask: jax.Array,
+    max_initial_timestamp_index: int = 50,
+) -> jax.Array:
+    """openai/whisper's SuppressBlank, SuppressTokens and ApplyTimestampRules, batched.
+
+    Args:
+        logits: float32 ``(B, V)`` next-token logits.
+        generated: int32 ``(B, M)`` tokens sampled so far (valid where index < ``step``).
+        step: int32 scalar, number of tokens sampled so far.
+        suppress_mask: bool ``(V,)``, True for always-suppressed tokens.
+        max_initial_timestamp_index: the first timestamp may be at most this × 0.02 s (1.0 s).
+
+    Returns:
+        float32 ``(B, V)`` with forbidden tokens set to ``-inf``.
+    """
+    B, V = logits.shape
+    idx = jnp.arange(V)
+    tsb = ids.timestamp_begin
+    first = step == 0
+    logits = jnp.where(suppress_mask[None, :], NEG_INF, logits)
+    blank = jnp.zeros((V,), bool).at[jnp.array(list(ids.blank) + [ids.eot])].set(True)
+    logits = jnp.where(first & blank[None, :], NEG_INF, logits)
+    logits = logits.at[:, ids.no_timestamps].set(NEG_INF)
+
+    M = generated.shape[1]
+    pos = jnp.arange(M)
+    last = jnp.take_along_axis(generated, jnp.clip(step - 1, 0, M - 1)[None, None].repeat(B, 0), 1)[:, 0]
+    pen = jnp.take_along_axis(generated, jnp.clip(step - 2, 0, M - 1)[None, None].repeat(B, 0), 1)[:, 0]
+    last_was_ts = (step >= 1) & (last >= tsb)
+    pen_was_ts = (step < 2) | (pen >= tsb)
+    is_ts_vocab = idx >= tsb
+    is_text_vocab = idx < ids.eot
+    logits = jnp.where((last_was_ts & pen_was_ts)[:, None] & is_ts_vocab[None, :], NEG_INF, logits)
+    logits = jnp.where((last_was_ts & ~pen_was_ts)[:, None] & is_text_vocab[None, :], NEG_INF, logits)
+
+    valid_ts = (pos[None, :] < step) & (generated >= tsb)
+    last_ts = jnp.max(jnp.where(valid_ts, generated, -1), axis=1)
+    threshold = jnp.where(last_was_ts & ~pen_was_ts, last_ts, last_ts + 1)
+    monotonic = (last_ts >= 0)[:, None] & is_ts_vocab[None, :] & (idx[None, :] < threshold[:, None])
+    logits = jnp.where(monotonic, NEG_INF, logits)
+
+    first_mask = (idx < tsb) | (idx > tsb + max_initial_timestamp_index)
+    logits = jnp.where(first & first_mask[None, :], NEG_INF, logits)
+
+    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    ts_logprob = jax.nn.logsumexp(jnp.where(is_ts_vocab[None, :], logprobs, NEG_INF), axis=-1)
+    max_text = jnp.max(jnp.where(is_ts_vocab[None, :], NEG_INF, logprobs), axis=-1)
+    force_ts = ts_logprob > max_text
+    return jnp.where(force_ts[:, None] & (idx < tsb)[None, :], NEG_INF, logits)
+
+
+class LoopState(NamedTuple):
+    step: jax.Array
+    tokens: jax.Array
+    logits: jax.Array
+    sum_logprob: jax.Array
+    finished: jax.Array
+    key: jax.Array
+    kwargs: dict
+
+
+def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: int):
+    """Build jitted ``encode`` and ``decode`` functions for an EasyDeL Whisper model.
+
+    Returns ``(graphstate, encode, decode)`` where
+
+    - ``encode(graphstate, mel)``: mel float32 ``(B, n_mels, 3000)`` → encoder states
+      ``(B, 1500, d_model)``;
+    - ``decode(graphstate, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask)``:
+      prefix int32 ``(B, P)`` left-padded, prefix_mask bool ``(B, P)``, sot_index int32 ``(B,)``
+      (position of ``<|startoftranscript|>`` in the prefix), temperature float32 ``(B,)`` (0 =
+      greedy), keys uint32 ``(B, 2)`` one PRNG key per row (so a row's samples do not depend on
+      its batch-mates) → ``DecodeResult``;
+    - ``detect_language(graphstate, enc)`` → float32 ``(B, V)`` log-probabilities of the first
+      token after ``<|startoftranscript|>``.
+
+    Each distinct ``(B, P)`` shape compiles once.
+    """
+    from flax import nnx
+
+    graphdef, graphstate = nnx.split(model)
+
+    @jax.jit
+    def encode(state, mel):
+        m = nnx.merge(graphdef, state)
+        with m.mesh:
+            return m.encode(mel)[0]
+
+    @jax.jit
+    def detect_language(state, enc):
+        m = nnx.merge(graphdef, state)
+        with m.mesh:
+            sot = jnp.full((enc.shape[0], 1), ids.sot, jnp.int32)
+            logits = m.decode(sot, (enc,)).logits[:, -1].astype(jnp.float32)
+        return jax.nn.log_softmax(logits, axis=-1)
+
+    @jax.jit
+    def decode(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask):
+        m = nnx.merge(graphdef, state)
+        B, P = prefix.shape
+        with m.mesh:
+            kwargs = m.prepare_inputs_for_generation(
+                prefix, max_length=P + max_new_tokens, pad_token_id=pad_token_id,
+                encoder_outputs=(enc,), decoder_attention_mask=prefix_mask,
+            )
+            out = m._call_generation_model_step(m.decode, prefix, dict(kwargs))
+            kwargs = m.update_inputs_for_generation(out, kwargs)
+            prefill = out.logits.astype(jnp.float32)
+            sot_logits = jnp.take_along_axis(prefill, sot_index[:, None, None], axis=1)[:, 0]
+            no_speech = jax.nn.softmax(sot_logits, axis=-1)[:, ids.no_speech]
+
+            def cond(s: LoopState):
+                return (s.step < max_new_tokens) & ~jnp.all(s.finished)
+
+            def body(s: LoopState):
+                logits = apply_logit_filters(s.logits, s.tokens, s.step, ids, suppress_mask)
+                logprobs = jax.nn.log_softmax(logits, axis=-1)
+                step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.key, s.step)
+                t = jnp.maximum(temperature, 1e-6)[:, None]
+                sampled = jax.vmap(jax.random.categorical)(step_keys, logits / t)
+                nxt = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+                nxt = jnp.where(s.finished, ids.eot, nxt)
+                chosen = jnp.take_along_axis(logprobs, nxt[:, None], axis=1)[:, 0]
+                sum_lp = s.sum_logprob + jnp.where(s.finished, 0.0, chosen)
+                finished = s.finished | (nxt == ids.eot)
+                tokens = jax.lax.dynamic_update_slice(s.tokens, nxt[:, None], (0, s.step))
+                o = m._call_generation_model_step(m.decode, nxt[:, None], dict(s.kwargs))
+                kw = m.update_inputs_for_generation(o, s.kwargs)
+                return LoopState(s.step + 1, tokens, o.logits[:, -1].astype(jnp.float32), sum_lp, finished, s.key, kw)
+
+            init = LoopState(
+                step=jnp.array(0, jnp.int32),
+                tokens=jnp.full((B, max_new_tokens), ids.eot, jnp.int32),
+                logits=prefill[:, -1],
+                sum_logprob=jnp.zeros((B,), jnp.float32),
+                finished=jnp.zeros((B,), bool),
+                key=keys,
+                kwargs=kwargs,
+            )
+            final = jax.lax.while_loop(cond, body, init)
+        n_tokens = jnp.argmax(final.tokens == ids.eot, axis=1)
+        n_tokens = jnp.where(jnp.any(final.tokens == ids.eot, axis=1), n_tokens, max_new_tokens)
+        return DecodeResult(final.tokens, final.sum_logprob, n_tokens.astype(jnp.int32), no_speech)
+
+    return graphstate, encode, decode, detect_language
+
+
+def compression_ratio(text: str) -> float:
+    """gzip compression ratio of ``text`` (openai/whisper ``utils.compression_ratio``)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+@dataclass(frozen=True)
+class RawSegment:
+    """A segment of one window: times in seconds from the window's start, its tokens."""
+
+    start: float
+    end: float
+    tokens: tuple[int, ...]
+
+
+def split_segments(tokens: list[int], timestamp_begin: int, window_s: float) -> list[RawSegment]:
+    """Cut one window's sampled tokens (EOT excluded) into segments at timestamp pairs.
+
+    Follows openai/whisper ``transcribe.py``: consecutive timestamp tokens close one segment
+    and open the next; a window with no pair is one segment up to its last timestamp (or the
+    window's end); text after the last pair, never closed, runs to the window's end.
+    Times are clamped to ``[0, window_s]``.
+    """
+    def t(tok: int) -> float:
+        return min((tok - timestamp_begin) * TIME_PRECISION, window_s)
+
+    is_ts = [tok >= timestamp_begin for tok in tokens]
+    cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
+    if not cuts:
+        text = tuple(tok for tok in tokens if tok < timestamp_begin)
+        stamps = [tok for tok in tokens if tok >= timestamp_begin]
+        start = t(stamps[0]) if stamps else 0.0
+        end = t(stamps[-1]) if len(stamps) > 1 else window_s
+        return [RawSegment(start, max(end, start), text)] if text else []
+    if len(tokens) >= 2 and not is_ts[-2] and is_ts[-1]:
+        cuts.append(len(tokens))
+    out: list[RawSegment] = []
+    last = 0
+    for cut in cuts:
+        piece = tokens[last:cut]
+        text = tuple(tok for tok in piece if tok < timestamp_begin)
+        if text and piece[0] >= timestamp_begin:
+            end_tok = piece[-1] if piece[-1] >= timestamp_begin else None
+            start = t(piece[0])
+            end = t(end_tok) if end_tok is not None else window_s
+            out.append(RawSegment(start, max(start, end), text))
+        last = cut
+    rest = tokens[last:]
+    text = tuple(tok for tok in rest if tok < timestamp_begin)
+    if text:
+        start = t(rest[0]) if rest[0] >= timestamp_begin else (out[-1].end if out else 0.0)
+        out.append(RawSegment(start, window_s, text))
+    return out

@@ -1,0 +1,422 @@
+"""The Whisper engine: EasyDeL model, dtype/quantization, warm-up, and a batch scheduler.
+
+One scheduler thread owns the device. Requests (any number of threads) split their audio into
+30 s windows and submit them; the scheduler gathers windows from every in-flight request into
+fixed-shape batches (batch buckets × prefix buckets, compiled at warm-up as whisper-jax does),
+so throughput grows with concurrency and no request compiles anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import zlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jax_models.decoding import SpecialTokens, compression_ratio, make_decoder, split_segments
+from jax_models.features import LogMel
+from jax_models.longform import plan_windows
+from server.audio import SAMPLE_RATE, duration_s
+from server.transcript import Segment, Transcript
+
+log = logging.getLogger("chorus.engine")
+
+PREFIX_BUCKETS = (8, 224)
+"""Decoder prefix lengths compiled: task tokens alone, and task tokens after a prompt."""
+MAX_PROMPT_TOKENS = PREFIX_BUCKETS[-1] - 8
+QUANTIZATION_PATTERN = r"^(?!.*(?:embedding|norm|lm_head|proj_out|embed_positions)).*$"
+"""EasyDeL's default pattern also quantizes Whisper's output projection, whose 51865 rows do not
+divide into quantization groups (easydel 0.3.0); keep it and the embeddings in full precision."""
+
+
+class EngineError(RuntimeError):
+    """The engine failed to load or run a model."""
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """Per-request decoding options (openai/whisper ``DecodingOptions`` + ``transcribe`` args).
+
+    ``temperature`` 0 means greedy with fallback through 0.2 … 1.0 when a window's
+    ``compression_ratio`` > 2.4 or ``avg_logprob`` < -1.0; a positive value samples at that
+    temperature only. A window with ``no_speech_prob`` > 0.6 and a low ``avg_logprob`` is silent.
+    """
+
+    task: str = "transcribe"
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    compression_ratio_threshold: float = 2.4
+    logprob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+
+    def temperatures(self) -> tuple[float, ...]:
+        if self.temperature > 0:
+            return (self.temperature,)
+        return (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` for an unknown task or a temperature outside [0, 1]."""
+        if self.task not in ("transcribe", "translate"):
+            raise ValueError(f"unknown task {self.task!r}")
+        if not 0.0 <= self.temperature <= 1.0:
+            raise ValueError("temperature must be within [0, 1]")
+
+
+@dataclass
+class _Job:
+    kind: str  # "decode" | "detect"
+    features: np.ndarray  # (n_mels, 3000) float32
+    prefix: list[int]
+    temperature: float
+    future: Future
+    submitted: float = field(default_factory=time.monotonic)
+
+    @property
+    def seed(self) -> int:
+        """Sampling seed from the window's content and temperature: the same audio gives the same
+        transcript whatever else is in the batch (requests are reproducible)."""
+        return zlib.crc32(self.features.tobytes() + repr(self.temperature).encode()) & 0x7FFFFFFF
+
+    @property
+    def bucket(self) -> int:
+        return next(p for p in PREFIX_BUCKETS if len(self.prefix) <= p)
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """Host-side result of one decoded window."""
+
+    tokens: list[int]
+    avg_logprob: float
+    no_speech_prob: float
+    temperature: float
+
+
+class WhisperEngine:
+    """EasyDeL Whisper with batched, fixed-shape encode/decode.
+
+    Args:
+        model_path: a local Hugging Face Whisper directory or a hub id (see
+            ``jax_models.ct2_import.resolve_model`` for ``base``/``small``/CT2 directories).
+        dtype: ``float32``, ``bfloat16`` or ``float16`` (activations and weights).
+        quantization: ``none``, or EasyDeL's ``int8``, ``nf4``, ``affine4``, ``mxfp8`` on the
+            linear layers (embeddings, norms and the output projection stay in ``dtype``).
+        batch_size: the largest batch of windows; buckets ``1`` and ``batch_size`` are compiled.
+        max_new_tokens: sampled tokens per window (Whisper's limit is 224).
+
+    Raises:
+        EngineError: the model could not be loaded.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        quantization: str = "none",
+        batch_size: int = 4,
+        max_new_tokens: int = 224,
+    ) -> None:
+        import jax.numpy as jnp
+        from transformers import AutoTokenizer, GenerationConfig, WhisperFeatureExtractor
+
+        self.model_path = model_path
+        self.dtype = dtype
+        self.quantization = quantization
+        self.max_new_tokens = max_new_tokens
+        self.batch_buckets = tuple(sorted({1, batch_size}))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+            self.generation_config = GenerationConfig.from_pretrained(model_path)
+            fe = WhisperFeatureExtractor.from_pretrained(model_path)
+        except Exception as exc:
+            raise EngineError(f"could not load tokenizer/config from {model_path!r}: {exc}") from exc
+        self.log_mel = LogMel(np.asarray(fe.mel_filters, dtype=np.float32).T)
+        self.ids = SpecialTokens.from_pretrained(self.tokenizer, self.generation_config)
+        jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[dtype]
+        self.model = self._load(model_path, jdtype, quantization)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.ids.eot
+        self.pad_token_id = int(pad)
+        self._state, self._encode, self._decode, self._detect = make_decoder(
+            self.model, self.ids, max_new_tokens, self.pad_token_id
+        )
+        vocab = int(self.model.config.vocab_size)
+        mask = np.zeros((vocab,), bool)
+        mask[[t for t in self.ids.suppress if t < vocab]] = True
+        self._suppress = jnp.asarray(mask)
+        self._queue: deque[_Job] = deque()
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="chorus-whisper-scheduler", daemon=True)
+        self._thread.start()
+        self.batches_run = 0
+
+    @staticmethod
+    def _load(model_path: str, jdtype, quantization: str):
+        import easydel as ed
+
+        kwargs = {}
+        if quantization != "none":
+            from easydel.layers.quantization import QuantizationConfig
+
+            qtype = {"int8": "int8", "nf4": "nf4", "affine4": "affine", "mxfp8": "mxfp8"}[quantization]
+            qkw = {"bits": 4} if quantization == "affine4" else {}
+            kwargs = dict(
+                quantization_config=QuantizationConfig(dtype=qtype, pattern=QUANTIZATION_PATTERN, **qkw),
+                apply_quantization=True,
+            )
+        try:
+            return ed.AutoEasyDeLModelForSpeechSeq2Seq.from_pretrained(
+                model_path, dtype=jdtype, param_dtype=jdtype, auto_shard_model=False, **kwargs
+            )
+        except Exception as exc:
+            raise EngineError(f"could not load Whisper model {model_path!r}: {exc}") from exc
+
+    # ------------------------------------------------------------------ scheduler
+    def close(self) -> None:
+        """Stop the scheduler thread (pending jobs fail with ``EngineError``)."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout=10)
+
+    def _submit(self, job: _Job) -> Future:
+        with self._cv:
+            if self._stop:
+                raise EngineError("engine is closed")
+            self._queue.append(job)
+            self._cv.notify()
+        return job.future
+
+    def _take_batch(self) -> list[_Job]:
+        first = self._queue.popleft()
+        batch = [first]
+        limit = self.batch_buckets[-1]
+        keep: deque[_Job] = deque()
+        while self._queue and len(batch) < limit:
+            job = self._queue.popleft()
+            if job.kind == first.kind and job.bucket == first.bucket:
+                batch.append(job)
+            else:
+                keep.append(job)
+        keep.extend(self._queue)
+        self._queue.clear()
+        self._queue.extend(keep)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    for job in self._queue:
+                        job.future.set_exception(EngineError("engine closed"))
+                    self._queue.clear()
+                    return
+                batch = self._take_batch()
+            try:
+                results = self._run_batch(batch)
+                for job, res in zip(batch, results):
+                    job.future.set_result(res)
+            except Exception as exc:  # a failed batch fails its own jobs only
+                log.exception("batch of %d failed", len(batch))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(EngineError(f"decoding failed: {exc}"))
+
+    def _run_batch(self, batch: list[_Job]) -> list:
+        import jax
+        import jax.numpy as jnp
+
+        n = len(batch)
+        size = next(b for b in self.batch_buckets if b >= n)
+        rows = batch + [batch[0]] * (size - n)
+        mel = jnp.asarray(np.stack([j.features for j in rows]))
+        enc = self._encode(self._state, mel)
+        self.batches_run += 1
+        if batch[0].kind == "detect":
+            logprobs = np.asarray(jax.device_get(self._detect(self._state, enc)))
+            return [logprobs[i] for i in range(n)]
+        P = batch[0].bucket
+        prefix = np.full((size, P), self.pad_token_id, np.int32)
+        mask = np.zeros((size, P), bool)
+        sot = np.zeros((size,), np.int32)
+        for i, job in enumerate(rows):
+            k = len(job.prefix)
+            prefix[i, P - k :] = job.prefix
+            mask[i, P - k :] = True
+            sot[i] = P - k + job.prefix.index(self.ids.sot)
+        temps = np.array([j.temperature for j in rows], np.float32)
+        keys = np.stack([np.asarray(jax.random.key_data(jax.random.PRNGKey(j.seed))) for j in rows])
+        out = self._decode(
+            self._state, enc, jnp.asarray(prefix), jnp.asarray(mask), jnp.asarray(sot),
+            jnp.asarray(temps), jnp.asarray(keys), self._suppress,
+        )
+        tokens, sum_lp, n_tok, no_speech = (np.asarray(x) for x in jax.device_get(out))
+        results = []
+        for i in range(n):
+            toks = tokens[i, : n_tok[i]].tolist()
+            results.append(
+                WindowResult(
+                    tokens=toks,
+                    avg_logprob=float(sum_lp[i]) / (len(toks) + 1),
+                    no_speech_prob=float(no_speech[i]),
+                    temperature=float(temps[i]),
+                )
+            )
+        return results
+
+    # ------------------------------------------------------------------ API
+    def warmup(self) -> float:
+        """Compile every (batch bucket × prefix bucket) shape; returns the seconds it took."""
+        t0 = time.perf_counter()
+        silence = np.zeros((SAMPLE_RATE,), np.float32)
+        feats = self.log_mel([silence])[0]
+        for size in self.batch_buckets:
+            futs = [self._submit(_Job("detect", feats, [], 0.0, Future())) for _ in range(size)]
+            for f in futs:
+                f.result()
+            for bucket in PREFIX_BUCKETS:
+                prefix = [self.ids.sot_prev] * (bucket - 3) + self.ids.task_tokens("en", "transcribe")
+                prefix = prefix[-bucket:]
+                futs = [self._submit(_Job("decode", feats, prefix, 0.0, Future())) for _ in range(size)]
+                for f in futs:
+                    f.result()
+        return time.perf_counter() - t0
+
+    def detect_language(self, features: np.ndarray) -> tuple[str, float]:
+        """Most likely language of one window's features ``(n_mels, 3000)``: ``(code, probability)``."""
+        if not self.ids.multilingual:
+            return "en", 1.0
+        logprobs = self._submit(_Job("detect", features, [], 0.0, Future())).result()
+        codes = list(self.ids.lang_to_id)
+        lp = np.array([logprobs[self.ids.lang_to_id[c]] for c in codes])
+        probs = np.exp(lp - lp.max())
+        probs /= probs.sum()
+        best = int(np.argmax(probs))
+        return codes[best], float(probs[best])
+
+    def prompt_tokens(self, prompt: str | None) -> list[int]:
+        """``[<|startofprev|>, …last MAX_PROMPT_TOKENS prompt tokens]`` or ``[]``."""
+        if not prompt or not prompt.strip():
+            return []
+        toks = self.tokenizer.encode(" " + prompt.strip(), add_special_tokens=False)
+        return [self.ids.sot_prev] + toks[-MAX_PROMPT_TOKENS:]
+
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        options: TranscribeOptions = TranscribeOptions(),
+        progress: Callable[[float], None] | None = None,
+    ) -> Transcript:
+        """Transcribe (or translate) 16 kHz mono audio of any length.
+
+        Args:
+            samples: float32 ``(n,)`` at 16000 Hz.
+            options: see ``TranscribeOptions``.
+            progress: called with the seconds of audio finished so far.
+
+        Returns:
+            ``Transcript`` whose segments carry absolute times (seconds), tokens, temperature,
+            avg_logprob, compression_ratio and no_speech_prob.
+
+        Raises:
+            ValueError: invalid options or an unknown language.
+            EngineError: decoding failed.
+        """
+        options.validate()
+        if options.language is not None and self.ids.multilingual and options.language not in self.ids.lang_to_id:
+            raise ValueError(f"language {options.language!r} is not supported by this model")
+        total = duration_s(samples)
+        windows = plan_windows(samples)
+        feats = self.log_mel([samples[a:b] for a, b in windows])
+        language = options.language
+        if language is None:
+            language = self.detect_language(feats[0])[0] if total > 0 else "en"
+        prefix = self.prompt_tokens(options.prompt) + self.ids.task_tokens(language, options.task)
+        temperatures = options.temperatures()
+        pending = {
+            i: self._submit(_Job("decode", feats[i], prefix, temperatures[0], Future())) for i in range(len(windows))
+        }
+        attempt = {i: 0 for i in pending}
+        final: dict[int, tuple[WindowResult, str]] = {}
+        done_s = 0.0
+        while pending:
+            for i in list(pending):
+                res: WindowResult = pending.pop(i).result()
+                text = self.tokenizer.decode([t for t in res.tokens if t < self.ids.eot]).strip()
+                ratio = compression_ratio(text)
+                silent = (
+                    res.no_speech_prob > options.no_speech_threshold and res.avg_logprob < options.logprob_threshold
+                )
+                failed = ratio > options.compression_ratio_threshold or res.avg_logprob < options.logprob_threshold
+                if failed and not silent and attempt[i] + 1 < len(temperatures):
+                    attempt[i] += 1
+                    pending[i] = self._submit(
+                        _Job("decode", feats[i], prefix, temperatures[attempt[i]], Future())
+                    )
+                    continue
+                final[i] = (res, "" if silent else text)
+                done_s += (windows[i][1] - windows[i][0]) / SAMPLE_RATE
+                if progress:
+                    progress(done_s)
+        return self._assemble(windows, final, language, options.task, total)
+
+    def _assemble(self, windows, final, language: str, task: str, total: float) -> Transcript:
+        segments: list[Segment] = []
+        for i, (a, b) in enumerate(windows):
+            res, text = final[i]
+            if not text:
+                continue
+            offset = a / SAMPLE_RATE
+            win_s = (b - a) / SAMPLE_RATE
+            ratio = compression_ratio(text)
+            tokens = [t for t in res.tokens if t < self.ids.eot or t >= self.ids.timestamp_begin]
+            for raw in split_segments(tokens, self.ids.timestamp_begin, win_s):
+                seg_text = self.tokenizer.decode(list(raw.tokens))
+                if not seg_text.strip():
+                    continue
+                segments.append(
+                    Segment(
+                        id=len(segments),
+                        seek=int(round(offset * 100)),
+                        start=round(offset + raw.start, 3),
+                        end=round(offset + raw.end, 3),
+                        text=seg_text,
+                        tokens=tuple(raw.tokens),
+                        temperature=res.temperature,
+                        avg_logprob=res.avg_logprob,
+                        compression_ratio=ratio,
+                        no_speech_prob=res.no_speech_prob,
+                    )
+                )
+        text = "".join(s.text for s in segments).strip()
+        return Transcript(text=text, segments=tuple(segments), language=language, duration=total, task=task)
+
+    def describe(self) -> dict:
+        """Model facts for ``/v1/models`` and logs."""
+        cfg = self.model.config
+        return {
+            "path": self.model_path,
+            "dtype": self.dtype,
+            "quantization": self.quantization,
+            "batch_buckets": list(self.batch_buckets),
+            "prefix_buckets": list(PREFIX_BUCKETS),
+            "layers": [int(cfg.encoder_layers), int(cfg.decoder_layers)],
+            "d_model": int(cfg.d_model),
+            "multilingual": self.ids.multilingual,
+        }
+
+
+def windows_count(duration: float) -> int:
+    """Upper bound on 30 s windows for ``duration`` seconds (for progress bars)."""
+    return max(1, math.ceil(duration / 30.0))

@@ -1,0 +1,1 @@
+"""Chorus HTTP servers: the whisper server, the router, and the pieces they share."""

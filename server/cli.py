@@ -1,0 +1,160 @@
+"""``chorus`` command line: serve, transcribe, models (and the sidecar's and bench's commands)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from server.settings import WhisperSettings, default_cache_dir
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+@click.group()
+@click.version_option(package_name="chorus")
+def main() -> None:
+    """Chorus: OpenAI-compatible transcription, translation and diarization."""
+
+
+@main.group()
+def serve() -> None:
+    """Start one Chorus server."""
+
+
+def whisper_options(fn):
+    """Options shared by ``serve whisper`` and ``transcribe`` (defaults from CHORUS_WHISPER_*)."""
+    fn = click.option("--model", default=None, help="base | small | local HF/CT2 directory | hub id")(fn)
+    fn = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None)(fn)
+    fn = click.option(
+        "--quantization", type=click.Choice(["none", "int8", "nf4", "affine4", "mxfp8"]), default=None
+    )(fn)
+    fn = click.option("--batch-size", type=int, default=None, help="largest batch of 30 s windows")(fn)
+    return fn
+
+
+def _whisper_settings(**overrides) -> WhisperSettings:
+    return WhisperSettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@serve.command("whisper")
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--api-key", "api_keys", multiple=True, help="accepted bearer token (repeatable)")
+@click.option("--no-warmup", is_flag=True, help="skip compiling at start-up (first requests compile)")
+@whisper_options
+def serve_whisper(host, port, api_keys, no_warmup, model, dtype, quantization, batch_size) -> None:
+    """The whisper server (default 127.0.0.1:8001)."""
+    import uvicorn
+
+    from server.whisper_app import create_app, enable_compilation_cache
+
+    settings = _whisper_settings(
+        host=host, port=port, api_keys=list(api_keys) or None, model=model, dtype=dtype,
+        quantization=quantization, batch_size=batch_size, warmup=False if no_warmup else None,
+    )
+    _logging(settings.log_level)
+    enable_compilation_cache(settings.cache_dir)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["json", "text", "srt", "vtt", "verbose_json"]), default="text")
+@click.option("--task", type=click.Choice(["transcribe", "translate"]), default="transcribe")
+@click.option("--language", default=None, help="ISO-639-1 code; detected when absent")
+@click.option("--prompt", default=None)
+@click.option("--temperature", type=float, default=0.0)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@whisper_options
+def transcribe(file, fmt, task, language, prompt, temperature, output, model, dtype, quantization, batch_size):
+    """Transcribe FILE locally (no server), with a progress bar."""
+    from tqdm import tqdm
+
+    from jax_models.engine import TranscribeOptions
+    from server.audio import decode_audio, duration_s
+    from server.formats import RENDERERS
+    from server.whisper_app import enable_compilation_cache, load_engine
+
+    settings = _whisper_settings(model=model, dtype=dtype, quantization=quantization, batch_size=batch_size)
+    enable_compilation_cache(settings.cache_dir)
+    samples = decode_audio(file.read_bytes())
+    engine = load_engine(settings)
+    try:
+        with tqdm(total=round(duration_s(samples), 1), unit="audio s", file=sys.stderr) as bar:
+            def progress(done: float) -> None:
+                bar.n = round(done, 1)
+                bar.refresh()
+
+            transcript = engine.transcribe(
+                samples,
+                TranscribeOptions(task=task, language=language, prompt=prompt, temperature=temperature),
+                progress=progress,
+            )
+    finally:
+        engine.close()
+    body, _ = RENDERERS[fmt](transcript)
+    text = json.dumps(body, ensure_ascii=False, indent=2) if isinstance(body, dict) else body
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        click.echo(text)
+
+
+@main.group()
+def models() -> None:
+    """Import and list Whisper models."""
+
+
+@models.command("import")
+@click.argument("name", default="base")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
+def models_import(name: str, cache_dir: Path | None) -> None:
+    """Import NAME (base | small | a CTranslate2 directory) into Hugging Face format, once."""
+    from jax_models.ct2_import import ModelNotInstalledError, resolve_model
+
+    try:
+        path = resolve_model(name, cache_dir or default_cache_dir(), progress=True)
+    except ModelNotInstalledError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(path)
+
+
+@models.command("list")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
+def models_list(cache_dir: Path | None) -> None:
+    """List imported models and embedded ones not yet imported."""
+    from jax_models.ct2_import import list_models
+
+    for row in list_models(cache_dir or default_cache_dir()):
+        click.echo(json.dumps(row, default=str))
+
+
+def _register_optional() -> None:
+    """Attach the commands of the sidecar and bench packages when they are importable."""
+    try:
+        from torch_models.cli import prompts, sidecar_command
+
+        serve.add_command(sidecar_command, "sidecar")
+        main.add_command(prompts, "prompts")
+    except ImportError:
+        pass
+    try:
+        from bench.cli import bench
+
+        main.add_command(bench, "bench")
+    except ImportError:
+        pass
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Render a ``Transcript`` as each OpenAI ``response_format``: a table of pure functions.
+
+Each renderer returns ``(body, media_type)`` where ``body`` is a ``dict`` (JSON) or ``str``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from server.transcript import Segment, Transcript
+
+JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
+
+
+def _usage(t: Transcript) -> dict:
+    return {"type": "duration", "seconds": int(round(t.duration + 0.4999))}
+
+
+def _segment_dict(s: Segment) -> dict:
+    out = {
+        "id": s.id,
+        "seek": s.seek,
+        "start": round(s.start, 3),
+        "end": round(s.end, 3),
+        "text": s.text,
+        "tokens": list(s.tokens),
+        "temperature": s.temperature,
+        "avg_logprob": s.avg_logprob,
+        "compression_ratio": s.compression_ratio,
+        "no_speech_prob": s.no_speech_prob,
+    }
+    if s.speaker is not None:
+        out["speaker"] = s.speaker
+    if s.confidence is not None:
+        out["confidence"] = s.confidence
+    return out
+
+
+def render_json(t: Transcript, *, words: bool = False) -> tuple[dict, str]:
+    """``{"text", "usage"}`` (plus ``warnings`` when there are any)."""
+    body: dict = {"text": t.text, "usage": _usage(t)}
+    if t.warnings:
+        body["warnings"] = list(t.warnings)
+    return body, JSON
+
+
+def render_text(t: Transcript, *, words: bool = False) -> tuple[str, str]:
+    """The plain transcript text followed by a newline."""
+    return t.text + "\n", TEXT
+
+
+def render_verbose_json(t: Transcript, *, words: bool = False) -> tuple[dict, str]:
+    """OpenAI ``TranscriptionVerbose``: task, language, duration, text, segments, words, usage."""
+    body: dict = {
+        "task": t.task,
+        "language": t.language,
+        "duration": round(t.duration, 3),
+        "text": t.text,
+        "segments": [_segment_dict(s) for s in t.segments],
+    }
+    if words:
+        body["words"] = [
+            {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in t.words
+        ]
+    body["usage"] = _usage(t)
+    if t.warnings:
+        body["warnings"] = list(t.warnings)
+    return body, JSON
+
+
+def render_diarized_json(t: Transcript, *, words: bool = False) -> tuple[dict, str]:
+    """OpenAI ``TranscriptionDiarized``, each segment also carrying its ``confidence``."""
+    segments = []
+    for s in t.segments:
+        seg = {
+            "id": f"seg_{s.id}",
+            "start": round(s.start, 3),
+            "end": round(s.end, 3),
+            "speaker": s.speaker,
+            "text": s.text,
+            "type": "transcript.text.segment",
+        }
+        if s.confidence is not None:
+            seg["confidence"] = s.confidence
+        segments.append(seg)
+    body: dict = {
+        "duration": round(t.duration, 3),
+        "task": t.task,
+        "text": t.text,
+        "segments": segments,
+        "usage": _usage(t),
+    }
+    if t.warnings:
+        body["warnings"] = list(t.warnings)
+    return body, JSON
+
+
+def format_timestamp(seconds: float, *, decimal: str = ".", always_hours: bool = True) -> str:
+    """``HH:MM:SS.mmm`` (``decimal=","`` for SRT), as in openai/whisper's ``utils.py``."""
+    ms = int(round(max(seconds, 0.0) * 1000))
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs, ms = divmod(ms, 1000)
+    head = f"{hours:02d}:" if always_hours or hours else ""
+    return f"{head}{minutes:02d}:{secs:02d}{decimal}{ms:03d}"
+
+
+def render_srt(t: Transcript, *, words: bool = False) -> tuple[str, str]:
+    """SubRip cues, one per segment, ``[A] `` prefixed when the segment has a speaker."""
+    cues = []
+    for i, s in enumerate(t.segments, start=1):
+        text = s.text.strip()
+        if s.speaker is not None:
+            text = f"[{s.speaker}] {text}"
+        start = format_timestamp(s.start, decimal=",")
+        end = format_timestamp(s.end, decimal=",")
+        cues.append(f"{i}\n{start} --> {end}\n{text}\n")
+    return "\n".join(cues), "application/x-subrip; charset=utf-8"
+
+
+def render_vtt(t: Transcript, *, words: bool = False) -> tuple[str, str]:
+    """WebVTT cues, one per segment, with a ``<v A>`` voice tag when the segment has a speaker."""
+    cues = ["WEBVTT\n"]
+    for s in t.segments:
+        text = s.text.strip()
+        if s.speaker is not None:
+            text = f"<v {s.speaker}>{text}"
+        cues.append(f"{format_timestamp(s.start)} --> {format_timestamp(s.end)}\n{text}\n")
+    return "\n".join(cues), "text/vtt; charset=utf-8"
+
+
+RENDERERS: dict[str, Callable[..., tuple[dict | str, str]]] = {
+    "json": render_json,
+    "text": render_text,
+    "srt": render_srt,
+    "vtt": render_vtt,
+    "verbose_json": render_verbose_json,
+    "diarized_json": render_diarized_json,
+}
+"""response_format → renderer. The whisper server offers all but ``diarized_json``."""

@@ -1,0 +1,223 @@
+"""HTTP pieces every Chorus server composes: uploads, limits, auth, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.errors import (
+    ApiError,
+    AuthenticationError,
+    InvalidRequestError,
+    NotReadyError,
+    OverloadedError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from server.settings import ServerSettings
+
+log = logging.getLogger("chorus.http")
+
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+MAX_FORM_FIELDS = 64
+
+
+@dataclass
+class Upload:
+    """An uploaded audio file and the form's text fields."""
+
+    data: bytes
+    filename: str
+    content_type: str | None
+    fields: list[tuple[str, str]]
+
+
+async def read_upload(request: Request, settings: ServerSettings, *, file_field: str = "file") -> Upload:
+    """Parse a ``multipart/form-data`` body into the file bytes and the text fields.
+
+    Raises:
+        UnsupportedMediaTypeError: the body is not multipart (415).
+        PayloadTooLargeError: the body or the file is over ``settings.max_upload_mb`` (413).
+        InvalidRequestError: no file part, or a malformed form (400).
+    """
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise UnsupportedMediaTypeError(
+            "Requests to this endpoint must be multipart/form-data with a 'file' part.", param=file_field
+        )
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise PayloadTooLargeError(
+            f"Maximum content size limit ({limit} bytes) exceeded ({declared} bytes read).", param=file_field
+        )
+    try:
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=64 * 1024)
+    except ApiError:
+        raise
+    except Exception as exc:  # multipart.MultipartParseError, starlette's HTTPException for limits
+        raise InvalidRequestError(f"Could not parse the multipart form: {getattr(exc, 'detail', exc)}") from exc
+    try:
+        upload = form.get(file_field)
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequestError(f"Missing required parameter: '{file_field}'.", param=file_field)
+        if upload.size is not None and upload.size > limit:
+            raise PayloadTooLargeError(
+                f"Maximum content size limit ({limit} bytes) exceeded ({upload.size} bytes read).",
+                param=file_field,
+            )
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLargeError(
+                f"Maximum content size limit ({limit} bytes) exceeded.", param=file_field
+            )
+        fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        return Upload(data, upload.filename or "audio", upload.content_type, fields)
+    finally:
+        await form.close()  # spooled temporary files are removed here
+
+
+class ApiKeyMiddleware:
+    """Rejects requests without ``Authorization: Bearer <key>`` for one of ``keys`` (401).
+
+    Health, readiness and metrics stay open. Keys are compared in constant time.
+    """
+
+    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys if k]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        token = header[7:].strip() if header[:7].lower() == b"bearer " else b""
+        if not any(hmac.compare_digest(token, k) for k in self.keys):
+            err = AuthenticationError(
+                "Incorrect API key provided." if token else "Missing API key: send 'Authorization: Bearer <key>'."
+            )
+            await JSONResponse(err.body(), status_code=401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class Admission:
+    """Bounds concurrent work (``max_concurrent``) and the waiting line (``max_queue``).
+
+    ``async with admission:`` waits for a slot or raises ``OverloadedError`` (429 with
+    ``Retry-After``) when the line is full.
+    """
+
+    def __init__(self, max_concurrent: int, max_queue: int) -> None:
+        self._sem = asyncio.Semaphore(max_concurrent)
+        self.max_concurrent = max_concurrent
+        self.max_queue = max_queue
+        self.waiting = 0
+        self.active = 0
+
+    async def __aenter__(self) -> None:
+        if self._sem.locked() and self.waiting >= self.max_queue:
+            raise OverloadedError(
+                "The server is at capacity; retry after a short wait.", headers={"Retry-After": "1"}
+            )
+        self.waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.active -= 1
+        self._sem.release()
+
+
+@dataclass
+class ServerState:
+    """Readiness and metrics of one server process."""
+
+    name: str
+    ready: bool = False
+    detail: str = "starting"
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "chorus_requests", "Requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "chorus_request_seconds", "Request wall time (s)", ["route"], registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+        )
+        self.audio_seconds = Counter(
+            "chorus_audio_seconds", "Seconds of audio processed", ["route"], registry=self.registry
+        )
+
+    def require_ready(self) -> None:
+        """Raises ``NotReadyError`` (503) until start-up (model load and warm-up) finished."""
+        if not self.ready:
+            raise NotReadyError(f"The {self.name} server is not ready yet ({self.detail}).",
+                                headers={"Retry-After": "5"})
+
+
+def health_routes(state: ServerState) -> list[Route]:
+    """``GET /health`` (liveness), ``/ready`` (200 only once warmed up), ``/metrics`` (Prometheus)."""
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "server": state.name})
+
+    async def ready(request: Request) -> Response:
+        body = {"ready": state.ready, "server": state.name, "detail": state.detail}
+        return JSONResponse(body, status_code=200 if state.ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def timed(state: ServerState, route: str) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable]:
+    """Wrap an endpoint: count it by status, time it, and log one line per request."""
+
+    def wrap(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            t0 = time.perf_counter()
+            status = 500
+            try:
+                response = await fn(request)
+                status = response.status_code
+                return response
+            except ApiError as exc:
+                status = exc.status_code
+                raise
+            finally:
+                dt = time.perf_counter() - t0
+                state.requests.labels(route, str(status)).inc()
+                state.latency.labels(route).observe(dt)
+                audio_s = request.scope.get("chorus.audio_seconds")
+                rtfx = f" rtfx={audio_s / dt:.1f}" if audio_s and dt > 0 else ""
+                log.info("%s %s status=%d wall=%.3fs audio=%ss%s", request.method, route, status, dt,
+                         f"{audio_s:.1f}" if audio_s else "-", rtfx)
+                if audio_s:
+                    state.audio_seconds.labels(route).inc(audio_s)
+
+        endpoint.__name__ = getattr(fn, "__name__", route)
+        return endpoint
+
+    return wrap

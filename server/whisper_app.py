@@ -1,0 +1,207 @@
+"""The whisper server: OpenAI-compatible ``/v1/audio/transcriptions`` and ``/v1/audio/translations``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from server.audio import AudioDecodeError, AudioTooLongError, decode_audio, duration_s
+from server.errors import (
+    EXCEPTION_HANDLERS,
+    ApiError,
+    InvalidAudioError,
+    InvalidRequestError,
+    NotFoundError,
+    TimeoutError_,
+)
+from server.formats import RENDERERS
+from server.http import Admission, ApiKeyMiddleware, ServerState, health_routes, read_upload, timed
+from server.protocol import TranscriptionRequest, TranslationRequest, parse_form
+from server.settings import WhisperSettings
+
+log = logging.getLogger("chorus.whisper")
+
+
+def enable_compilation_cache(cache_dir: Path) -> None:
+    """Keep XLA executables on disk so a restart skips most of the warm-up compile."""
+    import jax
+
+    path = cache_dir / "xla"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def load_engine(settings: WhisperSettings):
+    """Resolve ``settings.model`` (importing an embedded CT2 model once) and load the engine."""
+    from jax_models.ct2_import import resolve_model
+    from jax_models.engine import WhisperEngine
+
+    path = resolve_model(settings.model, settings.cache_dir, progress=False)
+    return WhisperEngine(
+        path,
+        dtype=settings.dtype,
+        quantization=settings.quantization,
+        batch_size=settings.batch_size,
+        max_new_tokens=settings.max_new_tokens,
+    )
+
+
+def create_app(settings: WhisperSettings, engine=None) -> Starlette:
+    """Build the whisper server.
+
+    Args:
+        settings: server settings (model, dtype, quantization, limits, keys).
+        engine: an already loaded ``WhisperEngine`` (tests share one); when None the engine is
+            loaded and warmed up in the lifespan, and ``/ready`` answers 503 until then.
+    """
+    state = ServerState("whisper")
+    admission = Admission(settings.max_concurrent, settings.max_queue)
+    holder: dict = {"engine": engine}
+    if engine is not None and not settings.warmup:
+        state.ready, state.detail = True, "ready"  # the caller loaded (and warmed) the engine
+    names = {settings.model, Path(settings.model).name, *settings.served_model_names}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        owned = holder["engine"] is None
+        if state.ready:
+            yield
+            return
+
+        def start() -> None:
+            t0 = time.perf_counter()
+            state.detail = "loading model"
+            if holder["engine"] is None:
+                holder["engine"] = load_engine(settings)
+            if settings.warmup:
+                state.detail = "compiling (warm-up)"
+                holder["engine"].warmup()
+            state.ready = True
+            state.detail = "ready"
+            log.info("whisper server ready in %.1fs: %s", time.perf_counter() - t0, holder["engine"].describe())
+
+        task = asyncio.create_task(anyio.to_thread.run_sync(start))
+
+        def report(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                state.detail = f"failed to start: {t.exception()}"
+                log.error("whisper server failed to start: %s", t.exception())
+
+        task.add_done_callback(report)
+        try:
+            yield
+        finally:
+            if owned and holder["engine"] is not None:
+                holder["engine"].close()
+
+    async def handle(request: Request, task: str) -> Response:
+        state.require_ready()
+        upload = await read_upload(request, settings)
+        model = TranslationRequest if task == "translate" else TranscriptionRequest
+        req = parse_form(model, upload.fields)
+        if req.model not in names:
+            raise NotFoundError(
+                f"The model '{req.model}' does not exist; this server serves {sorted(names)}.", param="model"
+            )
+        if req.response_format == "diarized_json":
+            raise InvalidRequestError(
+                "response_format 'diarized_json' needs speaker diarization: call the Chorus router "
+                "(chorus serve router / chorus up), not the whisper server.",
+                param="response_format",
+            )
+        if req.stream:
+            raise InvalidRequestError("stream=true is not supported by the whisper server.", param="stream")
+        if "word" in req.timestamp_granularities:
+            raise InvalidRequestError(
+                "timestamp_granularities[]=word is not supported yet; use 'segment'.",
+                param="timestamp_granularities",
+            )
+        from jax_models.engine import TranscribeOptions
+
+        options = TranscribeOptions(
+            task=task, language=req.language if task == "transcribe" else None,
+            prompt=req.prompt, temperature=req.temperature,
+        )
+        engine = holder["engine"]
+        async with admission:
+            try:
+                samples = await anyio.to_thread.run_sync(
+                    lambda: decode_audio(upload.data, max_duration_s=settings.max_audio_s)
+                )
+            except AudioTooLongError as exc:
+                raise InvalidRequestError(str(exc), param="file", code="audio_too_long") from None
+            except AudioDecodeError as exc:
+                raise InvalidAudioError(
+                    f"Invalid file format ({upload.filename}): {exc} Supported: flac, m4a, mp3, mp4, "
+                    "mpeg, mpga, oga, ogg, wav, webm.",
+                    param="file",
+                ) from None
+            request.scope["chorus.audio_seconds"] = duration_s(samples)
+            try:
+                transcript = await asyncio.wait_for(
+                    anyio.to_thread.run_sync(engine.transcribe, samples, options),
+                    timeout=settings.request_timeout_s,
+                )
+            except asyncio.TimeoutError:
+                raise TimeoutError_(
+                    f"The request took longer than {settings.request_timeout_s:g} s.", headers={"Retry-After": "5"}
+                ) from None
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc), param="language") from None
+        body, media_type = RENDERERS[req.response_format](transcript)
+        if isinstance(body, dict):
+            return JSONResponse(body)
+        return PlainTextResponse(body, media_type=media_type)
+
+    @timed(state, "/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Response:
+        return await handle(request, "transcribe")
+
+    @timed(state, "/v1/audio/translations")
+    async def translations(request: Request) -> Response:
+        return await handle(request, "translate")
+
+    def model_card(name: str) -> dict:
+        card = {"id": name, "object": "model", "created": 0, "owned_by": "chorus"}
+        if holder["engine"] is not None:
+            card["chorus"] = holder["engine"].describe()
+        return card
+
+    async def list_models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [model_card(n) for n in sorted(names)]})
+
+    async def get_model(request: Request) -> Response:
+        name = request.path_params["model"]
+        if name not in names:
+            raise NotFoundError(f"The model '{name}' does not exist.", param="model")
+        return JSONResponse(model_card(name))
+
+    routes = [
+        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
+        Route("/v1/audio/translations", translations, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        *health_routes(state),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
+        lifespan=lifespan,
+    )
+    app.state.chorus = state
+    return app
+
+
+__all__ = ["create_app", "load_engine", "enable_compilation_cache", "ApiError"]

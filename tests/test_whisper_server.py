@@ -1,0 +1,163 @@
+"""The whisper server through the unmodified OpenAI SDK (in-process over ASGI), on the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from server.audio import to_wav_bytes
+from server.settings import WhisperSettings
+from server.whisper_app import create_app
+from tests.conftest import make_client
+
+
+@pytest.fixture(scope="module")
+def app(tiny_engine, tiny_whisper_dir, cache_dir):
+    settings = WhisperSettings(model=str(tiny_whisper_dir), warmup=False, cache_dir=cache_dir, max_upload_mb=1.0)
+    return create_app(settings, engine=tiny_engine)
+
+
+@pytest.fixture
+def client(app):
+    return make_client(app)
+
+
+def wav(speech_samples) -> bytes:
+    return to_wav_bytes(speech_samples)
+
+
+async def test_all_formats_agree(client, speech_samples):
+    data = wav(speech_samples)
+    verbose = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", data), response_format="verbose_json", language="en"
+    )
+    assert verbose.language == "en"
+    assert verbose.duration == pytest.approx(len(speech_samples) / 16000, abs=0.01)
+    assert verbose.text == "".join(s.text for s in verbose.segments).strip()
+    for seg in verbose.segments:
+        assert 0 <= seg.start <= seg.end <= verbose.duration + 0.01
+        assert seg.tokens and all(isinstance(t, int) for t in seg.tokens)
+        assert -1e9 < seg.avg_logprob <= 0 and 0 <= seg.no_speech_prob <= 1
+    assert verbose.usage.seconds == int(np.ceil(verbose.duration))
+
+    as_json = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", data), language="en")
+    assert as_json.text == verbose.text  # greedy decoding is deterministic
+    text = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", data), response_format="text", language="en"
+    )
+    assert text.strip() == verbose.text
+    srt = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", data), response_format="srt", language="en"
+    )
+    assert len(re.findall(r"^\d\d:\d\d:\d\d,\d\d\d --> \d\d:\d\d:\d\d,\d\d\d$", srt, re.M)) == len(verbose.segments)
+    vtt = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", data), response_format="vtt", language="en"
+    )
+    assert vtt.startswith("WEBVTT")
+    assert len(re.findall(r"^\d\d:\d\d:\d\d\.\d\d\d --> ", vtt, re.M)) == len(verbose.segments)
+
+
+async def test_translation_endpoint(client, speech_samples):
+    out = await client.audio.translations.create(
+        model="whisper-1", file=("a.wav", wav(speech_samples)), response_format="verbose_json"
+    )
+    assert out.task == "translate"
+    assert out.duration == pytest.approx(len(speech_samples) / 16000, abs=0.01)
+
+
+async def test_language_detected_when_absent(client, speech_samples):
+    out = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", wav(speech_samples)), response_format="verbose_json"
+    )
+    from server.protocol import WHISPER_LANGUAGES
+
+    assert out.language in WHISPER_LANGUAGES
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, param",
+    [
+        ({"model": "no-such-model"}, 404, "model"),
+        ({"response_format": "xml"}, 400, "response_format"),
+        ({"temperature": -0.5}, 400, "temperature"),
+        ({"language": "xx"}, 400, "language"),
+        ({"response_format": "diarized_json"}, 400, "response_format"),
+    ],
+)
+async def test_bad_fields_are_openai_errors(client, speech_samples, kwargs, status, param):
+    args = {"model": "whisper-1", "file": ("a.wav", wav(speech_samples)), **kwargs}
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.audio.transcriptions.create(**args)
+    err = info.value
+    assert err.status_code == status
+    body = err.body if isinstance(err.body, dict) else {}
+    assert body.get("param") == param and body.get("message") and body.get("type")
+
+
+async def test_undecodable_audio_is_400(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"\x00\x01garbage" * 100))
+    assert info.value.body["code"] == "invalid_file_format"
+    assert info.value.body["param"] == "file"
+
+
+async def test_too_large_is_413(client):
+    big = to_wav_bytes(np.zeros(16000 * 40, np.float32))  # 1.28 MB > the 1 MB limit of this app
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.audio.transcriptions.create(model="whisper-1", file=("big.wav", big))
+    assert info.value.status_code == 413
+
+
+async def test_raw_http_errors_keep_openai_shape(app):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        r = await http.post("/v1/audio/transcriptions", json={"model": "whisper-1"})
+        assert r.status_code == 415 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+        r = await http.post("/v1/audio/transcriptions", data={"model": "whisper-1"}, files={"x": ("a", b"1")})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "file"
+        r = await http.get("/v1/nothing-here")
+        assert r.status_code == 404 and r.json()["error"]["message"]
+        r = await http.get("/v1/models")
+        assert "whisper-1" in [m["id"] for m in r.json()["data"]]
+        assert (await http.get("/health")).status_code == 200
+        assert (await http.get("/ready")).json()["ready"] is True
+        metrics = (await http.get("/metrics")).text
+        assert "chorus_requests_total" in metrics
+
+
+async def test_bad_requests_do_not_disturb_good_ones(client, speech_samples):
+    data = wav(speech_samples)
+    good = [client.audio.transcriptions.create(model="whisper-1", file=("a.wav", data), language="en")
+            for _ in range(3)]
+    bad = [client.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"not audio"))
+           for _ in range(3)]
+    results = await asyncio.gather(*good, *bad, return_exceptions=True)
+    texts = {r.text for r in results[:3]}
+    assert len(texts) == 1 and not any(isinstance(r, Exception) for r in results[:3])
+    assert all(isinstance(r, openai.BadRequestError) for r in results[3:])
+
+
+async def test_not_ready_is_503(tiny_whisper_dir, cache_dir, speech_samples):
+    # no lifespan runs over bare ASGI, so the engine never loads: the server must say so, not crash
+    app = create_app(WhisperSettings(model=str(tiny_whisper_dir), cache_dir=cache_dir))
+    client = make_client(app)
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav(speech_samples)))
+    assert info.value.status_code == 503 and info.value.body["code"] == "not_ready"
+
+
+async def test_api_key_required_when_configured(tiny_engine, tiny_whisper_dir, cache_dir, speech_samples):
+    settings = WhisperSettings(model=str(tiny_whisper_dir), warmup=False, cache_dir=cache_dir, api_keys=["k1"])
+    app = create_app(settings, engine=tiny_engine)
+    with pytest.raises(openai.AuthenticationError):
+        await make_client(app).audio.transcriptions.create(model="whisper-1", file=("a.wav", wav(speech_samples)))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        assert (await http.get("/health")).status_code == 200
+        r = await http.post("/v1/audio/transcriptions", headers={"Authorization": "Bearer k1"},
+                            data={"model": "whisper-1"}, files={"file": ("a.wav", io.BytesIO(wav(speech_samples)))})
+        assert r.status_code == 200, r.text
