@@ -31,6 +31,8 @@ log = logging.getLogger("chorus.engine")
 PREFIX_BUCKETS = (8, 224)
 """Decoder prefix lengths compiled: task tokens alone, and task tokens after a prompt."""
 MAX_PROMPT_TOKENS = PREFIX_BUCKETS[-1] - 8
+TAIL_MIN_S = 1.0
+"""A window whose transcript ends this many seconds before the window does is re-read."""
 QUANTIZATION_PATTERN = r"^(?!.*(?:embedding|norm|lm_head|proj_out|embed_positions)).*$"
 """EasyDeL's default pattern also quantizes Whisper's output projection, whose 51865 rows do not
 divide into quantization groups (easydel 0.3.0); keep it and the embeddings in full precision."""
@@ -369,7 +371,51 @@ class WhisperEngine:
                 done_s += (windows[i][1] - windows[i][0]) / SAMPLE_RATE
                 if progress:
                     progress(done_s)
+        windows, final = self._redecode_tails(samples, windows, final, prefix, options)
         return self._assemble(windows, final, language, options.task, total)
+
+    def _redecode_tails(self, samples, windows, final, prefix, options: TranscribeOptions):
+        """Decode again the end of a window whose transcript stops early while speech goes on.
+
+        Whisper often leaves a sentence that runs into the window's end untranscribed (openai's
+        sequential algorithm re-reads it from the last timestamp). Windows here are decoded in
+        parallel, so each such tail — over ``TAIL_MIN_S`` long and not silent — becomes one more
+        window, decoded in a second batched round, greedy (no fallback).
+        """
+        tails: dict[int, tuple[int, int]] = {}
+        for i, (a, b) in enumerate(windows):
+            res, text = final[i]
+            if not text:
+                continue
+            toks = [t for t in res.tokens if t < self.ids.eot or t >= self.ids.timestamp_begin]
+            raws = split_segments(toks, self.ids.timestamp_begin, (b - a) / SAMPLE_RATE)
+            covered = a + int((raws[-1].end if raws else 0.0) * SAMPLE_RATE)
+            rest = samples[covered:b]
+            if (b - covered) / SAMPLE_RATE < TAIL_MIN_S:
+                continue
+            window_rms = float(np.sqrt(np.mean(samples[a:b] ** 2)) + 1e-9)
+            if float(np.sqrt(np.mean(rest**2))) > 0.1 * window_rms:
+                tails[i] = (covered, b)
+        if not tails:
+            return windows, final
+        feats = self.log_mel([samples[a:b] for a, b in tails.values()])
+        futures = [
+            self._submit(_Job("decode", f, prefix, options.temperatures()[0], Future())) for f in feats
+        ]
+        windows = list(windows)
+        final = dict(final)
+        for (i, (a, b)), fut in zip(tails.items(), futures):
+            res: WindowResult = fut.result()
+            text = self.tokenizer.decode([t for t in res.tokens if t < self.ids.eot]).strip()
+            silent = res.no_speech_prob > options.no_speech_threshold and res.avg_logprob < options.logprob_threshold
+            if not text or silent:
+                continue
+            a0, _ = windows[i]
+            windows[i] = (a0, a)  # the window now ends where its transcript ended
+            windows.append((a, b))
+            final[len(windows) - 1] = (res, text)
+        order = sorted(range(len(windows)), key=lambda k: windows[k][0])
+        return [windows[k] for k in order], {n: final[k] for n, k in enumerate(order)}
 
     def _assemble(self, windows, final, language: str, task: str, total: float) -> Transcript:
         segments: list[Segment] = []

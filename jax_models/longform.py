@@ -13,13 +13,14 @@ import numpy as np
 from server.audio import N_SAMPLES, SAMPLE_RATE
 
 FRAME = SAMPLE_RATE // 50  # 20 ms energy frames
+SMOOTH = 15  # frames in the moving average (300 ms)
 
 
 def plan_windows(samples: np.ndarray, *, max_s: float = 30.0, search_s: float = 6.0) -> list[tuple[int, int]]:
     """Split 16 kHz ``samples`` (shape ``(n,)``) into ``[(start, end), …]`` sample ranges.
 
     Every range is at most ``max_s`` seconds; consecutive ranges touch (no gap, no overlap);
-    each cut is at the centre of the lowest-RMS 20 ms frame within ``search_s`` seconds before
+    each cut is at the centre of the quietest 300 ms (moving-average RMS of 20 ms frames) within ``search_s`` seconds before
     the limit. Empty audio gives one empty window ``[(0, 0)]``.
     """
     n = int(samples.shape[0])
@@ -35,8 +36,11 @@ def plan_windows(samples: np.ndarray, *, max_s: float = 30.0, search_s: float = 
         region = samples[lo:hi]
         frames = region[: (len(region) // FRAME) * FRAME].reshape(-1, FRAME)
         energy = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
-        # prefer later frames on ties so windows stay long
-        k = len(energy) - 1 - int(np.argmin(energy[::-1]))
+        # smooth over ~300 ms so a pause between sentences beats a gap inside a word
+        width = min(SMOOTH, len(energy))
+        energy = np.convolve(energy, np.ones(width) / width, mode="valid")
+        # prefer later frames on ties so windows stay long; centre of the quietest span
+        k = len(energy) - 1 - int(np.argmin(energy[::-1])) + width // 2
         cut = lo + k * FRAME + FRAME // 2
         out.append((start, cut))
         start = cut

@@ -118,11 +118,11 @@ def models() -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
 def models_import(name: str, cache_dir: Path | None) -> None:
     """Import NAME (base | small | a CTranslate2 directory) into Hugging Face format, once."""
-    from jax_models.ct2_import import ModelNotInstalledError, resolve_model
+    from jax_models.ct2_import import CT2FormatError, ModelNotInstalledError, resolve_model
 
     try:
         path = resolve_model(name, cache_dir or default_cache_dir(), progress=True)
-    except ModelNotInstalledError as exc:
+    except (ModelNotInstalledError, CT2FormatError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(path)
 

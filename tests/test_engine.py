@@ -1,0 +1,143 @@
+"""Engine pieces: features, window planning, timestamp segments, batching; real-model accuracy."""
+
+from __future__ import annotations
+
+import threading
+
+import jiwer
+import numpy as np
+import pytest
+
+from jax_models.decoding import compression_ratio, split_segments
+from jax_models.engine import TranscribeOptions
+from jax_models.features import LogMel
+from jax_models.longform import plan_windows
+from server.audio import SAMPLE_RATE
+from tests.conftest import SENTENCE
+from tests.speech import espeak_samples, silence
+
+
+def normalise(text: str) -> str:
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    return BasicTextNormalizer()(text).strip()
+
+
+def test_log_mel_matches_transformers(base_model_dir, speech_samples):
+    from transformers import WhisperFeatureExtractor
+
+    fe = WhisperFeatureExtractor.from_pretrained(base_model_dir)
+    ours = LogMel(np.asarray(fe.mel_filters, np.float32).T)([speech_samples])[0]
+    theirs = fe(speech_samples, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
+    assert ours.shape == theirs.shape == (80, 3000)
+    assert np.abs(ours - theirs).max() < 2e-3
+
+
+def test_plan_windows_cuts_in_silence():
+    rng = np.random.default_rng(0)
+    speech = lambda s: (rng.standard_normal(int(s * SAMPLE_RATE)) * 0.3).astype(np.float32)  # noqa: E731
+    audio = np.concatenate([speech(27.0), silence(0.5), speech(25.0), silence(0.4), speech(25.0)])
+    windows = plan_windows(audio)
+    assert windows[0][0] == 0 and windows[-1][1] == len(audio)
+    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:]))  # contiguous, no overlap
+    assert all(0 < b - a <= 30 * SAMPLE_RATE for a, b in windows)
+    for _, cut in windows[:-1]:  # every cut lies inside one of the two pauses
+        assert 27.0 * SAMPLE_RATE <= cut <= 27.5 * SAMPLE_RATE or 52.5 * SAMPLE_RATE <= cut <= 52.9 * SAMPLE_RATE
+    assert plan_windows(np.zeros(100, np.float32)) == [(0, 100)]
+
+
+def test_split_segments_follows_timestamp_pairs():
+    tsb = 1000
+    ts = lambda s: tsb + int(round(s / 0.02))  # noqa: E731
+    tokens = [ts(0.0), 1, 2, ts(1.5), ts(1.5), 3, ts(3.0), ts(3.2), 4, 5]
+    segs = split_segments(tokens, tsb, window_s=10.0)
+    assert [(s.start, s.end, s.tokens) for s in segs] == [
+        (0.0, 1.5, (1, 2)), (1.5, 3.0, (3,)), (3.2, 10.0, (4, 5))
+    ]
+    single_end = split_segments([ts(0.4), 7, 8, ts(2.0)], tsb, window_s=10.0)
+    assert [(s.start, s.end, s.tokens) for s in single_end] == [(0.4, 2.0, (7, 8))]
+    no_stamps = split_segments([7, 8], tsb, window_s=4.0)
+    assert [(s.start, s.end) for s in no_stamps] == [(0.0, 4.0)]
+    clamped = split_segments([ts(0.0), 7, ts(29.0), ts(29.0)], tsb, window_s=12.0)
+    assert clamped[0].end == 12.0
+
+
+def test_compression_ratio_flags_loops():
+    assert compression_ratio("I will not let you down. " * 20) > 2.4
+    assert compression_ratio(SENTENCE) < 2.4
+
+
+def test_batched_equals_alone(tiny_engine, speech_samples):
+    """The transcript of a request is the same alone or batched with other requests."""
+    opts = TranscribeOptions(language="en")
+    alone = tiny_engine.transcribe(speech_samples, opts)
+    others = [speech_samples[::-1].copy(), speech_samples * 0.5]
+    results: dict[int, object] = {}
+    start = tiny_engine.batches_run
+
+    def run(i, x):
+        results[i] = tiny_engine.transcribe(x, opts)
+
+    threads = [threading.Thread(target=run, args=(i, x)) for i, x in enumerate([speech_samples, *others])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0].text == alone.text
+    assert [s.tokens for s in results[0].segments] == [s.tokens for s in alone.segments]
+    assert tiny_engine.batches_run > start
+
+
+def test_prompt_changes_prefix_not_shape(tiny_engine, speech_samples):
+    toks = tiny_engine.prompt_tokens("Chorus, EasyDeL and Whisper.")
+    assert toks[0] == tiny_engine.ids.sot_prev and len(toks) > 3
+    long = tiny_engine.prompt_tokens("word " * 1000)
+    assert len(long) <= 224 - 7
+    out = tiny_engine.transcribe(speech_samples, TranscribeOptions(language="en", prompt="Hello there."))
+    assert out.duration == pytest.approx(len(speech_samples) / SAMPLE_RATE)
+
+
+def test_invalid_options_raise(tiny_engine, speech_samples):
+    with pytest.raises(ValueError):
+        tiny_engine.transcribe(speech_samples, TranscribeOptions(task="summarise"))
+    with pytest.raises(ValueError):
+        tiny_engine.transcribe(speech_samples, TranscribeOptions(language="tlh"))
+
+
+@pytest.mark.slow
+def test_base_model_english_wer(base_engine, speech_samples):
+    out = base_engine.transcribe(speech_samples, TranscribeOptions())
+    assert out.language == "en"
+    wer = jiwer.wer(normalise(SENTENCE), normalise(out.text))
+    assert wer < 0.15, (wer, out.text)
+
+
+@pytest.mark.slow
+def test_base_model_translates_french(base_engine, tmp_path):
+    french = "Bonjour, je voudrais acheter du pain et un café, s'il vous plaît. Merci beaucoup."
+    samples = espeak_samples(french, tmp_path, voice="fr", speed=140)
+    out = base_engine.transcribe(samples, TranscribeOptions(task="translate", language="fr"))
+    words = set(normalise(out.text).split())
+    assert out.task == "translate"
+    assert words & {"bread", "coffee", "thank", "thanks", "buy", "please", "hello", "like"}, out.text
+
+
+@pytest.mark.slow
+def test_base_model_long_form_keeps_words_at_cuts(base_engine, tmp_path):
+    script = [
+        "Once upon a time there was a small village beside a wide river.",
+        "Every morning the baker opened his shop and sold warm bread to the farmers.",
+        "The children walked to school along the river and counted the boats.",
+        "In the afternoon the fishermen came back with baskets full of silver fish.",
+        "At night the lights of the village shone on the dark water.",
+    ] * 2
+    pieces = []
+    for line in script:
+        pieces += [espeak_samples(line, tmp_path, speed=165), silence(0.25)]
+    audio = np.concatenate(pieces)
+    assert len(audio) > 35 * SAMPLE_RATE  # more than one 30 s window
+    out = base_engine.transcribe(audio, TranscribeOptions(language="en"))
+    wer = jiwer.wer(normalise(" ".join(script)), normalise(out.text))
+    assert wer < 0.15, (wer, out.text)
+    assert out.segments[-1].end > 35.0
+    assert all(a.start <= b.start for a, b in zip(out.segments, out.segments[1:]))
