@@ -30,7 +30,7 @@ setup: sysdeps $(STAMP)
 
 serve: setup
 	$(CHORUS) models import base
-	$(CHORUS) up
+	$(CHORUS) serve whisper --port 8000
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -161,3 +161,46 @@ async def test_api_key_required_when_configured(tiny_engine, tiny_whisper_dir, c
         r = await http.post("/v1/audio/transcriptions", headers={"Authorization": "Bearer k1"},
                             data={"model": "whisper-1"}, files={"file": ("a.wav", io.BytesIO(wav(speech_samples)))})
         assert r.status_code == 200, r.text
+
+
+def test_live_uvicorn_process(tiny_whisper_dir, cache_dir, speech_wav):
+    """`chorus serve whisper` as a real process on 127.0.0.1, called by the synchronous SDK."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from openai import OpenAI
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_BATCH_SIZE": "1",
+           "CHORUS_WHISPER_MAX_NEW_TOKENS": "16"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "whisper", "--model", str(tiny_whisper_dir),
+         "--port", str(port), "--api-key", "secret"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("server did not become ready")
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="secret", max_retries=0)
+        with open(speech_wav, "rb") as f:
+            out = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json")
+        assert out.duration > 1.0 and isinstance(out.text, str)
+        with pytest.raises(openai.AuthenticationError):
+            OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0).models.list()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) is not None
