@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[dev,sidecar]"
-	$(PIP) install -q -c constraints.txt --no-deps -r requirements-nodeps.txt
+	if grep -qvE '^[[:space:]]*(#|$$)' requirements-nodeps.txt; then \
+	  $(PIP) install -q -c constraints.txt --no-deps -r requirements-nodeps.txt; fi
 	touch $@
 
 setup: sysdeps $(STAMP)
