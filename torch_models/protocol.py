@@ -1,0 +1,190 @@
+"""The sidecar's HTTP edge: pydantic request models (OpenAI field order where OpenAI has one) and
+pure renderers of engine results into response bodies."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.errors import InvalidRequestError
+from torch_models.diarization import DiarizationOptions, DiarizationResult, OptionError
+from torch_models.phi4 import Generation
+from torch_models.prompts import TASKS
+
+TaskName = Literal["transcribe", "diarize", "translate", "summarize", "describe", "continue", "qa"]
+assert set(TaskName.__args__) == set(TASKS)  # type: ignore[attr-defined]
+
+
+class DiarizeRequest(BaseModel):
+    """Form fields of ``POST /v1/diarize`` (the ``file`` part is handled apart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=256, description="Ignored: the sidecar serves one diarizer.")
+    num_speakers: int | None = Field(None, ge=1, le=64)
+    min_speakers: int | None = Field(None, ge=1, le=64)
+    max_speakers: int | None = Field(None, ge=1, le=64)
+    response_format: Literal["json", "rttm"] = "json"
+    include_probabilities: bool = False
+
+    def to_options(self) -> DiarizationOptions:
+        """The engine's options.
+
+        Raises:
+            InvalidRequestError: inconsistent speaker counts (``param`` names the field).
+        """
+        options = DiarizationOptions(self.num_speakers, self.min_speakers, self.max_speakers)
+        try:
+            return options.validate()
+        except OptionError as exc:
+            raise InvalidRequestError(str(exc), param=exc.param) from None
+
+
+class SpeakerEmbeddingRequest(BaseModel):
+    """Form fields of ``POST /v1/speaker-embeddings``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=256)
+
+
+class Phi4TranscriptionRequest(BaseModel):
+    """Form fields of ``POST /v1/audio/transcriptions`` on the sidecar (Phi-4 tasks).
+
+    ``language`` is the target language of ``translate``; ``prompt`` is the question of ``qa``
+    (for other tasks it is appended to the instruction as context).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., max_length=256)
+    task: TaskName = "transcribe"
+    template: str | None = Field(None, max_length=64)
+    language: str | None = Field(None, max_length=64)
+    prompt: str | None = Field(None, max_length=4096)
+    response_format: Literal["json", "text"] = "json"
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+
+
+class InputAudio(BaseModel):
+    """An ``input_audio`` content part's payload (OpenAI: base64 ``data`` and its ``format``)."""
+
+    data: str = Field(..., description="base64 of the audio file's bytes")
+    format: str = Field("wav", max_length=16)
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content: ``text``, ``input_audio`` (others are rejected by the route)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+    input_audio: InputAudio | None = None
+
+
+class ChatMessage(BaseModel):
+    """A chat message; ``developer`` is treated as ``system``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions`` body (unknown OpenAI fields are accepted and ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(..., max_length=256)
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+
+
+def parse_json(model: type[BaseModel], body: Any) -> BaseModel:
+    """Validate a JSON body; the first error becomes a 400 naming its field (``messages.0.role``).
+
+    Raises:
+        InvalidRequestError
+    """
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        if first["type"] == "missing":
+            msg = f"Missing required parameter: '{param}'."
+        else:
+            msg = f"Invalid value for '{param}': {first['msg']}."
+        raise InvalidRequestError(msg, param=param) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Renderers (pure functions of engine results)
+
+
+def diarization_body(result: DiarizationResult, *, include_probabilities: bool = False) -> dict[str, Any]:
+    """``DiarizationResult`` → the ``/v1/diarize`` JSON body.
+
+    ``segments`` times are seconds (3 decimals), ``confidence`` in [0, 1] or null; fingerprints
+    are lists of floats; ``probabilities`` (when asked) ``{frame_rate, speakers, values[T][S]}``.
+    """
+    body: dict[str, Any] = {
+        "duration": round(result.duration, 3),
+        "speakers": list(result.speakers),
+        "segments": [
+            {
+                "start": round(t.start, 3),
+                "end": round(t.end, 3),
+                "speaker": t.speaker,
+                "confidence": None if t.confidence is None else round(t.confidence, 4),
+            }
+            for t in result.segments
+        ],
+        "fingerprints": {s: [round(x, 6) for x in v] for s, v in result.fingerprints.items()},
+        "fingerprint_notes": dict(result.fingerprint_notes),
+        "models": dict(result.models),
+        "warnings": list(result.warnings),
+    }
+    if include_probabilities:
+        p = result.probabilities
+        body["probabilities"] = None if p is None else {
+            "frame_rate": round(p.frame_rate, 4),
+            "speakers": list(p.speakers),
+            "values": [[round(float(x), 4) for x in row] for row in p.values],
+        }
+    return body
+
+
+def chat_completion_body(model: str, generation: Generation) -> dict[str, Any]:
+    """A ``Generation`` → OpenAI's ``chat.completion`` object."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": generation.text},
+                "logprobs": None,
+                "finish_reason": generation.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+            "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+        },
+    }

@@ -1,0 +1,106 @@
+"""Synthetic conversations with exactly known speaker turns, spoken by espeak-ng.
+
+Used by the diarization tests and ``torch_models.eval_der --espeak``: two (or more) clearly
+different synthetic voices alternate lines with pauses between them; the reference turns are the
+spans where each line's waveform is above a small energy floor.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.audio import SAMPLE_RATE, decode_audio
+from server.transcript import SpeakerTurn
+
+# (espeak-ng voice, pitch 0-99, words per minute): a low male US voice and a high female variant.
+VOICES: dict[str, tuple[str, int, int]] = {
+    "A": ("en-us", 35, 165),
+    "B": ("en+f3", 80, 150),
+    "C": ("en-gb-scotland", 55, 140),
+}
+
+DIALOGUE: tuple[tuple[str, str], ...] = (
+    ("A", "Good morning. Did you manage to read the quarterly report I sent yesterday?"),
+    ("B", "I did, and I have a few questions about the numbers in the second section."),
+    ("A", "Of course. Which figures looked strange to you?"),
+    ("B", "The travel costs doubled, but the number of trips stayed almost the same."),
+    ("A", "Right, that is because flights got much more expensive in the spring."),
+    ("B", "That makes sense. Should we plan fewer meetings in person next quarter?"),
+    ("A", "I think we should, and we can move the weekly review to a video call."),
+    ("B", "Great, I will update the budget and send you a new draft on Friday."),
+)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """float32 ``(n,)`` 16 kHz ``samples`` and the reference ``turns`` (seconds, speakers ``A``, ``B``…)."""
+
+    samples: np.ndarray
+    turns: tuple[SpeakerTurn, ...]
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return self.samples.shape[0] / SAMPLE_RATE
+
+
+def espeak_available() -> bool:
+    """Whether the ``espeak-ng`` binary is on ``PATH``."""
+    return shutil.which("espeak-ng") is not None
+
+
+def speak(text: str, voice: str, pitch: int = 50, wpm: int = 160) -> np.ndarray:
+    """One line through ``espeak-ng --stdout`` → float32 ``(n,)`` at 16 kHz.
+
+    Raises:
+        FileNotFoundError: espeak-ng is not installed.
+        subprocess.CalledProcessError: espeak-ng failed (unknown voice, …).
+    """
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(wpm), "--stdout", text],
+        check=True, capture_output=True, timeout=60,
+    ).stdout
+    return decode_audio(wav)
+
+
+def speech_span(samples: np.ndarray, floor_db: float = -45.0, hop: int = 160) -> tuple[int, int]:
+    """First and last sample of 10 ms frames louder than ``floor_db`` dBFS (RMS)."""
+    n = samples.shape[0] // hop
+    rms = np.sqrt(np.mean(samples[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
+    loud = np.flatnonzero(20 * np.log10(rms) > floor_db)
+    if loud.size == 0:
+        return 0, 0
+    return int(loud[0] * hop), int((loud[-1] + 1) * hop)
+
+
+def conversation(
+    lines: Sequence[tuple[str, str]] = DIALOGUE,
+    *,
+    pauses_s: Sequence[float] = (0.5, 0.35, 0.7, 0.45),
+    lead_s: float = 0.5,
+    voices: dict[str, tuple[str, int, int]] | None = None,
+) -> Conversation:
+    """Speak ``lines`` (speaker key, text) one after another with the given pauses (cycled).
+
+    Returns the mixed audio and the reference turns, measured on each line's waveform.
+    """
+    voices = voices or VOICES
+    pieces = [np.zeros(int(lead_s * SAMPLE_RATE), np.float32)]
+    turns: list[SpeakerTurn] = []
+    offset = pieces[0].shape[0]
+    for i, (who, text) in enumerate(lines):
+        voice, pitch, wpm = voices[who]
+        audio = speak(text, voice, pitch, wpm)
+        a, b = speech_span(audio)
+        audio = audio[a:b]
+        turns.append(SpeakerTurn(offset / SAMPLE_RATE, (offset + audio.shape[0]) / SAMPLE_RATE, who))
+        pause = np.zeros(int(pauses_s[i % len(pauses_s)] * SAMPLE_RATE), np.float32)
+        pieces += [audio, pause]
+        offset += audio.shape[0] + pause.shape[0]
+    samples = np.concatenate(pieces).astype(np.float32)
+    return Conversation(samples * (0.5 / max(1e-6, float(np.abs(samples).max()))), tuple(turns))
