@@ -1,4 +1,4 @@
-"""``chorus`` command line: serve, transcribe, models (and the sidecar's and bench's commands)."""
+"""``chorus`` command line: serve, up, transcribe, models (and the sidecar's and bench's commands)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,55 @@ def serve_whisper(host, port, api_keys, no_warmup, model, dtype, quantization, b
     _logging(settings.log_level)
     enable_compilation_cache(settings.cache_dir)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@serve.command("router")
+@click.option("--host", default=None, help="Bind address [env CHORUS_ROUTER_HOST, default 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [env CHORUS_ROUTER_PORT, default 8000].")
+@click.option("--whisper-url", default=None, help="Whisper server base URL [http://127.0.0.1:8001].")
+@click.option("--sidecar-url", default=None, help="Sidecar base URL [http://127.0.0.1:8002].")
+@click.option("--api-key", "api_keys", multiple=True, help="accepted bearer token (repeatable)")
+@click.option("--backend-api-key", default=None, help="bearer token sent to both backends")
+@click.option("--diarization-window", "diarization_window_s", type=float, default=None,
+              help="seconds of consecutive chunks diarized together [30]")
+def serve_router(host, port, whisper_url, sidecar_url, api_keys, backend_api_key, diarization_window_s) -> None:
+    """The router, the public entry point (default 127.0.0.1:8000)."""
+    import uvicorn
+
+    from server.router_app import create_app
+    from server.settings import RouterSettings
+
+    overrides = dict(host=host, port=port, whisper_url=whisper_url, sidecar_url=sidecar_url,
+                     api_keys=list(api_keys) or None, backend_api_key=backend_api_key,
+                     diarization_window_s=diarization_window_s)
+    settings = RouterSettings(**{k: v for k, v in overrides.items() if v is not None})
+    _logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@main.command("up")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address of all three servers.")
+@click.option("--port", "router_port", type=int, default=8000, show_default=True, help="Router port.")
+@click.option("--whisper-port", type=int, default=8001, show_default=True)
+@click.option("--sidecar-port", type=int, default=8002, show_default=True)
+@click.option("--whisper-url", default=None, help="Use a whisper server running elsewhere (not started here).")
+@click.option("--sidecar-url", default=None, help="Use a sidecar running elsewhere (not started here).")
+@click.option("--model", default=None, help="Whisper model: base | small | a directory | a hub id.")
+@click.option("--batch-size", type=int, default=None, help="Whisper batch of 30 s windows.")
+@click.option("--diarizer", type=click.Choice(["cluster", "sortformer"]), default=None)
+@click.option("--no-warmup", is_flag=True, help="Skip the backends' warm-up.")
+@click.option("--api-key", "api_keys", multiple=True, help="Bearer token required by all three (repeatable).")
+@click.option("--ready-timeout", type=float, default=900.0, show_default=True, help="Seconds to wait for /ready.")
+def up(host, router_port, whisper_port, sidecar_port, whisper_url, sidecar_url, model, batch_size, diarizer,
+       no_warmup, api_keys, ready_timeout) -> None:
+    """Start the whisper server, the sidecar and the router; Ctrl-C stops all three."""
+    from server.launcher import Launcher, UpOptions, plan_services
+
+    options = UpOptions(host=host, router_port=router_port, whisper_port=whisper_port, sidecar_port=sidecar_port,
+                        whisper_url=whisper_url, sidecar_url=sidecar_url, model=model, batch_size=batch_size,
+                        diarizer=diarizer, warmup=not no_warmup, api_keys=tuple(api_keys))
+    code = Launcher(plan_services(options), echo=lambda m: click.echo(f"chorus up: {m}", err=True)).run(ready_timeout)
+    sys.exit(code)
 
 
 @main.command()

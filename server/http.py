@@ -43,13 +43,17 @@ class Upload:
     fields: list[tuple[str, str]]
 
 
-async def read_upload(request: Request, settings: ServerSettings, *, file_field: str = "file") -> Upload:
+async def read_upload(
+    request: Request, settings: ServerSettings, *, file_field: str = "file", max_field_bytes: int = 64 * 1024
+) -> Upload:
     """Parse a ``multipart/form-data`` body into the file bytes and the text fields.
 
     Raises:
         UnsupportedMediaTypeError: the body is not multipart (415).
         PayloadTooLargeError: the body or the file is over ``settings.max_upload_mb`` (413).
         InvalidRequestError: no file part, or a malformed form (400).
+
+    ``max_field_bytes`` bounds each text field (the router raises it for data-URL speaker references).
     """
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
@@ -63,7 +67,7 @@ async def read_upload(request: Request, settings: ServerSettings, *, file_field:
             f"Maximum content size limit ({limit} bytes) exceeded ({declared} bytes read).", param=file_field
         )
     try:
-        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=64 * 1024)
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=max_field_bytes)
     except ApiError:
         raise
     except Exception as exc:  # multipart.MultipartParseError, starlette's HTTPException for limits

@@ -64,3 +64,50 @@ class WhisperSettings(ServerSettings):
     max_new_tokens: int = Field(224, ge=1, le=448)
     beam_size: int = Field(1, ge=1)
     warmup: bool = True
+
+
+class RouterSettings(ServerSettings):
+    """The router (``chorus serve router``): the public entry point in front of both backends.
+
+    Every field can be set as ``CHORUS_ROUTER_<FIELD>`` (``CHORUS_ROUTER_WHISPER_URL=http://gpu1:8001``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CHORUS_ROUTER_", extra="ignore")
+
+    port: int = 8000
+    whisper_url: str = Field("http://127.0.0.1:8001", description="Base URL of the whisper server.")
+    sidecar_url: str = Field("http://127.0.0.1:8002", description="Base URL of the torch sidecar.")
+    backend_api_key: str | None = Field(None, description="Bearer token sent to both backends.")
+    whisper_concurrency: int = Field(8, ge=1, description="Chunk requests in flight to the whisper server.")
+    sidecar_concurrency: int = Field(2, ge=1, description="Requests in flight to the sidecar.")
+    whisper_timeout_s: float = Field(300.0, gt=0, description="Deadline of one chunk at the whisper server.")
+    sidecar_timeout_s: float = Field(300.0, gt=0, description="Deadline of one diarization request.")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    whisper_model: str = Field(
+        "whisper-1", description="Model name sent to the whisper server for requests naming a diarize model."
+    )
+    diarize_model_names: list[str] = Field(
+        default_factory=lambda: ["gpt-4o-transcribe-diarize"],
+        description="Request `model` names that mean 'transcribe with the whisper server, diarize'.",
+    )
+    diarize_formats: list[str] = Field(
+        default_factory=lambda: ["diarized_json", "verbose_json", "srt", "vtt"],
+        description="response_formats that carry speakers (the sidecar is skipped for the others).",
+    )
+    max_chunk_s: float = Field(30.0, gt=1, le=30, description="Longest chunk sent to the whisper server.")
+    diarization_window_s: float = Field(
+        30.0, ge=1, description="Consecutive chunks up to this length are diarized together by the sidecar.",
+    )
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="silero-vad speech probability ('auto').")
+    vad_silence_ms: int = Field(500, ge=0, description="Least pause that ends a speech region ('auto').")
+    vad_padding_ms: int = Field(300, ge=0, description="Audio kept before and after speech ('auto').")
+    link_threshold: float | None = Field(
+        None, ge=-1, le=1,
+        description="Cosine similarity above which two chunk-local speakers are one person; None: by embedder "
+        "(0.80 resemblyzer, 0.50 TitaNet).",
+    )
+    known_speaker_threshold: float | None = Field(
+        None, ge=-1, le=1,
+        description="Least cosine similarity to name a speaker after a reference clip; None: by embedder.",
+    )
+    ready_poll_s: float = Field(2.0, gt=0, description="Seconds between backend /ready checks.")

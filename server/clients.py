@@ -1,0 +1,287 @@
+"""Typed async clients for the two backends the router fans out to: the whisper server and the sidecar.
+
+Each client bounds its requests in flight (a semaphore), applies a deadline, and retries once when
+the connection could not be made or was dropped before a response (a restarted backend). Responses
+become plain dataclasses; nothing above this module sees HTTP.
+
+Errors, from the caller's point of view:
+
+- ``BackendUnavailable``: the backend cannot be reached (after the retry), or says 503 / not ready.
+- ``BackendTimeout``: no answer within the deadline.
+- ``BackendRejected``: the backend answered 4xx (a client error it found: unknown model, bad language);
+  it carries the backend's OpenAI-shaped error body so the router can pass it on unchanged.
+- ``BackendFailed``: anything else (5xx, a malformed body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+from server.transcript import Segment, SpeakerTurn, Transcript
+
+log = logging.getLogger("chorus.clients")
+
+
+class BackendError(Exception):
+    """A backend call failed; ``backend`` is ``"whisper"`` or ``"sidecar"``."""
+
+    def __init__(self, backend: str, message: str, *, status: int | None = None, body: dict | None = None) -> None:
+        super().__init__(f"{backend}: {message}")
+        self.backend = backend
+        self.message = message
+        self.status = status
+        self.body = body
+
+
+class BackendUnavailable(BackendError):
+    """Connection refused or dropped (after one retry), or the backend answered 503."""
+
+
+class BackendTimeout(BackendError):
+    """The backend did not answer within the deadline."""
+
+
+class BackendRejected(BackendError):
+    """The backend answered 4xx; ``status`` and ``body`` are its answer."""
+
+
+class BackendFailed(BackendError):
+    """The backend answered 5xx (other than 503) or an unreadable body."""
+
+
+RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class _Backend:
+    """One backend: base URL, shared connection pool, concurrency bound, deadline, one retry."""
+
+    name = "backend"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        concurrency: int,
+        timeout_s: float,
+        connect_timeout_s: float = 5.0,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.concurrency = concurrency
+        self._sem = asyncio.Semaphore(concurrency)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, path: str, *, data: list[tuple[str, str]], files: dict) -> httpx.Response:
+        """POST multipart with the concurrency bound, one retry on connection errors, error mapping."""
+        form: dict[str, str | list[str]] = {}
+        for key, value in data:  # httpx wants a dict; repeated keys become lists
+            if key in form:
+                prev = form[key]
+                form[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
+            else:
+                form[key] = value
+        async with self._sem:
+            for attempt in (0, 1):
+                try:
+                    response = await self._http.post(path, data=form, files=files)
+                    break
+                except RETRYABLE as exc:
+                    if attempt == 0:
+                        log.warning("%s %s: %s; retrying once", self.name, path, type(exc).__name__)
+                        await asyncio.sleep(0.2)
+                        continue
+                    raise BackendUnavailable(self.name, f"cannot reach {self.base_url} ({type(exc).__name__})") from exc
+                except httpx.TimeoutException as exc:
+                    raise BackendTimeout(self.name, f"no answer from {self.base_url}{path} in {self.timeout_s:g} s") from exc
+                except httpx.HTTPError as exc:
+                    raise BackendFailed(self.name, f"{type(exc).__name__}: {exc}") from exc
+        self._raise_for_status(response)
+        return response
+
+    async def get_json(self, path: str, *, timeout_s: float = 5.0) -> tuple[int, dict]:
+        """``GET path`` → ``(status, json body)``; raises ``BackendUnavailable`` when unreachable."""
+        try:
+            r = await self._http.get(path, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(self.name, f"cannot reach {self.base_url} ({type(exc).__name__})") from exc
+        try:
+            return r.status_code, r.json()
+        except ValueError:
+            return r.status_code, {}
+
+    async def ready(self) -> tuple[bool, str]:
+        """``(ready, detail)`` from the backend's ``/ready``."""
+        try:
+            status, body = await self.get_json("/ready")
+        except BackendUnavailable as exc:
+            return False, exc.message
+        return status == 200, str(body.get("detail", status))
+
+    def _raise_for_status(self, response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": {"message": response.text[:500], "type": "server_error", "param": None, "code": None}}
+        message = (body.get("error") or {}).get("message") or response.reason_phrase
+        cls = BackendRejected if response.status_code < 500 else BackendFailed
+        if response.status_code == 503:
+            cls = BackendUnavailable
+        elif response.status_code == 504:
+            cls = BackendTimeout
+        raise cls(self.name, message, status=response.status_code, body=body)
+
+
+def _wav_file(wav: bytes, name: str = "chunk.wav") -> dict:
+    return {"file": (name, wav, "audio/wav")}
+
+
+class WhisperClient(_Backend):
+    """The whisper server's ``/v1/audio/transcriptions`` and ``/v1/audio/translations``."""
+
+    name = "whisper"
+
+    async def transcribe(
+        self,
+        wav: bytes,
+        *,
+        model: str,
+        task: str = "transcribe",
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
+    ) -> Transcript:
+        """One audio file (≤ 30 s from the router) → ``Transcript`` with times relative to its start."""
+        data = [("model", model), ("response_format", "verbose_json"), ("temperature", str(temperature))]
+        if language and task == "transcribe":
+            data.append(("language", language))
+        if prompt:
+            data.append(("prompt", prompt))
+        path = "/v1/audio/translations" if task == "translate" else "/v1/audio/transcriptions"
+        response = await self._post(path, data=data, files=_wav_file(wav))
+        try:
+            return transcript_from_verbose(response.json(), task=task)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendFailed(self.name, f"malformed verbose_json: {exc}") from exc
+
+    async def forward(self, path: str, fields: list[tuple[str, str]], filename: str, data: bytes,
+                      content_type: str | None) -> httpx.Response:
+        """Pass a request through unchanged (translations): returns the backend's response."""
+        return await self._post(path, data=fields, files={"file": (filename, data, content_type or "application/octet-stream")})
+
+    async def model_names(self) -> list[str]:
+        """Names the whisper server accepts (``GET /v1/models``)."""
+        status, body = await self.get_json("/v1/models")
+        return [m["id"] for m in body.get("data", [])] if status == 200 else []
+
+
+def transcript_from_verbose(body: dict, *, task: str = "transcribe") -> Transcript:
+    """An OpenAI ``verbose_json`` body → ``Transcript`` (segments and words, if any)."""
+    from server.transcript import Word
+
+    segments = []
+    for i, s in enumerate(body.get("segments") or []):
+        words = tuple(
+            Word(w["word"], float(w["start"]), float(w["end"]), w.get("probability"))
+            for w in s.get("words") or []
+        )
+        segments.append(
+            Segment(
+                id=i, start=float(s["start"]), end=float(s["end"]), text=s["text"], seek=int(s.get("seek", 0)),
+                tokens=tuple(s.get("tokens") or ()), temperature=float(s.get("temperature", 0.0)),
+                avg_logprob=float(s.get("avg_logprob", 0.0)),
+                compression_ratio=float(s.get("compression_ratio", 0.0)),
+                no_speech_prob=float(s.get("no_speech_prob", 0.0)), words=words,
+            )
+        )
+    if not segments and body.get("words"):
+        # a server that returned words at the top level only
+        words = tuple(Word(w["word"], float(w["start"]), float(w["end"])) for w in body["words"])
+        segments.append(Segment(0, words[0].start, words[-1].end, body.get("text", ""), words=words))
+    return Transcript(
+        text=body.get("text", ""), segments=tuple(segments), language=body.get("language") or "en",
+        duration=float(body.get("duration") or 0.0), task=body.get("task") or task,
+    )
+
+
+@dataclass(frozen=True)
+class Diarization:
+    """The sidecar's answer for one piece of audio (times relative to that piece)."""
+
+    turns: tuple[SpeakerTurn, ...]
+    speakers: tuple[str, ...]
+    fingerprints: dict[str, np.ndarray] = field(default_factory=dict)
+    duration: float = 0.0
+    models: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def embedder(self) -> str:
+        """The embedder's name as the sidecar describes it ('' when unknown)."""
+        return str(self.models.get("embedder", ""))
+
+
+def diarization_from_json(body: dict) -> Diarization:
+    """The sidecar's ``/v1/diarize`` JSON → ``Diarization``."""
+    turns = tuple(
+        SpeakerTurn(float(s["start"]), float(s["end"]), str(s["speaker"]),
+                    None if s.get("confidence") is None else float(s["confidence"]))
+        for s in body.get("segments") or []
+    )
+    speakers = tuple(body.get("speakers") or dict.fromkeys(t.speaker for t in turns))
+    prints = {str(k): np.asarray(v, dtype=np.float32) for k, v in (body.get("fingerprints") or {}).items() if v}
+    return Diarization(
+        turns=turns, speakers=speakers, fingerprints=prints, duration=float(body.get("duration") or 0.0),
+        models=dict(body.get("models") or {}), warnings=tuple(body.get("warnings") or ()),
+    )
+
+
+class SidecarClient(_Backend):
+    """The sidecar's ``/v1/diarize`` and ``/v1/speaker-embeddings``."""
+
+    name = "sidecar"
+
+    async def diarize(self, wav: bytes, *, num_speakers: int | None = None) -> Diarization:
+        """One audio file → speaker turns, one fingerprint per local speaker."""
+        data = [("response_format", "json")]
+        if num_speakers:
+            data.append(("num_speakers", str(num_speakers)))
+        response = await self._post("/v1/diarize", data=data, files=_wav_file(wav))
+        try:
+            return diarization_from_json(response.json())
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendFailed(self.name, f"malformed diarization: {exc}") from exc
+
+    async def embed(self, wav: bytes) -> tuple[np.ndarray, str]:
+        """A speaker's clip → ``(unit-norm fingerprint, embedder name)``."""
+        response = await self._post("/v1/speaker-embeddings", data=[], files=_wav_file(wav, "reference.wav"))
+        try:
+            body = response.json()
+            vec = body.get("fingerprint") or body.get("embedding")
+            if vec is None and body.get("data"):
+                vec = body["data"][0].get("embedding") or body["data"][0].get("fingerprint")
+            vec = np.asarray(vec, dtype=np.float32)
+            model = body.get("model") or (body.get("models") or {}).get("embedder", "")
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise BackendFailed(self.name, f"malformed embedding: {exc}") from exc
+        if vec.ndim != 1 or vec.size == 0:
+            raise BackendFailed(self.name, "the sidecar returned no embedding")
+        return vec / max(float(np.linalg.norm(vec)), 1e-12), str(model)

@@ -1,0 +1,380 @@
+"""The router: the public OpenAI-compatible entry point in front of the whisper server and the sidecar.
+
+``POST /v1/audio/transcriptions`` decodes the upload once, cuts it into chunks, fans them out to
+both backends and answers in any ``response_format`` including ``diarized_json`` (and SSE when
+``stream=true``); ``POST /v1/audio/translations`` is passed through to the whisper server.
+``/ready`` answers 200 when both backends are ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx
+from prometheus_client import Counter, Gauge
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from server.audio import AudioDecodeError, AudioTooLongError, decode_audio, duration_s, to_wav_bytes
+from server.chunking import SileroVad, VadOptions
+from server.clients import (
+    BackendError,
+    BackendRejected,
+    BackendTimeout,
+    BackendUnavailable,
+    SidecarClient,
+    WhisperClient,
+)
+from server.errors import (
+    EXCEPTION_HANDLERS,
+    ApiError,
+    InvalidAudioError,
+    InvalidRequestError,
+    NotFoundError,
+    NotReadyError,
+    TimeoutError_,
+)
+from server.formats import RENDERERS
+from server.http import Admission, ApiKeyMiddleware, ServerState, Upload, health_routes, read_upload, timed
+from server.protocol import TranscriptionRequest, parse_form
+from server.router import Job, Router, encode_sse
+from server.settings import RouterSettings
+
+log = logging.getLogger("chorus.router")
+
+MAX_REFERENCE_FIELD = 2_000_000  # bytes of one known_speaker_references[] data URL (10 s of wav ≈ 430 kB)
+MAX_KNOWN_SPEAKERS = 4
+REFERENCE_S = (2.0, 10.0)
+REFERENCE_SLACK_S = 0.25
+
+
+def backend_api_error(exc: BackendError) -> ApiError:
+    """A backend failure as the error the router's client sees.
+
+    whisper unreachable or not ready → 503 with ``Retry-After``; timeout → 504; a 4xx from the
+    backend (unknown model, bad language, …) is passed on unchanged; anything else → 502.
+    """
+    if isinstance(exc, BackendUnavailable):
+        return NotReadyError(f"The {exc.backend} server is unavailable: {exc.message}", code="backend_unavailable",
+                             headers={"Retry-After": "5"})
+    if isinstance(exc, BackendTimeout):
+        return TimeoutError_(f"The {exc.backend} server did not answer in time: {exc.message}",
+                             headers={"Retry-After": "5"})
+    body = (exc.body or {}).get("error") or {}
+    err = ApiError(body.get("message") or exc.message, param=body.get("param"), code=body.get("code"))
+    if isinstance(exc, BackendRejected):
+        err.status_code = exc.status or 400
+        err.type = body.get("type") or "invalid_request_error"
+        if exc.status == 429:
+            err.headers = {"Retry-After": "1"}
+    else:
+        err.status_code = 502
+        err.type = "server_error"
+        err.code = err.code or "backend_error"
+        err.message = f"The {exc.backend} server failed: {err.message}"
+    return err
+
+
+def chunking_fields(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Fold the SDK's ``chunking_strategy[type]=server_vad``, ``chunking_strategy[threshold]=…``
+    form fields into one ``chunking_strategy`` JSON field (``"auto"`` passes through)."""
+    nested: dict[str, object] = {}
+    out = []
+    for key, value in fields:
+        if key.startswith("chunking_strategy[") and key.endswith("]"):
+            name = key[len("chunking_strategy["):-1]
+            try:
+                nested[name] = value if name == "type" else json.loads(value)
+            except ValueError:
+                nested[name] = value
+        else:
+            out.append((key, value))
+    if nested:
+        out.append(("chunking_strategy", json.dumps(nested)))
+    return out
+
+
+def decode_reference(url: str, index: int) -> bytes:
+    """A ``known_speaker_references[]`` data URL → 16 kHz WAV bytes (2–10 s of audio).
+
+    Raises:
+        InvalidRequestError: not a base64 data URL, undecodable audio, or the wrong length.
+    """
+    param = "known_speaker_references"
+    if not url.startswith("data:") or ";base64," not in url[:200]:
+        raise InvalidRequestError(f"known_speaker_references[{index}] must be a base64 data URL "
+                                  "(data:audio/wav;base64,...).", param=param)
+    try:
+        raw = base64.b64decode(url.split(";base64,", 1)[1], validate=False)
+        samples = decode_audio(raw, max_duration_s=REFERENCE_S[1] + 5)
+    except (binascii.Error, ValueError, AudioDecodeError, AudioTooLongError) as exc:
+        raise InvalidRequestError(f"known_speaker_references[{index}] is not decodable audio: {exc}",
+                                  param=param) from None
+    seconds = duration_s(samples)
+    if not REFERENCE_S[0] - REFERENCE_SLACK_S <= seconds <= REFERENCE_S[1] + REFERENCE_SLACK_S:
+        raise InvalidRequestError(f"known_speaker_references[{index}] is {seconds:.1f} s long; references must be "
+                                  f"between {REFERENCE_S[0]:g} and {REFERENCE_S[1]:g} seconds.", param=param)
+    return to_wav_bytes(samples)
+
+
+def create_app(
+    settings: RouterSettings,
+    *,
+    vad: SileroVad | None = None,
+    transports: dict[str, httpx.AsyncBaseTransport] | None = None,
+) -> Starlette:
+    """Build the router.
+
+    Args:
+        settings: backend URLs, concurrency, timeouts, chunking and linking parameters, limits, keys.
+        vad: a ``SileroVad`` to share (tests); by default one is created and loaded at start-up.
+        transports: ``{"whisper": …, "sidecar": …}`` httpx transports to reach the backends through
+            (tests pass ``httpx.ASGITransport`` of in-process apps); by default plain HTTP.
+    """
+    transports = transports or {}
+    state = ServerState("router")
+    admission = Admission(settings.max_concurrent, settings.max_queue)
+    chunks_total = Counter("chorus_router_chunks", "Chunks sent to the whisper server", registry=state.registry)
+    backend_errors = Counter("chorus_router_backend_errors", "Backend failures by backend and kind",
+                             ["backend", "kind"], registry=state.registry)
+    degraded = Counter("chorus_router_degraded", "Responses returned with warnings", registry=state.registry)
+    backend_up = Gauge("chorus_router_backend_ready", "1 when the backend's /ready is 200", ["backend"],
+                       registry=state.registry)
+    holder: dict = {"whisper_names": [], "backends": {"whisper": (False, "unchecked"), "sidecar": (False, "unchecked")}}
+    default_vad = VadOptions(settings.vad_threshold, settings.vad_silence_ms, settings.vad_padding_ms)
+
+    def clients() -> tuple[WhisperClient, SidecarClient]:
+        w = WhisperClient(settings.whisper_url, concurrency=settings.whisper_concurrency,
+                          timeout_s=settings.whisper_timeout_s, connect_timeout_s=settings.connect_timeout_s,
+                          api_key=settings.backend_api_key, transport=transports.get("whisper"))
+        s = SidecarClient(settings.sidecar_url, concurrency=settings.sidecar_concurrency,
+                          timeout_s=settings.sidecar_timeout_s, connect_timeout_s=settings.connect_timeout_s,
+                          api_key=settings.backend_api_key, transport=transports.get("sidecar"))
+        return w, s
+
+    async def poll_backends(router: Router) -> None:
+        while True:
+            checks = await asyncio.gather(router.whisper.ready(), router.sidecar.ready())
+            for name, (ok, detail) in zip(("whisper", "sidecar"), checks):
+                holder["backends"][name] = (ok, detail)
+                backend_up.labels(name).set(1 if ok else 0)
+            if checks[0][0] and not holder["whisper_names"]:
+                with contextlib.suppress(BackendError):
+                    holder["whisper_names"] = await router.whisper.model_names()
+            vad_ok = holder.get("vad_loaded", False)
+            state.ready = vad_ok and all(ok for ok, _ in checks)
+            state.detail = "ready" if state.ready else "; ".join(
+                [f"{n}: {'ready' if ok else d}" for n, (ok, d) in holder["backends"].items()]
+                + ([] if vad_ok else ["vad: loading"])
+            )
+            await asyncio.sleep(settings.ready_poll_s)
+
+    whisper, sidecar = clients()
+    silero = vad or SileroVad()
+    router = Router(whisper, sidecar, vad=silero, max_chunk_s=settings.max_chunk_s,
+                    window_s=settings.diarization_window_s, link_threshold=settings.link_threshold,
+                    known_threshold=settings.known_speaker_threshold)
+    holder["router"] = router
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        async def load_vad() -> None:
+            try:
+                await anyio.to_thread.run_sync(silero.load)
+                holder["vad_loaded"] = True
+            except Exception as exc:  # fixed windows still work without it
+                log.warning("silero-vad could not be loaded (%s): fixed windows will be used", exc)
+                router.vad = None
+                holder["vad_loaded"] = True
+
+        tasks = [asyncio.create_task(load_vad()), asyncio.create_task(poll_backends(router))]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await whisper.aclose()
+            await sidecar.aclose()
+
+    def whisper_model(name: str) -> str:
+        return settings.whisper_model if name in settings.diarize_model_names else name
+
+    def record(exc: BackendError) -> None:
+        backend_errors.labels(exc.backend, type(exc).__name__).inc()
+
+    async def prepare(request: Request) -> tuple[TranscriptionRequest, Job, Upload]:
+        upload = await read_upload(request, settings, max_field_bytes=MAX_REFERENCE_FIELD)
+        req = parse_form(TranscriptionRequest, chunking_fields(upload.fields))
+        known_names = holder["whisper_names"]
+        if known_names and req.model not in known_names and req.model not in settings.diarize_model_names:
+            raise NotFoundError(f"The model '{req.model}' does not exist; this server serves "
+                                f"{sorted({*known_names, *settings.diarize_model_names})}.", param="model")
+        if "word" in req.timestamp_granularities:
+            raise InvalidRequestError("timestamp_granularities[]=word is not supported yet; use 'segment'.",
+                                      param="timestamp_granularities")
+        try:
+            vad_options = VadOptions.from_strategy(req.chunking_strategy, default_vad)
+        except ValueError as exc:
+            raise InvalidRequestError(f"Invalid value for 'chunking_strategy': {exc}.", param="chunking_strategy") from None
+        if len(req.known_speaker_names) != len(req.known_speaker_references):
+            raise InvalidRequestError("known_speaker_names[] and known_speaker_references[] must have the same length.",
+                                      param="known_speaker_names")
+        if len(req.known_speaker_names) > MAX_KNOWN_SPEAKERS:
+            raise InvalidRequestError(f"At most {MAX_KNOWN_SPEAKERS} known speakers are supported.",
+                                      param="known_speaker_names")
+        names = [n.strip() for n in req.known_speaker_names]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise InvalidRequestError("known_speaker_names[] must be distinct and non-empty.", param="known_speaker_names")
+        diarize = req.response_format in settings.diarize_formats
+        refs = []
+        if names and diarize:
+            refs = await anyio.to_thread.run_sync(
+                lambda: [decode_reference(u, i) for i, u in enumerate(req.known_speaker_references)])
+        job = Job(model=whisper_model(req.model), task="transcribe", language=req.language, prompt=req.prompt,
+                  temperature=req.temperature, diarize=diarize, vad=vad_options, known=tuple(zip(names, refs)))
+        return req, job, upload
+
+    async def decode(upload, request: Request):
+        try:
+            samples = await anyio.to_thread.run_sync(
+                lambda: decode_audio(upload.data, max_duration_s=settings.max_audio_s))
+        except AudioTooLongError as exc:
+            raise InvalidRequestError(str(exc), param="file", code="audio_too_long") from None
+        except AudioDecodeError as exc:
+            raise InvalidAudioError(f"Invalid file format ({upload.filename}): {exc} Supported: flac, m4a, mp3, "
+                                    "mp4, mpeg, mpga, oga, ogg, wav, webm.", param="file") from None
+        request.scope["chorus.audio_seconds"] = duration_s(samples)
+        return samples
+
+    @timed(state, "/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Response:
+        router: Router = holder["router"]
+        req, job, upload = await prepare(request)
+        if req.stream:
+            return await stream_response(request, router, req, job, upload)
+        async with admission:
+            samples = await decode(upload, request)
+            plan = await anyio.to_thread.run_sync(router.plan, samples, job.vad)
+            chunks_total.inc(len(plan.chunks))
+            t0 = time.perf_counter()
+            try:
+                transcript = await asyncio.wait_for(router.transcribe(samples, plan, job),
+                                                    timeout=settings.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise TimeoutError_(f"The request took longer than {settings.request_timeout_s:g} s.",
+                                    headers={"Retry-After": "5"}) from None
+            except BackendError as exc:
+                record(exc)
+                raise backend_api_error(exc) from None
+        if transcript.warnings:
+            degraded.inc()
+            for w in transcript.warnings:
+                if "sidecar" in w:
+                    backend_errors.labels("sidecar", "degraded").inc()
+                    break
+        log.info("transcribed %.1fs in %d chunks / %d windows (%s) in %.2fs; warnings=%d", plan.duration,
+                 len(plan.chunks), len(plan.windows), plan.method, time.perf_counter() - t0, len(transcript.warnings))
+        body, media_type = RENDERERS[req.response_format](transcript)
+        if isinstance(body, dict):
+            return JSONResponse(body)
+        return PlainTextResponse(body, media_type=media_type)
+
+    async def stream_response(request: Request, router: Router, req, job: Job, upload) -> Response:
+        await admission.__aenter__()
+        try:
+            samples = await decode(upload, request)
+            plan = await anyio.to_thread.run_sync(router.plan, samples, job.vad)
+            chunks_total.inc(len(plan.chunks))
+            events = router.stream(samples, plan, job, segments_events=req.response_format == "diarized_json")
+            try:  # the first event (or the whisper server's failure) before the 200 goes out
+                first = await events.__anext__()
+            except BackendError as exc:
+                record(exc)
+                await events.aclose()
+                raise backend_api_error(exc) from None
+        except BaseException:
+            await admission.__aexit__(None, None, None)
+            raise
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                yield encode_sse(first)
+                async for ev in events:
+                    yield encode_sse(ev)
+            except BackendError as exc:
+                record(exc)
+                yield encode_sse(backend_api_error(exc).body())
+            finally:
+                await events.aclose()
+                await admission.__aexit__(None, None, None)
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @timed(state, "/v1/audio/translations")
+    async def translations(request: Request) -> Response:
+        router: Router = holder["router"]
+        upload = await read_upload(request, settings)
+        fields = [(k, whisper_model(v) if k == "model" else v) for k, v in upload.fields]
+        async with admission:
+            try:
+                r = await router.whisper.forward("/v1/audio/translations", fields, upload.filename, upload.data,
+                                                 upload.content_type)
+            except BackendError as exc:
+                record(exc)
+                raise backend_api_error(exc) from None
+        return Response(r.content, status_code=r.status_code,
+                        media_type=r.headers.get("content-type", "application/json"))
+
+    def model_names() -> list[str]:
+        return sorted({*holder["whisper_names"], *settings.diarize_model_names})
+
+    def card(name: str) -> dict:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "chorus",
+                "chorus": {"diarization": True, "whisper_model": whisper_model(name)}}
+
+    async def list_models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [card(n) for n in model_names()]})
+
+    async def get_model(request: Request) -> Response:
+        name = request.path_params["model"]
+        if name not in model_names():
+            raise NotFoundError(f"The model '{name}' does not exist.", param="model")
+        return JSONResponse(card(name))
+
+    async def backends(request: Request) -> Response:
+        return JSONResponse({n: {"ready": ok, "detail": d, "url": getattr(settings, f"{n}_url")}
+                             for n, (ok, d) in holder["backends"].items()})
+
+    routes = [
+        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
+        Route("/v1/audio/translations", translations, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/v1/backends", backends, methods=["GET"]),
+        *health_routes(state),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
+        lifespan=lifespan,
+    )
+    app.state.chorus = state
+    return app
+
+
+__all__ = ["create_app", "backend_api_error", "chunking_fields", "decode_reference"]

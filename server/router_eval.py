@@ -1,0 +1,212 @@
+"""Score the router's speaker-attributed transcripts: DER, WER and cpWER.
+
+    chorus up &                                   # or any running router
+    python -m server.router_eval --url http://127.0.0.1:8000 \\
+        ../shared/data/pyannote_ami_dev00.wav ../shared/data/pyannote_ami_dev01.wav --espeak-long
+
+For ``X.wav`` the diarization reference is ``X.rttm`` and the scored region ``X.uem``; with
+``X.txt`` present the WER is scored too. ``--espeak-long`` builds a five-minute two-voice espeak-ng
+conversation with a known script and turn boundaries and scores DER, WER and cpWER (meeteval).
+
+The hypothesis is what a client gets: the ``diarized_json`` segments (their times and speakers),
+so the DER includes the segment granularity of the transcript, not only the diarizer's turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from server.transcript import SpeakerTurn
+
+# Two colleagues planning their week: 62 alternating lines, about 5 minutes with the pauses below.
+LONG_DIALOGUE: tuple[str, ...] = (
+    "Good morning. Did you have time to read the report I sent you yesterday?",
+    "Yes, I read it last night, and I have a few questions about the second part.",
+    "Of course. Which numbers looked strange to you?",
+    "The travel costs doubled, but the number of trips stayed almost the same.",
+    "That is because flights became much more expensive in the spring.",
+    "I see. Should we plan fewer meetings in person next quarter?",
+    "I think we should. We can move the weekly review to a video call.",
+    "Good idea. I will update the budget and send you a new draft on Friday.",
+    "Thank you. Can we also talk about the new office in the city centre?",
+    "Sure. The landlord called me this morning about the contract.",
+    "What did he say? Is the price still the same as last month?",
+    "He wants a little more money, but he will paint the walls and fix the heating.",
+    "That sounds fair. How many people can work there at the same time?",
+    "About twenty people, if we put the desks close to the windows.",
+    "Then we need to order new chairs and a large table for the meeting room.",
+    "I already asked two shops for prices. The second one was much cheaper.",
+    "Great. When can the team move into the new place?",
+    "If we sign the contract this week, we can move at the start of next month.",
+    "Let us do that. I will read the contract tonight and sign it tomorrow.",
+    "Perfect. There is one more thing. The customer from Berlin wrote to me.",
+    "Was he happy with the last delivery? I heard there was a small problem.",
+    "Two boxes arrived late, but everything inside was in good condition.",
+    "We should call him and say sorry. Maybe we can offer a small discount.",
+    "I agree. I will call him after lunch and offer ten percent on the next order.",
+    "Good. What about the new website? Is the design ready yet?",
+    "The designer sent three versions. I like the blue one the most.",
+    "Can you show them to me later? I want to see the pages on my phone too.",
+    "Yes, I will send you the links in an email before the end of the day.",
+    "Thanks. Do we have enough people to test the website next week?",
+    "We have four people from the support team, and two students can help us.",
+    "That should be enough. Please write a short list of things they need to check.",
+    "I will. They should test the shop, the search, and the contact form.",
+    "Also ask them to try it on old computers. Many of our customers use them.",
+    "Good point. I will add that to the list and share it with the team.",
+    "Now let us talk about the summer. Who is taking holidays in July?",
+    "Three people asked for two weeks in July, and one person asked for August.",
+    "We need at least two people in the office every day during the summer.",
+    "I will make a plan and check that someone is always here to answer the phone.",
+    "Thank you. And what about the training for the new colleagues?",
+    "The first session is on Monday morning. It will take about three hours.",
+    "Who will teach it? I hope it is not the same person as last time.",
+    "No, this time our best engineer will explain the system step by step.",
+    "Wonderful. Please ask her to record the session for people who cannot come.",
+    "I will ask her today. We can put the video on the shared drive.",
+    "Very good. I think that is everything for the office and the team.",
+    "Wait, we forgot the car. The company car needs new tyres before winter.",
+    "You are right. How much do new tyres cost these days?",
+    "The garage said about four hundred euros, including the work.",
+    "That is fine. Please book a time for next Tuesday if they are free.",
+    "I will call the garage after I call the customer from Berlin.",
+    "Thank you for all your work this week. You have been very helpful.",
+    "You are welcome. It was a busy week, but we finished a lot of things.",
+    "Let us meet again on Thursday to check the budget and the contract.",
+    "Thursday at ten is good for me. I will book the small meeting room.",
+    "Great. Have a nice lunch, and do not forget to call the garage.",
+    "One last question. Did you send the invoice to the school in the north?",
+    "Yes, I sent it on Monday, and they promised to pay it by the end of the month.",
+    "Good. Last year they paid very late, so please keep an eye on it.",
+    "I will check the bank account every Friday and tell you when the money arrives.",
+    "Thank you. I think we are finally done for today.",
+    "I will not forget the garage. See you on Thursday, and have a nice day.",
+)
+LONG_PAUSES_S = (0.9, 0.6, 1.2, 0.7)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a recording should give: speaker turns, optionally the words of each turn, the UEM."""
+
+    turns: tuple[SpeakerTurn, ...]
+    texts: tuple[str, ...] | None = None  # one per turn, same order
+    uem: tuple[float, float] | None = None
+
+
+def long_conversation():
+    """The five-minute two-voice espeak-ng conversation: ``(samples, Reference)`` (needs espeak-ng)."""
+    from torch_models.synth import conversation
+
+    lines = [("A" if i % 2 == 0 else "B", text) for i, text in enumerate(LONG_DIALOGUE)]
+    conv = conversation(lines, pauses_s=LONG_PAUSES_S)
+    return conv.samples, Reference(conv.turns, LONG_DIALOGUE)
+
+
+def normalizer():
+    """Whisper's English text normaliser (numbers, spelling, punctuation)."""
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    return EnglishTextNormalizer({})
+
+
+def score(segments: Sequence[dict], ref: Reference, *, collar: float = 0.0) -> dict[str, float]:
+    """DER of the segments' speakers (pyannote.metrics), and with reference texts WER and cpWER.
+
+    Args:
+        segments: ``diarized_json`` segments (``start``, ``end``, ``speaker``, ``text``).
+        ref: reference turns (and texts), scored region.
+    """
+    from meeteval.wer.wer.cp import cp_word_error_rate
+
+    from torch_models.eval_der import der
+
+    hyp = [SpeakerTurn(float(s["start"]), float(s["end"]), str(s.get("speaker"))) for s in segments
+           if s.get("speaker") is not None and float(s["end"]) > float(s["start"])]
+    out = {f"der_{k}" if k != "der" else "der": v for k, v in der(ref.turns, hyp, uem=ref.uem, collar=collar).items()}
+    out["speakers_ref"] = len({t.speaker for t in ref.turns})
+    out["speakers_hyp"] = len({s.get("speaker") for s in segments if s.get("speaker") is not None})
+    if ref.texts is not None:
+        import jiwer
+
+        norm = normalizer()
+        ref_words = norm(" ".join(ref.texts))
+        hyp_words = norm(" ".join(s["text"] for s in segments))
+        out["wer"] = jiwer.wer(ref_words, hyp_words)
+        by_ref: dict[str, list[str]] = {}
+        for t, text in zip(ref.turns, ref.texts):
+            by_ref.setdefault(t.speaker, []).append(norm(text))
+        by_hyp: dict[str, list[str]] = {}
+        for s in segments:
+            by_hyp.setdefault(str(s.get("speaker")), []).append(norm(s["text"]))
+        cp = cp_word_error_rate({k: " ".join(v) for k, v in by_ref.items()},
+                                {k: " ".join(v) for k, v in by_hyp.items()})
+        out["cpwer"] = cp.error_rate
+    return out
+
+
+def read_reference(wav: Path) -> Reference:
+    """``X.rttm`` (required), ``X.uem`` and ``X.txt`` beside ``X.wav``."""
+    from torch_models.diarization import parse_rttm
+    from torch_models.eval_der import read_uem
+
+    rttm = wav.with_suffix(".rttm")
+    if not rttm.exists():
+        raise click.UsageError(f"no reference {rttm}")
+    turns = tuple(sorted((t for ts in parse_rttm(rttm.read_text()).values() for t in ts), key=lambda t: t.start))
+    uem = read_uem(wav.with_suffix(".uem")) if wav.with_suffix(".uem").exists() else None
+    return Reference(turns, None, uem)
+
+
+async def transcribe(url: str, name: str, data: bytes, model: str) -> dict:
+    """One ``diarized_json`` request with the OpenAI SDK; the body as a dict."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{url.rstrip('/')}/v1", api_key="sk-none", max_retries=0, timeout=3600)
+    out = await client.audio.transcriptions.create(model=model, file=(name, data), response_format="diarized_json")
+    return out.model_dump()
+
+
+@click.command()
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="A running router.")
+@click.option("--model", default="gpt-4o-transcribe-diarize", show_default=True)
+@click.option("--espeak-long", is_flag=True, help="Also score the 5-minute two-voice espeak-ng conversation.")
+@click.option("--collar", type=float, default=0.0, show_default=True)
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def main(files, url, model, espeak_long, collar, json_out) -> None:
+    """Print DER (and WER / cpWER where a script exists) of the router on each recording."""
+    from server.audio import to_wav_bytes
+
+    cases: list[tuple[str, bytes, Reference]] = [(p.name, p.read_bytes(), read_reference(p)) for p in files]
+    if espeak_long:
+        samples, ref = long_conversation()
+        cases.append(("espeak_long_two_voices", to_wav_bytes(samples), ref))
+    if not cases:
+        raise click.UsageError("give .wav files with .rttm references, or --espeak-long")
+    rows = []
+    for name, data, ref in cases:
+        t0 = time.perf_counter()
+        body = asyncio.run(transcribe(url, name, data, model))
+        wall = time.perf_counter() - t0
+        row = {"file": name, "duration": body["duration"], "wall_s": round(wall, 2), **score(body["segments"], ref, collar=collar),
+               "warnings": body.get("warnings", [])}
+        rows.append(row)
+        extra = "".join(f"  {k} {row[k]:.1%}" for k in ("wer", "cpwer") if k in row)
+        click.echo(f"{name:28s} DER {row['der']:6.1%} (miss {row['der_missed']:.1%}, FA {row['der_false_alarm']:.1%}, "
+                   f"conf {row['der_confusion']:.1%}){extra}  speakers {row['speakers_hyp']}/{row['speakers_ref']}  "
+                   f"{row['duration']:.0f}s audio in {wall:.1f}s")
+    if json_out:
+        json_out.write_text(json.dumps({"url": url, "collar": collar, "files": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
