@@ -1,0 +1,304 @@
+"""Audio for benchmarks: generated speech of fixed lengths, directories with references, shared data.
+
+An audio spec (``--audio``, repeatable) is one of:
+
+- ``espeak:5,30,300``: espeak-ng speech of exactly those lengths (seconds), with transcripts, made
+  once into ``<cache>/bench/audio`` from the Harvard sentences (IEEE 1969 phonetically balanced
+  sentences), cut only between sentences and padded with silence to the exact length;
+- ``shared``: ``/work/shared/data`` (or ``$CHORUS_SHARED_DATA``), real recordings;
+- a directory: every audio file in it, each with ``<stem>.txt`` as its reference when present;
+- a file: that file (and ``<stem>.txt`` beside it, when present).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from server.audio import SAMPLE_RATE, decode_audio, duration_s, to_wav_bytes
+
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".m4a", ".webm", ".mp4", ".opus", ".mpga"})
+ESPEAK_VOICE = "en-us"
+ESPEAK_SPEED = 160  # words per minute
+SENTENCE_GAP_S = 0.35  # silence between sentences (seconds)
+ESPEAK_VERSION = 1  # bump when the generation below changes, so cached files are remade
+
+HARVARD_SENTENCES = (
+    # Lists 1–7 of the Harvard sentences (IEEE Recommended Practice for Speech Quality
+    # Measurements, 1969), a public-domain staple of speech testing.
+    "The birch canoe slid on the smooth planks.",
+    "Glue the sheet to the dark blue background.",
+    "It's easy to tell the depth of a well.",
+    "These days a chicken leg is a rare dish.",
+    "Rice is often served in round bowls.",
+    "The juice of lemons makes fine punch.",
+    "The box was thrown beside the parked truck.",
+    "The hogs were fed chopped corn and garbage.",
+    "Four hours of steady work faced us.",
+    "A large size in stockings is hard to sell.",
+    "The boy was there when the sun rose.",
+    "A rod is used to catch pink salmon.",
+    "The source of the huge river is the clear spring.",
+    "Kick the ball straight and follow through.",
+    "Help the woman get back to her feet.",
+    "A pot of tea helps to pass the evening.",
+    "Smoky fires lack flame and heat.",
+    "The soft cushion broke the man's fall.",
+    "The salt breeze came across from the sea.",
+    "The girl at the booth sold fifty bonds.",
+    "The small pup gnawed a hole in the sock.",
+    "The fish twisted and turned on the bent hook.",
+    "Press the pants and sew a button on the vest.",
+    "The swan dive was far short of perfect.",
+    "The beauty of the view stunned the young boy.",
+    "Two blue fish swam in the tank.",
+    "Her purse was full of useless trash.",
+    "The colt reared and threw the tall rider.",
+    "It snowed, rained, and hailed the same morning.",
+    "Read verse out loud for pleasure.",
+    "Hoist the load to your left shoulder.",
+    "Take the winding path to reach the lake.",
+    "Note closely the size of the gas tank.",
+    "Wipe the grease off his dirty face.",
+    "Mend the coat before you go out.",
+    "The wrist was badly strained and hung limp.",
+    "The stray cat gave birth to kittens.",
+    "The young girl gave no clear response.",
+    "The meal was cooked before the bell rang.",
+    "What joy there is in living.",
+    "A king ruled the state in the early days.",
+    "The ship was torn apart on the sharp reef.",
+    "Sickness kept him home the third week.",
+    "The wide road shimmered in the hot sun.",
+    "The lazy cow lay in the cool grass.",
+    "Lift the square stone over the fence.",
+    "The rope will bind the seven books at once.",
+    "Hop over the fence and plunge in.",
+    "The friendly gang left the drug store.",
+    "Mesh wire keeps chicks inside.",
+    "The frosty air passed through the coat.",
+    "The crooked maze failed to fool the mouse.",
+    "Adding fast leads to wrong sums.",
+    "The show was a flop from the very start.",
+    "A saw is a tool used for making boards.",
+    "The wagon moved on well oiled wheels.",
+    "March the soldiers past the next hill.",
+    "A cup of sugar makes sweet fudge.",
+    "Place a rosebush near the porch steps.",
+    "Both lost their lives in the raging storm.",
+    "We talked of the side show in the circus.",
+    "Use a pencil to write the first draft.",
+    "He ran half way to the hardware store.",
+    "The clock struck to mark the third period.",
+    "A small creek cut across the field.",
+    "Cars and busses stalled in snow drifts.",
+    "The set of china hit the floor with a crash.",
+    "This is a grand season for hikes on the road.",
+    "The dune rose from the edge of the water.",
+    "Those words were the cue for the actor to leave.",
+)
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    """One benchmark file.
+
+    Attributes:
+        path: the audio file (any format ``server.audio.decode_audio`` reads).
+        duration_s: its length after decoding (seconds).
+        reference: the reference transcript, or ``None`` when there is none (no WER then).
+    """
+
+    path: Path
+    duration_s: float
+    reference: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The file name (what the throughput bench uploads it as)."""
+        return self.path.name
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable dict (``from_json`` reverses it)."""
+        return {"path": str(self.path), "duration_s": self.duration_s, "reference": self.reference}
+
+    @staticmethod
+    def from_json(d: dict) -> AudioItem:
+        """The item ``to_json`` produced."""
+        return AudioItem(Path(d["path"]), float(d["duration_s"]), d.get("reference"))
+
+
+def shared_data_dir() -> Path:
+    """``$CHORUS_SHARED_DATA``, else the ``shared/data`` directory beside the repository."""
+    env = os.environ.get("CHORUS_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def read_reference(audio: Path) -> str | None:
+    """The text of ``<stem>.txt`` beside ``audio`` (stripped), or ``None`` when absent/empty."""
+    ref = audio.with_suffix(".txt")
+    if ref.is_file():
+        text = ref.read_text(encoding="utf-8").strip()
+        return text or None
+    return None
+
+
+def file_item(path: Path) -> AudioItem:
+    """An :class:`AudioItem` for one file; decodes it once to measure its duration."""
+    return AudioItem(path, duration_s(decode_audio(path.read_bytes())), read_reference(path))
+
+
+def directory_items(directory: Path) -> list[AudioItem]:
+    """Every audio file directly in ``directory`` (sorted by name), with ``.txt`` references.
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no audio file.
+    """
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in {directory}")
+    return [file_item(p) for p in files]
+
+
+def have_espeak() -> bool:
+    """Whether the ``espeak-ng`` binary is on ``PATH``."""
+    return shutil.which("espeak-ng") is not None
+
+
+def _speak(text: str, voice: str, speed: int, tmp: Path) -> np.ndarray:
+    path = tmp / "s.wav"
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True, capture_output=True
+    )
+    return decode_audio(path.read_bytes())
+
+
+def espeak_item(
+    length_s: float,
+    out_dir: Path,
+    *,
+    voice: str = ESPEAK_VOICE,
+    speed: int = ESPEAK_SPEED,
+    sentences: tuple[str, ...] = HARVARD_SENTENCES,
+) -> AudioItem:
+    """Generated speech of exactly ``length_s`` seconds and its transcript (cached in ``out_dir``).
+
+    Sentences are taken in order (starting at a position that depends on the length, so sets of
+    different lengths do not all open with the same words, and cycling when needed); a sentence that
+    would overrun the length is skipped, and the end is padded with silence. Nothing is cut mid-word,
+    so the transcript is exact.
+
+    Args:
+        length_s: duration of the file (seconds, ≥ 1).
+        out_dir: where ``espeak-<length>s-<hash>.wav`` and its ``.txt`` are kept.
+        voice: espeak-ng voice.
+        speed: words per minute.
+        sentences: the text to draw from.
+
+    Returns:
+        The item (16 kHz mono 16-bit WAV).
+
+    Raises:
+        RuntimeError: espeak-ng is not installed.
+        ValueError: ``length_s`` is below one second.
+    """
+    if length_s < 1:
+        raise ValueError("espeak audio must be at least 1 s long")
+    key = repr((ESPEAK_VERSION, length_s, voice, speed, sentences)).encode()
+    stem = f"espeak-{length_s:g}s-{hashlib.sha256(key).hexdigest()[:8]}"
+    wav, txt = out_dir / f"{stem}.wav", out_dir / f"{stem}.txt"
+    if wav.is_file() and txt.is_file():
+        return AudioItem(wav, duration_s(decode_audio(wav.read_bytes())), txt.read_text(encoding="utf-8").strip())
+    if not have_espeak():
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
+    target = int(round(length_s * SAMPLE_RATE))
+    gap = np.zeros(int(SENTENCE_GAP_S * SAMPLE_RATE), np.float32)
+    pieces: list[np.ndarray] = []
+    words: list[str] = []
+    used = 0
+    start = int(length_s) % len(sentences)
+    misses = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        i = start
+        while misses < len(sentences):
+            text = sentences[i % len(sentences)]
+            i += 1
+            speech = _speak(text, voice, speed, Path(tmp))
+            need = speech.size + (gap.size if pieces else 0)
+            if used + need > target:
+                misses += 1
+                continue
+            misses = 0
+            if pieces:
+                pieces.append(gap)
+            pieces.append(speech)
+            words.append(text)
+            used += need
+            if target - used < SAMPLE_RATE:  # no sentence is shorter than a second
+                break
+    if not words:
+        raise ValueError(f"no sentence fits in {length_s:g} s")
+    samples = np.concatenate([*pieces, np.zeros(target - used, np.float32)])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_wav = wav.with_suffix(".wav.tmp")
+    tmp_wav.write_bytes(to_wav_bytes(samples))
+    txt.write_text(" ".join(words) + "\n", encoding="utf-8")
+    tmp_wav.replace(wav)
+    return AudioItem(wav, duration_s(samples), " ".join(words))
+
+
+def resolve_audio(specs: Iterable[str], cache_dir: Path) -> list[AudioItem]:
+    """Turn ``--audio`` specs (see the module docstring) into items, in the order given.
+
+    Args:
+        specs: ``espeak:<s>,<s>…``, ``shared``, directories or files.
+        cache_dir: Chorus's cache directory; generated speech goes to ``<cache_dir>/bench/audio``.
+
+    Returns:
+        The items; a file named twice is kept once.
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or a directory without audio.
+        ValueError: a malformed ``espeak:`` spec, or no items at all.
+    """
+    items: list[AudioItem] = []
+    for spec in specs:
+        if spec.startswith("espeak:"):
+            try:
+                lengths = [float(x) for x in spec.removeprefix("espeak:").split(",") if x.strip()]
+            except ValueError:
+                raise ValueError(f"bad audio spec {spec!r}: expected espeak:5,30,300 (seconds)") from None
+            items += [espeak_item(s, cache_dir / "bench" / "audio") for s in lengths]
+        elif spec == "shared":
+            items += directory_items(shared_data_dir())
+        else:
+            path = Path(spec).expanduser()
+            if path.is_dir():
+                items += directory_items(path)
+            elif path.is_file():
+                items.append(file_item(path))
+            else:
+                raise FileNotFoundError(f"no such audio file or directory: {spec}")
+    seen: set[Path] = set()
+    unique = [it for it in items if not (it.path.resolve() in seen or seen.add(it.path.resolve()))]
+    if not unique:
+        raise ValueError("no audio: pass --audio espeak:5,30 | shared | DIR | FILE")
+    return unique
+
+
+def describe(items: list[AudioItem]) -> dict:
+    """Summary of an audio set for the result record: files, total seconds, how many have references."""
+    return {
+        "files": len(items),
+        "total_s": round(sum(it.duration_s for it in items), 3),
+        "with_reference": sum(it.reference is not None for it in items),
+        "items": [it.to_json() for it in items],
+    }

@@ -1,0 +1,283 @@
+"""What a result was measured on: machine, CPU/GPU, package versions, git commit; and memory sampling."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlparse
+
+PACKAGES = (
+    "chorus", "jax", "jaxlib", "easydel", "flax", "transformers", "torch", "ctranslate2",
+    "faster-whisper", "openai", "numpy", "jiwer",
+)
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "::1", "::"})
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpus() -> list[dict]:
+    """``[{name, memory_total_mib}]`` from ``nvidia-smi``; ``[]`` without an NVIDIA GPU."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = [line.rsplit(",", 1) for line in out.strip().splitlines() if "," in line]
+    return [{"name": name.strip(), "memory_total_mib": float(mem)} for name, mem in rows]
+
+
+def gpu_memory_used_mib() -> float | None:
+    """Memory in use summed over NVIDIA GPUs (MiB), or ``None`` without ``nvidia-smi``."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+        return sum(float(x) for x in out.split())
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages a benchmark depends on, and of espeak-ng (``None`` when absent)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["espeak-ng"] = espeak_version()
+    return out
+
+
+def espeak_version() -> str | None:
+    """``espeak-ng --version``'s version number (it generates the synthetic audio sets), or ``None``."""
+    if not shutil.which("espeak-ng"):
+        return None
+    try:
+        text = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    parts = text.split()
+    return parts[3] if len(parts) > 3 and parts[:3] == ["eSpeak", "NG", "text-to-speech:"] else text.strip() or None
+
+
+def git_commit() -> str | None:
+    """``<sha>`` of the checkout this package runs from, ``<sha>-dirty`` with local changes."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def machine_info() -> dict:
+    """The machine a result comes from: OS, CPU model and cores, memory (GiB), GPUs, versions, commit."""
+    import psutil
+
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_logical_cores": os.cpu_count(),
+        "cpu_physical_cores": psutil.cpu_count(logical=False),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpus": gpus(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def device_label() -> str:
+    """``gpu`` when an NVIDIA GPU is present, else ``cpu`` (used in default result names)."""
+    return "gpu" if gpus() else "cpu"
+
+
+def pid_listening_on(url: str) -> int | None:
+    """The id of the local process listening on ``url``'s port, or ``None`` (remote host, or not found).
+
+    Uses ``psutil.net_connections``, which sees other users' processes only with privileges.
+    """
+    import psutil
+
+    parsed = urlparse(url)
+    if parsed.hostname not in LOCAL_HOSTS and parsed.hostname != platform.node():
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        conns = psutil.net_connections(kind="inet")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            return conn.pid
+    return None
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` and all its descendants (bytes); 0 once it is gone."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def cpu_busy_s() -> float:
+    """CPU seconds all processes have spent busy (user, nice, system, irq) since boot, summed over cores."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def tree_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid`` and its live descendants and their
+    reaped children; ``None`` without a pid or once the process is gone."""
+    import psutil
+
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+class MemorySampler:
+    """Samples a process tree's RSS (and NVIDIA GPU memory) in a thread and keeps the peaks.
+
+    ``with MemorySampler(pid) as m: ...`` then ``m.peak_rss_mib``, ``m.peak_gpu_mib``. With
+    ``pid=None`` nothing is sampled and the peaks stay ``None``.
+
+    Args:
+        pid: the process to watch (its children are included).
+        interval_s: seconds between samples.
+    """
+
+    def __init__(self, pid: int | None, interval_s: float = 0.2) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.peak_rss_bytes: int | None = None
+        self.peak_gpu_mib: float | None = None
+        self._gpu = shutil.which("nvidia-smi") is not None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
+
+    @property
+    def peak_rss_mib(self) -> float | None:
+        """Largest RSS seen (MiB), ``None`` when nothing was sampled."""
+        return None if self.peak_rss_bytes is None else self.peak_rss_bytes / 2**20
+
+    def sample(self) -> None:
+        """Take one sample now."""
+        if self.pid is None:
+            return
+        rss = tree_rss_bytes(self.pid)
+        if rss:
+            self.peak_rss_bytes = max(self.peak_rss_bytes or 0, rss)
+        if self._gpu:
+            used = gpu_memory_used_mib()
+            if used is not None:
+                self.peak_gpu_mib = max(self.peak_gpu_mib or 0.0, used)
+
+    def _loop(self) -> None:
+        next_gpu = 0.0
+        while not self._stop.wait(self.interval_s):
+            gpu, self._gpu = self._gpu, self._gpu and time.monotonic() >= next_gpu
+            self.sample()
+            if self._gpu:
+                next_gpu = time.monotonic() + 1.0  # nvidia-smi is slow: at most once a second
+            self._gpu = gpu
+
+    def __enter__(self) -> MemorySampler:
+        self.sample()
+        if self.pid is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.sample()
+
+
+def busy_cores(window_s: float = 3.0) -> float:
+    """Cores busy on average over the next ``window_s`` seconds, all processes together."""
+    before = cpu_busy_s()
+    time.sleep(window_s)
+    return (cpu_busy_s() - before) / window_s
+
+
+def wait_for_idle(max_cores: float, timeout_s: float = 600.0, window_s: float = 3.0, log=None) -> tuple[float, float]:
+    """Wait until the machine's other work stays under ``max_cores`` busy cores (measured over ``window_s``).
+
+    For shared machines: starting an engine while someone else's job holds the cores measures
+    the contention, not the engine.
+
+    Args:
+        max_cores: busy cores (summed over processes) considered quiet.
+        timeout_s: give up waiting after this many seconds and go on.
+        window_s: measurement window (seconds).
+        log: called with a message while waiting (e.g. ``print``).
+
+    Returns:
+        ``(seconds waited, busy cores in the last window)``.
+    """
+    t0 = time.monotonic()
+    busy = busy_cores(window_s)
+    while busy > max_cores and time.monotonic() - t0 < timeout_s:
+        if log:
+            log(f"waiting for a quiet machine: {busy:.2f} cores busy > {max_cores:g} "
+                f"({time.monotonic() - t0:.0f}/{timeout_s:.0f} s)")
+        time.sleep(max(0.0, 10.0 - window_s))
+        busy = busy_cores(window_s)
+    return time.monotonic() - t0, busy

@@ -1,0 +1,238 @@
+"""Unit tests of the benchmark arithmetic and bookkeeping (no model, no server)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.audio_sets import AudioItem, directory_items, espeak_item, have_espeak, resolve_audio
+from bench.metrics import (
+    RequestRecord,
+    english_spelling_map,
+    percentile,
+    rtfx,
+    summarize,
+    text_normalizer,
+    word_error_rate,
+)
+from bench.quant import QuantSetting
+from bench.report import engine_summary, invocation, markdown_table, update_index
+from bench.throughput import Target
+from server.audio import SAMPLE_RATE, to_wav_bytes
+
+
+def test_rtfx_is_audio_over_wall():
+    rng = random.Random(1)
+    for _ in range(20):
+        audio, wall = rng.uniform(1, 1000), rng.uniform(0.1, 100)
+        assert rtfx(audio, wall) == pytest.approx(audio / wall)
+        assert rtfx(audio, wall) * wall == pytest.approx(audio)
+    assert math.isnan(rtfx(10.0, 0.0))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 101])
+def test_percentile_matches_numpy_linear(n):
+    values = np.random.default_rng(n).exponential(2.0, size=n).tolist()
+    for q in (0, 1, 25, 50, 90, 95, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_percentile_edges():
+    assert math.isnan(percentile([], 50))
+    values = [3.0, 1.0, 2.0]
+    assert percentile(values, 0) == min(values) and percentile(values, 100) == max(values)
+    assert percentile(values, 50) == sorted(values)[1]
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+
+
+def test_summarize_counts_only_successes_in_throughput():
+    rng = np.random.default_rng(7)
+    records = [
+        RequestRecord(float(a), float(l), ok=bool(ok), error=None if ok else "APIError: boom")
+        for a, l, ok in zip(rng.uniform(1, 30, 50), rng.uniform(0.1, 5, 50), rng.random(50) > 0.2)
+    ]
+    wall = 40.0
+    out = summarize(records, wall)
+    ok = [r for r in records if r.ok]
+    lat = [r.latency_s for r in ok]
+    assert out["requests"] == len(records)
+    assert out["errors"] == len(records) - len(ok)
+    assert out["audio_s"] == pytest.approx(sum(r.audio_s for r in ok))
+    assert out["rtfx"] == pytest.approx(sum(r.audio_s for r in ok) / wall)
+    assert out["requests_per_s"] == pytest.approx(len(ok) / wall)
+    for q in (50, 95, 99):
+        assert out[f"latency_p{q}_s"] == pytest.approx(float(np.percentile(lat, q)))
+    assert out["latency_max_s"] == max(lat)
+    empty = summarize([RequestRecord(5.0, 1.0, ok=False)], 1.0)
+    assert empty["rtfx"] == 0 and math.isnan(empty["latency_p50_s"])
+
+
+def _edit(words: list[str], rng: random.Random, subs: int, dels: int, ins: int) -> list[str]:
+    """Apply exactly ``subs`` substitutions, ``dels`` deletions and ``ins`` insertions of made-up words."""
+    out = list(words)
+    positions = rng.sample(range(len(out)), subs + dels)
+    for i in positions[:subs]:
+        out[i] = f"zzsub{i}"
+    for i in sorted(positions[subs:], reverse=True):
+        del out[i]
+    for k in range(ins):
+        out.insert(rng.randrange(len(out) + 1), f"zzins{k}")
+    return out
+
+
+def test_word_error_rate_counts_constructed_edits():
+    rng = random.Random(3)
+    vocab = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
+    refs, hyps, expected_errors, n_words = [], [], 0, 0
+    for _ in range(8):
+        words = [rng.choice(vocab) for _ in range(rng.randint(8, 20))]
+        s, d, i = rng.randint(0, 2), rng.randint(0, 2), rng.randint(0, 2)
+        refs.append(" ".join(words))
+        hyps.append(" ".join(_edit(words, rng, s, d, i)))
+        expected_errors += s + d + i
+        n_words += len(words)
+    out = word_error_rate(refs, hyps, "none")
+    assert out["reference_words"] == n_words
+    assert out["substitutions"] + out["deletions"] + out["insertions"] == expected_errors
+    assert out["wer"] == pytest.approx(expected_errors / n_words)
+    import jiwer
+
+    assert out["wer"] == pytest.approx(jiwer.wer(refs, hyps))  # corpus WER, as jiwer computes it
+
+
+def test_word_error_rate_normalizes_and_skips_empty_references():
+    norm = text_normalizer("english")
+    refs = ["Hello, World! It's 5 o'clock.", "", "THE CHILD ALMOST HURT THE SMALL DOG"]
+    hyps = ["hello world it is five o'clock", "anything", "The child almost hurt the small dog."]
+    out = word_error_rate(refs, hyps, "english")
+    assert out["skipped"] == 1 and out["pairs"] == 2
+    assert norm(refs[0]) == norm(hyps[0])  # contraction, number and punctuation rules
+    assert out["wer"] == 0.0
+    missing = word_error_rate(["red green blue"], [""], "english")
+    assert missing["deletions"] == 3 and missing["wer"] == 1.0
+    assert math.isnan(word_error_rate([], [])["wer"])
+    with pytest.raises(ValueError):
+        word_error_rate(["a"], [])
+
+
+def test_english_normalizer_uses_whisper_spelling_map():
+    mapping, source = english_spelling_map()
+    if not mapping:
+        pytest.skip("no package with Whisper's english.json is installed")
+    british, american = next(iter(mapping.items()))
+    assert text_normalizer("english")(british) == american
+    assert source.endswith("english.json")
+    assert text_normalizer("basic")("Hello, World!").split() == ["hello", "world"]
+
+
+def test_quant_setting_parse():
+    assert QuantSetting.parse("fp32") == QuantSetting("fp32", "float32", "none")
+    assert QuantSetting.parse("int8") == QuantSetting("int8", "float32", "int8")
+    assert QuantSetting.parse("bf16-nf4") == QuantSetting("bf16-nf4", "bfloat16", "nf4")
+    for bad in ("int9", "fp32-bf16", "int8-nf4", ""):
+        with pytest.raises(ValueError):
+            QuantSetting.parse(bad)
+
+
+def test_target_parse_and_invocation():
+    t = Target.parse("chorus=http://127.0.0.1:1/v1/", pid=42)
+    assert (t.label, t.url, t.pid) == ("chorus", "http://127.0.0.1:1", 42)
+    assert Target.parse("http://example.invalid:8001").label == "http://example.invalid:8001"
+    argv = ["/x/bin/chorus", "bench", "peers", "--audio", "my dir/a.wav"]
+    assert invocation(argv) == "chorus bench peers --audio 'my dir/a.wav'"
+
+
+def test_markdown_table_shape():
+    table = markdown_table(["a", "b", "c"], [["x", "1", "2"], ["y", "3", "4"]])
+    lines = table.splitlines()
+    assert len(lines) == 4 and all(line.count("|") == 4 for line in lines)
+    assert lines[1] == "| --- | ---: | ---: |"
+
+
+def test_engine_summary_recomputes_from_records():
+    items = [AudioItem(Path("a.wav"), 10.0, "one two three four"), AudioItem(Path("b.wav"), 30.0, None)]
+    records = [
+        {"item": 0, "repeat": 0, "audio_s": 10.0, "latency_s": 2.0, "text": "one two three for"},
+        {"item": 1, "repeat": 0, "audio_s": 30.0, "latency_s": 5.0, "text": "whatever"},
+        {"item": 0, "repeat": 1, "audio_s": 10.0, "latency_s": 3.0, "text": "one two three four"},
+    ]
+    result = {"engine": {"label": "x"}, "load_s": 1.0, "warmup_s": 2.0, "rss_after_load_mib": 100.0,
+              "peak_rss_mib": 200.0, "records": records, "error": None}
+    base = {"records": [{"item": 0, "repeat": 0, "text": "one two three four"},
+                        {"item": 1, "repeat": 0, "text": "whatever"}]}
+    row = engine_summary(result, items, "none", baseline=base)
+    assert row["rtfx"] == pytest.approx(sum(r["audio_s"] for r in records) / sum(r["latency_s"] for r in records))
+    assert row["latency_p50_s"] == pytest.approx(float(np.percentile([2.0, 5.0, 3.0], 50)))
+    assert row["wer"] == pytest.approx(1 / 4)  # item 0, first repeat, one substitution; item 1 has no ref
+    assert row["disagreement"] == pytest.approx(1 / 5)  # 1 substitution over the baseline's 5 words
+    failed = engine_summary({"engine": {"label": "y"}, "error": "boom"}, items, "none")
+    assert failed["error"] == "boom" and math.isnan(failed["rtfx"])
+
+
+def test_update_index_lists_latest_per_kind(tmp_path):
+    for name, kind, created in [("cpu-peers-a", "peers", "2025-01-01T00:00:00"),
+                                ("cpu-peers-b", "peers", "2025-02-01T00:00:00"),
+                                ("cpu-quant-a", "quant", "2025-01-15T00:00:00")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps(
+            {"kind": kind, "created": created, "command": f"chorus bench {kind} --name {name}",
+             "machine": {"cpu": "CPU", "cpu_logical_cores": 2, "memory_gib": 1}}))
+    text = update_index(tmp_path).read_text()
+    latest = text.split("## All results")[0]
+    assert "cpu-peers-b/table.md" in latest and "cpu-peers-a" not in latest and "cpu-quant-a" in latest
+    for name in ("cpu-peers-a", "cpu-peers-b", "cpu-quant-a"):
+        assert f"`chorus bench {name.split('-')[1]} --name {name}`" in text
+
+
+def test_directory_items_reads_references(tmp_path):
+    tone = (0.1 * np.sin(np.arange(SAMPLE_RATE) * 0.05)).astype(np.float32)
+    (tmp_path / "a.wav").write_bytes(to_wav_bytes(tone))
+    (tmp_path / "a.txt").write_text("  hello there \n")
+    (tmp_path / "b.wav").write_bytes(to_wav_bytes(tone[: SAMPLE_RATE // 2]))
+    (tmp_path / "notes.md").write_text("ignored")
+    items = directory_items(tmp_path)
+    assert [i.name for i in items] == ["a.wav", "b.wav"]
+    assert items[0].reference == "hello there" and items[1].reference is None
+    assert items[0].duration_s == pytest.approx(1.0) and items[1].duration_s == pytest.approx(0.5)
+    assert resolve_audio([str(tmp_path / "a.wav"), str(tmp_path)], tmp_path) == items  # no duplicates
+    with pytest.raises(FileNotFoundError):
+        resolve_audio([str(tmp_path / "missing.wav")], tmp_path)
+    with pytest.raises(ValueError):
+        resolve_audio(["espeak:five"], tmp_path)
+
+
+@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
+def test_espeak_item_has_exact_length_and_transcript(tmp_path):
+    item = espeak_item(6, tmp_path)
+    assert item.duration_s == pytest.approx(6.0, abs=1 / SAMPLE_RATE)
+    assert item.reference and item.reference.endswith(".")
+    assert item.path.with_suffix(".txt").read_text().strip() == item.reference
+    mtime = item.path.stat().st_mtime_ns
+    again = espeak_item(6, tmp_path)
+    assert again == item and item.path.stat().st_mtime_ns == mtime  # cached, not regenerated
+
+
+def test_machine_sampling_of_this_process():
+    import os
+
+    from bench.machine import MemorySampler, busy_cores, machine_info, tree_cpu_s, wait_for_idle
+
+    with MemorySampler(os.getpid(), interval_s=0.01) as memory:
+        block = np.ones(16 * 2**20 // 8)  # 16 MiB touched while sampling
+        block.sum()
+    assert memory.peak_rss_mib is not None and memory.peak_rss_mib > 16
+    with MemorySampler(None) as nothing:
+        pass
+    assert nothing.peak_rss_mib is None
+    assert tree_cpu_s(os.getpid()) > 0 and tree_cpu_s(None) is None
+    assert 0 <= busy_cores(0.05) <= (os.cpu_count() or 1) + 0.5
+    waited, busy = wait_for_idle(max_cores=1e6, timeout_s=5, window_s=0.05)
+    assert waited < 5 and busy >= 0
+    info = machine_info()
+    assert info["cpu_logical_cores"] == os.cpu_count() and info["versions"]["jiwer"]

@@ -1,0 +1,150 @@
+"""Each ``chorus bench`` subcommand end to end for a few seconds on the tiny random Whisper.
+
+The numbers are meaningless (random weights, capped tokens); what is checked is that every figure
+in the record is computed from the raw measurements stored beside it, and that the files appear.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench.audio_sets import have_espeak
+from server.cli import main
+
+pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed (make sysdeps)")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def invoke(args: list[str]) -> None:
+    result = CliRunner().invoke(main, ["bench", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def load(results: Path, name: str) -> dict:
+    out = results / name
+    assert (out / "table.md").is_file() and (out / "plot.png").stat().st_size > 1000
+    assert f"{name}/table.md" in (results / "README.md").read_text()
+    return json.loads((out / "result.json").read_text())
+
+
+def check_engine_rows(record: dict) -> None:
+    """Every summary row is what its worker's raw records give."""
+    for raw, row in zip(record["results"], record["summary"]):
+        assert raw.get("error") is None, raw.get("stderr_tail")
+        recs = raw["records"]
+        assert recs and row["audio_s"] == pytest.approx(sum(r["audio_s"] for r in recs))
+        assert row["rtfx"] == pytest.approx(sum(r["audio_s"] for r in recs) / sum(r["latency_s"] for r in recs))
+        assert row["load_s"] > 0 and row["warmup_s"] > 0
+        assert row["peak_rss_mib"] >= row["rss_after_load_mib"] > 50
+        assert 0 <= row["wer"] and row["cpu_own_cores"] > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_ct2_dir(tiny_whisper_dir, tmp_path_factory) -> Path:
+    """The tiny model converted to CTranslate2 (same weights) with its tokenizer, for faster-whisper."""
+    from ctranslate2.converters import TransformersConverter
+
+    out = tmp_path_factory.mktemp("tiny-ct2") / "model"
+    TransformersConverter(str(tiny_whisper_dir)).convert(str(out), force=True)
+    for name in ("tokenizer.json", "preprocessor_config.json"):
+        shutil.copy(tiny_whisper_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_whisper_dir, cache_dir):
+    """``chorus serve whisper`` on the tiny model, no warm-up, on a free local port."""
+    port = free_port()
+    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_MAX_NEW_TOKENS": "8"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "whisper", "--model", str(tiny_whisper_dir),
+         "--no-warmup", "--port", str(port), "--batch-size", "2"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    yield f"http://127.0.0.1:{port}", proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_throughput_against_live_server(tiny_server, cache_dir, tmp_path):
+    url, proc = tiny_server
+    invoke(["throughput", "--url", url, "--audio", "espeak:5", "--concurrency", "1,2", "--duration", "2",
+            "--warmup-requests", "2", "--ready-timeout", "120", "--cache-dir", str(cache_dir),
+            "--results-dir", str(tmp_path), "--name", "tp"])
+    record = load(tmp_path, "tp")
+    assert record["command"].startswith("chorus ") and record["machine"]["cpu_logical_cores"] >= 1
+    assert [r["concurrency"] for r in record["summary"]] == [1, 2]
+    for row in record["results"]:
+        ok = [r for r in row["records"] if r["ok"]]
+        assert row["errors"] == 0 and len(ok) == row["requests"] >= 1
+        assert row["rtfx"] == pytest.approx(sum(r["audio_s"] for r in ok) / row["wall_s"])
+        assert row["wall_s"] >= 2.0  # the load window runs its full duration
+        assert row["pid"] == proc.pid  # found by its listening port
+        assert row["peak_rss_mib"] > 100 and row["cpu_own_cores"] > 0
+        assert row["server"]["data"][0]["chorus"]["batch_buckets"] == [1, 2]
+        assert row["server_command"].startswith("chorus serve whisper --model ")
+    table = (tmp_path / "tp" / "table.md").read_text()
+    invoke(["render", str(tmp_path / "tp")])
+    assert (tmp_path / "tp" / "table.md").read_text() == table
+
+
+def test_quant_one_setting(tiny_whisper_dir, cache_dir, tmp_path):
+    invoke(["quant", "--model", str(tiny_whisper_dir), "--settings", "fp32", "--audio", "espeak:5",
+            "--max-new-tokens", "8", "--batch-size", "1", "--max-seconds", "5", "--cache-dir", str(cache_dir),
+            "--results-dir", str(tmp_path), "--name", "q"])
+    record = load(tmp_path, "q")
+    check_engine_rows(record)
+    row = record["summary"][0]
+    assert row["label"] == "fp32" and row["disagreement"] == 0.0  # fp32 against itself
+    # a cold compile: EasyDeL's import would otherwise point JAX at ejkernel's shared persistent cache
+    assert "chorus-bench-xla-" in record["results"][0]["jax_compilation_cache_dir"]
+    assert "| fp32 |" in (tmp_path / "q" / "table.md").read_text()
+
+
+def test_peers_all_engines_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir, tmp_path):
+    invoke(["peers", "--model", str(tiny_whisper_dir), "--ct2-dir", str(tiny_ct2_dir), "--engines", "all",
+            "--audio", "espeak:5", "--max-new-tokens", "8", "--batch-size", "1", "--cache-dir", str(cache_dir),
+            "--results-dir", str(tmp_path), "--name", "p"])
+    record = load(tmp_path, "p")
+    check_engine_rows(record)
+    kinds = [e["kind"] for e in record["engines"]]
+    assert kinds == ["chorus", "faster-whisper", "faster-whisper", "faster-whisper-batched",
+                     "faster-whisper-batched", "transformers"]
+    table = (tmp_path / "p" / "table.md").read_text()
+    chorus = record["summary"][0]["rtfx"]
+    for row in record["summary"]:
+        assert f"{row['rtfx'] / chorus:.2f}×" in table  # the ratio column is computed from the run
+    invoke(["render", str(tmp_path / "p")])  # redrawn from the raw results alone: the same table
+    assert (tmp_path / "p" / "table.md").read_text() == table
+
+
+def test_base_weights_in_both_formats(base_model_dir, cache_dir):
+    from bench.peers import resolve_weights
+    from jax_models.ct2_import import embedded_ct2_dirs, locate_ct2_files
+
+    weights = resolve_weights("base", cache_dir)
+    assert weights.hf_dir == str(base_model_dir)
+    parts = locate_ct2_files(embedded_ct2_dirs("base")).parts
+    model_bin = Path(weights.ct2_dir) / "model.bin"
+    assert model_bin.stat().st_size == sum(p.stat().st_size for p in parts)
+    mtime = model_bin.stat().st_mtime_ns
+    assert resolve_weights("base", cache_dir).ct2_dir == weights.ct2_dir
+    assert model_bin.stat().st_mtime_ns == mtime  # assembled once
