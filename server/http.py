@@ -6,20 +6,24 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import (
+    EXCEPTION_HANDLERS,
     ApiError,
     AuthenticationError,
     InvalidRequestError,
+    NotFoundError,
     NotReadyError,
     OverloadedError,
     PayloadTooLargeError,
@@ -225,3 +229,38 @@ def timed(state: ServerState, route: str) -> Callable[[Callable[[Request], Await
         return endpoint
 
     return wrap
+
+
+def model_routes(names: Callable[[], Iterable[str]], card: Callable[[str], dict]) -> list[Route]:
+    """``GET /v1/models`` and ``GET /v1/models/{id}`` in OpenAI's shape.
+
+    Args:
+        names: returns the model ids served now (called per request: names may change after start-up).
+        card: builds one model object (``{"id", "object": "model", "created", "owned_by", …}``).
+    """
+
+    async def list_models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [card(n) for n in sorted(names())]})
+
+    async def get_model(request: Request) -> Response:
+        name = request.path_params["model"]
+        if name not in set(names()):
+            raise NotFoundError(f"The model '{name}' does not exist.", param="model")
+        return JSONResponse(card(name))
+
+    return [
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+    ]
+
+
+def build_app(state: ServerState, settings: ServerSettings, routes: list[Route], lifespan) -> Starlette:
+    """A Chorus server: ``routes`` plus health/ready/metrics, OpenAI-shaped errors, API keys."""
+    app = Starlette(
+        routes=[*routes, *health_routes(state)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
+        lifespan=lifespan,
+    )
+    app.state.chorus = state
+    return app

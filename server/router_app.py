@@ -22,7 +22,6 @@ import anyio
 import httpx
 from prometheus_client import Counter, Gauge
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -38,7 +37,6 @@ from server.clients import (
     WhisperClient,
 )
 from server.errors import (
-    EXCEPTION_HANDLERS,
     ApiError,
     InvalidAudioError,
     InvalidRequestError,
@@ -47,7 +45,7 @@ from server.errors import (
     TimeoutError_,
 )
 from server.formats import RENDERERS
-from server.http import Admission, ApiKeyMiddleware, ServerState, Upload, health_routes, read_upload, timed
+from server.http import Admission, ServerState, Upload, build_app, model_routes, read_upload, timed
 from server.protocol import TranscriptionRequest, parse_form
 from server.router import Job, Router, encode_sse
 from server.settings import RouterSettings
@@ -346,15 +344,6 @@ def create_app(
         return {"id": name, "object": "model", "created": 0, "owned_by": "chorus",
                 "chorus": {"diarization": True, "whisper_model": whisper_model(name)}}
 
-    async def list_models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [card(n) for n in model_names()]})
-
-    async def get_model(request: Request) -> Response:
-        name = request.path_params["model"]
-        if name not in model_names():
-            raise NotFoundError(f"The model '{name}' does not exist.", param="model")
-        return JSONResponse(card(name))
-
     async def backends(request: Request) -> Response:
         return JSONResponse({n: {"ready": ok, "detail": d, "url": getattr(settings, f"{n}_url")}
                              for n, (ok, d) in holder["backends"].items()})
@@ -362,19 +351,9 @@ def create_app(
     routes = [
         Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
         Route("/v1/audio/translations", translations, methods=["POST"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        *model_routes(model_names, card),
         Route("/v1/backends", backends, methods=["GET"]),
-        *health_routes(state),
     ]
-    app = Starlette(
-        routes=routes,
-        exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
-        lifespan=lifespan,
-    )
-    app.state.chorus = state
-    return app
-
+    return build_app(state, settings, routes, lifespan)
 
 __all__ = ["create_app", "backend_api_error", "chunking_fields", "decode_reference"]

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from server.audio import AudioDecodeError, AudioTooLongError, decode_audio, duration_s
 from server.errors import (
-    EXCEPTION_HANDLERS,
     ApiError,
     InvalidAudioError,
     InvalidRequestError,
@@ -25,7 +23,7 @@ from server.errors import (
     TimeoutError_,
 )
 from server.formats import RENDERERS
-from server.http import Admission, ApiKeyMiddleware, ServerState, health_routes, read_upload, timed
+from server.http import Admission, ServerState, build_app, model_routes, read_upload, timed
 from server.protocol import TranscriptionRequest, TranslationRequest, parse_form
 from server.settings import WhisperSettings
 
@@ -178,30 +176,11 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
             card["chorus"] = holder["engine"].describe()
         return card
 
-    async def list_models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [model_card(n) for n in sorted(names)]})
-
-    async def get_model(request: Request) -> Response:
-        name = request.path_params["model"]
-        if name not in names:
-            raise NotFoundError(f"The model '{name}' does not exist.", param="model")
-        return JSONResponse(model_card(name))
-
     routes = [
         Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
         Route("/v1/audio/translations", translations, methods=["POST"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-        *health_routes(state),
+        *model_routes(lambda: names, model_card),
     ]
-    app = Starlette(
-        routes=routes,
-        exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
-        lifespan=lifespan,
-    )
-    app.state.chorus = state
-    return app
-
+    return build_app(state, settings, routes, lifespan)
 
 __all__ = ["create_app", "load_engine", "enable_compilation_cache", "ApiError"]

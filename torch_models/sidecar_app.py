@@ -30,21 +30,19 @@ from typing import Any
 import anyio
 import numpy as np
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from server.audio import SAMPLE_RATE, AudioDecodeError, AudioTooLongError, decode_audio
 from server.errors import (
-    EXCEPTION_HANDLERS,
     InvalidAudioError,
     InvalidRequestError,
     NotFoundError,
     NotReadyError,
     TimeoutError_,
 )
-from server.http import Admission, ApiKeyMiddleware, ServerState, health_routes, read_upload, timed
+from server.http import Admission, ServerState, build_app, read_upload, timed
 from server.protocol import parse_form
 from torch_models.diarization import Diarizer, OptionError
 from torch_models.phi4 import GenerationOptions, Phi4LoadError, Phi4Manager, Phi4NotConfiguredError
@@ -148,14 +146,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
 
-    app = Starlette(
-        routes=health_routes(state) + routes(sidecar, state),
-        exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
-        lifespan=lifespan,
-    )
+    app = build_app(state, settings, routes(sidecar, state), lifespan)
     app.state.sidecar = sidecar
-    app.state.server = state
     return app
 
 
