@@ -31,7 +31,7 @@ setup: sysdeps $(STAMP)
 
 serve: setup
 	$(CHORUS) models import base
-	$(CHORUS) serve whisper --port 8000
+	$(CHORUS) up
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
