@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,11 +32,17 @@ log = logging.getLogger("chorus.whisper")
 
 
 def enable_compilation_cache(cache_dir: Path) -> None:
-    """Keep XLA executables on disk so a restart skips most of the warm-up compile."""
+    """Keep XLA executables on disk so a restart skips most of the warm-up compile.
+
+    Call before EasyDeL is imported: ejkernel 0.0.x (under easydel 0.3.0) points JAX's cache at its
+    own ``COMPILE_FUNC_DIR`` (default ``~/.cache/ejkernel-cache``) at every ``ejit``, so the
+    directory is handed to it through that variable as well.
+    """
     import jax
 
     path = cache_dir / "xla"
     path.mkdir(parents=True, exist_ok=True)
+    os.environ["COMPILE_FUNC_DIR"] = str(path)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 

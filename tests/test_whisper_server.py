@@ -204,3 +204,20 @@ def test_live_uvicorn_process(tiny_whisper_dir, cache_dir, speech_wav):
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) is not None
+
+
+def test_compilation_cache_survives_easydel_import(tmp_path):
+    """EasyDeL's ejit re-points JAX's cache at import; ours must be the one in force after it."""
+    import subprocess
+    import sys
+
+    code = (
+        "from pathlib import Path; import sys\n"
+        "from server.whisper_app import enable_compilation_cache\n"
+        "enable_compilation_cache(Path(sys.argv[1]))\n"
+        "import easydel, jax\n"
+        "print(jax.config.jax_compilation_cache_dir)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == str(tmp_path / "xla")
