@@ -108,9 +108,21 @@ class SileroVad:
 
                 self._model = load_silero_vad()
 
-    def regions(self, samples: np.ndarray, options: VadOptions, max_s: float) -> list[tuple[int, int]]:
-        """Speech regions ``[(start, end), …]`` in samples, padded, none longer than ``max_s`` when
-        silero can split it (regions it could not split are cut later)."""
+    def speech_timestamps(
+        self,
+        samples: np.ndarray,
+        *,
+        threshold: float,
+        min_speech_ms: int,
+        min_silence_ms: int,
+        pad_ms: int,
+        max_speech_s: float = float("inf"),
+    ) -> list[tuple[int, int]]:
+        """silero-vad's ``get_speech_timestamps`` on float32 ``(n,)`` 16 kHz samples.
+
+        Returns speech regions ``[(start, end), …]`` in samples; the model's recurrent state is
+        reset after each call, so calls are independent.
+        """
         import torch
         from silero_vad import get_speech_timestamps
 
@@ -119,15 +131,27 @@ class SileroVad:
             stamps = get_speech_timestamps(
                 torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)),
                 self._model,
-                threshold=options.threshold,
+                threshold=threshold,
                 sampling_rate=SAMPLE_RATE,
-                min_speech_duration_ms=200,
-                min_silence_duration_ms=options.silence_ms,
-                speech_pad_ms=options.padding_ms,
-                max_speech_duration_s=max(1.0, max_s - 2 * options.padding_ms / 1000),
+                min_speech_duration_ms=min_speech_ms,
+                min_silence_duration_ms=min_silence_ms,
+                speech_pad_ms=pad_ms,
+                max_speech_duration_s=max_speech_s,
             )
             self._model.reset_states()
         return [(int(s["start"]), int(s["end"])) for s in stamps]
+
+    def regions(self, samples: np.ndarray, options: VadOptions, max_s: float) -> list[tuple[int, int]]:
+        """Speech regions ``[(start, end), …]`` in samples, padded, none longer than ``max_s`` when
+        silero can split it (regions it could not split are cut later)."""
+        return self.speech_timestamps(
+            samples,
+            threshold=options.threshold,
+            min_speech_ms=200,
+            min_silence_ms=options.silence_ms,
+            pad_ms=options.padding_ms,
+            max_speech_s=max(1.0, max_s - 2 * options.padding_ms / 1000),
+        )
 
 
 def split_long(samples: np.ndarray, start: int, end: int, max_s: float) -> list[tuple[int, int]]:

@@ -122,14 +122,14 @@ class ClusterDiarizer:
         device: str = "cpu",
         min_fingerprint_s: float = 0.5,
     ) -> None:
-        from silero_vad import load_silero_vad
+        from server.chunking import SileroVad
 
         self.config = config
         self.window_embedder = ResemblyzerEmbedder(device)
         self.embedder = embedder or self.window_embedder
         self.min_fingerprint_s = min_fingerprint_s
-        self.vad = load_silero_vad()
-        self._vad_lock = threading.Lock()
+        self.vad = SileroVad()
+        self.vad.load()
 
     def describe(self) -> dict[str, str]:
         """Which backend and weights are loaded."""
@@ -145,22 +145,15 @@ class ClusterDiarizer:
 
     def speech_regions(self, samples: np.ndarray) -> list[tuple[float, float]]:
         """silero-vad speech regions ``[(start_s, end_s), …]`` of float32 ``(n,)`` 16 kHz samples."""
-        import torch
-        from silero_vad import get_speech_timestamps
-
         c = self.config
-        with self._vad_lock, torch.inference_mode():
-            stamps = get_speech_timestamps(
-                torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)),
-                self.vad,
-                threshold=c.vad_threshold,
-                sampling_rate=SAMPLE_RATE,
-                min_speech_duration_ms=int(c.min_speech_s * 1000),
-                min_silence_duration_ms=int(c.min_silence_s * 1000),
-                speech_pad_ms=int(c.speech_pad_s * 1000),
-            )
-            self.vad.reset_states()
-        return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]
+        stamps = self.vad.speech_timestamps(
+            samples,
+            threshold=c.vad_threshold,
+            min_speech_ms=int(c.min_speech_s * 1000),
+            min_silence_ms=int(c.min_silence_s * 1000),
+            pad_ms=int(c.speech_pad_s * 1000),
+        )
+        return [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in stamps]
 
     def windows(self, regions: list[tuple[float, float]]) -> list[tuple[float, float]]:
         """Sliding windows ``(start_s, end_s)`` inside each region; a short region is one window."""
