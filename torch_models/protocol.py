@@ -7,9 +7,10 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from server.errors import InvalidRequestError
+from server.protocol import validate
 from torch_models.diarization import DiarizationOptions, DiarizationResult, OptionError
 from torch_models.phi4 import Generation
 from torch_models.prompts import TASKS
@@ -118,16 +119,7 @@ def parse_json(model: type[BaseModel], body: Any) -> BaseModel:
     Raises:
         InvalidRequestError
     """
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        if first["type"] == "missing":
-            msg = f"Missing required parameter: '{param}'."
-        else:
-            msg = f"Invalid value for '{param}': {first['msg']}."
-        raise InvalidRequestError(msg, param=param) from None
+    return validate(model, body)
 
 
 # ---------------------------------------------------------------------------------------------
