@@ -159,7 +159,7 @@ class LoopState(NamedTuple):
     kwargs: dict
 
 
-def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: int):
+def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: int, alignment_heads=()):
     """Build jitted ``encode`` and ``decode`` functions for an EasyDeL Whisper model.
 
     Returns ``(graphstate, encode, decode)`` where
@@ -172,7 +172,10 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
       greedy), keys uint32 ``(B, 2)`` one PRNG key per row (so a row's samples do not depend on
       its batch-mates) → ``DecodeResult``;
     - ``detect_language(graphstate, enc)`` → float32 ``(B, V)`` log-probabilities of the first
-      token after ``<|startoftranscript|>``.
+      token after ``<|startoftranscript|>``;
+    - ``align(graphstate, enc, tokens)``: tokens int32 ``(B, L)`` teacher-forced (right-padded) →
+      float32 ``(B, len(alignment_heads), L, 1500)`` cross-attention of the alignment heads
+      (``[(layer, head), …]`` from the generation config), for word timestamps.
 
     Each distinct ``(B, P)`` shape compiles once.
     """
@@ -193,6 +196,15 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
             sot = jnp.full((enc.shape[0], 1), ids.sot, jnp.int32)
             logits = m.decode(sot, (enc,)).logits[:, -1].astype(jnp.float32)
         return jax.nn.log_softmax(logits, axis=-1)
+
+    heads = tuple((int(layer), int(head)) for layer, head in alignment_heads)
+
+    @jax.jit
+    def align(state, enc, tokens):
+        m = nnx.merge(graphdef, state)
+        with m.mesh:
+            cross = m.decode(tokens, (enc,), output_attentions=True).cross_attentions
+        return jnp.stack([cross[layer][:, head] for layer, head in heads], axis=1).astype(jnp.float32)
 
     @jax.jit
     def decode(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask):
@@ -242,7 +254,7 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
         n_tokens = jnp.where(jnp.any(final.tokens == ids.eot, axis=1), n_tokens, max_new_tokens)
         return DecodeResult(final.tokens, final.sum_logprob, n_tokens.astype(jnp.int32), no_speech)
 
-    return graphstate, encode, decode, detect_language
+    return graphstate, encode, decode, detect_language, align
 
 
 def compression_ratio(text: str) -> float:

@@ -20,22 +20,37 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jax_models.decoding import SpecialTokens, compression_ratio, make_decoder, split_segments
+from jax_models.alignment import TimedWord, fit_to_segment, median_word_duration, word_timings
+from jax_models.decoding import RawSegment, SpecialTokens, compression_ratio, make_decoder, split_segments
 from jax_models.features import LogMel
 from jax_models.longform import plan_windows
 from server.audio import SAMPLE_RATE, duration_s
-from server.transcript import Segment, Transcript
+from server.transcript import Segment, Transcript, Word
 
 log = logging.getLogger("chorus.engine")
 
 PREFIX_BUCKETS = (8, 224)
 """Decoder prefix lengths compiled: task tokens alone, and task tokens after a prompt."""
 MAX_PROMPT_TOKENS = PREFIX_BUCKETS[-1] - 8
+ALIGN_LENGTH = 232
+"""Teacher-forced length for word alignment: 4 task tokens + up to 224 text tokens + EOT, padded."""
 TAIL_MIN_S = 1.0
 """A window whose transcript ends this many seconds before the window does is re-read."""
 QUANTIZATION_PATTERN = r"^(?!.*(?:embedding|norm|lm_head|proj_out|embed_positions)).*$"
 """EasyDeL's default pattern also quantizes Whisper's output projection, whose 51865 rows do not
 divide into quantization groups (easydel 0.3.0); keep it and the embeddings in full precision."""
+
+
+def alignment_heads(model_config, generation_config) -> list[tuple[int, int]]:
+    """``[(decoder layer, head), …]`` whose cross-attention aligns tokens to audio.
+
+    The generation config's ``alignment_heads`` where they fit the model; otherwise every head of
+    the upper half of the decoder, openai/whisper's default for models without a list.
+    """
+    layers, heads = int(model_config.decoder_layers), int(model_config.decoder_attention_heads)
+    listed = [(int(a), int(b)) for a, b in (getattr(generation_config, "alignment_heads", None) or [])]
+    valid = [(a, b) for a, b in listed if a < layers and b < heads]
+    return valid or [(a, b) for a in range(layers // 2, layers) for b in range(heads)]
 
 
 class EngineError(RuntimeError):
@@ -58,6 +73,7 @@ class TranscribeOptions:
     compression_ratio_threshold: float = 2.4
     logprob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
+    word_timestamps: bool = False
 
     def temperatures(self) -> tuple[float, ...]:
         if self.temperature > 0:
@@ -74,7 +90,7 @@ class TranscribeOptions:
 
 @dataclass
 class _Job:
-    kind: str  # "decode" | "detect"
+    kind: str  # "decode" | "detect" | "align"
     features: np.ndarray  # (n_mels, 3000) float32
     prefix: list[int]
     temperature: float
@@ -89,6 +105,8 @@ class _Job:
 
     @property
     def bucket(self) -> int:
+        if self.kind == "align":
+            return ALIGN_LENGTH
         return next(p for p in PREFIX_BUCKETS if len(self.prefix) <= p)
 
 
@@ -147,8 +165,9 @@ class WhisperEngine:
         self.model = self._load(model_path, jdtype, quantization)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.ids.eot
         self.pad_token_id = int(pad)
-        self._state, self._encode, self._decode, self._detect = make_decoder(
-            self.model, self.ids, max_new_tokens, self.pad_token_id
+        self.alignment_heads = alignment_heads(self.model.config, self.generation_config)
+        self._state, self._encode, self._decode, self._detect, self._align = make_decoder(
+            self.model, self.ids, max_new_tokens, self.pad_token_id, self.alignment_heads
         )
         vocab = int(self.model.config.vocab_size)
         mask = np.zeros((vocab,), bool)
@@ -248,6 +267,12 @@ class WhisperEngine:
         if batch[0].kind == "detect":
             logprobs = np.asarray(jax.device_get(self._detect(self._state, enc)))
             return [logprobs[i] for i in range(n)]
+        if batch[0].kind == "align":
+            tokens = np.full((size, ALIGN_LENGTH), self.ids.eot, np.int32)
+            for i, job in enumerate(rows):
+                tokens[i, : len(job.prefix)] = job.prefix[:ALIGN_LENGTH]
+            weights = np.asarray(jax.device_get(self._align(self._state, enc, jnp.asarray(tokens))))
+            return [weights[i] for i in range(n)]
         P = batch[0].bucket
         prefix = np.full((size, P), self.pad_token_id, np.int32)
         mask = np.zeros((size, P), bool)
@@ -293,7 +318,16 @@ class WhisperEngine:
                 futs = [self._submit(_Job("decode", feats, prefix, 0.0, Future())) for _ in range(size)]
                 for f in futs:
                     f.result()
+            futs = [self._submit(_Job("align", feats, self._align_prefix("en"), 0.0, Future()))
+                    for _ in range(size)]
+            for f in futs:
+                f.result()
+        # numba compiles librosa's DTW on first use
+        word_timings(np.ones((1, 8, 1500), np.float32), [1, 2], SAMPLE_RATE, 4, self.tokenizer.decode, "en")
         return time.perf_counter() - t0
+
+    def _align_prefix(self, language: str) -> list[int]:
+        return self.ids.task_tokens(language, "transcribe") + [self.ids.no_timestamps]
 
     def detect_language(self, features: np.ndarray) -> tuple[str, float]:
         """Most likely language of one window's features ``(n_mels, 3000)``: ``(code, probability)``."""
@@ -372,7 +406,34 @@ class WhisperEngine:
                 if progress:
                     progress(done_s)
         windows, final = self._redecode_tails(samples, windows, final, prefix, options)
-        return self._assemble(windows, final, language, options.task, total)
+        raws = {i: self._raw_segments(windows[i], final[i]) for i in range(len(windows))}
+        words: dict[int, list[TimedWord]] = {}
+        if options.word_timestamps:
+            words = self._align_words(samples, windows, raws, language)
+        return self._assemble(windows, final, raws, words, language, options.task, total)
+
+    def _raw_segments(self, window: tuple[int, int], result: tuple[WindowResult, str]) -> list[RawSegment]:
+        res, text = result
+        if not text:
+            return []
+        tokens = [t for t in res.tokens if t < self.ids.eot or t >= self.ids.timestamp_begin]
+        raws = split_segments(tokens, self.ids.timestamp_begin, (window[1] - window[0]) / SAMPLE_RATE)
+        return [r for r in raws if self.tokenizer.decode(list(r.tokens)).strip()]
+
+    def _align_words(self, samples, windows, raws, language: str) -> dict[int, list[TimedWord]]:
+        """Word times (seconds from each window's start) for every window with text."""
+        todo = [i for i in range(len(windows)) if raws[i]]
+        feats = self.log_mel([samples[windows[i][0] : windows[i][1]] for i in todo])
+        prefix = self._align_prefix(language)
+        futures = {}
+        for i, f in zip(todo, feats):
+            text = [t for r in raws[i] for t in r.tokens][: ALIGN_LENGTH - len(prefix) - 1]
+            futures[i] = (text, self._submit(_Job("align", f, prefix + text + [self.ids.eot], 0.0, Future())))
+        out = {}
+        for i, (text, fut) in futures.items():
+            out[i] = word_timings(fut.result(), text, windows[i][1] - windows[i][0], len(prefix),
+                                  self.tokenizer.decode, language)
+        return out
 
     def _redecode_tails(self, samples, windows, final, prefix, options: TranscribeOptions):
         """Decode again the end of a window whose transcript stops early while speech goes on.
@@ -384,11 +445,9 @@ class WhisperEngine:
         """
         tails: dict[int, tuple[int, int]] = {}
         for i, (a, b) in enumerate(windows):
-            res, text = final[i]
-            if not text:
+            raws = self._raw_segments((a, b), final[i])
+            if not raws:
                 continue
-            toks = [t for t in res.tokens if t < self.ids.eot or t >= self.ids.timestamp_begin]
-            raws = split_segments(toks, self.ids.timestamp_begin, (b - a) / SAMPLE_RATE)
             covered = a + int((raws[-1].end if raws else 0.0) * SAMPLE_RATE)
             rest = samples[covered:b]
             if (b - covered) / SAMPLE_RATE < TAIL_MIN_S:
@@ -417,32 +476,39 @@ class WhisperEngine:
         order = sorted(range(len(windows)), key=lambda k: windows[k][0])
         return [windows[k] for k in order], {n: final[k] for n, k in enumerate(order)}
 
-    def _assemble(self, windows, final, language: str, task: str, total: float) -> Transcript:
+    def _assemble(self, windows, final, raws, words, language: str, task: str, total: float) -> Transcript:
         segments: list[Segment] = []
         for i, (a, b) in enumerate(windows):
             res, text = final[i]
-            if not text:
+            if not raws[i]:
                 continue
             offset = a / SAMPLE_RATE
-            win_s = (b - a) / SAMPLE_RATE
             ratio = compression_ratio(text)
-            tokens = [t for t in res.tokens if t < self.ids.eot or t >= self.ids.timestamp_begin]
-            for raw in split_segments(tokens, self.ids.timestamp_begin, win_s):
-                seg_text = self.tokenizer.decode(list(raw.tokens))
-                if not seg_text.strip():
-                    continue
+            window_words = words.get(i, [])
+            median = median_word_duration(window_words)
+            last_speech = 0.0
+            first = 0
+            for raw in raws[i]:
+                last = first + len(raw.tokens)
+                mine = [w for w in window_words if first <= w.first_token < last]
+                mine = fit_to_segment(mine, raw.start, raw.end, median, last_speech)
+                if mine:
+                    last_speech = mine[-1].end
+                seg_words = tuple(Word(w.word, round(offset + w.start, 3), round(offset + w.end, 3)) for w in mine)
+                first = last
                 segments.append(
                     Segment(
                         id=len(segments),
                         seek=int(round(offset * 100)),
                         start=round(offset + raw.start, 3),
                         end=round(offset + raw.end, 3),
-                        text=seg_text,
+                        text=self.tokenizer.decode(list(raw.tokens)),
                         tokens=tuple(raw.tokens),
                         temperature=res.temperature,
                         avg_logprob=res.avg_logprob,
                         compression_ratio=ratio,
                         no_speech_prob=res.no_speech_prob,
+                        words=seg_words,
                     )
                 )
         text = "".join(s.text for s in segments).strip()

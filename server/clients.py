@@ -168,9 +168,13 @@ class WhisperClient(_Backend):
         language: str | None = None,
         prompt: str | None = None,
         temperature: float = 0.0,
+        words: bool = False,
     ) -> Transcript:
-        """One audio file (≤ 30 s from the router) → ``Transcript`` with times relative to its start."""
+        """One audio file (≤ 30 s from the router) → ``Transcript`` with times relative to its start;
+        ``words`` asks for word timestamps too (the merge then assigns speakers word by word)."""
         data = [("model", model), ("response_format", "verbose_json"), ("temperature", str(temperature))]
+        if words:
+            data += [("timestamp_granularities[]", "segment"), ("timestamp_granularities[]", "word")]
         if language and task == "transcribe":
             data.append(("language", language))
         if prompt:

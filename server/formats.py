@@ -17,7 +17,11 @@ def _usage(t: Transcript) -> dict:
     return {"type": "duration", "seconds": int(round(t.duration + 0.4999))}
 
 
-def _segment_dict(s: Segment) -> dict:
+def _word_dict(w) -> dict:
+    return {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)}
+
+
+def _segment_dict(s: Segment, *, words: bool = False) -> dict:
     out = {
         "id": s.id,
         "seek": s.seek,
@@ -34,6 +38,8 @@ def _segment_dict(s: Segment) -> dict:
         out["speaker"] = s.speaker
     if s.confidence is not None:
         out["confidence"] = s.confidence
+    if words:  # faster-whisper's shape; OpenAI's top-level "words" below is the same list
+        out["words"] = [_word_dict(w) for w in s.words]
     return out
 
 
@@ -57,12 +63,10 @@ def render_verbose_json(t: Transcript, *, words: bool = False) -> tuple[dict, st
         "language": t.language,
         "duration": round(t.duration, 3),
         "text": t.text,
-        "segments": [_segment_dict(s) for s in t.segments],
+        "segments": [_segment_dict(s, words=words) for s in t.segments],
     }
     if words:
-        body["words"] = [
-            {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in t.words
-        ]
+        body["words"] = [_word_dict(w) for w in t.words]
     body["usage"] = _usage(t)
     if t.warnings:
         body["warnings"] = list(t.warnings)

@@ -149,7 +149,7 @@ def assign_speakers(segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *
             per[t.speaker] = per.get(t.speaker, 0.0) + min(t.end, seg.end) - max(t.start, seg.start)
         ranked = sorted(per.items(), key=lambda kv: -kv[1])
         if seg.words:
-            out.extend(_split_by_words(seg, tree))
+            out.extend(_split_by_words(seg, tree, ranked[0][0]))
             continue
         if len(ranked) > 1 and ranked[1][1] >= MIN_SPLIT_S:
             pieces = split_segment(seg, _timeline(hits, seg.start, seg.end))
@@ -183,8 +183,9 @@ def _nearest(seg: Segment, tree, within: float) -> Segment:
     return replace(seg, speaker=t.speaker, confidence=conf if conf is not None else 0.5)
 
 
-def _split_by_words(seg: Segment, tree) -> list[Segment]:
-    """Each word to the speaker it overlaps most (nearest turn when none); runs become segments."""
+def _split_by_words(seg: Segment, tree, majority: str) -> list[Segment]:
+    """Each word to the speaker it overlaps most (a neighbour's when none, else the segment's
+    ``majority`` speaker); runs of one speaker become segments."""
     labelled = []
     for w in seg.words:
         hits = [iv.data for iv in tree.overlap(w.start, max(w.end, w.start + 1e-3))]
@@ -194,7 +195,7 @@ def _split_by_words(seg: Segment, tree) -> list[Segment]:
         else:
             labelled.append(replace(w, speaker=labelled[-1].speaker if labelled else None))
     if labelled and labelled[0].speaker is None:
-        first = next((w.speaker for w in labelled if w.speaker), None)
+        first = next((w.speaker for w in labelled if w.speaker), majority)
         labelled = [replace(w, speaker=w.speaker or first) for w in labelled]
     runs: list[list] = []
     for w in labelled:

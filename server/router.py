@@ -59,6 +59,7 @@ class Job:
     diarize: bool = True
     vad: VadOptions = VadOptions()
     known: tuple[tuple[str, bytes], ...] = ()  # (name, reference audio as WAV bytes)
+    words: bool = False  # the client asked for timestamp_granularities[]=word
 
 
 @dataclass
@@ -122,7 +123,8 @@ class Router:
                 async with self._whisper_slots:
                     wav = to_wav_bytes(samples[chunk.start: chunk.end])
                     t = await self.whisper.transcribe(wav, model=job.model, task=job.task, language=language,
-                                                      prompt=job.prompt, temperature=job.temperature)
+                                                      prompt=job.prompt, temperature=job.temperature,
+                                                      words=job.words or job.diarize)
             except Exception as exc:
                 if chunk.index == 0 and not first_language.done():
                     first_language.set_exception(exc)

@@ -220,9 +220,6 @@ def create_app(
         if known_names and req.model not in known_names and req.model not in settings.diarize_model_names:
             raise NotFoundError(f"The model '{req.model}' does not exist; this server serves "
                                 f"{sorted({*known_names, *settings.diarize_model_names})}.", param="model")
-        if "word" in req.timestamp_granularities:
-            raise InvalidRequestError("timestamp_granularities[]=word is not supported yet; use 'segment'.",
-                                      param="timestamp_granularities")
         try:
             vad_options = VadOptions.from_strategy(req.chunking_strategy, default_vad)
         except ValueError as exc:
@@ -242,7 +239,8 @@ def create_app(
             refs = await anyio.to_thread.run_sync(
                 lambda: [decode_reference(u, i) for i, u in enumerate(req.known_speaker_references)])
         job = Job(model=whisper_model(req.model), task="transcribe", language=req.language, prompt=req.prompt,
-                  temperature=req.temperature, diarize=diarize, vad=vad_options, known=tuple(zip(names, refs)))
+                  temperature=req.temperature, diarize=diarize, vad=vad_options, known=tuple(zip(names, refs)),
+                  words="word" in req.timestamp_granularities)
         return req, job, upload
 
     async def decode(upload, request: Request):
@@ -285,7 +283,7 @@ def create_app(
                     break
         log.info("transcribed %.1fs in %d chunks / %d windows (%s) in %.2fs; warnings=%d", plan.duration,
                  len(plan.chunks), len(plan.windows), plan.method, time.perf_counter() - t0, len(transcript.warnings))
-        body, media_type = RENDERERS[req.response_format](transcript)
+        body, media_type = RENDERERS[req.response_format](transcript, words="word" in req.timestamp_granularities)
         if isinstance(body, dict):
             return JSONResponse(body)
         return PlainTextResponse(body, media_type=media_type)

@@ -127,16 +127,15 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
             )
         if req.stream:
             raise InvalidRequestError("stream=true is not supported by the whisper server.", param="stream")
-        if "word" in req.timestamp_granularities:
-            raise InvalidRequestError(
-                "timestamp_granularities[]=word is not supported yet; use 'segment'.",
-                param="timestamp_granularities",
-            )
         from jax_models.engine import TranscribeOptions
+
+        # OpenAI returns words with verbose_json only; other formats need no alignment pass
+        want_words = "word" in req.timestamp_granularities and req.response_format == "verbose_json"
 
         options = TranscribeOptions(
             task=task, language=req.language if task == "transcribe" else None,
             prompt=req.prompt, temperature=req.temperature,
+            word_timestamps=want_words,
         )
         engine = holder["engine"]
         async with admission:
@@ -164,7 +163,7 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
                 ) from None
             except ValueError as exc:
                 raise InvalidRequestError(str(exc), param="language") from None
-        body, media_type = RENDERERS[req.response_format](transcript)
+        body, media_type = RENDERERS[req.response_format](transcript, words=want_words)
         if isinstance(body, dict):
             return JSONResponse(body)
         return PlainTextResponse(body, media_type=media_type)

@@ -141,3 +141,28 @@ def test_base_model_long_form_keeps_words_at_cuts(base_engine, tmp_path):
     assert wer < 0.15, (wer, out.text)
     assert out.segments[-1].end > 35.0
     assert all(a.start <= b.start for a, b in zip(out.segments, out.segments[1:]))
+
+
+@pytest.mark.slow
+def test_base_model_word_timestamps_follow_the_audio(base_engine, speech_samples):
+    """Words come from cross-attention DTW: 3 s of leading silence must move every word by ~3 s."""
+    plain = base_engine.transcribe(speech_samples, TranscribeOptions(language="en", word_timestamps=True))
+    shifted = base_engine.transcribe(
+        np.concatenate([silence(3.0), speech_samples]), TranscribeOptions(language="en", word_timestamps=True)
+    )
+    for out in (plain, shifted):
+        words = out.words
+        assert "".join(w.word for w in words).strip() == out.text
+        assert all(w.start <= w.end for w in words)
+        assert all(a.start <= b.start for a, b in zip(words, words[1:]))
+        assert words[-1].end <= out.duration + 0.05
+    assert plain.words[0].start < 1.0
+    assert shifted.words[0].start >= 2.5
+    import difflib  # the two decodes may differ by a word; compare the words they share
+
+    a_words, b_words = [w.word for w in plain.words], [w.word for w in shifted.words]
+    pairs = [(plain.words[m.a + k], shifted.words[m.b + k])
+             for m in difflib.SequenceMatcher(a=a_words, b=b_words).get_matching_blocks() for k in range(m.size)]
+    assert len(pairs) >= 0.8 * len(a_words)
+    offsets = [b.start - a.start for a, b in pairs]
+    assert np.median(offsets) == pytest.approx(3.0, abs=0.3)

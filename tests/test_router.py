@@ -650,3 +650,15 @@ async def test_silence_gives_an_empty_transcript():
     assert out.text == "" and out.segments == []
     stream = await client.audio.transcriptions.create(model="whisper-1", file=("s.wav", wav(silent)), stream=True)
     assert [ev.type async for ev in stream] == ["transcript.text.done"]
+
+
+def test_words_outside_every_turn_take_the_segments_speaker():
+    from server.merge import assign_speakers
+    from server.transcript import Segment, SpeakerTurn, Word
+
+    # the segment overlaps B's turn, but its words' times (a poor alignment) fall in a gap
+    words = (Word(" hello", 0.0, 0.0), Word(" there", 0.0, 0.1))
+    seg = Segment(0, 0.0, 4.0, " hello there", words=words)
+    out = assign_speakers([seg], [SpeakerTurn(1.0, 4.0, "B", 0.9)])
+    assert [s.speaker for s in out] == ["B"]
+    assert out[0].text == " hello there"

@@ -63,6 +63,21 @@ async def test_all_formats_agree(client, speech_samples):
     assert len(re.findall(r"^\d\d:\d\d:\d\d\.\d\d\d --> ", vtt, re.M)) == len(verbose.segments)
 
 
+async def test_word_timestamps_in_verbose_json(client, speech_samples):
+    out = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", wav(speech_samples)), response_format="verbose_json", language="en",
+        timestamp_granularities=["word", "segment"],
+    )
+    assert out.words is not None
+    assert "".join(w.word for w in out.words).strip() == out.text
+    assert all(0 <= w.start <= w.end <= out.duration + 0.01 for w in out.words)
+    assert sum(len(s.model_extra.get("words", [])) for s in out.segments) == len(out.words)
+    plain = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", wav(speech_samples)), response_format="verbose_json", language="en"
+    )
+    assert plain.words is None and plain.text == out.text
+
+
 async def test_translation_endpoint(client, speech_samples):
     out = await client.audio.translations.create(
         model="whisper-1", file=("a.wav", wav(speech_samples)), response_format="verbose_json"
