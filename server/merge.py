@@ -149,7 +149,7 @@ def assign_speakers(segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *
             per[t.speaker] = per.get(t.speaker, 0.0) + min(t.end, seg.end) - max(t.start, seg.start)
         ranked = sorted(per.items(), key=lambda kv: -kv[1])
         if seg.words:
-            out.extend(_split_by_words(seg, tree, ranked[0][0]))
+            out.extend(_trim_to_speech(p, hits) for p in _split_by_words(seg, tree, ranked[0][0]))
             continue
         if len(ranked) > 1 and ranked[1][1] >= MIN_SPLIT_S:
             pieces = split_segment(seg, _timeline(hits, seg.start, seg.end))
