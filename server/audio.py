@@ -7,6 +7,7 @@ Decoding uses PyAV (bundled libav), as faster-whisper does, so no ffmpeg binary 
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 
@@ -28,12 +29,20 @@ class AudioTooLongError(ValueError):
     """The decoded audio is longer than the configured limit (seconds)."""
 
 
-def decode_audio(data: bytes, *, max_duration_s: float | None = None) -> np.ndarray:
+class AudioDecodeTimeoutError(AudioDecodeError):
+    """Decoding took longer than its deadline (a pathological or oversized file)."""
+
+
+def decode_audio(
+    data: bytes, *, max_duration_s: float | None = None, timeout_s: float | None = None
+) -> np.ndarray:
     """Decode an audio file's bytes to mono float32 samples at 16 kHz.
 
     Args:
         data: the whole file (wav, flac, mp3, m4a, ogg, webm, mp4, … anything libav reads).
         max_duration_s: stop and raise once more than this many seconds were decoded.
+        timeout_s: wall-clock deadline for the whole decode (seconds); checked after every decoded
+            frame, and handed to libav as its open/read timeout so a stalled demuxer is interrupted.
 
     Returns:
         ``np.ndarray`` of shape ``(n_samples,)``, dtype float32, values in [-1, 1], 16000 Hz.
@@ -42,16 +51,25 @@ def decode_audio(data: bytes, *, max_duration_s: float | None = None) -> np.ndar
     Raises:
         AudioDecodeError: empty input, no audio stream, or libav failed to decode.
         AudioTooLongError: the audio is longer than ``max_duration_s``.
+        AudioDecodeTimeoutError: decoding took longer than ``timeout_s``.
     """
     import av  # imported lazily: the router and tests that never decode skip its start-up
 
     if not data:
         raise AudioDecodeError("The audio file is empty.")
     max_samples = None if max_duration_s is None else int(max_duration_s * SAMPLE_RATE)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def check_deadline() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise AudioDecodeTimeoutError(
+                f"Decoding the audio took longer than {timeout_s:g} seconds; the file is malformed or too long."
+            )
+
     pieces: list[np.ndarray] = []
     n = 0
     try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", timeout=timeout_s) as container:
             if not container.streams.audio:
                 raise AudioDecodeError("The file contains no audio stream.")
             stream = container.streams.audio[0]
@@ -65,11 +83,13 @@ def decode_audio(data: bytes, *, max_duration_s: float | None = None) -> np.ndar
                     raise AudioTooLongError(
                         f"The audio is longer than the limit of {max_duration_s:g} seconds."
                     )
+                check_deadline()
             for out in resampler.resample(None):  # flush
                 pieces.append(out.to_ndarray().reshape(-1))
     except (AudioDecodeError, AudioTooLongError):
         raise
     except Exception as exc:  # av.error.FFmpegError and friends; messages vary by libav version
+        check_deadline()  # libav's interrupt (av.ExitError) after its own timeout
         raise AudioDecodeError(f"The audio file could not be decoded: {exc}") from exc
     if not pieces:
         raise AudioDecodeError("The audio file contains no samples.")

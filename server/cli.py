@@ -51,9 +51,8 @@ def _whisper_settings(**overrides) -> WhisperSettings:
 @click.option("--no-warmup", is_flag=True, help="skip compiling at start-up (first requests compile)")
 @whisper_options
 def serve_whisper(host, port, api_keys, no_warmup, model, dtype, quantization, batch_size) -> None:
-    """The whisper server (default 127.0.0.1:8001)."""
-    import uvicorn
-
+    """The whisper server (default 127.0.0.1:8001). SIGTERM drains requests in flight, then exits 0."""
+    from server.http import serve
     from server.whisper_app import create_app, enable_compilation_cache
 
     settings = _whisper_settings(
@@ -62,7 +61,7 @@ def serve_whisper(host, port, api_keys, no_warmup, model, dtype, quantization, b
     )
     _logging(settings.log_level)
     enable_compilation_cache(settings.cache_dir)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    sys.exit(serve(create_app(settings), settings))
 
 
 @serve.command("router")
@@ -75,9 +74,8 @@ def serve_whisper(host, port, api_keys, no_warmup, model, dtype, quantization, b
 @click.option("--diarization-window", "diarization_window_s", type=float, default=None,
               help="seconds of consecutive chunks diarized together [30]")
 def serve_router(host, port, whisper_url, sidecar_url, api_keys, backend_api_key, diarization_window_s) -> None:
-    """The router, the public entry point (default 127.0.0.1:8000)."""
-    import uvicorn
-
+    """The router, the public entry point (default 127.0.0.1:8000). SIGTERM drains, then exits 0."""
+    from server.http import serve
     from server.router_app import create_app
     from server.settings import RouterSettings
 
@@ -86,7 +84,7 @@ def serve_router(host, port, whisper_url, sidecar_url, api_keys, backend_api_key
                      diarization_window_s=diarization_window_s)
     settings = RouterSettings(**{k: v for k, v in overrides.items() if v is not None})
     _logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    sys.exit(serve(create_app(settings), settings))
 
 
 @main.command("up")

@@ -124,7 +124,7 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    err = ApiError(str(exc.detail), code=None)
+    err = ApiError(str(exc.detail), code=None, headers=dict(exc.headers or {}))  # 405 keeps its Allow header
     err.status_code = exc.status_code
     if exc.status_code == 404:
         err.code = "not_found"

@@ -1,14 +1,18 @@
-"""HTTP pieces every Chorus server composes: uploads, limits, auth, health, readiness, metrics."""
+"""HTTP pieces every Chorus server composes: uploads, limits, auth, health, readiness, metrics,
+the OpenAPI document, and running under uvicorn with a graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+import anyio
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -18,10 +22,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.audio import AudioDecodeError, AudioDecodeTimeoutError, AudioTooLongError, decode_audio, duration_s
 from server.errors import (
     EXCEPTION_HANDLERS,
     ApiError,
     AuthenticationError,
+    InvalidAudioError,
     InvalidRequestError,
     NotFoundError,
     NotReadyError,
@@ -29,12 +35,14 @@ from server.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from server.openapi import ApiDoc, standard_operations
 from server.settings import ServerSettings
 
 log = logging.getLogger("chorus.http")
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
 MAX_FORM_FIELDS = 64
+SUPPORTED_AUDIO = "flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, wav, webm"
 
 
 @dataclass
@@ -75,7 +83,10 @@ async def read_upload(
     except ApiError:
         raise
     except Exception as exc:  # multipart.MultipartParseError, starlette's HTTPException for limits
-        raise InvalidRequestError(f"Could not parse the multipart form: {getattr(exc, 'detail', exc)}") from exc
+        detail = str(getattr(exc, "detail", exc))
+        code = ("too_many_fields" if "Too many fields" in detail else "too_many_files" if "Too many files" in detail
+                else "field_too_large" if "exceeded maximum size" in detail else None)
+        raise InvalidRequestError(f"Could not parse the multipart form: {detail}", code=code) from exc
     try:
         upload = form.get(file_field)
         if not isinstance(upload, UploadFile):
@@ -94,6 +105,34 @@ async def read_upload(
         return Upload(data, upload.filename or "audio", upload.content_type, fields)
     finally:
         await form.close()  # spooled temporary files are removed here
+
+
+async def decode_upload(upload: Upload, settings: ServerSettings, request: Request) -> np.ndarray:
+    """Decode ``upload`` in a worker thread under the size, duration and time limits of ``settings``.
+
+    Records the duration in ``request.scope["chorus.audio_seconds"]`` for the request log.
+
+    Returns:
+        float32 mono 16 kHz samples, shape ``(n,)``.
+
+    Raises:
+        InvalidRequestError: longer than ``settings.max_audio_s`` (400, ``code="audio_too_long"``).
+        InvalidAudioError: not decodable (400, ``invalid_file_format``), or decoding took longer than
+            ``settings.decode_timeout_s`` (400, ``audio_decode_timeout``).
+    """
+    try:
+        samples = await anyio.to_thread.run_sync(
+            lambda: decode_audio(upload.data, max_duration_s=settings.max_audio_s, timeout_s=settings.decode_timeout_s)
+        )
+    except AudioTooLongError as exc:
+        raise InvalidRequestError(str(exc), param="file", code="audio_too_long") from None
+    except AudioDecodeTimeoutError as exc:
+        raise InvalidAudioError(str(exc), param="file", code="audio_decode_timeout") from None
+    except AudioDecodeError as exc:
+        raise InvalidAudioError(f"Invalid file format ({upload.filename}): {exc} Supported: {SUPPORTED_AUDIO}.",
+                                param="file") from None
+    request.scope["chorus.audio_seconds"] = duration_s(samples)
+    return samples
 
 
 class ApiKeyMiddleware:
@@ -254,13 +293,56 @@ def model_routes(names: Callable[[], Iterable[str]], card: Callable[[str], dict]
     ]
 
 
-def build_app(state: ServerState, settings: ServerSettings, routes: list[Route], lifespan) -> Starlette:
-    """A Chorus server: ``routes`` plus health/ready/metrics, OpenAI-shaped errors, API keys."""
+def build_app(state: ServerState, settings: ServerSettings, routes: list[Route], lifespan, doc: ApiDoc) -> Starlette:
+    """A Chorus server: ``routes`` plus health/ready/metrics, ``/openapi.json``, OpenAI-shaped errors, API keys.
+
+    Args:
+        doc: the OpenAPI description of ``routes``; the standard routes are added to it here.
+
+    Raises:
+        ValueError: a route is missing from ``doc`` or ``doc`` describes a route that is not served.
+    """
+    standard_operations(doc)
+    document = doc.document(secured=bool([k for k in settings.api_keys if k]))
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    all_routes = [*routes, *health_routes(state), Route("/openapi.json", openapi, methods=["GET"])]
+    doc.check((r.path, r.methods or ()) for r in all_routes)
     app = Starlette(
-        routes=[*routes, *health_routes(state)],
+        routes=all_routes,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
         lifespan=lifespan,
     )
     app.state.chorus = state
     return app
+
+
+def serve(app: Starlette, settings: ServerSettings) -> int:
+    """Run ``app`` with uvicorn on ``settings.host:port`` until SIGTERM or SIGINT, then drain.
+
+    On the signal uvicorn closes the listening socket (new connections are refused), closes idle
+    keep-alive connections, waits up to ``settings.shutdown_timeout_s`` for requests in flight to
+    finish, cancels what is left, and runs the app's lifespan shutdown (the whisper server stops its
+    engine's scheduler there).
+
+    Returns:
+        The process exit code: 0 after a drained stop; uvicorn itself exits 3 when start-up fails.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it caught once it has shut down, to the handler in force before it
+    # started; a no-op handler there turns the drained stop into a normal return (exit 0) instead of
+    # a death by SIGTERM (-15) or a KeyboardInterrupt traceback.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

@@ -2,7 +2,9 @@
 
 Each server is started as ``python -m server.cli serve <name> …`` in its own process group, the
 launcher waits until every ``/ready`` answers 200 (printing progress), then watches them: when one
-exits, or on Ctrl-C / SIGTERM, the others are stopped (SIGTERM, then SIGKILL after a grace period).
+exits, or on Ctrl-C / SIGTERM, the others are stopped: the router first, then the backends, each
+with SIGTERM (the server drains its requests in flight, ``shutdown_timeout_s``, 30 s by default) and
+SIGKILL after a grace period (45 s).
 A backend given by URL (``--whisper-url``, ``--sidecar-url``) is not started here: it runs elsewhere.
 """
 
@@ -94,7 +96,7 @@ class Launcher:
     """Starts ``services``, waits for readiness, supervises, and stops them all."""
 
     def __init__(self, services: Sequence[Service], *, echo: Callable[[str], None] = print,
-                 grace_s: float = 10.0) -> None:
+                 grace_s: float = 45.0) -> None:
         self.services = list(services)
         self.echo = echo
         self.grace_s = grace_s
@@ -155,20 +157,27 @@ class Launcher:
         self._stopping = True
 
     def stop(self) -> None:
-        """SIGTERM every live process group (router first), then SIGKILL after ``grace_s``."""
-        for name in reversed(list(self.procs)):
-            p = self.procs[name]
-            if p.poll() is None:
+        """Stop the router first, then the backends: SIGTERM each stage's live process groups, wait up
+        to ``grace_s`` for them to drain and exit, SIGKILL what is left.
+
+        The router goes first so the requests it is draining can still reach the backends.
+        """
+        names = list(self.procs)
+        stages = [[n for n in names if n == "router"], [n for n in reversed(names) if n != "router"]]
+        for stage in stages:
+            live = [n for n in stage if self.procs[n].poll() is None]
+            for name in live:
                 self.echo(f"stopping {name}")
-                _signal_group(p, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace_s
-        for name, p in self.procs.items():
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.echo(f"{name} did not stop in {self.grace_s:g} s; killing it")
-                _signal_group(p, signal.SIGKILL)
-                p.wait(timeout=5)
+                _signal_group(self.procs[name], signal.SIGTERM)
+            deadline = time.monotonic() + self.grace_s
+            for name in stage:
+                p = self.procs[name]
+                try:
+                    p.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.echo(f"{name} did not stop in {self.grace_s:g} s; killing it")
+                    _signal_group(p, signal.SIGKILL)
+                    p.wait(timeout=5)
 
     def run(self, ready_timeout_s: float = 900.0) -> int:
         """start → wait_ready → supervise → stop, with SIGINT/SIGTERM handled."""

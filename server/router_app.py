@@ -38,15 +38,15 @@ from server.clients import (
 )
 from server.errors import (
     ApiError,
-    InvalidAudioError,
     InvalidRequestError,
     NotFoundError,
     NotReadyError,
     TimeoutError_,
 )
 from server.formats import RENDERERS
-from server.http import Admission, ServerState, Upload, build_app, model_routes, read_upload, timed
-from server.protocol import TranscriptionRequest, parse_form
+from server import openapi
+from server.http import Admission, ServerState, Upload, build_app, decode_upload, model_routes, read_upload, timed
+from server.protocol import WHISPER_LANGUAGES, TranscriptionRequest, parse_form
 from server.router import Job, Router, encode_sse
 from server.settings import RouterSettings
 
@@ -244,16 +244,7 @@ def create_app(
         return req, job, upload
 
     async def decode(upload, request: Request):
-        try:
-            samples = await anyio.to_thread.run_sync(
-                lambda: decode_audio(upload.data, max_duration_s=settings.max_audio_s))
-        except AudioTooLongError as exc:
-            raise InvalidRequestError(str(exc), param="file", code="audio_too_long") from None
-        except AudioDecodeError as exc:
-            raise InvalidAudioError(f"Invalid file format ({upload.filename}): {exc} Supported: flac, m4a, mp3, "
-                                    "mp4, mpeg, mpga, oga, ogg, wav, webm.", param="file") from None
-        request.scope["chorus.audio_seconds"] = duration_s(samples)
-        return samples
+        return await decode_upload(upload, settings, request)
 
     @timed(state, "/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:
@@ -352,6 +343,43 @@ def create_app(
         *model_routes(model_names, card),
         Route("/v1/backends", backends, methods=["GET"]),
     ]
-    return build_app(state, settings, routes, lifespan)
+    return build_app(state, settings, routes, lifespan, api_doc(settings))
+
+
+def api_doc(settings: RouterSettings) -> openapi.ApiDoc:
+    """The router's routes for ``/openapi.json``."""
+    from server.protocol import TranslationRequest
+
+    doc = openapi.ApiDoc(
+        "Chorus router",
+        description="OpenAI-compatible transcription with speaker diarization (diarized_json, SSE), in front of the "
+        "whisper server and the torch sidecar. Errors are OpenAI's shape; a backend failure is 502/503/504.",
+    )
+    ok = {**openapi.json_content({"anyOf": [openapi.ref("Transcription"), openapi.ref("TranscriptionVerbose"),
+                                            openapi.ref("TranscriptionDiarized")]}),
+          **openapi.text_content(*openapi.TRANSCRIPTION_TEXT_TYPES, "text/event-stream")}
+    backend_errors = openapi.audio_errors(502)
+    doc.add("POST", "/v1/audio/transcriptions",
+            summary="Transcribe (and diarize) audio of any length: VAD chunks fanned out to both backends.",
+            ok=ok, errors=backend_errors,
+            body=doc.form_body(TranscriptionRequest, overrides={
+                "model": {"examples": ["whisper-1", *settings.diarize_model_names]},
+                "language": {"enum": list(WHISPER_LANGUAGES)},
+                "chunking_strategy": {"description": "'auto', or a server_vad object as JSON "
+                                      "(or the SDK's chunking_strategy[type]=server_vad fields)"},
+                "known_speaker_references": {"description": "data:audio/...;base64 URLs of 2–10 s clips"},
+                "stream": {"description": "true: Server-Sent Events (transcript.text.delta/segment/done)"},
+            }))
+    doc.add("POST", "/v1/audio/translations", summary="Translate audio to English (passed to the whisper server).",
+            ok={**openapi.json_content({"anyOf": [openapi.ref("Transcription"), openapi.ref("TranscriptionVerbose")]}),
+                **openapi.text_content(*openapi.TRANSCRIPTION_TEXT_TYPES)},
+            errors=backend_errors,
+            body=doc.form_body(TranslationRequest, include=("model", "prompt", "response_format", "temperature")))
+    openapi.model_operations(doc)
+    doc.add("GET", "/v1/backends", summary="Readiness of the whisper server and the sidecar as the router sees them.",
+            ok=openapi.json_content({"type": "object", "additionalProperties": {
+                "type": "object", "required": ["ready", "detail", "url"],
+                "properties": {"ready": {"type": "boolean"}, "detail": {"type": "string"}, "url": {"type": "string"}}}}))
+    return doc
 
 __all__ = ["create_app", "backend_api_error", "chunking_fields", "decode_reference"]

@@ -39,6 +39,14 @@ class ServerSettings(BaseSettings):
     max_concurrent: int = Field(16, ge=1, description="Requests processed at once.")
     max_queue: int = Field(64, ge=0, description="Requests waiting beyond max_concurrent before 429.")
     request_timeout_s: float = Field(600.0, gt=0, description="Per-request deadline (504 after it).")
+    decode_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline for decoding one upload (s); a file that takes longer is a 400."
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0,
+        description="On SIGTERM/SIGINT: stop accepting, let requests in flight finish for at most this long (s), "
+        "then cancel what is left and exit 0.",
+    )
     cache_dir: Path = Field(default_factory=default_cache_dir)
     log_level: str = "info"
 

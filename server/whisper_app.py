@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,20 +16,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from server.audio import AudioDecodeError, AudioTooLongError, decode_audio, duration_s
+from server import openapi
 from server.errors import (
     ApiError,
-    InvalidAudioError,
     InvalidRequestError,
     NotFoundError,
     TimeoutError_,
 )
 from server.formats import RENDERERS
-from server.http import Admission, ServerState, build_app, model_routes, read_upload, timed
-from server.protocol import TranscriptionRequest, TranslationRequest, parse_form
+from server.http import Admission, ServerState, build_app, decode_upload, model_routes, read_upload, timed
+from server.protocol import WHISPER_LANGUAGES, TranscriptionRequest, TranslationRequest, parse_form
 from server.settings import WhisperSettings
 
 log = logging.getLogger("chorus.whisper")
+
+
+class Cancelled(Exception):
+    """Raised inside the engine's progress callback to stop a request whose client got its 504."""
 
 
 def enable_compilation_cache(cache_dir: Path) -> None:
@@ -110,6 +114,38 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
             if owned and holder["engine"] is not None:
                 holder["engine"].close()
 
+    async def run_engine(engine, samples, options):
+        """``engine.transcribe`` in a worker thread under ``request_timeout_s``.
+
+        At the deadline the client gets its 504 at once; the worker thread stops at the engine's next
+        progress report (a finished window) instead of decoding the rest of the file.
+
+        Raises:
+            TimeoutError_: past ``settings.request_timeout_s`` (504 with ``Retry-After``).
+            InvalidRequestError: the engine refused the options (an unsupported language).
+        """
+        stop = threading.Event()
+
+        def progress(done_s: float) -> None:
+            if stop.is_set():
+                raise Cancelled()
+
+        def work():
+            return engine.transcribe(samples, options, progress=progress)
+
+        try:
+            with anyio.fail_after(settings.request_timeout_s):
+                return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except TimeoutError:
+            stop.set()
+            raise TimeoutError_(
+                f"The request took longer than {settings.request_timeout_s:g} s.", headers={"Retry-After": "5"}
+            ) from None
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), param="language") from None
+        finally:
+            stop.set()  # also when the client went away (cancellation)
+
     async def handle(request: Request, task: str) -> Response:
         state.require_ready()
         upload = await read_upload(request, settings)
@@ -139,30 +175,8 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
         )
         engine = holder["engine"]
         async with admission:
-            try:
-                samples = await anyio.to_thread.run_sync(
-                    lambda: decode_audio(upload.data, max_duration_s=settings.max_audio_s)
-                )
-            except AudioTooLongError as exc:
-                raise InvalidRequestError(str(exc), param="file", code="audio_too_long") from None
-            except AudioDecodeError as exc:
-                raise InvalidAudioError(
-                    f"Invalid file format ({upload.filename}): {exc} Supported: flac, m4a, mp3, mp4, "
-                    "mpeg, mpga, oga, ogg, wav, webm.",
-                    param="file",
-                ) from None
-            request.scope["chorus.audio_seconds"] = duration_s(samples)
-            try:
-                transcript = await asyncio.wait_for(
-                    anyio.to_thread.run_sync(engine.transcribe, samples, options),
-                    timeout=settings.request_timeout_s,
-                )
-            except asyncio.TimeoutError:
-                raise TimeoutError_(
-                    f"The request took longer than {settings.request_timeout_s:g} s.", headers={"Retry-After": "5"}
-                ) from None
-            except ValueError as exc:
-                raise InvalidRequestError(str(exc), param="language") from None
+            samples = await decode_upload(upload, settings, request)
+            transcript = await run_engine(engine, samples, options)
         body, media_type = RENDERERS[req.response_format](transcript, words=want_words)
         if isinstance(body, dict):
             return JSONResponse(body)
@@ -187,6 +201,36 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
         Route("/v1/audio/translations", translations, methods=["POST"]),
         *model_routes(lambda: names, model_card),
     ]
-    return build_app(state, settings, routes, lifespan)
+    return build_app(state, settings, routes, lifespan, api_doc(sorted(names)))
+
+
+def api_doc(model_names: list[str]) -> openapi.ApiDoc:
+    """The whisper server's routes for ``/openapi.json``.
+
+    Args:
+        model_names: what the ``model`` field accepts (others get 404).
+    """
+    doc = openapi.ApiDoc(
+        "Chorus whisper server",
+        description="OpenAI-compatible transcription and translation (Whisper on JAX). Errors are OpenAI's shape.",
+    )
+    audio_ok = {**openapi.json_content({"anyOf": [openapi.ref("Transcription"), openapi.ref("TranscriptionVerbose")]}),
+                **openapi.text_content(*openapi.TRANSCRIPTION_TEXT_TYPES)}
+    formats = ["json", "text", "srt", "vtt", "verbose_json"]
+    model = {"examples": model_names, "description": f"one of {', '.join(model_names)}"}
+    unused = ("stream", "chunking_strategy", "known_speaker_names", "known_speaker_references")
+    doc.add("POST", "/v1/audio/transcriptions", summary="Transcribe audio (OpenAI audio.transcriptions).",
+            ok=audio_ok, errors=openapi.audio_errors(),
+            body=doc.form_body(TranscriptionRequest, exclude=unused, overrides={
+                "model": model, "response_format": {"enum": formats},
+                "language": {"enum": list(WHISPER_LANGUAGES), "description": "ISO-639-1; detected when absent"},
+                "timestamp_granularities": {"description": "'word' adds word times (with verbose_json)"},
+            }))
+    doc.add("POST", "/v1/audio/translations", summary="Translate audio to English text (OpenAI audio.translations).",
+            ok=audio_ok, errors=openapi.audio_errors(),
+            body=doc.form_body(TranslationRequest, include=("model", "prompt", "response_format", "temperature"),
+                               overrides={"model": model}))
+    openapi.model_operations(doc)
+    return doc
 
 __all__ = ["create_app", "load_engine", "enable_compilation_cache", "ApiError"]

@@ -37,10 +37,13 @@ def test_sidecar_command_builds_settings_and_runs_uvicorn(monkeypatch):
 
     calls = {}
 
-    def fake_run(app, **kwargs):
-        calls["app"], calls["kwargs"] = app, kwargs
+    def fake_run(server, sockets=None):
+        c = server.config
+        calls["app"], calls["kwargs"] = c.app, {"host": c.host, "port": c.port,
+                                                "drain_s": c.timeout_graceful_shutdown}
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    monkeypatch.setenv("CHORUS_SIDECAR_SHUTDOWN_TIMEOUT_S", "12")
     monkeypatch.setenv("CHORUS_SIDECAR_PHI4_IDLE_TTL_S", "30")
     result = CliRunner().invoke(sidecar_command, [
         "--port", "8123", "--diarizer", "sortformer", "--sortformer-model", "/m/sf.nemo",
@@ -50,7 +53,7 @@ def test_sidecar_command_builds_settings_and_runs_uvicorn(monkeypatch):
     assert result.exit_code == 0, result.output
     sidecar = calls["app"].state.sidecar
     s = sidecar.settings
-    assert calls["kwargs"]["port"] == 8123 and calls["kwargs"]["host"] == "127.0.0.1"
+    assert calls["kwargs"] == {"host": "127.0.0.1", "port": 8123, "drain_s": 12.0}
     assert (s.diarizer, s.sortformer_model, s.titanet_model) == ("sortformer", "/m/sf.nemo", "/m/tn.nemo")
     assert s.phi4_model == "/m/phi" and s.phi4_adapter == "" and s.phi4_idle_ttl_s == 30
     assert s.api_keys == ["k1", "k2"] and s.warmup is False

@@ -1,6 +1,6 @@
 """Click commands of the sidecar, registered by ``server/cli.py``:
 
-- ``sidecar_command`` → ``chorus serve sidecar``: run the sidecar app with uvicorn.
+- ``sidecar_command`` → ``chorus serve sidecar``: run the sidecar app with uvicorn (``server.http.serve``).
 - ``prompts`` → ``chorus prompts list`` and ``chorus prompts run DIR --task diarize --templates all
   --out OUTDIR``: every audio file × every chosen template through Phi-4-multimodal, one JSON result
   file per audio (the Phi-4 diarization notebook's workflow as a command).
@@ -39,15 +39,16 @@ AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".webm", ".m
 @click.option("--warmup/--no-warmup", default=None)
 @click.option("--log-level", default=None)
 def sidecar_command(**flags) -> None:
-    """Serve diarization, speaker fingerprints and Phi-4-multimodal (default port 8002)."""
-    import uvicorn
+    """Serve diarization, speaker fingerprints and Phi-4-multimodal (default port 8002).
 
+    SIGTERM drains requests in flight (up to ``shutdown_timeout_s``), then exits 0."""
+    from server.http import serve
     from torch_models.settings import SidecarSettings
     from torch_models.sidecar_app import create_app
 
     overrides = {k: v for k, v in flags.items() if v is not None and v != ()}
     settings = SidecarSettings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    raise SystemExit(serve(create_app(settings), settings))
 
 
 @click.group("prompts")

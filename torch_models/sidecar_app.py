@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from server.audio import SAMPLE_RATE, AudioDecodeError, AudioTooLongError, decode_audio
+from server.audio import SAMPLE_RATE, AudioDecodeError, AudioDecodeTimeoutError, AudioTooLongError, decode_audio
 from server.errors import (
     InvalidAudioError,
     InvalidRequestError,
@@ -42,6 +42,7 @@ from server.errors import (
     NotReadyError,
     TimeoutError_,
 )
+from server import openapi
 from server.http import Admission, ServerState, build_app, read_upload, timed
 from server.protocol import parse_form
 from torch_models.diarization import Diarizer, OptionError
@@ -146,7 +147,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
 
-    app = build_app(state, settings, routes(sidecar, state), lifespan)
+    app = build_app(state, settings, routes(sidecar, state), lifespan, api_doc())
     app.state.sidecar = sidecar
     return app
 
@@ -177,13 +178,17 @@ async def decode(sidecar: Sidecar, data: bytes, request: Request, *, param: str 
     """Bytes → float32 16 kHz samples in a thread; records the duration for the request log.
 
     Raises:
-        InvalidAudioError: undecodable, empty, or longer than ``max_s`` / ``max_audio_s`` (400).
+        InvalidAudioError: undecodable, empty, longer than ``max_s`` / ``max_audio_s``, or slower to decode
+            than ``decode_timeout_s`` (400).
     """
     limit = min(max_s or sidecar.settings.max_audio_s, sidecar.settings.max_audio_s)
     try:
-        samples = await anyio.to_thread.run_sync(lambda: decode_audio(data, max_duration_s=limit))
+        samples = await anyio.to_thread.run_sync(
+            lambda: decode_audio(data, max_duration_s=limit, timeout_s=sidecar.settings.decode_timeout_s))
     except AudioTooLongError as exc:
         raise InvalidAudioError(str(exc), param=param, code="audio_too_long") from None
+    except AudioDecodeTimeoutError as exc:
+        raise InvalidAudioError(str(exc), param=param, code="audio_decode_timeout") from None
     except AudioDecodeError as exc:
         raise InvalidAudioError(str(exc), param=param) from None
     request.scope["chorus.audio_seconds"] = request.scope.get("chorus.audio_seconds", 0.0) + len(samples) / SAMPLE_RATE
@@ -414,3 +419,33 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[Route]:
         Route("/v1/models", models, methods=["GET"]),
     ]
 
+
+
+def api_doc() -> openapi.ApiDoc:
+    """The sidecar's routes for ``/openapi.json``."""
+    doc = openapi.ApiDoc(
+        "Chorus torch sidecar",
+        description="Speaker diarization, speaker fingerprints and Phi-4-multimodal audio tasks. Errors are OpenAI's shape.",
+    )
+    obj = {"type": "object"}
+    doc.add("POST", "/v1/diarize", summary="Who spoke when: turns with confidence, speakers and fingerprints.",
+            ok={**openapi.json_content({"type": "object", "required": ["segments", "speakers"], "properties": {
+                "segments": {"type": "array", "items": {"type": "object", "required": ["start", "end", "speaker"]}},
+                "speakers": {"type": "array", "items": {"type": "string"}},
+                "fingerprints": {"type": "object"}}}),
+                **openapi.text_content("text/plain")},
+            errors=openapi.audio_errors(), body=doc.form_body(DiarizeRequest))
+    doc.add("POST", "/v1/speaker-embeddings", summary="One unit-norm speaker fingerprint of a clip.",
+            ok=openapi.json_content({"type": "object", "required": ["object", "model", "dim", "embedding"],
+                                     "properties": {"embedding": {"type": "array", "items": {"type": "number"}}}}),
+            errors=openapi.audio_errors(), body=doc.form_body(SpeakerEmbeddingRequest))
+    doc.add("POST", "/v1/chat/completions", summary="OpenAI chat with input_audio parts, answered by Phi-4-multimodal.",
+            ok=openapi.json_content({"type": "object", "required": ["id", "object", "choices"]}),
+            errors=openapi.audio_errors(), body=doc.json_body(ChatCompletionRequest))
+    doc.add("POST", "/v1/audio/transcriptions", summary="Phi-4-multimodal audio tasks (transcribe, diarize, "
+            "translate, summarize, describe, continue, qa) on one clip.",
+            ok={**openapi.json_content(obj), **openapi.text_content("text/plain")},
+            errors=openapi.audio_errors(), body=doc.form_body(Phi4TranscriptionRequest))
+    doc.add("GET", "/v1/models", summary="The diarizer, the speaker embedder and Phi-4, with status.",
+            ok=openapi.json_content(openapi.ref("ModelList")))
+    return doc
