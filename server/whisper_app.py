@@ -217,7 +217,7 @@ def api_doc(model_names: list[str]) -> openapi.ApiDoc:
     audio_ok = {**openapi.json_content({"anyOf": [openapi.ref("Transcription"), openapi.ref("TranscriptionVerbose")]}),
                 **openapi.text_content(*openapi.TRANSCRIPTION_TEXT_TYPES)}
     formats = ["json", "text", "srt", "vtt", "verbose_json"]
-    model = {"examples": model_names, "description": f"one of {', '.join(model_names)}"}
+    model = {"enum": model_names, "description": "whisper-1, or the model's configured name"}
     unused = ("stream", "chunking_strategy", "known_speaker_names", "known_speaker_references")
     doc.add("POST", "/v1/audio/transcriptions", summary="Transcribe audio (OpenAI audio.transcriptions).",
             ok=audio_ok, errors=openapi.audio_errors(),
