@@ -1,0 +1,129 @@
+"""Hostile and odd uploads (``bench.bad_inputs``) against the whisper server (tiny model) and the router
+(fake backends): each gets its expected status in OpenAI's error shape, and the server keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from bench.bad_inputs import NAMES, bad_inputs, silence_aac
+from server.audio import SAMPLE_RATE, to_wav_bytes
+
+MAX_AUDIO_S = 600.0
+MAX_UPLOAD_MB = 8.0
+
+
+@pytest.fixture(scope="module")
+def corpus(speech_samples) -> dict:
+    entries = bad_inputs(speech_samples, max_audio_s=MAX_AUDIO_S, max_upload_mb=MAX_UPLOAD_MB)
+    assert [e.name for e in entries] == list(NAMES)
+    return {e.name: e for e in entries}
+
+
+@pytest.fixture(scope="module")
+def whisper_app(tiny_engine, tiny_whisper_dir, cache_dir):
+    from server.settings import WhisperSettings
+    from server.whisper_app import create_app
+
+    settings = WhisperSettings(model=str(tiny_whisper_dir), warmup=False, cache_dir=cache_dir,
+                               max_audio_s=MAX_AUDIO_S, max_upload_mb=MAX_UPLOAD_MB)
+    return create_app(settings, engine=tiny_engine)
+
+
+@pytest.fixture(scope="module")
+def router_app():
+    from tests.test_router import router_app as make
+
+    return make(max_audio_s=MAX_AUDIO_S, max_upload_mb=MAX_UPLOAD_MB)
+
+
+def check(entry, r: httpx.Response) -> None:
+    assert r.status_code == entry.status, f"{entry.name}: {r.status_code} {r.text[:300]}"
+    if entry.status >= 400:
+        body = r.json()
+        assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+        err = body["error"]
+        assert err["message"] and err["type"] in ("invalid_request_error", "server_error")
+        if entry.code is not None:
+            assert err["code"] == entry.code, (entry.name, err)
+        if entry.param is not None:
+            assert err["param"] == entry.param, (entry.name, err)
+    elif entry.duration_s is not None:
+        assert abs(r.json()["usage"]["seconds"] - entry.duration_s) <= 1, (entry.name, r.json())
+
+
+async def post(app, entry) -> httpx.Response:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        return await http.post("/v1/audio/transcriptions", **entry.httpx_kwargs())
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_whisper_server_answers_each_bad_input(whisper_app, corpus, name):
+    check(corpus[name], await post(whisper_app, corpus[name]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_router_answers_each_bad_input(router_app, corpus, name):
+    check(corpus[name], await post(router_app, corpus[name]))
+
+
+async def test_the_whisper_server_keeps_serving_through_the_whole_corpus(whisper_app, corpus, speech_samples):
+    """Good requests interleaved with every bad one, all at once: the good answers are what they are
+    alone, and no file descriptor (spooled upload) is left open."""
+    good = {"files": {"file": ("a.wav", to_wav_bytes(speech_samples))},
+            "data": {"model": "whisper-1", "language": "en"}}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=whisper_app), base_url="http://t") as http:
+        alone = (await http.post("/v1/audio/transcriptions", **good)).json()["text"]
+        fds = psutil.Process().num_fds()
+        calls = []
+        for i, entry in enumerate(corpus.values()):
+            calls.append(http.post("/v1/audio/transcriptions", **entry.httpx_kwargs()))
+            if i % 4 == 0:
+                calls.append(http.post("/v1/audio/transcriptions", **good))
+        answers = await asyncio.gather(*calls)
+        bad = [r for i, r in enumerate(answers) if i % 5 != 1]
+        for entry, r in zip(corpus.values(), bad):
+            check(entry, r)
+        texts = [r.json()["text"] for i, r in enumerate(answers) if i % 5 == 1]
+        assert texts == [alone] * math.ceil(len(corpus) / 4)
+        await asyncio.sleep(0.1)
+        assert psutil.Process().num_fds() <= fds
+        assert (await http.get("/health")).status_code == 200
+
+
+async def test_decode_timeout_stops_a_pathological_file(tiny_engine, cache_dir):
+    """Two hours of AAC with a generous duration limit but a 50 ms decode deadline: 400 in well under
+    the ~1-4 s a full decode takes, with its own code."""
+    from server.settings import WhisperSettings
+    from server.whisper_app import create_app
+
+    app = create_app(WhisperSettings(model="tiny", warmup=False, cache_dir=cache_dir, max_audio_s=4 * 3600,
+                                     decode_timeout_s=0.05), engine=tiny_engine)
+    data = silence_aac(7200)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        t0 = time.monotonic()
+        r = await http.post("/v1/audio/transcriptions", data={"model": "whisper-1"},
+                            files={"file": ("silence.aac", data)})
+        assert time.monotonic() - t0 < 1.0
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "audio_decode_timeout" and err["param"] == "file" and "0.05 seconds" in err["message"]
+
+
+def test_decode_audio_limits():
+    from server.audio import AudioDecodeTimeoutError, AudioTooLongError, decode_audio
+
+    two_hours = silence_aac(7200)
+    with pytest.raises(AudioTooLongError):
+        decode_audio(two_hours, max_duration_s=60)
+    with pytest.raises(AudioDecodeTimeoutError):
+        decode_audio(two_hours, timeout_s=0.01)
+    tone = np.sin(np.arange(SAMPLE_RATE) / 5).astype(np.float32) * 0.5
+    out = decode_audio(to_wav_bytes(tone), max_duration_s=1.0, timeout_s=10)
+    assert out.shape == tone.shape and math.isclose(float(np.abs(out - tone).max()), 0, abs_tol=1e-4)
