@@ -1,4 +1,4 @@
-"""``chorus bench throughput | quant | peers``: the benchmark commands (attached by ``server.cli``).
+"""``chorus bench throughput | quant | peers | soak | render``: the benchmark commands (attached by ``server.cli``).
 
 Heavy imports happen inside the commands, so ``chorus --help`` stays fast.
 """
@@ -176,9 +176,11 @@ def quant(settings, model, batch_size, max_new_tokens, repeats, max_seconds, com
                    "[default: all but faster-whisper-batched-fp32]")
 @click.option("--ct2-dir", default=None, help="CTranslate2 files for faster-whisper (default: the model's own)")
 @click.option("--threads", type=int, default=None, help="CPU threads for CTranslate2 and PyTorch [default: all]")
+@click.option("--concurrency", type=int, default=1, show_default=True,
+              help="files transcribed at once per engine (aggregate RTFx), e.g. 8 long-form requests")
 @engine_options
 @common_options
-def peers(engines, ct2_dir, threads, model, batch_size, max_new_tokens, repeats, max_seconds, compile_cache,
+def peers(engines, ct2_dir, threads, concurrency, model, batch_size, max_new_tokens, repeats, max_seconds, compile_cache,
           timeout_s, wait_idle, audio, language, normalizer, name, results_dir, cache_dir):
     """Chorus, faster-whisper and transformers on the same weights and audio, one process each."""
     from bench.machine import device_label
@@ -195,10 +197,66 @@ def peers(engines, ct2_dir, threads, model, batch_size, max_new_tokens, repeats,
     run_peers(
         model=model, names=names, items=items, cache_dir=cache, out_dir=out_dir, name=name, command=invocation(),
         ct2_dir=ct2_dir, language=_language(language), batch_size=batch_size, max_new_tokens=max_new_tokens,
-        repeats=repeats, max_seconds=max_seconds, threads=threads, compile_cache=compile_cache,
-        normalizer=normalizer, timeout_s=timeout_s, wait_idle_cores=wait_idle,
+        repeats=repeats, max_seconds=max_seconds, threads=threads, concurrency=concurrency,
+        compile_cache=compile_cache, normalizer=normalizer, timeout_s=timeout_s, wait_idle_cores=wait_idle,
     )
     _finish(results_dir, out_dir)
+
+
+@bench.command()
+@click.option("--minutes", type=float, required=True, help="length of the load (minutes)")
+@click.option("--url", default=None,
+              help="load this running whisper server instead of starting one (its limits must match "
+                   "--max-audio-s/--max-upload-mb)")
+@click.option("--pid", type=int, default=None, help="with --url: the server process to watch [found by port]")
+@click.option("--model", default="base", show_default=True, help="model of the started server")
+@click.option("--batch-size", type=int, default=None, help="the started server's batch of 30 s windows [4]")
+@click.option("--max-new-tokens", type=int, default=None, help="the started server's cap on tokens per window")
+@click.option("--concurrency", type=int, default=8, show_default=True, help="clients sending at once")
+@click.option("--bad-fraction", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="share of requests drawn from the bad-input corpus")
+@click.option("--reference", type=click.Choice(["script", "baseline"]), default="script", show_default=True,
+              help="check good transcripts against the clip's script, or the server's own answer at idle")
+@click.option("--max-wer", type=float, default=0.3, show_default=True,
+              help="a good transcript further than this from its reference counts as lost")
+@click.option("--warmup-minutes", type=float, default=None,
+              help="load not measured for memory [10 % of the run, 1 to minutes/2]")
+@click.option("--sample-s", type=float, default=2.0, show_default=True, help="seconds between memory samples")
+@click.option("--max-audio-s", type=float, default=600.0, show_default=True, help="the server's duration limit")
+@click.option("--max-upload-mb", type=float, default=25.0, show_default=True, help="the server's upload limit")
+@click.option("--api-key", envvar="OPENAI_API_KEY", default="sk-chorus-bench", show_default=False)
+@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True, help="per request (s)")
+@common_options
+def soak(minutes, url, pid, model, batch_size, max_new_tokens, concurrency, bad_fraction, reference, max_wer,
+         warmup_minutes, sample_s, max_audio_s, max_upload_mb, api_key, timeout_s, audio, language, normalizer, name,
+         results_dir, cache_dir):
+    """Saturating load with good and bad requests: 5xx, lost transcripts, memory over time (PNG).
+
+    Exits 1 when the run fails: an unexpected 5xx, a lost good result, or RSS growth of 10 % or more
+    after warm-up."""
+    from bench.machine import device_label
+    from bench.report import default_name, invocation
+    from bench.soak import run_soak
+
+    if minutes <= 0 or concurrency < 1:
+        raise click.BadParameter("--minutes and --concurrency must be positive")
+    cache, items = _setup(cache_dir, audio, ("espeak:5,10,20",))
+    name = name or default_name("soak", device_label())
+    out_dir = results_dir / name
+    try:
+        record = run_soak(
+            minutes=minutes, items=items, out_dir=out_dir, name=name, command=invocation(), cache_dir=cache, url=url,
+            pid=pid, model=model, batch_size=batch_size, max_new_tokens=max_new_tokens, concurrency=concurrency,
+            bad_fraction=bad_fraction, reference=reference, max_wer=max_wer,
+            warmup_s=None if warmup_minutes is None else warmup_minutes * 60, sample_s=sample_s,
+            max_audio_s=max_audio_s, max_upload_mb=max_upload_mb, language=_language(language), api_key=api_key,
+            timeout_s=timeout_s, normalizer=normalizer, echo=lambda m: click.echo(m, err=True),
+        )
+    except (TimeoutError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _finish(results_dir, out_dir)
+    if not record["summary"]["passed"]:
+        raise click.ClickException("the soak failed: see the table above")
 
 
 @bench.command()
@@ -210,9 +268,11 @@ def render(result_dirs):
 
     from bench import peers as peers_mod
     from bench import quant as quant_mod
+    from bench import soak as soak_mod
     from bench import throughput as throughput_mod
 
-    renderers = {"peers": peers_mod.render, "quant": quant_mod.render, "throughput": throughput_mod.render}
+    renderers = {"peers": peers_mod.render, "quant": quant_mod.render, "throughput": throughput_mod.render,
+                 "soak": soak_mod.render}
     for out_dir in result_dirs:
         record = json.loads((out_dir / "result.json").read_text())
         if record.get("kind") not in renderers:

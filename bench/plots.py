@@ -1,4 +1,4 @@
-"""PNG plots of benchmark summaries (matplotlib, headless): throughput curves and speed/accuracy."""
+"""PNG plots of benchmark summaries (matplotlib, headless): throughput curves, speed/accuracy, soak."""
 
 from __future__ import annotations
 
@@ -84,5 +84,57 @@ def tradeoff_figure(rows: Sequence[dict], title: str, baseline: str | None = Non
     ax_s.set_xlim(0, max(speeds + [1e-9]) * 1.15)
     ax_s.set_ylim(0, max(wers + [1.0]) * 1.2)
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def soak_figure(samples: list[dict], records: list[dict], warmup_s: float, memory: dict, title: str):
+    """RSS over time (warm-up shaded, window start/end medians) above answers per 10 s by outcome.
+
+    Args:
+        samples: ``{"t_s", "rss_mib"}`` (seconds since the load started, MiB).
+        records: scored soak records (``t_s``, ``latency_s``, ``kind``, ``lost``, ``unexpected``).
+        warmup_s: the unmeasured start (seconds).
+        memory: ``bench.soak.memory_growth`` of the samples.
+        title: the figure's title.
+
+    Returns:
+        A matplotlib ``Figure`` (two panels sharing the time axis, in minutes).
+    """
+    plt = _pyplot()
+    fig, (ax_m, ax_r) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, height_ratios=[3, 2])
+    ts = [s["t_s"] / 60 for s in samples]
+    ax_m.plot(ts, [s["rss_mib"] for s in samples], color="tab:blue", lw=1.2, label="server RSS")
+    ax_m.axvspan(0, warmup_s / 60, color="0.85", label="warm-up (not measured)")
+    for key, style in (("start_mib", ":"), ("end_mib", "--")):
+        if not math.isnan(memory.get(key, math.nan)):
+            ax_m.axhline(memory[key], color="tab:gray", ls=style, lw=1,
+                         label=f"window {key.split('_')[0]} median {memory[key]:.0f} MiB")
+    ax_m.set_ylabel("RSS (MiB)")
+    growth = memory.get("growth", math.nan)
+    ax_m.set_title(f"{title}: RSS growth {growth * 100:+.1f} % over the window" if not math.isnan(growth) else title)
+    ax_m.grid(True, alpha=0.3)
+    ax_m.legend(fontsize=8, loc="lower right")
+    if records:
+        end = max(r["t_s"] + r["latency_s"] for r in records)
+        edges = [i * 10.0 for i in range(int(end // 10) + 2)]
+        groups = {
+            "good 200": lambda r: r["kind"] == "good" and not r["lost"],
+            "bad, expected status": lambda r: r["kind"] == "bad" and not r["unexpected"],
+            "lost / unexpected": lambda r: r.get("lost") or r["unexpected"],
+        }
+        bottom = [0] * (len(edges) - 1)
+        for (label, pick), color in zip(groups.items(), ("tab:green", "tab:orange", "tab:red")):
+            counts = [0] * (len(edges) - 1)
+            for r in records:
+                if pick(r):
+                    counts[min(int((r["t_s"] + r["latency_s"]) // 10), len(counts) - 1)] += 1
+            ax_r.bar([e / 60 for e in edges[:-1]], counts, width=10 / 60, align="edge", bottom=bottom, color=color,
+                     label=label)
+            bottom = [b + c for b, c in zip(bottom, counts)]
+        ax_r.legend(fontsize=8, loc="upper right")
+    ax_r.set_xlabel("minutes since the load started")
+    ax_r.set_ylabel("answers per 10 s")
+    ax_r.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
