@@ -8,6 +8,7 @@ so throughput grows with concurrency and no request compiles anything.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -53,6 +54,17 @@ def alignment_heads(model_config, generation_config) -> list[tuple[int, int]]:
     return valid or [(a, b) for a in range(layers // 2, layers) for b in range(heads)]
 
 
+def batch_buckets(batch_size: int) -> tuple[int, ...]:
+    """Batch sizes compiled for ``batch_size``: powers of two below it, and itself (``8`` →
+    ``(1, 2, 4, 8)``), so a batch of n windows is padded to less than 2n."""
+    sizes = {batch_size}
+    b = 1
+    while b < batch_size:
+        sizes.add(b)
+        b *= 2
+    return tuple(sorted(sizes))
+
+
 class EngineError(RuntimeError):
     """The engine failed to load or run a model."""
 
@@ -95,6 +107,8 @@ class _Job:
     prefix: list[int]
     temperature: float
     future: Future
+    owner: int = 0
+    """The request this window belongs to (fair scheduling across requests)."""
     submitted: float = field(default_factory=time.monotonic)
 
     @property
@@ -129,8 +143,10 @@ class WhisperEngine:
         dtype: ``float32``, ``bfloat16`` or ``float16`` (activations and weights).
         quantization: ``none``, or EasyDeL's ``int8``, ``nf4``, ``affine4``, ``mxfp8`` on the
             linear layers (embeddings, norms and the output projection stay in ``dtype``).
-        batch_size: the largest batch of windows; buckets ``1`` and ``batch_size`` are compiled.
+        batch_size: the largest batch of windows; ``batch_buckets(batch_size)`` are compiled.
         max_new_tokens: sampled tokens per window (Whisper's limit is 224).
+        kv_cache: decode with ``jax_models.functional`` (cached cross-attention K/V and a
+            self-attention KV cache); False runs EasyDeL's decode step (quantized weights always do).
 
     Raises:
         EngineError: the model could not be loaded.
@@ -142,8 +158,9 @@ class WhisperEngine:
         *,
         dtype: str = "float32",
         quantization: str = "none",
-        batch_size: int = 4,
+        batch_size: int = 8,
         max_new_tokens: int = 224,
+        kv_cache: bool = True,
     ) -> None:
         import jax.numpy as jnp
         from transformers import AutoTokenizer, GenerationConfig, WhisperFeatureExtractor
@@ -152,7 +169,7 @@ class WhisperEngine:
         self.dtype = dtype
         self.quantization = quantization
         self.max_new_tokens = max_new_tokens
-        self.batch_buckets = tuple(sorted({1, batch_size}))
+        self.batch_buckets = batch_buckets(batch_size)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
             self.generation_config = GenerationConfig.from_pretrained(model_path)
@@ -167,13 +184,17 @@ class WhisperEngine:
         self.pad_token_id = int(pad)
         self.alignment_heads = alignment_heads(self.model.config, self.generation_config)
         self._state, self._encode, self._decode, self._detect, self._align = make_decoder(
-            self.model, self.ids, max_new_tokens, self.pad_token_id, self.alignment_heads
+            self.model, self.ids, max_new_tokens, self.pad_token_id, self.alignment_heads, kv_cache=kv_cache
         )
+        self.kv_cache = self._state["fn"] is not None
         vocab = int(self.model.config.vocab_size)
         mask = np.zeros((vocab,), bool)
         mask[[t for t in self.ids.suppress if t < vocab]] = True
         self._suppress = jnp.asarray(mask)
         self._queue: deque[_Job] = deque()
+        self._served: dict[int, int] = {}  # request → number of the last batch that served it
+        self._batch_no = 0
+        self._owners = itertools.count(1)
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="chorus-whisper-scheduler", daemon=True)
@@ -210,27 +231,51 @@ class WhisperEngine:
         self._thread.join(timeout=10)
 
     def _submit(self, job: _Job) -> Future:
+        return self._submit_all([job])[0]
+
+    def _submit_all(self, jobs: list[_Job]) -> list[Future]:
+        """Queue ``jobs`` at once (the scheduler sees all of them or none)."""
         with self._cv:
             if self._stop:
                 raise EngineError("engine is closed")
-            self._queue.append(job)
+            self._queue.extend(jobs)
             self._cv.notify()
-        return job.future
+        return [job.future for job in jobs]
 
     def _take_batch(self) -> list[_Job]:
-        first = self._queue.popleft()
-        batch = [first]
+        """The next batch: requests take turns, least recently served first.
+
+        The request served longest ago (a new one counts as never served) gives the batch its
+        first window, which fixes the batch's kind and prefix bucket; then every request with a
+        matching window adds its oldest one, in the same order, round after round, until the batch
+        is full. A window therefore waits for at most ``ceil(active requests / largest batch)``
+        batches once it is its request's oldest, however many windows other requests queued:
+        a short request is not starved behind a long one.
+        """
+        owners: dict[int, list[_Job]] = {}
+        for job in self._queue:
+            owners.setdefault(job.owner, []).append(job)
+        order = sorted(owners, key=lambda o: self._served.get(o, -1))  # stable: ties keep queue order
+        first = owners[order[0]][0]
+        lanes = [[j for j in owners[o] if j.kind == first.kind and j.bucket == first.bucket] for o in order]
         limit = self.batch_buckets[-1]
-        keep: deque[_Job] = deque()
-        while self._queue and len(batch) < limit:
-            job = self._queue.popleft()
-            if job.kind == first.kind and job.bucket == first.bucket:
-                batch.append(job)
-            else:
-                keep.append(job)
-        keep.extend(self._queue)
+        batch: list[_Job] = []
+        depth = 0
+        while len(batch) < limit and any(depth < len(lane) for lane in lanes):
+            for lane in lanes:
+                if depth < len(lane) and len(batch) < limit:
+                    batch.append(lane[depth])
+            depth += 1
+        taken = {id(j) for j in batch}
+        remaining = [j for j in self._queue if id(j) not in taken]
         self._queue.clear()
-        self._queue.extend(keep)
+        self._queue.extend(remaining)
+        self._batch_no += 1
+        for job in batch:
+            self._served[job.owner] = self._batch_no
+        live = {j.owner for j in self._queue}
+        for owner in [o for o in self._served if o not in live and o not in {j.owner for j in batch}]:
+            del self._served[owner]
         return batch
 
     def _run(self) -> None:
@@ -309,17 +354,17 @@ class WhisperEngine:
         silence = np.zeros((SAMPLE_RATE,), np.float32)
         feats = self.log_mel([silence])[0]
         for size in self.batch_buckets:
-            futs = [self._submit(_Job("detect", feats, [], 0.0, Future())) for _ in range(size)]
+            futs = self._submit_all([_Job("detect", feats, [], 0.0, Future()) for _ in range(size)])
             for f in futs:
                 f.result()
             for bucket in PREFIX_BUCKETS:
                 prefix = [self.ids.sot_prev] * (bucket - 3) + self.ids.task_tokens("en", "transcribe")
                 prefix = prefix[-bucket:]
-                futs = [self._submit(_Job("decode", feats, prefix, 0.0, Future())) for _ in range(size)]
+                futs = self._submit_all([_Job("decode", feats, prefix, 0.0, Future()) for _ in range(size)])
                 for f in futs:
                     f.result()
-            futs = [self._submit(_Job("align", feats, self._align_prefix("en"), 0.0, Future()))
-                    for _ in range(size)]
+            futs = self._submit_all([_Job("align", feats, self._align_prefix("en"), 0.0, Future())
+                                     for _ in range(size)])
             for f in futs:
                 f.result()
         # numba compiles librosa's DTW on first use
@@ -329,11 +374,11 @@ class WhisperEngine:
     def _align_prefix(self, language: str) -> list[int]:
         return self.ids.task_tokens(language, "transcribe") + [self.ids.no_timestamps]
 
-    def detect_language(self, features: np.ndarray) -> tuple[str, float]:
+    def detect_language(self, features: np.ndarray, *, owner: int = 0) -> tuple[str, float]:
         """Most likely language of one window's features ``(n_mels, 3000)``: ``(code, probability)``."""
         if not self.ids.multilingual:
             return "en", 1.0
-        logprobs = self._submit(_Job("detect", features, [], 0.0, Future())).result()
+        logprobs = self._submit(_Job("detect", features, [], 0.0, Future(), owner)).result()
         codes = list(self.ids.lang_to_id)
         lp = np.array([logprobs[self.ids.lang_to_id[c]] for c in codes])
         probs = np.exp(lp - lp.max())
@@ -373,16 +418,18 @@ class WhisperEngine:
         if options.language is not None and self.ids.multilingual and options.language not in self.ids.lang_to_id:
             raise ValueError(f"language {options.language!r} is not supported by this model")
         total = duration_s(samples)
+        owner = next(self._owners)
         windows = plan_windows(samples)
         feats = self.log_mel([samples[a:b] for a, b in windows])
         language = options.language
         if language is None:
-            language = self.detect_language(feats[0])[0] if total > 0 else "en"
+            language = self.detect_language(feats[0], owner=owner)[0] if total > 0 else "en"
         prefix = self.prompt_tokens(options.prompt) + self.ids.task_tokens(language, options.task)
         temperatures = options.temperatures()
-        pending = {
-            i: self._submit(_Job("decode", feats[i], prefix, temperatures[0], Future())) for i in range(len(windows))
-        }
+        futures = self._submit_all(
+            [_Job("decode", feats[i], prefix, temperatures[0], Future(), owner) for i in range(len(windows))]
+        )
+        pending = dict(enumerate(futures))
         attempt = {i: 0 for i in pending}
         final: dict[int, tuple[WindowResult, str]] = {}
         done_s = 0.0
@@ -398,18 +445,18 @@ class WhisperEngine:
                 if failed and not silent and attempt[i] + 1 < len(temperatures):
                     attempt[i] += 1
                     pending[i] = self._submit(
-                        _Job("decode", feats[i], prefix, temperatures[attempt[i]], Future())
+                        _Job("decode", feats[i], prefix, temperatures[attempt[i]], Future(), owner)
                     )
                     continue
                 final[i] = (res, "" if silent else text)
                 done_s += (windows[i][1] - windows[i][0]) / SAMPLE_RATE
                 if progress:
                     progress(done_s)
-        windows, final = self._redecode_tails(samples, windows, final, prefix, options)
+        windows, final = self._redecode_tails(samples, windows, final, prefix, options, owner)
         raws = {i: self._raw_segments(windows[i], final[i]) for i in range(len(windows))}
         words: dict[int, list[TimedWord]] = {}
         if options.word_timestamps:
-            words = self._align_words(samples, windows, raws, language)
+            words = self._align_words(samples, windows, raws, language, owner)
         return self._assemble(windows, final, raws, words, language, options.task, total)
 
     def _raw_segments(self, window: tuple[int, int], result: tuple[WindowResult, str]) -> list[RawSegment]:
@@ -420,7 +467,7 @@ class WhisperEngine:
         raws = split_segments(tokens, self.ids.timestamp_begin, (window[1] - window[0]) / SAMPLE_RATE)
         return [r for r in raws if self.tokenizer.decode(list(r.tokens)).strip()]
 
-    def _align_words(self, samples, windows, raws, language: str) -> dict[int, list[TimedWord]]:
+    def _align_words(self, samples, windows, raws, language: str, owner: int) -> dict[int, list[TimedWord]]:
         """Word times (seconds from each window's start) for every window with text."""
         todo = [i for i in range(len(windows)) if raws[i]]
         feats = self.log_mel([samples[windows[i][0] : windows[i][1]] for i in todo])
@@ -428,14 +475,14 @@ class WhisperEngine:
         futures = {}
         for i, f in zip(todo, feats):
             text = [t for r in raws[i] for t in r.tokens][: ALIGN_LENGTH - len(prefix) - 1]
-            futures[i] = (text, self._submit(_Job("align", f, prefix + text + [self.ids.eot], 0.0, Future())))
+            futures[i] = (text, self._submit(_Job("align", f, prefix + text + [self.ids.eot], 0.0, Future(), owner)))
         out = {}
         for i, (text, fut) in futures.items():
             out[i] = word_timings(fut.result(), text, windows[i][1] - windows[i][0], len(prefix),
                                   self.tokenizer.decode, language)
         return out
 
-    def _redecode_tails(self, samples, windows, final, prefix, options: TranscribeOptions):
+    def _redecode_tails(self, samples, windows, final, prefix, options: TranscribeOptions, owner: int):
         """Decode again the end of a window whose transcript stops early while speech goes on.
 
         Whisper often leaves a sentence that runs into the window's end untranscribed (openai's
@@ -458,9 +505,9 @@ class WhisperEngine:
         if not tails:
             return windows, final
         feats = self.log_mel([samples[a:b] for a, b in tails.values()])
-        futures = [
-            self._submit(_Job("decode", f, prefix, options.temperatures()[0], Future())) for f in feats
-        ]
+        futures = self._submit_all(
+            [_Job("decode", f, prefix, options.temperatures()[0], Future(), owner) for f in feats]
+        )
         windows = list(windows)
         final = dict(final)
         for (i, (a, b)), fut in zip(tails.items(), futures):

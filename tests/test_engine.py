@@ -88,6 +88,66 @@ def test_batched_equals_alone(tiny_engine, speech_samples):
     assert tiny_engine.batches_run > start
 
 
+def test_short_request_not_starved_behind_long(tiny_engine, speech_samples):
+    """A request's window is served within one batch of arriving, however many windows an earlier
+    request queued (plain FIFO would serve it after all of them)."""
+    from concurrent.futures import Future
+
+    from jax_models.engine import _Job
+
+    feats = tiny_engine.log_mel([speech_samples])[0]
+    prefix = tiny_engine.ids.task_tokens("en", "transcribe")
+    size = tiny_engine.batch_buckets[-1]
+    served: dict[str, int] = {}
+    with tiny_engine._cv:  # queue everything before the scheduler looks
+        long = [_Job("decode", feats, prefix, 0.0, Future(), owner=10_001) for _ in range(4 * size)]
+        short = _Job("decode", feats, prefix, 0.0, Future(), owner=10_002)
+        tiny_engine._queue.extend([*long, short])
+        start = tiny_engine.batches_run
+        short.future.add_done_callback(lambda _: served.setdefault("short", tiny_engine.batches_run - start))
+        long[-1].future.add_done_callback(lambda _: served.setdefault("long", tiny_engine.batches_run - start))
+        tiny_engine._cv.notify()
+    short.future.result(timeout=120)
+    long[-1].future.result(timeout=120)
+    assert served["short"] <= 1, served
+    assert served["long"] > served["short"]
+
+
+def test_kv_cache_decoder_matches_transformers(tiny_engine):
+    """jax_models.functional (cached cross K/V, KV cache, left-padded prefix) gives the logits of
+    transformers' PyTorch Whisper, the reference implementation, for the same weights and audio."""
+    import jax.numpy as jnp
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from jax_models import functional as fn
+
+    engine = tiny_engine
+    assert engine.kv_cache
+    hf = WhisperForConditionalGeneration.from_pretrained(engine.model_path).eval()
+    mel = engine.log_mel([np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32) * 0.1])
+    tokens = engine.ids.task_tokens("en", "transcribe") + [engine.ids.timestamp_begin, 400, 401, 402]
+    with torch.no_grad():
+        ref_enc = hf.model.encoder(torch.tensor(mel)).last_hidden_state
+        ref = hf(encoder_outputs=(ref_enc,), decoder_input_ids=torch.tensor([tokens])).logits[0].numpy()
+    state = engine._state["fn"]
+    enc = fn.encode(state["encoder"], jnp.asarray(mel), int(hf.config.encoder_attention_heads))
+    np.testing.assert_allclose(np.asarray(enc), ref_enc.numpy(), atol=2e-3, rtol=1e-3)
+    heads = int(hf.config.decoder_attention_heads)
+    P = 12  # left padding: 12 - 3 task tokens
+    prefix, rest = tokens[:3], tokens[3:]
+    padded = jnp.asarray([[0] * (P - 3) + prefix])
+    mask = jnp.asarray([[False] * (P - 3) + [True] * 3])
+    cache = fn.init_cache(state["decoder"], enc, heads, P + len(rest))
+    hidden, cache = fn.forward(state["decoder"], cache, padded, jnp.cumsum(mask, -1) - 1, jnp.int32(0), mask, heads)
+    got = [np.asarray(fn.logits(state["decoder"], hidden[:, -1]))[0]]
+    for i, tok in enumerate(rest):  # one token at a time through the KV cache
+        hidden, cache = fn.forward(state["decoder"], cache, jnp.asarray([[tok]]), jnp.asarray([[3 + i]]),
+                                   jnp.int32(P + i), jnp.ones((1, 1), bool), heads)
+        got.append(np.asarray(fn.logits(state["decoder"], hidden[:, 0]))[0])
+    np.testing.assert_allclose(np.stack(got), ref[2:], atol=2e-3, rtol=1e-3)
+
+
 def test_prompt_changes_prefix_not_shape(tiny_engine, speech_samples):
     toks = tiny_engine.prompt_tokens("Chorus, EasyDeL and Whisper.")
     assert toks[0] == tiny_engine.ids.sot_prev and len(toks) > 3

@@ -1,0 +1,258 @@
+"""Whisper's encoder and cached text decoder as plain JAX functions over the EasyDeL model's weights.
+
+EasyDeL 0.3.0's ``WhisperAttention`` projects the encoder states through the cross-attention
+``k_proj``/``v_proj`` on every call, so each decode step re-projects all 1500 encoder frames of
+every layer: for ``base`` that is 2 × 6 × 1500 × 512² ≈ 4.7 G multiply-adds per row per step, ~100×
+the rest of the step. This module computes those cross-attention keys/values once per batch
+(``cross_kv``) and keeps a fixed-size self-attention KV cache, the standard encoder–decoder
+decoding of openai/whisper (``kv_cache`` hooks) and faster-whisper (CTranslate2).
+
+The architecture is the Hugging Face / openai Whisper decoder (Radford et al., 2022, "Robust
+Speech Recognition via Large-Scale Weak Supervision"): learned positions, pre-LayerNorm blocks of
+causal self-attention, cross-attention and a GELU MLP, a final LayerNorm, logits tied to the token
+embedding. Matrix products run in the weights' dtype; softmax, LayerNorm statistics and logits in
+float32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+LN_EPS = 1e-5
+_LAYER_PARTS = {
+    "sa_q": ("self_attn", "q_proj"), "sa_k": ("self_attn", "k_proj"), "sa_v": ("self_attn", "v_proj"),
+    "sa_o": ("self_attn", "out_proj"), "ca_q": ("encoder_attn", "q_proj"), "ca_k": ("encoder_attn", "k_proj"),
+    "ca_v": ("encoder_attn", "v_proj"), "ca_o": ("encoder_attn", "out_proj"), "fc1": ("fc1",), "fc2": ("fc2",),
+}
+_LAYER_NORMS = {"sa_ln": "self_attn_layer_norm", "ca_ln": "encoder_attn_layer_norm", "mlp_ln": "final_layer_norm"}
+_ENC_PARTS = {k: v for k, v in _LAYER_PARTS.items() if not k.startswith("ca_")}
+_ENC_NORMS = {k: v for k, v in _LAYER_NORMS.items() if k != "ca_ln"}
+
+
+class KVCache(NamedTuple):
+    """Per-layer caches of a batch (tuples with one array per decoder layer, so each is updated in
+    place). ``self_k``/``self_v``: ``(B, heads, S, head_dim)``, S = prefix bucket + max new tokens;
+    ``valid``: bool ``(B, S)``, False at left padding and unwritten slots; ``cross_k``/``cross_v``:
+    ``(B, heads, 1500, head_dim)`` from the encoder states. Heads come before positions so each
+    attention product is a plain batched matmul (no per-step transpose of the caches)."""
+
+    self_k: tuple[jax.Array, ...]
+    self_v: tuple[jax.Array, ...]
+    valid: jax.Array
+    cross_k: tuple[jax.Array, ...]
+    cross_v: tuple[jax.Array, ...]
+
+
+def _flat_params(model) -> dict:
+    from flax import nnx
+
+    return {".".join(map(str, k)): v for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _get(flat: dict, path: str):
+    var = flat.get(path)
+    if var is None:
+        return None
+    value = var.get_value()
+    return value if isinstance(value, jax.Array) else None
+
+
+def _layers(flat: dict, prefix: str, count: int, parts: dict, norms: dict) -> list[dict] | None:
+    layers = []
+    for i in range(count):
+        p = f"{prefix}.layers.{i}"
+        layer = {}
+        for name, path in parts.items():
+            base = ".".join((p, *path))
+            layer[name + "_w"] = _get(flat, base + ".kernel")
+            layer[name + "_b"] = _get(flat, base + ".bias")
+        for name, part in norms.items():
+            layer[name + "_s"] = _get(flat, f"{p}.{part}.scale")
+            layer[name + "_b"] = _get(flat, f"{p}.{part}.bias")
+        for key in ("sa_k_b", "ca_k_b"):  # Whisper's key projections have no bias
+            if key in layer and layer[key] is None:
+                del layer[key]
+        if any(v is None for v in layer.values()):
+            return None
+        layers.append(layer)
+    return layers
+
+
+def whisper_weights(model) -> dict | None:
+    """The weights of an EasyDeL ``WhisperForConditionalGeneration`` as a pytree of its arrays.
+
+    ``{"encoder": {"conv1_w", "conv1_b", "conv2_w", "conv2_b", "pos", "ln_s", "ln_b", "layers"},
+    "decoder": {"embed", "pos", "ln_s", "ln_b", "proj", "layers"}}``; linear kernels are
+    ``(in, out)``, convolution kernels ``(width, in, out)``, ``layers`` a list of per-layer dicts.
+    The arrays are the model's own (no copy), except ``proj``.
+
+    Returns ``None`` when a weight is not a plain array (EasyDeL-quantized linears), in which case
+    callers fall back to EasyDeL's own modules.
+    """
+    flat = _flat_params(model)
+    cfg = model.config
+    enc, dec = "model.encoder", "model.decoder"
+    enc_layers = _layers(flat, enc, int(cfg.encoder_layers), _ENC_PARTS, _ENC_NORMS)
+    dec_layers = _layers(flat, dec, int(cfg.decoder_layers), _LAYER_PARTS, _LAYER_NORMS)
+    encoder = {
+        "conv1_w": _get(flat, f"{enc}.conv1.kernel"), "conv1_b": _get(flat, f"{enc}.conv1.bias"),
+        "conv2_w": _get(flat, f"{enc}.conv2.kernel"), "conv2_b": _get(flat, f"{enc}.conv2.bias"),
+        "pos": _get(flat, f"{enc}.embed_positions.embedding"),
+        "ln_s": _get(flat, f"{enc}.layer_norm.scale"), "ln_b": _get(flat, f"{enc}.layer_norm.bias"),
+    }
+    decoder = {
+        "embed": _get(flat, f"{dec}.embed_tokens.embedding"),
+        "pos": _get(flat, f"{dec}.embed_positions.embedding"),
+        "ln_s": _get(flat, f"{dec}.layer_norm.scale"), "ln_b": _get(flat, f"{dec}.layer_norm.bias"),
+    }
+    if enc_layers is None or dec_layers is None or any(v is None for v in [*encoder.values(), *decoder.values()]):
+        return None
+    # The output projection as its own (d_model, vocab) array: reading the tied (vocab, d_model)
+    # embedding transposed made XLA:CPU copy all of it on every batched step (jax 0.9.2).
+    if getattr(cfg, "tie_word_embeddings", True):
+        decoder["proj"] = jnp.asarray(decoder["embed"].T.copy())
+    else:
+        decoder["proj"] = _get(flat, "proj_out.kernel")
+        if decoder["proj"] is None:
+            return None
+    encoder["layers"], decoder["layers"] = enc_layers, dec_layers
+    return {"encoder": encoder, "decoder": decoder}
+
+
+def _layer_norm(x, scale, bias):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + LN_EPS) * scale + bias).astype(x.dtype)
+
+
+def _linear(x, w, b=None):
+    y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype))
+    return y if b is None else y + b.astype(x.dtype)
+
+
+def _heads(x, heads):
+    """``(B, T, H·d)`` → ``(B, H, T, d)``."""
+    B, T, _ = x.shape
+    return x.reshape(B, T, heads, -1).transpose(0, 2, 1, 3)
+
+
+def _attend(q, k, v, mask):
+    """q ``(B, H, T, d)``, k/v ``(B, H, S, d)``, mask bool ``(B, T, S)`` or None → ``(B, T, H·d)``."""
+    scores = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhts,bhsd->bthd", probs, v)
+    return out.reshape(*out.shape[:2], -1)
+
+
+def encode(weights: dict, mel: jax.Array, heads: int) -> jax.Array:
+    """Whisper's audio encoder: two GELU convolutions (the second with stride 2), sinusoidal
+    positions, pre-LayerNorm self-attention/MLP blocks, a final LayerNorm.
+
+    Args:
+        weights: ``whisper_weights(model)["encoder"]``.
+        mel: float32 ``(B, n_mels, 3000)`` log-mel features of 30 s windows.
+
+    Returns:
+        ``(B, 1500, d_model)`` encoder states in the weights' dtype.
+    """
+    dtype = weights["conv1_w"].dtype
+    x = mel.astype(dtype).transpose(0, 2, 1)  # (B, 3000, n_mels)
+
+    def conv(x, w, b, stride):
+        y = jax.lax.conv_general_dilated(x, w, (stride,), [(1, 1)], dimension_numbers=("NWC", "WIO", "NWC"))
+        return jax.nn.gelu(y + b, approximate=False)
+
+    x = conv(x, weights["conv1_w"], weights["conv1_b"], 1)
+    x = conv(x, weights["conv2_w"], weights["conv2_b"], 2)
+    x = x + weights["pos"][: x.shape[1]].astype(dtype)
+    for w in weights["layers"]:
+        h = _layer_norm(x, w["sa_ln_s"], w["sa_ln_b"])
+        q = _heads(_linear(h, w["sa_q_w"], w["sa_q_b"]), heads)
+        k = _heads(_linear(h, w["sa_k_w"]), heads)
+        v = _heads(_linear(h, w["sa_v_w"], w["sa_v_b"]), heads)
+        x = x + _linear(_attend(q, k, v, None), w["sa_o_w"], w["sa_o_b"])
+        h = _layer_norm(x, w["mlp_ln_s"], w["mlp_ln_b"])
+        x = x + _linear(jax.nn.gelu(_linear(h, w["fc1_w"], w["fc1_b"]), approximate=False), w["fc2_w"], w["fc2_b"])
+    return _layer_norm(x, weights["ln_s"], weights["ln_b"])
+
+
+def cross_kv(weights: dict, enc: jax.Array, heads: int) -> tuple[jax.Array, jax.Array]:
+    """Cross-attention keys and values of every layer, once per batch.
+
+    Args:
+        weights: ``whisper_weights(model)["decoder"]``.
+        enc: encoder states ``(B, 1500, d_model)``.
+
+    Returns:
+        ``(k, v)``: tuples over layers of ``(B, heads, 1500, d_model // heads)`` in the weights' dtype.
+    """
+    ks, vs = [], []
+    for w in weights["layers"]:
+        x = enc.astype(w["ca_k_w"].dtype)
+        ks.append(_heads(_linear(x, w["ca_k_w"]), heads))
+        vs.append(_heads(_linear(x, w["ca_v_w"], w["ca_v_b"]), heads))
+    return tuple(ks), tuple(vs)
+
+
+def init_cache(weights: dict, enc: jax.Array, heads: int, length: int) -> KVCache:
+    """An empty self-attention cache of ``length`` positions and the batch's cross K/V."""
+    ck, cv = cross_kv(weights, enc, heads)
+    B, H, _, d = ck[0].shape
+    zeros = tuple(jnp.zeros((B, H, length, d), ck[0].dtype) for _ in ck)
+    return KVCache(zeros, zeros, jnp.zeros((B, length), bool), ck, cv)
+
+
+def forward(
+    weights: dict, cache: KVCache, tokens: jax.Array, positions: jax.Array, start: jax.Array, valid: jax.Array,
+    heads: int,
+) -> tuple[jax.Array, KVCache]:
+    """Run ``T`` new tokens through the decoder, writing their keys/values at ``start``.
+
+    Args:
+        tokens: int32 ``(B, T)``; positions: int32 ``(B, T)`` learned-position indices (a row's
+            count of real tokens before each one, so left padding does not shift them).
+        start: int32 scalar, cache slot of ``tokens[:, 0]``.
+        valid: bool ``(B, T)``, False for left padding (never attended to).
+
+    Returns:
+        hidden states ``(B, T, d_model)`` after the final LayerNorm, and the updated cache.
+    """
+    dtype = weights["layers"][0]["fc1_w"].dtype
+    B, T = tokens.shape
+    S = cache.self_k[0].shape[2]
+    x = (weights["embed"][tokens] + weights["pos"][jnp.clip(positions, 0, weights["pos"].shape[0] - 1)]).astype(dtype)
+    kv_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, start))
+    causal = jnp.arange(S)[None, :] <= (start + jnp.arange(T))[:, None]  # (T, S)
+    mask = kv_valid[:, None, :] & causal[None]
+
+    new_k, new_v = [], []
+    for i, w in enumerate(weights["layers"]):
+        h = _layer_norm(x, w["sa_ln_s"], w["sa_ln_b"])
+        q = _heads(_linear(h, w["sa_q_w"], w["sa_q_b"]), heads)
+        k = _heads(_linear(h, w["sa_k_w"]), heads)
+        v = _heads(_linear(h, w["sa_v_w"], w["sa_v_b"]), heads)
+        ks = jax.lax.dynamic_update_slice(cache.self_k[i], k, (0, 0, start, 0))
+        vs = jax.lax.dynamic_update_slice(cache.self_v[i], v, (0, 0, start, 0))
+        new_k.append(ks)
+        new_v.append(vs)
+        x = x + _linear(_attend(q, ks, vs, mask), w["sa_o_w"], w["sa_o_b"])
+        h = _layer_norm(x, w["ca_ln_s"], w["ca_ln_b"])
+        q = _heads(_linear(h, w["ca_q_w"], w["ca_q_b"]), heads)
+        x = x + _linear(_attend(q, cache.cross_k[i], cache.cross_v[i], None), w["ca_o_w"], w["ca_o_b"])
+        h = _layer_norm(x, w["mlp_ln_s"], w["mlp_ln_b"])
+        h = jax.nn.gelu(_linear(h, w["fc1_w"], w["fc1_b"]), approximate=False)
+        x = x + _linear(h, w["fc2_w"], w["fc2_b"])
+    x = _layer_norm(x, weights["ln_s"], weights["ln_b"])
+    cache = cache._replace(self_k=tuple(new_k), self_v=tuple(new_v), valid=kv_valid)
+    return x, cache
+
+
+def logits(weights: dict, hidden: jax.Array) -> jax.Array:
+    """float32 ``(..., vocab)`` logits of hidden states ``(..., d_model)``."""
+    return jnp.einsum("...i,iv->...v", hidden, weights["proj"].astype(hidden.dtype)).astype(jnp.float32)
