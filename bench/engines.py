@@ -145,9 +145,10 @@ class FasterWhisperRunner:
     def load(self) -> None:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
+        workers = int(self.spec.params.get("num_workers", 1))
         self.model = WhisperModel(
             self.spec.model, device="cpu", compute_type=self.spec.params.get("compute_type", "int8"),
-            cpu_threads=self.threads, num_workers=1, local_files_only=True,
+            cpu_threads=max(1, self.threads // workers), num_workers=workers, local_files_only=True,
         )
         if self.batched:
             self.pipeline = BatchedInferencePipeline(model=self.model)

@@ -21,8 +21,10 @@ from bench.worker import run_engines
 CHORUS = "chorus"
 PEERS = (
     "chorus", "faster-whisper-int8", "faster-whisper-fp32", "faster-whisper-batched-int8",
-    "faster-whisper-batched-fp32", "transformers-fp32",
+    "faster-whisper-batched-fp32", "faster-whisper-batched-int8-w2", "transformers-fp32",
 )
+"""``…-w2``: two CTranslate2 workers (``num_workers=2``) with the threads split between them, so two
+concurrent requests run in parallel (faster-whisper's advice for multi-threaded callers)."""
 DEFAULT_PEERS = (
     "chorus", "faster-whisper-int8", "faster-whisper-fp32", "faster-whisper-batched-int8", "transformers-fp32",
 )
@@ -108,6 +110,8 @@ def peer_specs(names: list[str], weights: Weights, *, batch_size: int, max_new_t
                 notes.append(f"{name} skipped: no CTranslate2 files for {weights.source} (pass --ct2-dir)")
                 continue
             batched = "batched" in name
+            workers = 2 if name.endswith("-w2") else 1
+            name = name.removesuffix("-w2")
             ctype = "int8" if name.endswith("int8") else "float32"
             params = {"compute_type": ctype, **common}
             short = "int8" if ctype == "int8" else "fp32"
@@ -115,6 +119,9 @@ def peer_specs(names: list[str], weights: Weights, *, batch_size: int, max_new_t
             if batched:
                 params["batch_size"] = batch_size
                 label = f"faster-whisper batched {short} (batch {batch_size})"
+            if workers > 1:
+                params["num_workers"] = workers
+                label += f" ×{workers} workers"
             specs.append(EngineSpec(label, "faster-whisper-batched" if batched else "faster-whisper",
                                     weights.ct2_dir, params))
     return specs, notes
@@ -154,8 +161,11 @@ def render(record: dict, out_dir: Path) -> None:
     notes += [f"- {r['label']} failed: `{r['error']}`" for r in rows if r.get("error")]
     notes += [f"- {r['label']}: stopped after {r['files']} files (--max-seconds)" for r in rows if r.get("truncated")]
     notes.append(report.CPU_NOTE)
+    concurrency = int(settings.get("concurrency") or 1)
+    how = ("files one after another" if concurrency == 1 else
+           f"{concurrency} files at once from {concurrency} threads (aggregate: all audio over the wall time)")
     notes.append(
-        "- RTFx = audio seconds / transcription seconds, files one after another after a warm-up "
+        f"- RTFx = audio seconds / transcription seconds, {how}, after a warm-up "
         "(decoding the file is not timed); × Chorus = RTFx ÷ Chorus's RTFx (above 1 is faster than Chorus). "
         f"Decoding: greedy, language {settings['language'] or 'detected'}, timestamps, temperature fallback, "
         "no previous-text prompt. WER: corpus WER after Whisper's English normalizer. Load s includes "
@@ -181,6 +191,7 @@ def run_peers(
     repeats: int = 1,
     max_seconds: float | None = None,
     threads: int | None = None,
+    concurrency: int = 1,
     compile_cache: bool = False,
     normalizer: str = "english",
     timeout_s: float = 3600.0,
@@ -202,6 +213,8 @@ def run_peers(
         repeats: passes over the audio per engine.
         max_seconds: per engine, stop starting files after this much transcription time (s).
         threads: CPU threads for CTranslate2/PyTorch.
+        concurrency: files transcribed at once per engine (RTFx is then the aggregate: audio
+            seconds over the wall time of all files).
         compile_cache: let Chorus use its persistent XLA cache (warm-up then measures a cache hit).
         normalizer: WER normalizer (``english``, ``basic``, ``none``).
         wait_idle_cores: before each engine, wait (up to 10 min) until fewer cores than this are busy.
@@ -217,7 +230,7 @@ def run_peers(
     )
     machine = machine_info()
     results = run_engines(specs, items, language=language, repeats=repeats, max_seconds=max_seconds,
-                          threads=threads, timeout_s=timeout_s, wait_idle_cores=wait_idle_cores)
+                          threads=threads, concurrency=concurrency, timeout_s=timeout_s, wait_idle_cores=wait_idle_cores)
     record = {
         "kind": "peers",
         "name": name,
@@ -227,7 +240,8 @@ def run_peers(
         "settings": {
             "model": model, "hf_dir": weights.hf_dir, "ct2_dir": weights.ct2_dir, "engines": names,
             "language": language, "batch_size": batch_size, "max_new_tokens": max_new_tokens, "repeats": repeats,
-            "max_seconds": max_seconds, "threads": threads, "compile_cache": compile_cache,
+            "max_seconds": max_seconds, "threads": threads, "concurrency": concurrency,
+            "compile_cache": compile_cache,
             "normalizer": normalizer, "spelling_map": english_spelling_map()[1], "wait_idle_cores": wait_idle_cores,
             "skipped": notes,
         },

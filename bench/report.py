@@ -72,7 +72,8 @@ def engine_summary(
 
     Returns:
         ``label``; ``load_s``, ``warmup_s``, ``audio_s``, ``wall_s`` (seconds; wall is the sum of
-        per-file transcription times); ``rtfx``; ``latency_p50_s``, ``latency_p95_s``,
+        per-file transcription times, or with ``concurrency`` > 1 the timed section's wall time, so
+        ``rtfx`` is then the aggregate); ``rtfx``; ``latency_p50_s``, ``latency_p95_s``,
         ``latency_max_s`` (per file, seconds); ``rss_after_load_mib``, ``peak_rss_mib`` (MiB);
         ``wer`` (fraction) and ``wer_detail`` (counts); ``files``; ``truncated``;
         ``cpu_own_cores``, ``cpu_other_cores`` (cores busy on average while timed, in this engine's
@@ -83,7 +84,8 @@ def engine_summary(
         return {"label": label, "error": result["error"], "rtfx": math.nan, "wer": math.nan}
     recs = result["records"]
     records = [RequestRecord(r["audio_s"], r["latency_s"], item=r["item"], text=r["text"]) for r in recs]
-    stats = summarize(records, sum(r.latency_s for r in records))
+    concurrent = int(result.get("concurrency") or 1) > 1
+    stats = summarize(records, result["timed_wall_s"] if concurrent else sum(r.latency_s for r in records))
     first = {r["item"]: r["text"] for r in recs if r["repeat"] == 0}
     scored = [i for i in sorted(first) if items[i].reference is not None]
     wer = word_error_rate([items[i].reference for i in scored], [first[i] for i in scored], normalizer)

@@ -46,13 +46,15 @@ def run_job(job: dict) -> dict:
         job: ``engine`` (:meth:`EngineSpec.to_json`), ``items`` (:meth:`AudioItem.to_json` list),
             ``language``, ``repeats`` (passes over the items), ``max_seconds`` (stop starting new
             items once this much transcription wall time was spent; ``None`` = no limit),
-            ``threads``.
+            ``threads``, ``concurrency`` (files transcribed at once from as many threads;
+            default 1, one after another).
 
     Returns:
         ``engine``, ``load_s``, ``warmup_s`` (seconds), ``rss_before_load_mib``,
         ``rss_after_load_mib``, ``peak_rss_mib`` (MiB, the peak over the whole process life),
         ``records`` (``[{item, repeat, audio_s, latency_s, text}]``, latencies in seconds),
-        ``truncated`` (the time limit cut the run short), ``threads``, ``load_average_start`` and
+        ``truncated`` (the time limit cut the run short), ``threads``, ``concurrency``,
+        ``timed_wall_s`` (wall time of the timed transcriptions, first start to last end), ``load_average_start`` and
         ``load_average_end`` (the machine's 1/5/15-minute load averages), ``cpu_own_cores`` and
         ``cpu_other_cores`` (CPU time used by this process and by every other process during the
         timed transcriptions, divided by their wall time: cores busy on average; other work
@@ -84,26 +86,45 @@ def run_job(job: dict) -> dict:
     total = sum(it.duration_s for it in items) * int(job.get("repeats", 1))
     busy0, own0 = cpu_busy_s(), tree_cpu_s(os.getpid())
     timed0 = time.perf_counter()
+    concurrency = int(job.get("concurrency") or 1)
+    lock = threading.Lock()
     with tqdm(total=round(total, 1), unit="audio s", desc=spec.label, file=sys.stderr, leave=True) as bar:
-        for rep in range(int(job.get("repeats", 1))):
-            for i, (item, samples) in enumerate(zip(items, audio)):
+
+        def one(rep: int, i: int) -> None:
+            nonlocal spent, truncated
+            with lock:
                 if max_s is not None and spent >= max_s and records:
                     truncated = True
-                    break
-                t = time.perf_counter()
-                text = runner.transcribe(np.ascontiguousarray(samples))
-                dt = time.perf_counter() - t
+                    return
+            t = time.perf_counter()
+            text = runner.transcribe(np.ascontiguousarray(audio[i]))
+            dt = time.perf_counter() - t
+            with lock:
                 spent += dt
                 records.append(
-                    {"item": i, "repeat": rep, "audio_s": item.duration_s, "latency_s": dt, "text": text}
+                    {"item": i, "repeat": rep, "audio_s": items[i].duration_s, "latency_s": dt, "text": text}
                 )
                 done = sum(r["audio_s"] for r in records)
                 bar.n = round(min(done, total), 1)
-                bar.set_postfix(rtfx=f"{done / spent:.2f}")  # refreshes the bar
-            if truncated:
-                break
+                bar.set_postfix(rtfx=f"{done / (time.perf_counter() - timed0):.2f}")  # refreshes the bar
+
+        work = [(rep, i) for rep in range(int(job.get("repeats", 1))) for i in range(len(items))]
+        if concurrency == 1:
+            for rep, i in work:
+                one(rep, i)
+                if truncated:
+                    break
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(concurrency) as pool:
+                for fut in [pool.submit(one, rep, i) for rep, i in work]:
+                    fut.result()
+        records.sort(key=lambda r: (r["repeat"], r["item"]))
     elapsed = time.perf_counter() - timed0
     busy1, own1 = cpu_busy_s(), tree_cpu_s(os.getpid())
+    out["timed_wall_s"] = elapsed
+    out["concurrency"] = concurrency
     out["cpu_own_cores"] = (own1 - own0) / elapsed
     out["cpu_other_cores"] = max(0.0, (busy1 - busy0) - (own1 - own0)) / elapsed
     runner.close()
@@ -198,6 +219,7 @@ def run_engines(
     repeats: int = 1,
     max_seconds: float | None = None,
     threads: int | None = None,
+    concurrency: int = 1,
     timeout_s: float = 3600.0,
     wait_idle_cores: float | None = None,
     wait_idle_max_s: float = 600.0,
@@ -211,6 +233,7 @@ def run_engines(
         repeats: passes over the items per engine.
         max_seconds: per engine, stop starting new files after this much transcription time (s).
         threads: CPU threads for CTranslate2/PyTorch (default: all cores).
+        concurrency: files transcribed at once (threads in the worker).
         timeout_s: per engine process (seconds).
         wait_idle_cores: before each engine, wait until fewer cores than this are busy (shared machines).
         wait_idle_max_s: the longest such wait (seconds) before going on regardless.
@@ -230,7 +253,7 @@ def run_engines(
         print(f"[{n}/{len(specs)}] {spec.label}: {spec.kind} on {spec.model}", file=sys.stderr, flush=True)
         job = {
             "engine": spec.to_json(), "items": [it.to_json() for it in items], "language": language,
-            "repeats": repeats, "max_seconds": max_seconds, "threads": threads,
+            "repeats": repeats, "max_seconds": max_seconds, "threads": threads, "concurrency": concurrency,
         }
         started = time.time()
         result = run_isolated(job, timeout_s=timeout_s)

@@ -48,7 +48,9 @@ def check_engine_rows(record: dict) -> None:
         assert raw.get("error") is None, raw.get("stderr_tail")
         recs = raw["records"]
         assert recs and row["audio_s"] == pytest.approx(sum(r["audio_s"] for r in recs))
-        assert row["rtfx"] == pytest.approx(sum(r["audio_s"] for r in recs) / sum(r["latency_s"] for r in recs))
+        concurrent = raw.get("concurrency", 1) > 1
+        wall = raw["timed_wall_s"] if concurrent else sum(r["latency_s"] for r in recs)
+        assert row["rtfx"] == pytest.approx(sum(r["audio_s"] for r in recs) / wall)
         assert row["load_s"] > 0 and row["warmup_s"] > 0
         assert row["peak_rss_mib"] >= row["rss_after_load_mib"] > 50
         assert 0 <= row["wer"] and row["cpu_own_cores"] > 0
@@ -121,13 +123,18 @@ def test_quant_one_setting(tiny_whisper_dir, cache_dir, tmp_path):
 
 def test_peers_all_engines_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir, tmp_path):
     invoke(["peers", "--model", str(tiny_whisper_dir), "--ct2-dir", str(tiny_ct2_dir), "--engines", "all",
-            "--audio", "espeak:5", "--max-new-tokens", "8", "--batch-size", "1", "--cache-dir", str(cache_dir),
-            "--results-dir", str(tmp_path), "--name", "p"])
+            "--audio", "espeak:5,6", "--max-new-tokens", "8", "--batch-size", "1", "--concurrency", "2",
+            "--cache-dir", str(cache_dir), "--results-dir", str(tmp_path), "--name", "p"])
     record = load(tmp_path, "p")
     check_engine_rows(record)
     kinds = [e["kind"] for e in record["engines"]]
     assert kinds == ["chorus", "faster-whisper", "faster-whisper", "faster-whisper-batched",
-                     "faster-whisper-batched", "transformers"]
+                     "faster-whisper-batched", "faster-whisper-batched", "transformers"]
+    assert record["engines"][5]["params"]["num_workers"] == 2
+    for result, row in zip(record["results"], record["summary"]):
+        # two files at once: aggregate RTFx over the timed wall time, not over the summed latencies
+        assert result["concurrency"] == 2 and len(result["records"]) == 2
+        assert row["wall_s"] == result["timed_wall_s"] < sum(r["latency_s"] for r in result["records"]) + 1e-9
     table = (tmp_path / "p" / "table.md").read_text()
     chorus = record["summary"][0]["rtfx"]
     for row in record["summary"]:
