@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,6 +49,10 @@ class BadInput:
     param: str | None = None
     duration_s: float | None = None
     notes: str = field(default="", compare=False)
+
+    def size(self) -> int:
+        """Bytes of the file part and the text fields (the body's size, less multipart framing)."""
+        return len(self.body or b"") + len(self.data) + sum(len(k) + len(v.encode()) for k, v in self.fields)
 
     def httpx_kwargs(self) -> dict:
         """Keyword arguments for ``httpx.post`` / ``AsyncClient.post`` sending this request."""
@@ -125,7 +129,8 @@ def bad_inputs(speech: np.ndarray, *, max_audio_s: float, max_upload_mb: float, 
         speech: the clip of speech the audio entries are made from.
         max_audio_s: the server's duration limit: two hours of silence are refused above it (400
             ``audio_too_long``) and accepted below it.
-        max_upload_mb: the server's upload limit (an entry one byte over it expects 413).
+        max_upload_mb: the server's upload limit (an entry one byte over it expects 413, and so does any
+            valid audio entry larger than it).
         seed: for the random bytes.
 
     Returns:
@@ -143,7 +148,7 @@ def bad_inputs(speech: np.ndarray, *, max_audio_s: float, max_upload_mb: float, 
     two_hours = 2 * 3600.0
     limit_bytes = int(max_upload_mb * 1_000_000)
     accepted = {"status": 200}
-    return [
+    entries = [
         BadInput("empty-file", "empty.wav", b"", code="invalid_file_format", param="file"),
         BadInput("zero-length-wav", "zero.wav", to_wav_bytes(np.zeros(0, np.float32)), code="invalid_file_format",
                  param="file"),
@@ -193,6 +198,10 @@ def bad_inputs(speech: np.ndarray, *, max_audio_s: float, max_upload_mb: float, 
         BadInput("missing-model", "speech.wav", wav16, fields=(), param="model"),
         BadInput("unknown-field", "speech.wav", wav16, fields=(("model", MODEL), ("colour", "blue")), param="colour"),
     ]
+    # with a small upload limit, a large request is refused for its size before anything else is looked at
+    too_big = {"status": 413, "code": "file_too_large", "param": "file", "duration_s": None}
+    return [replace(e, **too_big) if len(e.data) > limit_bytes or e.size() > limit_bytes + 64 * 1024 else e
+            for e in entries]
 
 
 NAMES = (

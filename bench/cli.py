@@ -212,9 +212,12 @@ def peers(engines, ct2_dir, threads, concurrency, model, batch_size, max_new_tok
 @click.option("--model", default="base", show_default=True, help="model of the started server")
 @click.option("--batch-size", type=int, default=None, help="the started server's batch of 30 s windows [4]")
 @click.option("--max-new-tokens", type=int, default=None, help="the started server's cap on tokens per window")
-@click.option("--concurrency", type=int, default=8, show_default=True, help="clients sending at once")
-@click.option("--bad-fraction", type=click.FloatRange(0, 1), default=0.25, show_default=True,
-              help="share of requests drawn from the bad-input corpus")
+@click.option("--concurrency", type=int, default=8, show_default=True, help="clients sending good speech at once")
+@click.option("--bad-clients", type=click.IntRange(0), default=2, show_default=True,
+              help="clients cycling through the bad-input corpus beside them")
+@click.option("--max-concurrent", type=int, default=None,
+              help="the started server's requests processed at once (small: it answers 429) [16]")
+@click.option("--max-queue", type=int, default=None, help="the started server's waiting line [64]")
 @click.option("--reference", type=click.Choice(["script", "baseline"]), default="script", show_default=True,
               help="check good transcripts against the clip's script, or the server's own answer at idle")
 @click.option("--max-wer", type=float, default=0.3, show_default=True,
@@ -227,9 +230,9 @@ def peers(engines, ct2_dir, threads, concurrency, model, batch_size, max_new_tok
 @click.option("--api-key", envvar="OPENAI_API_KEY", default="sk-chorus-bench", show_default=False)
 @click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True, help="per request (s)")
 @common_options
-def soak(minutes, url, pid, model, batch_size, max_new_tokens, concurrency, bad_fraction, reference, max_wer,
-         warmup_minutes, sample_s, max_audio_s, max_upload_mb, api_key, timeout_s, audio, language, normalizer, name,
-         results_dir, cache_dir):
+def soak(minutes, url, pid, model, batch_size, max_new_tokens, concurrency, bad_clients, max_concurrent, max_queue,
+         reference, max_wer, warmup_minutes, sample_s, max_audio_s, max_upload_mb, api_key, timeout_s, audio, language,
+         normalizer, name, results_dir, cache_dir):
     """Saturating load with good and bad requests: 5xx, lost transcripts, memory over time (PNG).
 
     Exits 1 when the run fails: an unexpected 5xx, a lost good result, or RSS growth of 10 % or more
@@ -247,7 +250,8 @@ def soak(minutes, url, pid, model, batch_size, max_new_tokens, concurrency, bad_
         record = run_soak(
             minutes=minutes, items=items, out_dir=out_dir, name=name, command=invocation(), cache_dir=cache, url=url,
             pid=pid, model=model, batch_size=batch_size, max_new_tokens=max_new_tokens, concurrency=concurrency,
-            bad_fraction=bad_fraction, reference=reference, max_wer=max_wer,
+            bad_clients=bad_clients, max_concurrent=max_concurrent, max_queue=max_queue, reference=reference,
+            max_wer=max_wer,
             warmup_s=None if warmup_minutes is None else warmup_minutes * 60, sample_s=sample_s,
             max_audio_s=max_audio_s, max_upload_mb=max_upload_mb, language=_language(language), api_key=api_key,
             timeout_s=timeout_s, normalizer=normalizer, echo=lambda m: click.echo(m, err=True),

@@ -1,10 +1,11 @@
 """``chorus bench soak``: saturating load on a whisper server for N minutes, good and bad requests mixed.
 
-``concurrency`` workers keep the server busy for the whole window: each sends its next request when
-its previous one is answered. A fraction of the requests come from the bad-input corpus
-(``bench.bad_inputs``: each with the status it must get); the rest are good speech (espeak-ng clips
-with their scripts). A good request answered 429 waits ``Retry-After`` and is sent again, as a client
-should. Meanwhile the server process's RSS, threads and open files are sampled.
+``concurrency`` clients keep the server busy with good speech (espeak-ng clips with their scripts)
+for the whole window, each sending its next request when its previous one is answered; beside them
+``bad_clients`` clients cycle through the bad-input corpus (``bench.bad_inputs``: each entry with the
+status it must get) the same way, so hostile input arrives all the time while the engine is
+saturated. A request answered 429 waits ``Retry-After`` and is sent again, as a client should.
+Meanwhile the server process's RSS, threads and open files are sampled.
 
 A good request is **lost** when it never got its 200 (an error, a timeout, a 5xx) or its transcript
 is missing or further than ``max_wer`` (word error rate) from its reference: the script of the clip
@@ -21,7 +22,6 @@ import asyncio
 import itertools
 import math
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -175,14 +175,15 @@ async def run_load(
     *,
     concurrency: int,
     duration_s: float,
-    bad_fraction: float,
+    bad_clients: int,
     api_key: str,
     timeout_s: float,
     language: str | None,
-    seed: int = 0,
     progress=None,
 ) -> list[dict]:
     """Closed-loop load for ``duration_s`` seconds; requests in flight at the end finish and count.
+
+    ``concurrency`` clients send ``goods`` round-robin, ``bad_clients`` clients send ``bads`` round-robin.
 
     Returns:
         One record per request: ``t_s`` (sent, seconds since the start), ``kind`` (good | bad),
@@ -192,7 +193,6 @@ async def run_load(
     """
     import httpx
 
-    rng = random.Random(seed)
     good_cycle, bad_cycle = itertools.cycle(range(len(goods))), itertools.cycle(range(len(bads)))
     records: list[dict] = []
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
@@ -239,10 +239,10 @@ async def run_load(
             return rec
         raise AssertionError("unreachable")
 
-    async def worker(http: httpx.AsyncClient) -> None:
+    async def worker(http: httpx.AsyncClient, bad: bool) -> None:
         while time.monotonic() - start < duration_s:
             t = time.monotonic()
-            if bads and rng.random() < bad_fraction:
+            if bad:
                 rec = await bad_request(http, bads[next(bad_cycle)])
             else:
                 rec = await good_request(http, goods[next(good_cycle)])
@@ -253,7 +253,8 @@ async def run_load(
                 progress(records, time.monotonic() - start)
 
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits, headers=headers) as http:
-        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(http, False) for _ in range(concurrency)),
+                             *(worker(http, True) for _ in range(bad_clients if bads else 0)))
     return records
 
 
@@ -389,8 +390,8 @@ def table(s: dict, settings: dict) -> str:
     m = s["memory"]
     rows = [
         ("verdict", "**PASS**" if s["passed"] else "**FAIL**"),
-        ("load", f"{settings['minutes']:g} min, {settings['concurrency']} clients, "
-                 f"{settings['bad_fraction'] * 100:.0f} % bad requests"),
+        ("load", f"{settings['minutes']:g} min, {settings['concurrency']} clients of good speech, "
+                 f"{settings['bad_clients']} of bad input"),
         ("requests (good / bad)", f"{s['requests']} ({s['good']} / {s['bad']})"),
         ("answers by status", ", ".join(f"{k}: {v}" for k, v in s["status_counts"].items())),
         ("unexpected 5xx", str(s["unexpected_5xx"])),
@@ -466,7 +467,9 @@ def run_soak(
     batch_size: int | None = None,
     max_new_tokens: int | None = None,
     concurrency: int = 8,
-    bad_fraction: float = 0.25,
+    bad_clients: int = 2,
+    max_concurrent: int | None = None,
+    max_queue: int | None = None,
     reference: str = "script",
     max_wer: float = 0.3,
     warmup_s: float | None = None,
@@ -491,8 +494,10 @@ def run_soak(
             be ``max_audio_s`` / ``max_upload_mb`` for the bad inputs' expected answers to hold.
         pid: that server's process, for memory (found by port when local).
         model, batch_size, max_new_tokens: the started server's settings.
-        concurrency: clients sending at once.
-        bad_fraction: share of requests drawn from the bad-input corpus.
+        concurrency: clients sending good speech at once.
+        bad_clients: clients sending the bad-input corpus at once, beside them.
+        max_concurrent, max_queue: the started server's admission limits (small ones make it answer 429,
+            which the clients wait out); its defaults when None.
         reference: ``script`` or ``baseline`` (see the module docstring).
         max_wer: a good transcript further than this from its reference is lost.
         warmup_s: seconds of load not measured for memory (default: 10 % of the run, at least 60 s,
@@ -518,8 +523,10 @@ def run_soak(
         warmup_s = min(max(60.0, 0.1 * duration_s), 0.5 * duration_s)
     proc = None
     server_env = {"CHORUS_WHISPER_MAX_AUDIO_S": str(max_audio_s), "CHORUS_WHISPER_MAX_UPLOAD_MB": str(max_upload_mb)}
-    if max_new_tokens:
-        server_env["CHORUS_WHISPER_MAX_NEW_TOKENS"] = str(max_new_tokens)
+    for key, value in (("MAX_NEW_TOKENS", max_new_tokens), ("MAX_CONCURRENT", max_concurrent),
+                       ("MAX_QUEUE", max_queue)):
+        if value is not None:
+            server_env[f"CHORUS_WHISPER_{key}"] = str(value)
     if url is None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -562,7 +569,7 @@ def run_soak(
         t0 = time.monotonic()
         try:
             records = asyncio.run(run_load(url, goods, corpus, concurrency=concurrency, duration_s=duration_s,
-                                           bad_fraction=bad_fraction, api_key=api_key, timeout_s=timeout_s,
+                                           bad_clients=bad_clients, api_key=api_key, timeout_s=timeout_s,
                                            language=language, progress=progress))
         finally:
             wall_s = time.monotonic() - t0
@@ -583,8 +590,8 @@ def run_soak(
         "machine": machine,
         "settings": {
             "minutes": minutes, "url": url, "model": model if proc is not None else None, "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens, "concurrency": concurrency, "bad_fraction": bad_fraction,
-            "reference": reference, "max_wer": max_wer, "warmup_s": warmup_s, "sample_s": sample_s,
+            "max_new_tokens": max_new_tokens, "concurrency": concurrency, "bad_clients": bad_clients,
+            "max_concurrent": max_concurrent, "max_queue": max_queue, "reference": reference, "max_wer": max_wer, "warmup_s": warmup_s, "sample_s": sample_s,
             "max_audio_s": max_audio_s, "max_upload_mb": max_upload_mb, "language": language,
             "timeout_s": timeout_s, "normalizer": normalizer, "spelling_map": english_spelling_map()[1],
             "corpus": {b.name: b.status for b in corpus}, "server_command": command_line,
