@@ -306,8 +306,10 @@ class WhisperEngine:
         n = len(batch)
         size = next(b for b in self.batch_buckets if b >= n)
         rows = batch + [batch[0]] * (size - n)
-        mel = jnp.asarray(np.stack([j.features for j in rows]))
-        enc = self._encode(self._state, mel)
+        # The encoder is compute-bound, so each real window is encoded alone (one compiled shape)
+        # and padding rows reuse the first window's states instead of paying for an encoder pass.
+        states = [self._encode(self._state, jnp.asarray(j.features[None])) for j in batch]
+        enc = jnp.concatenate(states + [states[0]] * (size - n), axis=0)
         self.batches_run += 1
         if batch[0].kind == "detect":
             logprobs = np.asarray(jax.device_get(self._detect(self._state, enc)))
