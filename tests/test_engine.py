@@ -226,3 +226,16 @@ def test_base_model_word_timestamps_follow_the_audio(base_engine, speech_samples
     assert len(pairs) >= 0.8 * len(a_words)
     offsets = [b.start - a.start for a, b in pairs]
     assert np.median(offsets) == pytest.approx(3.0, abs=0.3)
+
+
+def test_tiled_attention_equals_plain():
+    """The encoder's tiled attention is the same maths as the plain one (and falls back on odd shapes)."""
+    import jax.numpy as jnp
+
+    from jax_models import functional as fn
+
+    rng = np.random.default_rng(0)
+    for shape in ((2, 8, 1500, 16), (1, 6, 50, 8)):
+        q, k, v = (jnp.asarray(rng.standard_normal(shape).astype(np.float32)) for _ in range(3))
+        np.testing.assert_allclose(np.asarray(fn._attend_tiled(q, k, v)), np.asarray(fn._attend(q, k, v, None)),
+                                   atol=1e-5, rtol=1e-5)
