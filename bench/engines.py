@@ -114,6 +114,7 @@ class ChorusRunner:
             quantization=p.get("quantization", "none"),
             batch_size=int(p.get("batch_size", 4)),
             max_new_tokens=int(p.get("max_new_tokens") or 224),
+            workers=int(p.get("workers", 1)),
         )
         self.compilation_cache_dir = jax.config.jax_compilation_cache_dir
         if self.compilation_cache_dir != str(cache):

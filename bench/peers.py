@@ -17,6 +17,7 @@ from bench.machine import machine_info
 from bench.metrics import english_spelling_map, fmt
 from bench.plots import tradeoff_figure
 from bench.worker import run_engines
+from server.settings import WhisperSettings
 
 CHORUS = "chorus"
 PEERS = (
@@ -96,9 +97,10 @@ def peer_specs(names: list[str], weights: Weights, *, batch_size: int, max_new_t
         if name not in PEERS:
             raise ValueError(f"unknown engine {name!r}; choose from {', '.join(PEERS)}")
         if name == "chorus":
+            workers = WhisperSettings.model_fields["engine_workers"].default  # as `chorus serve whisper` runs
             specs.append(EngineSpec(
-                f"chorus fp32 (batch {batch_size})", "chorus", weights.hf_dir,
-                {"dtype": "float32", "quantization": "none", "batch_size": batch_size,
+                f"chorus fp32 (batch {batch_size}, {workers} workers)", "chorus", weights.hf_dir,
+                {"dtype": "float32", "quantization": "none", "batch_size": batch_size, "workers": workers,
                  "compile_cache_dir": compile_cache_dir, **common},
             ))
         elif name == "transformers-fp32":

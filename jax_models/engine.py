@@ -145,6 +145,8 @@ class WhisperEngine:
             linear layers (embeddings, norms and the output projection stay in ``dtype``).
         batch_size: the largest batch of windows; ``batch_buckets(batch_size)`` are compiled.
         max_new_tokens: sampled tokens per window (Whisper's limit is 224).
+        workers: batches run at once, each from its own scheduler thread (on CPU two batches
+            keep both cores busier than one; see bench/NOTES.md).
         kv_cache: decode with ``jax_models.functional`` (cached cross-attention K/V and a
             self-attention KV cache); False runs EasyDeL's decode step (quantized weights always do).
 
@@ -161,6 +163,7 @@ class WhisperEngine:
         batch_size: int = 8,
         max_new_tokens: int = 224,
         kv_cache: bool = True,
+        workers: int = 1,
     ) -> None:
         import jax.numpy as jnp
         from transformers import AutoTokenizer, GenerationConfig, WhisperFeatureExtractor
@@ -197,9 +200,13 @@ class WhisperEngine:
         self._owners = itertools.count(1)
         self._cv = threading.Condition()
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="chorus-whisper-scheduler", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"chorus-whisper-scheduler-{i}", daemon=True)
+            for i in range(workers)
+        ]
         self.batches_run = 0
+        for thread in self._threads:
+            thread.start()
 
     @staticmethod
     def _load(model_path: str, jdtype, quantization: str):
@@ -228,7 +235,8 @@ class WhisperEngine:
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def _submit(self, job: _Job) -> Future:
         return self._submit_all([job])[0]
@@ -310,7 +318,8 @@ class WhisperEngine:
         # and padding rows reuse the first window's states instead of paying for an encoder pass.
         states = [self._encode(self._state, jnp.asarray(j.features[None])) for j in batch]
         enc = jnp.concatenate(states + [states[0]] * (size - n), axis=0)
-        self.batches_run += 1
+        with self._cv:
+            self.batches_run += 1
         if batch[0].kind == "detect":
             logprobs = np.asarray(jax.device_get(self._detect(self._state, enc)))
             return [logprobs[i] for i in range(n)]

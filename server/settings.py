@@ -69,6 +69,7 @@ class WhisperSettings(ServerSettings):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     quantization: Literal["none", "int8", "nf4", "affine4", "mxfp8"] = "none"
     batch_size: int = Field(8, ge=1, description="Largest batch of 30 s windows decoded together.")
+    engine_workers: int = Field(2, ge=1, description="Batches run at once (scheduler threads of the engine).")
     max_new_tokens: int = Field(224, ge=1, le=448)
     beam_size: int = Field(1, ge=1)
     warmup: bool = True

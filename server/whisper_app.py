@@ -63,6 +63,7 @@ def load_engine(settings: WhisperSettings):
         quantization=settings.quantization,
         batch_size=settings.batch_size,
         max_new_tokens=settings.max_new_tokens,
+        workers=settings.engine_workers,
     )
 
 

@@ -148,6 +148,28 @@ def test_kv_cache_decoder_matches_transformers(tiny_engine):
     np.testing.assert_allclose(np.stack(got), ref[2:], atol=2e-3, rtol=1e-3)
 
 
+def test_two_workers_give_the_same_transcripts(tiny_whisper_dir, tiny_engine, speech_samples):
+    """Two scheduler threads (two batches at once) change nothing in any request's transcript."""
+    from jax_models.engine import WhisperEngine
+
+    opts = TranscribeOptions(language="en")
+    inputs = [speech_samples, speech_samples[::-1].copy(), speech_samples * 0.5, np.tile(speech_samples, 3)]
+    expected = [tiny_engine.transcribe(x, opts).text for x in inputs]
+    engine = WhisperEngine(str(tiny_whisper_dir), batch_size=2, max_new_tokens=32, workers=2)
+    try:
+        assert len(engine._threads) == 2
+        results: dict[int, str] = {}
+        threads = [threading.Thread(target=lambda i=i, x=x: results.__setitem__(i, engine.transcribe(x, opts).text))
+                   for i, x in enumerate(inputs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [results[i] for i in range(len(inputs))] == expected
+    finally:
+        engine.close()
+
+
 def test_prompt_changes_prefix_not_shape(tiny_engine, speech_samples):
     toks = tiny_engine.prompt_tokens("Chorus, EasyDeL and Whisper.")
     assert toks[0] == tiny_engine.ids.sot_prev and len(toks) > 3
