@@ -254,10 +254,7 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
 
     @jax.jit
     def encode_fn(state, mel):
-        # One window at a time: the encoder is compute-bound, and a batched (B, 8, 1500, 1500)
-        # attention falls out of cache (measured 0.60 s/window this way at B=8 vs 1.12 s batched,
-        # bench/NOTES.md); it also makes each row's states independent of its batch-mates.
-        return jax.lax.map(lambda m: fn.encode(state["fn"]["encoder"], m[None], enc_heads)[0], mel)
+        return fn.encode(state["fn"]["encoder"], mel, enc_heads)
 
     @jax.jit
     def detect_easydel(state, enc):
