@@ -339,7 +339,8 @@ def test_whisper_server_drains_on_sigterm_and_the_router_recovers_from_its_resta
     w_port, r_port = free_port(), free_port()
     w_url, r_url = f"http://127.0.0.1:{w_port}", f"http://127.0.0.1:{r_port}"
     short = to_wav_bytes(speech_samples)
-    long = to_wav_bytes(np.tile(speech_samples, 12))  # ~70 s: several windows, seconds of work on the tiny model
+    # ~7.5 min (15 MB): many windows, several seconds of work on the tiny model even with batching
+    long = to_wav_bytes(np.tile(speech_samples, 80))
     whisper = whisper_process(tiny_whisper_dir, w_port, cache_dir)
     env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_ROUTER_READY_POLL_S": "0.5",
            "CHORUS_ROUTER_SHUTDOWN_TIMEOUT_S": "60"}
@@ -351,12 +352,14 @@ def test_whisper_server_drains_on_sigterm_and_the_router_recovers_from_its_resta
         wait_http(f"{w_url}/ready", whisper)
         wait_http(f"{r_url}/health", router, timeout_s=120)
         assert transcribe(r_url, short).status_code == 200
+        t0 = time.monotonic()
         assert transcribe(w_url, long).status_code == 200  # compiled every shape the long request needs
+        in_flight_wait = min(1.0, (time.monotonic() - t0) / 3)  # well inside the long request's duration
 
         # SIGTERM with a request in flight: refused at once, the request finishes, exit 0
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(transcribe, w_url, long)
-            time.sleep(1.0)
+            time.sleep(in_flight_wait)
             assert not in_flight.done()
             whisper.send_signal(signal.SIGTERM)
             assert wait_refused(w_port), "the whisper server kept accepting connections after SIGTERM"
@@ -385,7 +388,7 @@ def test_whisper_server_drains_on_sigterm_and_the_router_recovers_from_its_resta
         # the router drains too
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(transcribe, r_url, long)
-            time.sleep(1.0)
+            time.sleep(in_flight_wait)
             assert not in_flight.done()
             router.send_signal(signal.SIGTERM)
             assert wait_refused(r_port)
