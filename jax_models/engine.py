@@ -281,8 +281,8 @@ class WhisperEngine:
         self._batch_no += 1
         for job in batch:
             self._served[job.owner] = self._batch_no
-        live = {j.owner for j in self._queue}
-        for owner in [o for o in self._served if o not in live and o not in {j.owner for j in batch}]:
+        live = {j.owner for j in self._queue} | {j.owner for j in batch}
+        for owner in [o for o in self._served if o not in live]:  # finished requests
             del self._served[owner]
         return batch
 
