@@ -150,14 +150,17 @@ def _attend(q, k, v, mask):
     return out.reshape(*out.shape[:2], -1)
 
 
-def _attend_tiled(q, k, v, heads_per_tile: int = 2, queries_per_tile: int = 300):
+def _attend_tiled(q, k, v, heads_per_tile: int = 1, queries_per_tile: int = 500):
     """Unmasked attention computed tile by tile (``heads_per_tile`` heads × ``queries_per_tile``
     queries), for the encoder's 1500 × 1500 self-attention.
 
     The full float32 score tensor of one window (8 × 1500 × 1500 for ``base``, 72 MB) does not stay
-    in cache, so writing, normalising and reading it is memory-bound; a 2 × 300 tile (3.6 MB) does.
-    Measured 0.49 → 0.40 s per ``base`` window on the development CPU (bench/NOTES.md). Same maths
-    as :func:`_attend` (exact softmax per row); shapes that do not divide fall back to it.
+    in cache, so writing, normalising and reading it is memory-bound; a 1 × 500 tile (3 MB) does,
+    and with one head per tile both products are plain 2-D GEMMs (XLA:CPU's batched matmul is
+    slower). Each tile divides by the softmax's sum after the product with V (a ``(500, d)``
+    pass instead of a ``(500, 1500)`` one). Per ``base`` layer on the development CPU: plain
+    106 ms, 2 × 300 tiles 62 ms, 1 × 500 tiles 38 ms (bench/NOTES.md). Same maths as
+    :func:`_attend` (exact softmax per row); shapes that do not divide fall back to it.
     """
     B, H, T, d = q.shape
     if H % heads_per_tile or T % queries_per_tile:
@@ -167,8 +170,9 @@ def _attend_tiled(q, k, v, heads_per_tile: int = 2, queries_per_tile: int = 300)
     def tile(args):
         qt, kt, vt = args  # (B, hc, tc, d), (B, hc, S, d), (B, hc, S, d)
         scores = jnp.einsum("bhtd,bhsd->bhts", qt, kt).astype(jnp.float32) * (d**-0.5)
-        probs = jax.nn.softmax(scores, axis=-1).astype(vt.dtype)
-        return jnp.einsum("bhts,bhsd->bhtd", probs, vt)
+        e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+        out = jnp.einsum("bhts,bhsd->bhtd", e.astype(vt.dtype), vt).astype(jnp.float32)
+        return (out / jnp.sum(e, axis=-1, keepdims=True)).astype(vt.dtype)
 
     qs = q.reshape(B, nh, heads_per_tile, nt, queries_per_tile, d).transpose(1, 3, 0, 2, 4, 5)
     qs = qs.reshape(nh * nt, B, heads_per_tile, queries_per_tile, d)
