@@ -97,10 +97,48 @@ class DecodeResult(NamedTuple):
     no_speech_prob: jax.Array
 
 
+class History(NamedTuple):
+    """What the timestamp rules need from tokens sampled *before* this decode, per row.
+
+    A continuation (``prefix_history``) decodes on from a window's own tokens, which then count
+    as already sampled: ``last``/``pen`` are the last two of them (-1 where there are fewer),
+    ``last_ts`` the largest timestamp token among them (-1 if none), all int32 ``(B,)``, and
+    ``active`` bool ``(B,)`` marks the rows that continue (they skip the initial-timestamp rule).
+    """
+
+    last: jax.Array
+    pen: jax.Array
+    last_ts: jax.Array
+    active: jax.Array
+
+
+def no_history(batch: int) -> History:
+    """``History`` of rows that start fresh after their prefix (the usual decode)."""
+    none = jnp.full((batch,), -1, jnp.int32)
+    return History(none, none, none, jnp.zeros((batch,), bool))
+
+
+def prefix_history(prefix: jax.Array, n_hist: jax.Array, ids: SpecialTokens) -> History:
+    """``History`` from the last ``n_hist`` tokens of each left-padded prefix row.
+
+    Args:
+        prefix: int32 ``(B, P)``, left-padded; a continuing row ends with the tokens its window
+            already sampled (text and timestamps, no end-of-text).
+        n_hist: int32 ``(B,)``, how many trailing prefix tokens were sampled (0: a fresh row).
+    """
+    B, P = prefix.shape
+    pos = jnp.arange(P)[None, :]
+    in_hist = pos >= (P - n_hist)[:, None]
+    last = jnp.where(n_hist >= 1, prefix[:, P - 1], -1)
+    pen = jnp.where(n_hist >= 2, prefix[:, P - 2], -1)
+    last_ts = jnp.max(jnp.where(in_hist & (prefix >= ids.timestamp_begin), prefix, -1), axis=1)
+    return History(last.astype(jnp.int32), pen.astype(jnp.int32), last_ts.astype(jnp.int32), n_hist > 0)
+
+
 def apply_logit_filters(
     logits: jax.Array, generated: jax.Array, step: jax.Array, ids: SpecialTokens, suppress_mask: jax.Array,
-    max_initial_timestamp_index: int = 50,
-) -> jax.Array:
+    max_initial_timestamp_index: int = 50, history: History | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """openai/whisper's SuppressBlank, SuppressTokens and ApplyTimestampRules, batched.
 
     Args:
@@ -109,11 +147,18 @@ def apply_logit_filters(
         step: int32 scalar, number of tokens sampled so far.
         suppress_mask: bool ``(V,)``, True for always-suppressed tokens.
         max_initial_timestamp_index: the first timestamp may be at most this × 0.02 s (1.0 s).
+        history: tokens sampled before this decode (``prefix_history``); the rules then see
+            ``history + generated`` as one sequence. ``None``: every row starts fresh.
 
     Returns:
-        float32 ``(B, V)`` with forbidden tokens set to ``-inf``.
+        ``(logits, logprobs)``, float32 ``(B, V)`` each: the logits with forbidden tokens set to
+        ``-inf`` and their log-softmax. The log-softmax is taken once, before the last rule
+        (timestamps forced when their total probability beats every text token), and corrected
+        for it in place of a second pass over the vocabulary.
     """
     B, V = logits.shape
+    if history is None:
+        history = no_history(B)
     idx = jnp.arange(V)
     tsb = ids.timestamp_begin
     first = step == 0
@@ -124,29 +169,34 @@ def apply_logit_filters(
 
     M = generated.shape[1]
     pos = jnp.arange(M)
-    last = jnp.take_along_axis(generated, jnp.clip(step - 1, 0, M - 1)[None, None].repeat(B, 0), 1)[:, 0]
-    pen = jnp.take_along_axis(generated, jnp.clip(step - 2, 0, M - 1)[None, None].repeat(B, 0), 1)[:, 0]
-    last_was_ts = (step >= 1) & (last >= tsb)
-    pen_was_ts = (step < 2) | (pen >= tsb)
+    at = lambda k: jnp.take_along_axis(generated, jnp.clip(step - k, 0, M - 1)[None, None].repeat(B, 0), 1)[:, 0]
+    last = jnp.where(step >= 1, at(1), history.last)
+    pen = jnp.where(step >= 2, at(2), jnp.where(step == 1, history.last, history.pen))
+    last_was_ts = last >= tsb
+    pen_was_ts = (pen < 0) | (pen >= tsb)  # openai: a sequence shorter than 2 counts as "timestamp"
     is_ts_vocab = idx >= tsb
     is_text_vocab = idx < ids.eot
     logits = jnp.where((last_was_ts & pen_was_ts)[:, None] & is_ts_vocab[None, :], NEG_INF, logits)
     logits = jnp.where((last_was_ts & ~pen_was_ts)[:, None] & is_text_vocab[None, :], NEG_INF, logits)
 
     valid_ts = (pos[None, :] < step) & (generated >= tsb)
-    last_ts = jnp.max(jnp.where(valid_ts, generated, -1), axis=1)
+    last_ts = jnp.maximum(jnp.max(jnp.where(valid_ts, generated, -1), axis=1), history.last_ts)
     threshold = jnp.where(last_was_ts & ~pen_was_ts, last_ts, last_ts + 1)
     monotonic = (last_ts >= 0)[:, None] & is_ts_vocab[None, :] & (idx[None, :] < threshold[:, None])
     logits = jnp.where(monotonic, NEG_INF, logits)
 
     first_mask = (idx < tsb) | (idx > tsb + max_initial_timestamp_index)
-    logits = jnp.where(first & first_mask[None, :], NEG_INF, logits)
+    logits = jnp.where((first & ~history.active)[:, None] & first_mask[None, :], NEG_INF, logits)
 
     logprobs = jax.nn.log_softmax(logits, axis=-1)
-    ts_logprob = jax.nn.logsumexp(jnp.where(is_ts_vocab[None, :], logprobs, NEG_INF), axis=-1)
-    max_text = jnp.max(jnp.where(is_ts_vocab[None, :], NEG_INF, logprobs), axis=-1)
+    ts_logprob = jax.nn.logsumexp(logprobs[:, tsb:], axis=-1)
+    max_text = jnp.max(logprobs[:, :tsb], axis=-1)
     force_ts = ts_logprob > max_text
-    return jnp.where(force_ts[:, None] & (idx < tsb)[None, :], NEG_INF, logits)
+    forbid = force_ts[:, None] & (idx < tsb)[None, :]
+    logits = jnp.where(forbid, NEG_INF, logits)
+    # renormalising over the timestamps alone: log p'(t) = log p(t) - log P(timestamp)
+    logprobs = jnp.where(forbid, NEG_INF, logprobs - jnp.where(force_ts, ts_logprob, 0.0)[:, None])
+    return logits, logprobs
 
 
 class LoopState(NamedTuple):
@@ -160,12 +210,13 @@ class LoopState(NamedTuple):
 
 
 def _sample_loop(ids: SpecialTokens, max_new_tokens: int, prefill_logits, temperature, keys,
-                 suppress_mask, carry, step_fn) -> DecodeResult:
+                 suppress_mask, carry, step_fn, history: History | None = None) -> DecodeResult:
     """The token loop shared by both decoders: filters, greedy/sampled choice, per-row stop.
 
     ``prefill_logits``: a pair ``(sot_logits, last_logits)``, float32 ``(B, V)`` each, the prefix's logits at
     ``<|startoftranscript|>`` (for ``no_speech_prob``) and at its last token;
-    ``step_fn(carry, next_tokens (B,), step) -> (logits (B, V) float32, carry)`` runs the model.
+    ``step_fn(carry, next_tokens (B,), step) -> (logits (B, V) float32, carry)`` runs the model;
+    ``history``: see ``apply_logit_filters``.
     """
     sot_logits, last_logits = prefill_logits
     B = sot_logits.shape[0]
@@ -175,8 +226,7 @@ def _sample_loop(ids: SpecialTokens, max_new_tokens: int, prefill_logits, temper
         return (s.step < max_new_tokens) & ~jnp.all(s.finished)
 
     def body(s: LoopState):
-        logits = apply_logit_filters(s.logits, s.tokens, s.step, ids, suppress_mask)
-        logprobs = jax.nn.log_softmax(logits, axis=-1)
+        logits, logprobs = apply_logit_filters(s.logits, s.tokens, s.step, ids, suppress_mask, history=history)
         greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
         def sample():
@@ -219,11 +269,12 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
 
     - ``encode(state, mel)``: mel float32 ``(B, n_mels, 3000)`` → encoder states
       ``(B, 1500, d_model)``;
-    - ``decode(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask)``:
+    - ``decode(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask, n_hist)``:
       prefix int32 ``(B, P)`` left-padded, prefix_mask bool ``(B, P)``, sot_index int32 ``(B,)``
       (position of ``<|startoftranscript|>`` in the prefix), temperature float32 ``(B,)`` (0 =
       greedy), keys uint32 ``(B, 2)`` one PRNG key per row (so a row's samples do not depend on
-      its batch-mates) → ``DecodeResult``;
+      its batch-mates), n_hist int32 ``(B,)`` trailing prefix tokens the row had already sampled
+      (a continuation, ``prefix_history``; 0 for a fresh decode) → ``DecodeResult``;
     - ``detect_language(state, enc)`` → float32 ``(B, V)`` log-probabilities of the first
       token after ``<|startoftranscript|>``;
     - ``align(state, enc, tokens)``: tokens int32 ``(B, L)`` teacher-forced (right-padded) →
@@ -283,7 +334,7 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
         return jnp.stack([cross[layer][:, head] for layer, head in align_heads], axis=1).astype(jnp.float32)
 
     @jax.jit
-    def decode_fn(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask):
+    def decode_fn(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask, n_hist):
         w = state["fn"]["decoder"]
         B, P = prefix.shape
         cache = fn.init_cache(w, enc, heads, P + max_new_tokens)
@@ -298,10 +349,11 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
             h, cache = fn.forward(w, cache, nxt[:, None], (n_real + i)[:, None], P + i, ones, heads)
             return fn.logits(w, h[:, 0]), cache
 
-        return _sample_loop(ids, max_new_tokens, prefill, temperature, keys, suppress_mask, cache, step)
+        return _sample_loop(ids, max_new_tokens, prefill, temperature, keys, suppress_mask, cache, step,
+                            prefix_history(prefix, n_hist, ids))
 
     @jax.jit
-    def decode_easydel(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask):
+    def decode_easydel(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask, n_hist):
         m = nnx.merge(graphdef, state["model"])
         P = prefix.shape[1]
         with m.mesh:
@@ -319,7 +371,7 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
                 return o.logits[:, -1].astype(jnp.float32), m.update_inputs_for_generation(o, kw)
 
             return _sample_loop(ids, max_new_tokens, prefill, temperature, keys, suppress_mask,
-                                kwargs, step)
+                                kwargs, step, prefix_history(prefix, n_hist, ids))
 
     if weights is None:
         return state, encode_easydel, decode_easydel, detect_easydel, align

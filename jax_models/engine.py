@@ -1,13 +1,16 @@
 """The Whisper engine: EasyDeL model, dtype/quantization, warm-up, and a batch scheduler.
 
-One scheduler thread owns the device. Requests (any number of threads) split their audio into
-30 s windows and submit them; the scheduler gathers windows from every in-flight request into
-fixed-shape batches (batch buckets × prefix buckets, compiled at warm-up as whisper-jax does),
-so throughput grows with concurrency and no request compiles anything.
+Scheduler threads (``workers``; one by default) own the device. Requests (any number of threads)
+split their audio into 30 s windows and submit them; the scheduler gathers windows from every
+in-flight request into fixed-shape batches (batch buckets × prefix buckets, compiled at warm-up as
+whisper-jax does), so throughput grows with concurrency and no request compiles anything. A
+window whose transcript stops early is decoded on from its own tokens on the encoder states it
+already has (``WhisperEngine._tail_job``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -30,12 +33,14 @@ from server.transcript import Segment, Transcript, Word
 
 log = logging.getLogger("chorus.engine")
 
-PREFIX_BUCKETS = (8, 224)
-"""Decoder prefix lengths compiled: task tokens alone, and task tokens after a prompt."""
+PREFIX_BUCKETS = (8, 64, 224)
+"""Decoder prefix lengths compiled: task tokens alone; a continuation (or a short prompt); a long prompt."""
 MAX_PROMPT_TOKENS = PREFIX_BUCKETS[-1] - 8
 ALIGN_LENGTH = 232
 """Teacher-forced length for word alignment: 4 task tokens + up to 224 text tokens + EOT, padded."""
 TAIL_MIN_S = 1.0
+CONTINUE_BUCKET = 64
+"""Prefix length of a continuation: task tokens + the window's last sampled tokens (its context)."""
 """A window whose transcript ends this many seconds before the window does is re-read."""
 QUANTIZATION_PATTERN = r"^(?!.*(?:embedding|norm|lm_head|proj_out|embed_positions)).*$"
 """EasyDeL's default pattern also quantizes Whisper's output projection, whose 51865 rows do not
@@ -110,6 +115,10 @@ class _Job:
     owner: int = 0
     """The request this window belongs to (fair scheduling across requests)."""
     submitted: float = field(default_factory=time.monotonic)
+    encoded: object = None
+    """The window's encoder states ``(1, 1500, d_model)`` when already computed (a continuation)."""
+    history: int = 0
+    """Trailing prefix tokens this window already sampled (a continuation; 0 for a fresh decode)."""
 
     @property
     def seed(self) -> int:
@@ -132,6 +141,9 @@ class WindowResult:
     avg_logprob: float
     no_speech_prob: float
     temperature: float
+    encoded: object = field(default=None, repr=False, compare=False)
+    """The window's encoder states (device array ``(1, 1500, d_model)``), kept only until the
+    transcript's tail is checked (``WhisperEngine._tail_job``)."""
 
 
 class WhisperEngine:
@@ -318,7 +330,8 @@ class WhisperEngine:
         # batched (B, heads, 1500, 1500) attention falls out of cache (1.1 s per window at B=4-8 vs
         # 0.5-0.6 s alone, bench/NOTES.md), and padding rows reuse the first window's states
         # instead of paying for an encoder pass.
-        states = [self._encode(self._state, jnp.asarray(j.features[None])) for j in batch]
+        states = [j.encoded if j.encoded is not None else self._encode(self._state, jnp.asarray(j.features[None]))
+                  for j in batch]
         enc = jnp.concatenate(states + [states[0]] * (size - n), axis=0)
         with self._cv:
             self.batches_run += 1
@@ -342,9 +355,10 @@ class WhisperEngine:
             sot[i] = P - k + job.prefix.index(self.ids.sot)
         temps = np.array([j.temperature for j in rows], np.float32)
         keys = np.stack([np.asarray(jax.random.key_data(jax.random.PRNGKey(j.seed))) for j in rows])
+        n_hist = np.array([j.history for j in rows], np.int32)
         out = self._decode(
             self._state, enc, jnp.asarray(prefix), jnp.asarray(mask), jnp.asarray(sot),
-            jnp.asarray(temps), jnp.asarray(keys), self._suppress,
+            jnp.asarray(temps), jnp.asarray(keys), self._suppress, jnp.asarray(n_hist),
         )
         tokens, sum_lp, n_tok, no_speech = (np.asarray(x) for x in jax.device_get(out))
         results = []
@@ -356,6 +370,7 @@ class WhisperEngine:
                     avg_logprob=float(sum_lp[i]) / (len(toks) + 1),
                     no_speech_prob=float(no_speech[i]),
                     temperature=float(temps[i]),
+                    encoded=states[i],
                 )
             )
         return results
@@ -445,6 +460,7 @@ class WhisperEngine:
         pending = dict(enumerate(futures))
         attempt = {i: 0 for i in pending}
         final: dict[int, tuple[WindowResult, str]] = {}
+        tails: dict[int, Future] = {}
         done_s = 0.0
         while pending:
             for i in list(pending):
@@ -461,11 +477,15 @@ class WhisperEngine:
                         _Job("decode", feats[i], prefix, temperatures[attempt[i]], Future(), owner)
                     )
                     continue
-                final[i] = (res, "" if silent else text)
+                final[i] = (dataclasses.replace(res, encoded=None), "" if silent else text)
+                tail = self._tail_job(samples, windows[i], final[i], res.encoded, feats[i], language, options, owner)
+                if tail is not None:
+                    tails[i] = self._submit(tail)
                 done_s += (windows[i][1] - windows[i][0]) / SAMPLE_RATE
                 if progress:
                     progress(done_s)
-        windows, final = self._redecode_tails(samples, windows, final, prefix, options, owner)
+        for i, fut in tails.items():
+            final[i] = self._merge_tail(final[i], fut.result(), options)
         raws = {i: self._raw_segments(windows[i], final[i]) for i in range(len(windows))}
         words: dict[int, list[TimedWord]] = {}
         if options.word_timestamps:
@@ -495,46 +515,45 @@ class WhisperEngine:
                                   self.tokenizer.decode, language)
         return out
 
-    def _redecode_tails(self, samples, windows, final, prefix, options: TranscribeOptions, owner: int):
-        """Decode again the end of a window whose transcript stops early while speech goes on.
+    def _tail_job(self, samples, window, result, encoded, features, language: str, options: TranscribeOptions,
+                  owner: int) -> _Job | None:
+        """A continuation for a window whose transcript stops early while speech goes on, or None.
 
-        Whisper often leaves a sentence that runs into the window's end untranscribed (openai's
-        sequential algorithm re-reads it from the last timestamp). Windows here are decoded in
-        parallel, so each such tail — over ``TAIL_MIN_S`` long and not silent — becomes one more
-        window, decoded in a second batched round, greedy (no fallback).
+        Whisper often leaves the last sentence of a 30 s window untranscribed (openai's sequential
+        algorithm re-reads it from the last timestamp in the next window). Windows here are
+        decoded in parallel, so when the audio after the last segment is over ``TAIL_MIN_S`` long
+        and not silent (RMS over a tenth of the window's), the window is decoded on from its own
+        tokens on the same encoder states, end-of-text barred at the first step: greedy, no
+        prompt, no second encoder pass.
         """
-        tails: dict[int, tuple[int, int]] = {}
-        for i, (a, b) in enumerate(windows):
-            raws = self._raw_segments((a, b), final[i])
-            if not raws:
-                continue
-            covered = a + int((raws[-1].end if raws else 0.0) * SAMPLE_RATE)
-            rest = samples[covered:b]
-            if (b - covered) / SAMPLE_RATE < TAIL_MIN_S:
-                continue
-            window_rms = float(np.sqrt(np.mean(samples[a:b] ** 2)) + 1e-9)
-            if float(np.sqrt(np.mean(rest**2))) > 0.1 * window_rms:
-                tails[i] = (covered, b)
-        if not tails:
-            return windows, final
-        feats = self.log_mel([samples[a:b] for a, b in tails.values()])
-        futures = self._submit_all(
-            [_Job("decode", f, prefix, options.temperatures()[0], Future(), owner) for f in feats]
-        )
-        windows = list(windows)
-        final = dict(final)
-        for (i, (a, b)), fut in zip(tails.items(), futures):
-            res: WindowResult = fut.result()
-            text = self.tokenizer.decode([t for t in res.tokens if t < self.ids.eot]).strip()
-            silent = res.no_speech_prob > options.no_speech_threshold and res.avg_logprob < options.logprob_threshold
-            if not text or silent:
-                continue
-            a0, _ = windows[i]
-            windows[i] = (a0, a)  # the window now ends where its transcript ended
-            windows.append((a, b))
-            final[len(windows) - 1] = (res, text)
-        order = sorted(range(len(windows)), key=lambda k: windows[k][0])
-        return [windows[k] for k in order], {n: final[k] for n, k in enumerate(order)}
+        res, text = result
+        if not text or encoded is None:
+            return None
+        a, b = window
+        raws = self._raw_segments(window, result)
+        if not raws:
+            return None
+        covered = a + int(raws[-1].end * SAMPLE_RATE)
+        if (b - covered) / SAMPLE_RATE < TAIL_MIN_S:
+            return None
+        window_rms = float(np.sqrt(np.mean(samples[a:b] ** 2)) + 1e-9)
+        if float(np.sqrt(np.mean(samples[covered:b] ** 2))) <= 0.1 * window_rms:
+            return None
+        task = self.ids.task_tokens(language, options.task)
+        sampled = [t for t in res.tokens if t != self.ids.eot][-(CONTINUE_BUCKET - len(task)):]
+        return _Job("decode", features, task + sampled, 0.0, Future(), owner, encoded=encoded, history=len(sampled))
+
+    def _merge_tail(self, result: tuple[WindowResult, str], cont: WindowResult, options: TranscribeOptions):
+        """The window's result with a continuation's tokens appended, when the continuation holds
+        text that passes openai's checks (compression ratio, average log-probability)."""
+        res, text = result
+        more = self.tokenizer.decode([t for t in cont.tokens if t < self.ids.eot]).strip()
+        if not more or compression_ratio(more) > options.compression_ratio_threshold:
+            return result
+        if cont.avg_logprob < options.logprob_threshold:
+            return result
+        tokens = [t for t in res.tokens if t != self.ids.eot] + list(cont.tokens)
+        return dataclasses.replace(res, tokens=tokens), f"{text} {more}"
 
     def _assemble(self, windows, final, raws, words, language: str, task: str, total: float) -> Transcript:
         segments: list[Segment] = []

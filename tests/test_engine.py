@@ -261,3 +261,101 @@ def test_tiled_attention_equals_plain():
         q, k, v = (jnp.asarray(rng.standard_normal(shape).astype(np.float32)) for _ in range(3))
         np.testing.assert_allclose(np.asarray(fn._attend_tiled(q, k, v)), np.asarray(fn._attend(q, k, v, None)),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_timestamp_rules_see_the_history():
+    """A continuation's filters treat the window's own tokens as already sampled: at every step
+    they equal the filters of one fresh decode that sampled history + generated, except that the
+    first continued step bars end-of-text/blank and skips the initial-timestamp rule. The
+    returned log-probabilities are the log-softmax of the returned logits."""
+    import jax
+    import jax.numpy as jnp
+
+    from jax_models.decoding import SpecialTokens, apply_logit_filters, prefix_history
+
+    ids = SpecialTokens(eot=40, sot=41, sot_prev=42, no_speech=43, no_timestamps=44, timestamp_begin=45,
+                        transcribe=46, translate=47, lang_to_id={}, blank=(1,), suppress=(), multilingual=False)
+    V, M, P = 120, 16, 12
+    ts = lambda k: ids.timestamp_begin + k  # noqa: E731
+    seqs = [[ts(0), 5, 6, ts(20), ts(20), 7, 8, ts(40)],  # ends on a closing timestamp
+            [ts(0), 5, 6, ts(20), ts(20), 7, 8],  # ends inside a segment
+            [ts(3), 9, ts(10), ts(10)]]  # ends on a timestamp pair
+    rng = np.random.default_rng(0)
+    suppress = jnp.zeros((V,), bool)
+    for seq in seqs:
+        for h in range(1, len(seq)):
+            hist, gen = seq[:h], seq[h:]
+            logits = jnp.asarray(rng.standard_normal((1, V)).astype(np.float32) * 3)
+            prefix = np.full((1, P), 0, np.int32)
+            prefix[0, P - h - 1 :] = [ids.sot] + hist
+            history = prefix_history(jnp.asarray(prefix), jnp.asarray([h], jnp.int32), ids)
+            buf = np.full((1, M), ids.eot, np.int32)
+            buf[0, : len(gen)] = gen
+            got, got_lp = apply_logit_filters(logits, jnp.asarray(buf), jnp.int32(len(gen)), ids, suppress,
+                                              history=history)
+            full = np.full((1, M), ids.eot, np.int32)
+            full[0, : len(seq)] = seq
+            want, _ = apply_logit_filters(logits, jnp.asarray(full), jnp.int32(len(seq)), ids, suppress)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+            np.testing.assert_allclose(np.asarray(got_lp), np.asarray(jax.nn.log_softmax(got, axis=-1)),
+                                       atol=1e-5)
+        # the first continued step: nothing sampled yet after the whole sequence
+        prefix = np.full((1, P), 0, np.int32)
+        prefix[0, P - len(seq) - 1 :] = [ids.sot] + seq
+        history = prefix_history(jnp.asarray(prefix), jnp.asarray([len(seq)], jnp.int32), ids)
+        logits = rng.standard_normal((1, V)).astype(np.float32) * 3
+        logits[0, [ids.eot, 1]] = -np.inf  # what the first continued step bars, so both sides see the same
+        got, _ = apply_logit_filters(jnp.asarray(logits), jnp.full((1, M), ids.eot, jnp.int32), jnp.int32(0), ids,
+                                     suppress, history=history)
+        full = np.full((1, M), ids.eot, np.int32)
+        full[0, : len(seq)] = seq
+        want, _ = apply_logit_filters(jnp.asarray(logits), jnp.asarray(full), jnp.int32(len(seq)), ids, suppress)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        # and end-of-text is barred there even when its logit is the largest
+        top = np.zeros((1, V), np.float32)
+        top[0, ids.eot] = 50.0
+        got, _ = apply_logit_filters(jnp.asarray(top), jnp.full((1, M), ids.eot, jnp.int32), jnp.int32(0), ids,
+                                     suppress, history=history)
+        assert np.isneginf(np.asarray(got)[0, ids.eot])
+
+
+def test_window_that_stops_early_is_continued_on_its_encoder_states(tiny_engine, speech_samples):
+    """Speech after a window's last segment gives a continuation job on the same encoder states
+    (no second encoder pass); silence after it does not; an accepted continuation appends its
+    tokens to the window's, a poor one (low average log-probability) is dropped."""
+    from concurrent.futures import Future
+
+    from jax_models.engine import WindowResult
+
+    eng = tiny_engine
+    tsb = eng.ids.timestamp_begin
+    text = eng.tokenizer.encode(" hello there", add_special_tokens=False)
+    window = np.concatenate([speech_samples[: 4 * SAMPLE_RATE], speech_samples[: 4 * SAMPLE_RATE]])
+    res = WindowResult(tokens=[tsb, *text, tsb + 150], avg_logprob=-0.2, no_speech_prob=0.0, temperature=0.0)
+    feats = eng.log_mel([window])[0]
+    encoded = eng._encode(eng._state, feats[None])
+    opts = TranscribeOptions(language="en")
+    job = eng._tail_job(window, (0, len(window)), (res, "hello there"), encoded, feats, "en", opts, owner=7)
+    assert job is not None and job.encoded is encoded and job.history == len(res.tokens)
+    assert job.prefix[-job.history:] == res.tokens and job.prefix[0] == eng.ids.sot
+    quiet = np.concatenate([window[: 3 * SAMPLE_RATE], np.zeros(5 * SAMPLE_RATE, np.float32)])
+    assert eng._tail_job(quiet, (0, len(quiet)), (res, "hello there"), encoded, feats, "en", opts, 7) is None
+
+    calls = []
+    encode = eng._encode
+    eng._encode = lambda *a: calls.append(1) or encode(*a)
+    try:
+        cont = eng._submit(job).result()
+    finally:
+        eng._encode = encode
+    assert calls == []  # the continuation reused the window's encoder states
+    assert len(cont.tokens) >= 1
+
+    more = eng.tokenizer.encode(" and more", add_special_tokens=False)
+    good = WindowResult(tokens=[tsb + 150, *more, tsb + 300], avg_logprob=-0.3, no_speech_prob=0.0, temperature=0.0)
+    merged, merged_text = eng._merge_tail((res, "hello there"), good, opts)
+    assert merged.tokens == res.tokens + good.tokens and merged_text == "hello there and more"
+    segments = eng._raw_segments((0, 30 * SAMPLE_RATE), (merged, merged_text))
+    assert [round(s.end, 2) for s in segments] == [3.0, 6.0]
+    poor = WindowResult(tokens=good.tokens, avg_logprob=-2.5, no_speech_prob=0.0, temperature=0.0)
+    assert eng._merge_tail((res, "hello there"), poor, opts)[0] is res
