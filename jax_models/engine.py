@@ -39,9 +39,9 @@ MAX_PROMPT_TOKENS = PREFIX_BUCKETS[-1] - 8
 ALIGN_LENGTH = 232
 """Teacher-forced length for word alignment: 4 task tokens + up to 224 text tokens + EOT, padded."""
 TAIL_MIN_S = 1.0
+"""A window whose transcript ends this many seconds before the window does is continued."""
 CONTINUE_BUCKET = 64
 """Prefix length of a continuation: task tokens + the window's last sampled tokens (its context)."""
-"""A window whose transcript ends this many seconds before the window does is re-read."""
 QUANTIZATION_PATTERN = r"^(?!.*(?:embedding|norm|lm_head|proj_out|embed_positions)).*$"
 """EasyDeL's default pattern also quantizes Whisper's output projection, whose 51865 rows do not
 divide into quantization groups (easydel 0.3.0); keep it and the embeddings in full precision."""
