@@ -169,9 +169,11 @@ def apply_logit_filters(
 
     M = generated.shape[1]
     pos = jnp.arange(M)
-    at = lambda k: jnp.take_along_axis(generated, jnp.clip(step - k, 0, M - 1)[None, None].repeat(B, 0), 1)[:, 0]
-    last = jnp.where(step >= 1, at(1), history.last)
-    pen = jnp.where(step >= 2, at(2), jnp.where(step == 1, history.last, history.pen))
+    def sampled(back: int) -> jax.Array:  # the token sampled ``back`` steps ago, (B,)
+        return jnp.take_along_axis(generated, jnp.clip(step - back, 0, M - 1)[None, None].repeat(B, 0), 1)[:, 0]
+
+    last = jnp.where(step >= 1, sampled(1), history.last)
+    pen = jnp.where(step >= 2, sampled(2), jnp.where(step == 1, history.last, history.pen))
     last_was_ts = last >= tsb
     pen_was_ts = (pen < 0) | (pen >= tsb)  # openai: a sequence shorter than 2 counts as "timestamp"
     is_ts_vocab = idx >= tsb
