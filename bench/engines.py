@@ -2,8 +2,9 @@
 
 Every runner takes float32 16 kHz samples already decoded (decoding is not timed for anyone) and
 returns the transcript text. Settings are chosen to decode the same way: greedy (beam 1), English
-forced, timestamps predicted, temperature fallback 0 → 1 by 0.2, each 30 s window decoded without
-the previous window's text as a prompt.
+forced, timestamps predicted (except faster-whisper's batched pipeline, whose default is text
+tokens only, and Chorus with ``without_timestamps``), temperature fallback 0 → 1 by 0.2, each 30 s
+window decoded without the previous window's text as a prompt.
 
 - ``chorus``: ``jax_models.engine.WhisperEngine`` (EasyDeL), the whisper server's engine.
 - ``faster-whisper``: ``faster_whisper.WhisperModel`` (CTranslate2) on the CT2 files.
@@ -35,8 +36,8 @@ class EngineSpec:
         kind: one of :data:`KINDS`.
         model: a Hugging Face Whisper directory (chorus, transformers) or a CTranslate2 directory
             holding ``model.bin`` (faster-whisper).
-        params: kind-specific settings: ``dtype``, ``quantization``, ``batch_size``,
-            ``compile_cache_dir`` (chorus); ``compute_type``, ``batch_size`` (faster-whisper);
+        params: kind-specific settings: ``dtype``, ``quantization``, ``batch_size``, ``workers``,
+            ``without_timestamps`` (text tokens only), ``compile_cache_dir`` (chorus); ``compute_type``, ``batch_size`` (faster-whisper);
             ``dtype`` (transformers); ``max_new_tokens`` (all, ``None`` = the engine's default).
     """
 
@@ -127,7 +128,9 @@ class ChorusRunner:
     def transcribe(self, samples: np.ndarray) -> str:
         from jax_models.engine import TranscribeOptions
 
-        return self.engine.transcribe(samples, TranscribeOptions(language=self.language)).text
+        text_only = bool(self.spec.params.get("without_timestamps"))
+        return self.engine.transcribe(samples, TranscribeOptions(language=self.language,
+                                                                 without_timestamps=text_only)).text
 
     def close(self) -> None:
         if self.engine is not None:

@@ -21,13 +21,15 @@ from server.settings import WhisperSettings
 
 CHORUS = "chorus"
 PEERS = (
-    "chorus", "faster-whisper-int8", "faster-whisper-fp32", "faster-whisper-batched-int8",
+    "chorus", "chorus-text", "faster-whisper-int8", "faster-whisper-fp32", "faster-whisper-batched-int8",
     "faster-whisper-batched-fp32", "faster-whisper-batched-int8-w2", "transformers-fp32",
 )
-"""``…-w2``: two CTranslate2 workers (``num_workers=2``) with the threads split between them, so two
+"""``chorus-text``: Chorus decoding text only (``<|notimestamps|>``), as the whisper server does
+for ``response_format`` ``json`` and ``text``, and as faster-whisper's batched pipeline does by
+default (``without_timestamps=True``). ``…-w2``: two CTranslate2 workers (``num_workers=2``) with the threads split between them, so two
 concurrent requests run in parallel (faster-whisper's advice for multi-threaded callers)."""
 DEFAULT_PEERS = (
-    "chorus", "faster-whisper-int8", "faster-whisper-fp32", "faster-whisper-batched-int8", "transformers-fp32",
+    "chorus", "chorus-text", "faster-whisper-int8", "faster-whisper-fp32", "faster-whisper-batched-int8", "transformers-fp32",
 )
 
 
@@ -96,12 +98,14 @@ def peer_specs(names: list[str], weights: Weights, *, batch_size: int, max_new_t
     for name in names:
         if name not in PEERS:
             raise ValueError(f"unknown engine {name!r}; choose from {', '.join(PEERS)}")
-        if name == "chorus":
+        if name in ("chorus", "chorus-text"):
             workers = WhisperSettings.model_fields["engine_workers"].default  # as `chorus serve whisper` runs
+            text_only = name == "chorus-text"
             specs.append(EngineSpec(
-                f"chorus fp32 (batch {batch_size}, {workers} workers)", "chorus", weights.hf_dir,
+                f"chorus fp32{' text-only' if text_only else ''} (batch {batch_size}, {workers} workers)", "chorus",
+                weights.hf_dir,
                 {"dtype": "float32", "quantization": "none", "batch_size": batch_size, "workers": workers,
-                 "compile_cache_dir": compile_cache_dir, **common},
+                 "compile_cache_dir": compile_cache_dir, "without_timestamps": text_only, **common},
             ))
         elif name == "transformers-fp32":
             specs.append(
@@ -169,8 +173,9 @@ def render(record: dict, out_dir: Path) -> None:
     notes.append(
         f"- RTFx = audio seconds / transcription seconds, {how}, after a warm-up "
         "(decoding the file is not timed); × Chorus = RTFx ÷ Chorus's RTFx (above 1 is faster than Chorus). "
-        f"Decoding: greedy, language {settings['language'] or 'detected'}, timestamps, temperature fallback, "
-        "no previous-text prompt. WER: corpus WER after Whisper's English normalizer. Load s includes "
+        f"Decoding: greedy, language {settings['language'] or 'detected'}, temperature fallback, "
+        "no previous-text prompt; timestamps predicted except by faster-whisper's batched pipeline and Chorus "
+        "text-only (text tokens only, `without_timestamps`). WER: corpus WER after Whisper's English normalizer. Load s includes "
         "importing the engine's library."
     )
     title = f"Whisper {Path(settings['model']).name} on {record['machine']['cpu']}: peers"

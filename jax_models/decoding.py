@@ -104,18 +104,22 @@ class History(NamedTuple):
     as already sampled: ``last``/``pen`` are the last two of them (-1 where there are fewer),
     ``last_ts`` the largest timestamp token among them (-1 if none), all int32 ``(B,)``, and
     ``active`` bool ``(B,)`` marks the rows that continue (they skip the initial-timestamp rule).
+    ``timestamps`` bool ``(B,)`` is False for rows whose prefix ends with ``<|notimestamps|>``:
+    they sample text only (timestamp tokens barred, no timestamp rules), as openai/whisper's
+    ``without_timestamps``.
     """
 
     last: jax.Array
     pen: jax.Array
     last_ts: jax.Array
     active: jax.Array
+    timestamps: jax.Array
 
 
 def no_history(batch: int) -> History:
     """``History`` of rows that start fresh after their prefix (the usual decode)."""
     none = jnp.full((batch,), -1, jnp.int32)
-    return History(none, none, none, jnp.zeros((batch,), bool))
+    return History(none, none, none, jnp.zeros((batch,), bool), jnp.ones((batch,), bool))
 
 
 def prefix_history(prefix: jax.Array, n_hist: jax.Array, ids: SpecialTokens) -> History:
@@ -132,7 +136,9 @@ def prefix_history(prefix: jax.Array, n_hist: jax.Array, ids: SpecialTokens) -> 
     last = jnp.where(n_hist >= 1, prefix[:, P - 1], -1)
     pen = jnp.where(n_hist >= 2, prefix[:, P - 2], -1)
     last_ts = jnp.max(jnp.where(in_hist & (prefix >= ids.timestamp_begin), prefix, -1), axis=1)
-    return History(last.astype(jnp.int32), pen.astype(jnp.int32), last_ts.astype(jnp.int32), n_hist > 0)
+    timestamps = (n_hist > 0) | (prefix[:, P - 1] != ids.no_timestamps)
+    return History(last.astype(jnp.int32), pen.astype(jnp.int32), last_ts.astype(jnp.int32), n_hist > 0,
+                   timestamps)
 
 
 def apply_logit_filters(
@@ -174,26 +180,28 @@ def apply_logit_filters(
 
     last = jnp.where(step >= 1, sampled(1), history.last)
     pen = jnp.where(step >= 2, sampled(2), jnp.where(step == 1, history.last, history.pen))
-    last_was_ts = last >= tsb
+    ts_on = history.timestamps
+    last_was_ts = (last >= tsb) & ts_on
     pen_was_ts = (pen < 0) | (pen >= tsb)  # openai: a sequence shorter than 2 counts as "timestamp"
     is_ts_vocab = idx >= tsb
     is_text_vocab = idx < ids.eot
+    logits = jnp.where(~ts_on[:, None] & is_ts_vocab[None, :], NEG_INF, logits)
     logits = jnp.where((last_was_ts & pen_was_ts)[:, None] & is_ts_vocab[None, :], NEG_INF, logits)
     logits = jnp.where((last_was_ts & ~pen_was_ts)[:, None] & is_text_vocab[None, :], NEG_INF, logits)
 
     valid_ts = (pos[None, :] < step) & (generated >= tsb)
     last_ts = jnp.maximum(jnp.max(jnp.where(valid_ts, generated, -1), axis=1), history.last_ts)
     threshold = jnp.where(last_was_ts & ~pen_was_ts, last_ts, last_ts + 1)
-    monotonic = (last_ts >= 0)[:, None] & is_ts_vocab[None, :] & (idx[None, :] < threshold[:, None])
+    monotonic = ((last_ts >= 0) & ts_on)[:, None] & is_ts_vocab[None, :] & (idx[None, :] < threshold[:, None])
     logits = jnp.where(monotonic, NEG_INF, logits)
 
     first_mask = (idx < tsb) | (idx > tsb + max_initial_timestamp_index)
-    logits = jnp.where((first & ~history.active)[:, None] & first_mask[None, :], NEG_INF, logits)
+    logits = jnp.where((first & ~history.active & ts_on)[:, None] & first_mask[None, :], NEG_INF, logits)
 
     logprobs = jax.nn.log_softmax(logits, axis=-1)
     ts_logprob = jax.nn.logsumexp(logprobs[:, tsb:], axis=-1)
     max_text = jnp.max(logprobs[:, :tsb], axis=-1)
-    force_ts = ts_logprob > max_text
+    force_ts = (ts_logprob > max_text) & ts_on
     forbid = force_ts[:, None] & (idx < tsb)[None, :]
     logits = jnp.where(forbid, NEG_INF, logits)
     # renormalising over the timestamps alone: log p'(t) = log p(t) - log P(timestamp)

@@ -91,6 +91,10 @@ class TranscribeOptions:
     logprob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
     word_timestamps: bool = False
+    without_timestamps: bool = False
+    """Sample text only (``<|notimestamps|>``, openai/whisper's ``without_timestamps``): fewer
+    tokens per window, and each window becomes one segment spanning it. For responses that
+    return text alone (OpenAI ``json`` and ``text``)."""
 
     def temperatures(self) -> tuple[float, ...]:
         if self.temperature > 0:
@@ -453,6 +457,8 @@ class WhisperEngine:
         if language is None:
             language = self.detect_language(feats[0], owner=owner)[0] if total > 0 else "en"
         prefix = self.prompt_tokens(options.prompt) + self.ids.task_tokens(language, options.task)
+        if options.without_timestamps:
+            prefix.append(self.ids.no_timestamps)
         temperatures = options.temperatures()
         futures = self._submit_all(
             [_Job("decode", feats[i], prefix, temperatures[0], Future(), owner) for i in range(len(windows))]

@@ -169,10 +169,11 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
         # OpenAI returns words with verbose_json only; other formats need no alignment pass
         want_words = "word" in req.timestamp_granularities and req.response_format == "verbose_json"
 
+        # json and text return no times: decode text tokens only (fewer steps, no timestamp rules)
         options = TranscribeOptions(
             task=task, language=req.language if task == "transcribe" else None,
             prompt=req.prompt, temperature=req.temperature,
-            word_timestamps=want_words,
+            word_timestamps=want_words, without_timestamps=req.response_format in ("json", "text"),
         )
         engine = holder["engine"]
         async with admission:

@@ -128,9 +128,10 @@ def test_peers_all_engines_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_di
     record = load(tmp_path, "p")
     check_engine_rows(record)
     kinds = [e["kind"] for e in record["engines"]]
-    assert kinds == ["chorus", "faster-whisper", "faster-whisper", "faster-whisper-batched",
+    assert kinds == ["chorus", "chorus", "faster-whisper", "faster-whisper", "faster-whisper-batched",
                      "faster-whisper-batched", "faster-whisper-batched", "transformers"]
-    assert record["engines"][5]["params"]["num_workers"] == 2
+    assert [e["params"]["without_timestamps"] for e in record["engines"][:2]] == [False, True]
+    assert record["engines"][6]["params"]["num_workers"] == 2
     for result, row in zip(record["results"], record["summary"]):
         # two files at once: aggregate RTFx over the timed wall time, not over the summed latencies
         assert result["concurrency"] == 2 and len(result["records"]) == 2

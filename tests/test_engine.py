@@ -194,6 +194,16 @@ def test_base_model_english_wer(base_engine, speech_samples):
     assert wer < 0.15, (wer, out.text)
 
 
+def test_base_model_without_timestamps(base_engine, speech_samples):
+    """Text tokens only (what json/text responses use): as accurate, no timestamp token sampled,
+    one segment per window."""
+    out = base_engine.transcribe(speech_samples, TranscribeOptions(language="en", without_timestamps=True))
+    wer = jiwer.wer(normalise(SENTENCE), normalise(out.text))
+    assert wer < 0.15, (wer, out.text)
+    assert len(out.segments) == 1 and out.segments[0].start == 0.0
+    assert all(t < base_engine.ids.eot for s in out.segments for t in s.tokens)
+
+
 @pytest.mark.slow
 def test_base_model_translates_french(base_engine, tmp_path):
     french = "Bonjour, je voudrais acheter du pain et un café, s'il vous plaît. Merci beaucoup."
@@ -317,6 +327,37 @@ def test_timestamp_rules_see_the_history():
         got, _ = apply_logit_filters(jnp.asarray(top), jnp.full((1, M), ids.eot, jnp.int32), jnp.int32(0), ids,
                                      suppress, history=history)
         assert np.isneginf(np.asarray(got)[0, ids.eot])
+
+
+def test_rows_without_timestamps_sample_text_only():
+    """A row whose prefix ends with <|notimestamps|> has every timestamp barred at every step and
+    no timestamp rule applied to its text; a row beside it keeps the rules."""
+    import jax
+    import jax.numpy as jnp
+
+    from jax_models.decoding import SpecialTokens, apply_logit_filters, prefix_history
+
+    ids = SpecialTokens(eot=40, sot=41, sot_prev=42, no_speech=43, no_timestamps=44, timestamp_begin=45,
+                        transcribe=46, translate=47, lang_to_id={}, blank=(1,), suppress=(), multilingual=False)
+    V, M = 120, 8
+    prefix = jnp.asarray([[0, ids.sot, ids.no_timestamps], [0, 0, ids.sot]], jnp.int32)
+    history = prefix_history(prefix, jnp.zeros((2,), jnp.int32), ids)
+    assert np.asarray(history.timestamps).tolist() == [False, True]
+    rng = np.random.default_rng(1)
+    generated = jnp.asarray([[5, 6, 7, 8, 9, 10, 11, 12]] * 2, jnp.int32)
+    for step in range(4):
+        logits = rng.standard_normal((2, V)).astype(np.float32)
+        logits[:, ids.timestamp_begin:] += 5.0  # timestamps would win if allowed
+        got, lp = apply_logit_filters(jnp.asarray(logits), generated, jnp.int32(step), ids, jnp.zeros((V,), bool),
+                                      history=history)
+        got = np.asarray(got)
+        assert np.isneginf(got[0, ids.timestamp_begin:]).all()
+        text = np.arange(ids.eot)
+        allowed = text[text != 1] if step == 0 else text  # the blank is barred at the first step only
+        np.testing.assert_array_equal(got[0, allowed], logits[0, allowed])
+        assert np.isfinite(got[1, ids.timestamp_begin:]).any()  # the other row samples a timestamp
+        np.testing.assert_allclose(np.asarray(lp), np.asarray(jax.nn.log_softmax(jnp.asarray(got), axis=-1)),
+                                   atol=1e-5)
 
 
 def test_window_that_stops_early_is_continued_on_its_encoder_states(tiny_engine, speech_samples):
