@@ -142,7 +142,8 @@ def transcribe(file, fmt, task, language, prompt, temperature, output, model, dt
 
             transcript = engine.transcribe(
                 samples,
-                TranscribeOptions(task=task, language=language, prompt=prompt, temperature=temperature),
+                TranscribeOptions(task=task, language=language, prompt=prompt, temperature=temperature,
+                                  without_timestamps=fmt in ("json", "text")),  # as the server does
                 progress=progress,
             )
     finally:
