@@ -88,6 +88,30 @@ def test_batched_equals_alone(tiny_engine, speech_samples):
     assert tiny_engine.batches_run > start
 
 
+def test_text_only_rows_batch_with_timestamp_rows(tiny_engine, speech_samples):
+    """A text-only window and a timestamped one share a batch (the same prefix bucket); each row
+    keeps its own mode, so both equal their decodes alone."""
+    from concurrent.futures import Future
+
+    from jax_models.engine import _Job
+
+    feats = tiny_engine.log_mel([speech_samples])[0]
+    task = tiny_engine.ids.task_tokens("en", "transcribe")
+
+    def jobs():
+        return [_Job("decode", feats, task + [tiny_engine.ids.no_timestamps], 0.0, Future(), owner=1),
+                _Job("decode", feats, task, 0.0, Future(), owner=2)]
+
+    alone = [tiny_engine._submit(job).result() for job in jobs()]
+    start = tiny_engine.batches_run
+    together = [f.result() for f in tiny_engine._submit_all(jobs())]
+    assert tiny_engine.batches_run - start == 1  # one batch of both rows
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    tsb = tiny_engine.ids.timestamp_begin
+    assert not any(t >= tsb for t in together[0].tokens)
+    assert together[1].tokens[0] >= tsb  # the timestamped row starts with a timestamp, as the rules force
+
+
 def test_short_request_not_starved_behind_long(tiny_engine, speech_samples):
     """A request's window is served within one batch of arriving, however many windows an earlier
     request queued (plain FIFO would serve it after all of them)."""
