@@ -127,7 +127,7 @@ def transcribe(file, fmt, task, language, prompt, temperature, output, model, dt
 
     from jax_models.engine import TranscribeOptions
     from server.audio import decode_audio, duration_s
-    from server.formats import RENDERERS
+    from server.formats import RENDERERS, TIMELESS_FORMATS
     from server.whisper_app import enable_compilation_cache, load_engine
 
     settings = _whisper_settings(model=model, dtype=dtype, quantization=quantization, batch_size=batch_size)
@@ -143,7 +143,7 @@ def transcribe(file, fmt, task, language, prompt, temperature, output, model, dt
             transcript = engine.transcribe(
                 samples,
                 TranscribeOptions(task=task, language=language, prompt=prompt, temperature=temperature,
-                                  without_timestamps=fmt in ("json", "text")),  # as the server does
+                                  without_timestamps=fmt in TIMELESS_FORMATS),
                 progress=progress,
             )
     finally:

@@ -143,3 +143,7 @@ RENDERERS: dict[str, Callable[..., tuple[dict | str, str]]] = {
     "diarized_json": render_diarized_json,
 }
 """response_format → renderer. The whisper server offers all but ``diarized_json``."""
+
+TIMELESS_FORMATS = frozenset({"json", "text"})
+"""response_formats whose body carries no times: the engine can decode text tokens only for them
+(``TranscribeOptions.without_timestamps``)."""

@@ -23,7 +23,7 @@ from server.errors import (
     NotFoundError,
     TimeoutError_,
 )
-from server.formats import RENDERERS
+from server.formats import RENDERERS, TIMELESS_FORMATS
 from server.http import Admission, ServerState, build_app, decode_upload, model_routes, read_upload, timed
 from server.protocol import WHISPER_LANGUAGES, TranscriptionRequest, TranslationRequest, parse_form
 from server.settings import WhisperSettings
@@ -169,11 +169,10 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
         # OpenAI returns words with verbose_json only; other formats need no alignment pass
         want_words = "word" in req.timestamp_granularities and req.response_format == "verbose_json"
 
-        # json and text return no times: decode text tokens only (fewer steps, no timestamp rules)
         options = TranscribeOptions(
             task=task, language=req.language if task == "transcribe" else None,
             prompt=req.prompt, temperature=req.temperature,
-            word_timestamps=want_words, without_timestamps=req.response_format in ("json", "text"),
+            word_timestamps=want_words, without_timestamps=req.response_format in TIMELESS_FORMATS,
         )
         engine = holder["engine"]
         async with admission:
