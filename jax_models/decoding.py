@@ -180,8 +180,10 @@ def apply_logit_filters(
 
     last = jnp.where(step >= 1, sampled(1), history.last)
     pen = jnp.where(step >= 2, sampled(2), jnp.where(step == 1, history.last, history.pen))
+    # a text-only row has every timestamp barred here, so the rules below never see one from it
+    # (only the initial-timestamp rule, which bars text, has to skip it explicitly)
     ts_on = history.timestamps
-    last_was_ts = (last >= tsb) & ts_on
+    last_was_ts = last >= tsb
     pen_was_ts = (pen < 0) | (pen >= tsb)  # openai: a sequence shorter than 2 counts as "timestamp"
     is_ts_vocab = idx >= tsb
     is_text_vocab = idx < ids.eot
@@ -192,7 +194,7 @@ def apply_logit_filters(
     valid_ts = (pos[None, :] < step) & (generated >= tsb)
     last_ts = jnp.maximum(jnp.max(jnp.where(valid_ts, generated, -1), axis=1), history.last_ts)
     threshold = jnp.where(last_was_ts & ~pen_was_ts, last_ts, last_ts + 1)
-    monotonic = ((last_ts >= 0) & ts_on)[:, None] & is_ts_vocab[None, :] & (idx[None, :] < threshold[:, None])
+    monotonic = (last_ts >= 0)[:, None] & is_ts_vocab[None, :] & (idx[None, :] < threshold[:, None])
     logits = jnp.where(monotonic, NEG_INF, logits)
 
     first_mask = (idx < tsb) | (idx > tsb + max_initial_timestamp_index)
@@ -201,7 +203,7 @@ def apply_logit_filters(
     logprobs = jax.nn.log_softmax(logits, axis=-1)
     ts_logprob = jax.nn.logsumexp(logprobs[:, tsb:], axis=-1)
     max_text = jnp.max(logprobs[:, :tsb], axis=-1)
-    force_ts = (ts_logprob > max_text) & ts_on
+    force_ts = ts_logprob > max_text
     forbid = force_ts[:, None] & (idx < tsb)[None, :]
     logits = jnp.where(forbid, NEG_INF, logits)
     # renormalising over the timestamps alone: log p'(t) = log p(t) - log P(timestamp)
