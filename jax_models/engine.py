@@ -142,6 +142,7 @@ class WindowResult:
     """Host-side result of one decoded window."""
 
     tokens: list[int]
+    """Sampled text and timestamp tokens, end-of-text excluded."""
     avg_logprob: float
     no_speech_prob: float
     temperature: float
@@ -546,7 +547,7 @@ class WhisperEngine:
         if float(np.sqrt(np.mean(samples[covered:b] ** 2))) <= 0.1 * window_rms:
             return None
         task = self.ids.task_tokens(language, options.task)
-        sampled = [t for t in res.tokens if t != self.ids.eot][-(CONTINUE_BUCKET - len(task)):]
+        sampled = res.tokens[-(CONTINUE_BUCKET - len(task)):]
         return _Job("decode", features, task + sampled, 0.0, Future(), owner, encoded=encoded, history=len(sampled))
 
     def _merge_tail(self, result: tuple[WindowResult, str], cont: WindowResult, options: TranscribeOptions):
@@ -558,7 +559,7 @@ class WhisperEngine:
             return result
         if cont.avg_logprob < options.logprob_threshold:
             return result
-        tokens = [t for t in res.tokens if t != self.ids.eot] + list(cont.tokens)
+        tokens = res.tokens + cont.tokens
         return dataclasses.replace(res, tokens=tokens), f"{text} {more}"
 
     def _assemble(self, windows, final, raws, words, language: str, task: str, total: float) -> Transcript:
