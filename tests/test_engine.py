@@ -297,6 +297,15 @@ def test_tiled_attention_equals_plain():
                                    atol=1e-5, rtol=1e-5)
 
 
+def toy_ids():
+    """Whisper's special tokens on a 120-token vocabulary (text 0-39, timestamps from 45), for
+    filter tests that need no model."""
+    from jax_models.decoding import SpecialTokens
+
+    return SpecialTokens(eot=40, sot=41, sot_prev=42, no_speech=43, no_timestamps=44, timestamp_begin=45,
+                         transcribe=46, translate=47, lang_to_id={}, blank=(1,), suppress=(), multilingual=False)
+
+
 def test_timestamp_rules_see_the_history():
     """A continuation's filters treat the window's own tokens as already sampled: at every step
     they equal the filters of one fresh decode that sampled history + generated, except that the
@@ -305,10 +314,9 @@ def test_timestamp_rules_see_the_history():
     import jax
     import jax.numpy as jnp
 
-    from jax_models.decoding import SpecialTokens, apply_logit_filters, prefix_history
+    from jax_models.decoding import apply_logit_filters, prefix_history
 
-    ids = SpecialTokens(eot=40, sot=41, sot_prev=42, no_speech=43, no_timestamps=44, timestamp_begin=45,
-                        transcribe=46, translate=47, lang_to_id={}, blank=(1,), suppress=(), multilingual=False)
+    ids = toy_ids()
     V, M, P = 120, 16, 12
     ts = lambda k: ids.timestamp_begin + k  # noqa: E731
     seqs = [[ts(0), 5, 6, ts(20), ts(20), 7, 8, ts(40)],  # ends on a closing timestamp
@@ -359,10 +367,9 @@ def test_rows_without_timestamps_sample_text_only():
     import jax
     import jax.numpy as jnp
 
-    from jax_models.decoding import SpecialTokens, apply_logit_filters, prefix_history
+    from jax_models.decoding import apply_logit_filters, prefix_history
 
-    ids = SpecialTokens(eot=40, sot=41, sot_prev=42, no_speech=43, no_timestamps=44, timestamp_begin=45,
-                        transcribe=46, translate=47, lang_to_id={}, blank=(1,), suppress=(), multilingual=False)
+    ids = toy_ids()
     V, M = 120, 8
     prefix = jnp.asarray([[0, ids.sot, ids.no_timestamps], [0, 0, ids.sot]], jnp.int32)
     history = prefix_history(prefix, jnp.zeros((2,), jnp.int32), ids)
