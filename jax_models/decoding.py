@@ -396,6 +396,37 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
+def needs_fallback(ratio: float, avg_logprob: float, no_speech_prob: float, *,
+                   compression_ratio_threshold: float = 2.4, logprob_threshold: float = -1.0,
+                   no_speech_threshold: float = 0.6) -> bool:
+    """Whether a window's decode fails Whisper's thresholds and is decoded again hotter.
+
+    openai/whisper ``transcribe.py`` (``decode_with_fallback``): a gzip compression ratio above
+    ``compression_ratio_threshold`` (a loop) or an average log-probability (per sampled token,
+    natural log) below ``logprob_threshold`` fails, unless the window is silent
+    (``no_speech_prob`` > ``no_speech_threshold`` with the low log-probability), which is kept.
+    """
+    failed = ratio > compression_ratio_threshold or avg_logprob < logprob_threshold
+    silent = no_speech_prob > no_speech_threshold and avg_logprob < logprob_threshold
+    return failed and not silent
+
+
+def pick_fallback(failed: list[bool]) -> int:
+    """Index of the decode openai/whisper keeps among one window's decodes at rising temperatures.
+
+    ``failed[k]`` is ``needs_fallback`` of the decode at the k-th temperature (lowest first).
+    ``decode_with_fallback`` stops at the first decode that needs no fallback; when every one
+    fails it returns the last (hottest) decode. Decoding them all at once and picking here gives
+    the same result as decoding them one after another.
+
+    Raises:
+        ValueError: ``failed`` is empty.
+    """
+    if not failed:
+        raise ValueError("no decodes to choose from")
+    return next((k for k, f in enumerate(failed) if not f), len(failed) - 1)
+
+
 @dataclass(frozen=True)
 class RawSegment:
     """A segment of one window: times in seconds from the window's start, its tokens."""

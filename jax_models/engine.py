@@ -17,15 +17,23 @@ import math
 import threading
 import zlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from jax_models.alignment import TimedWord, fit_to_segment, median_word_duration, word_timings
-from jax_models.decoding import RawSegment, SpecialTokens, compression_ratio, make_decoder, split_segments
+from jax_models.decoding import (
+    RawSegment,
+    SpecialTokens,
+    compression_ratio,
+    make_decoder,
+    needs_fallback,
+    pick_fallback,
+    split_segments,
+)
 from jax_models.features import LogMel
 from jax_models.longform import plan_windows
 from server.audio import SAMPLE_RATE, duration_s
@@ -78,9 +86,10 @@ class EngineError(RuntimeError):
 class TranscribeOptions:
     """Per-request decoding options (openai/whisper ``DecodingOptions`` + ``transcribe`` args).
 
-    ``temperature`` 0 means greedy with fallback through 0.2 … 1.0 when a window's
-    ``compression_ratio`` > 2.4 or ``avg_logprob`` < -1.0; a positive value samples at that
-    temperature only. A window with ``no_speech_prob`` > 0.6 and a low ``avg_logprob`` is silent.
+    ``temperature`` 0 means greedy with fallback to 0.2 … 1.0 when a window's
+    ``compression_ratio`` > 2.4 or ``avg_logprob`` < -1.0 (all of them decoded at once, the lowest
+    that passes kept: ``decoding.pick_fallback``); a positive value samples at that temperature
+    only. A window with ``no_speech_prob`` > 0.6 and a low ``avg_logprob`` is silent.
     """
 
     task: str = "transcribe"
@@ -222,6 +231,8 @@ class WhisperEngine:
             for i in range(workers)
         ]
         self.batches_run = 0
+        self._fallback_decodes: Counter[float] = Counter()
+        self._fallback_kept: Counter[float] = Counter()
         for thread in self._threads:
             thread.start()
 
@@ -374,7 +385,7 @@ class WhisperEngine:
                     tokens=toks,
                     avg_logprob=float(sum_lp[i]) / (len(toks) + 1),
                     no_speech_prob=float(no_speech[i]),
-                    temperature=float(temps[i]),
+                    temperature=float(batch[i].temperature),  # 0.2, not float32's 0.20000000298
                     encoded=states[i],
                 )
             )
@@ -461,36 +472,44 @@ class WhisperEngine:
         if options.without_timestamps:
             prefix.append(self.ids.no_timestamps)
         temperatures = options.temperatures()
-        futures = self._submit_all(
+        first = self._submit_all(
             [_Job("decode", feats[i], prefix, temperatures[0], Future(), owner) for i in range(len(windows))]
         )
-        pending = dict(enumerate(futures))
-        attempt = {i: 0 for i in pending}
+        waiting: dict[int, list[Future]] = {i: [f] for i, f in enumerate(first)}
         final: dict[int, tuple[WindowResult, str]] = {}
         tails: dict[int, Future] = {}
         done_s = 0.0
-        while pending:
-            for i in list(pending):
-                res: WindowResult = pending.pop(i).result()
-                text = self.tokenizer.decode([t for t in res.tokens if t < self.ids.eot]).strip()
-                ratio = compression_ratio(text)
-                silent = (
-                    res.no_speech_prob > options.no_speech_threshold and res.avg_logprob < options.logprob_threshold
-                )
-                failed = ratio > options.compression_ratio_threshold or res.avg_logprob < options.logprob_threshold
-                if failed and not silent and attempt[i] + 1 < len(temperatures):
-                    attempt[i] += 1
-                    pending[i] = self._submit(
-                        _Job("decode", feats[i], prefix, temperatures[attempt[i]], Future(), owner)
-                    )
+        while waiting:
+            wait([f for fs in waiting.values() for f in fs if not f.done()], return_when=FIRST_COMPLETED)
+            retry: dict[int, list[_Job]] = {}
+            more: dict[int, _Job] = {}
+            for i in [i for i, fs in waiting.items() if all(f.done() for f in fs)]:
+                decodes = [f.result() for f in waiting.pop(i)]
+                judged = [self._judge(res, options) for res in decodes]
+                if len(decodes) == 1 and judged[0][2] and len(temperatures) > 1:
+                    # Fallback: every hotter temperature at once, rows of one batch on the encoder
+                    # states already computed, instead of one temperature after another.
+                    retry[i] = [_Job("decode", feats[i], prefix, t, Future(), owner, encoded=decodes[0].encoded)
+                                for t in temperatures[1:]]
+                    self._count_fallback(temperatures[1:])
                     continue
-                final[i] = (dataclasses.replace(res, encoded=None), "" if silent else text)
+                k = pick_fallback([failed for _, _, failed in judged])
+                res, text, _ = judged[k]
+                if len(decodes) > 1:
+                    self._count_fallback([], kept=temperatures[1 + k])
+                final[i] = (dataclasses.replace(res, encoded=None), text)
                 tail = self._tail_job(samples, windows[i], final[i], res.encoded, feats[i], language, options, owner)
                 if tail is not None:
-                    tails[i] = self._submit(tail)
+                    more[i] = tail
                 done_s += (windows[i][1] - windows[i][0]) / SAMPLE_RATE
                 if progress:
                     progress(done_s)
+            # the windows finished in this pass queue their work together, so it shares batches
+            futs = iter(self._submit_all([j for jobs in retry.values() for j in jobs] + list(more.values())))
+            for i, jobs in retry.items():
+                waiting[i] = [next(futs) for _ in jobs]
+            for i in more:
+                tails[i] = next(futs)
         for i, fut in tails.items():
             final[i] = self._merge_tail(final[i], fut.result(), options)
         raws = {i: self._raw_segments(windows[i], final[i]) for i in range(len(windows))}
@@ -498,6 +517,34 @@ class WhisperEngine:
         if options.word_timestamps:
             words = self._align_words(samples, windows, raws, language, owner)
         return self._assemble(windows, final, raws, words, language, options.task, total)
+
+    def _judge(self, res: WindowResult, options: TranscribeOptions) -> tuple[WindowResult, str, bool]:
+        """``(result, text, needs_fallback)`` of one decode; a silent window's text is ``""``."""
+        text = self.tokenizer.decode([t for t in res.tokens if t < self.ids.eot]).strip()
+        silent = res.no_speech_prob > options.no_speech_threshold and res.avg_logprob < options.logprob_threshold
+        failed = needs_fallback(
+            compression_ratio(text), res.avg_logprob, res.no_speech_prob,
+            compression_ratio_threshold=options.compression_ratio_threshold,
+            logprob_threshold=options.logprob_threshold, no_speech_threshold=options.no_speech_threshold,
+        )
+        return res, "" if silent else text, failed
+
+    def _count_fallback(self, decoded, kept: float | None = None) -> None:
+        with self._cv:
+            self._fallback_decodes.update(float(t) for t in decoded)
+            if kept is not None:
+                self._fallback_kept[float(kept)] += 1
+
+    def fallback_stats(self) -> dict[str, dict[float, int]]:
+        """Temperature fallback since the engine started, for ``/metrics``.
+
+        Returns:
+            ``{"decoded": {temperature: window decodes at it}, "kept": {temperature: windows that
+            fell back and kept their decode at it}}`` (only windows that failed at the first
+            temperature count; temperatures are floats such as 0.2).
+        """
+        with self._cv:
+            return {"decoded": dict(self._fallback_decodes), "kept": dict(self._fallback_kept)}
 
     def _raw_segments(self, window: tuple[int, int], result: tuple[WindowResult, str]) -> list[RawSegment]:
         res, text = result

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -67,6 +68,42 @@ def load_engine(settings: WhisperSettings):
     )
 
 
+class FallbackMetrics:
+    """Prometheus collector of the engine's temperature fallback, read at each scrape.
+
+    ``chorus_whisper_fallback_total{temperature}``: window decodes at a fallback temperature (a
+    window that fails Whisper's thresholds at T=0 is decoded at every hotter one, 0.2 … 1.0, in
+    one batch); ``chorus_whisper_fallback_kept_total{temperature}``: windows that fell back, by
+    the temperature whose decode was kept (the lowest that passed, else 1.0).
+
+    Args:
+        engine: returns the engine (or None while it loads); an engine without
+            ``fallback_stats()`` (a test fake) reports nothing.
+    """
+
+    def __init__(self, engine: Callable[[], object]) -> None:
+        self._engine = engine
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        engine = self._engine()
+        stats = engine.fallback_stats() if hasattr(engine, "fallback_stats") else {"decoded": {}, "kept": {}}
+        decoded = CounterMetricFamily(
+            "chorus_whisper_fallback", "Window decodes at a fallback temperature (after failing at T=0)",
+            labels=["temperature"],
+        )
+        kept = CounterMetricFamily(
+            "chorus_whisper_fallback_kept", "Windows that fell back, by the temperature whose decode was kept",
+            labels=["temperature"],
+        )
+        for family, counts in ((decoded, stats["decoded"]), (kept, stats["kept"])):
+            for t, n in sorted(counts.items()):
+                family.add_metric([f"{t:g}"], n)
+        yield decoded
+        yield kept
+
+
 def create_app(settings: WhisperSettings, engine=None) -> Starlette:
     """Build the whisper server.
 
@@ -78,6 +115,7 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
     state = ServerState("whisper")
     admission = Admission(settings.max_concurrent, settings.max_queue)
     holder: dict = {"engine": engine}
+    state.registry.register(FallbackMetrics(lambda: holder["engine"]))
     if engine is not None and not settings.warmup:
         state.ready, state.detail = True, "ready"  # the caller loaded (and warmed) the engine
     names = {settings.model, Path(settings.model).name, *settings.served_model_names}

@@ -431,3 +431,139 @@ def test_window_that_stops_early_is_continued_on_its_encoder_states(tiny_engine,
     assert [round(s.end, 2) for s in segments] == [3.0, 6.0]
     poor = WindowResult(tokens=good.tokens, avg_logprob=-2.5, no_speech_prob=0.0, temperature=0.0)
     assert eng._merge_tail((res, "hello there"), poor, opts)[0] is res
+
+
+# ---------------------------------------------------------------- temperature fallback
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+PASS, FAIL, SILENT = -0.3, -2.0, "silent"
+WORDS = {0.0: "alpha", 0.2: "bravo", 0.4: "charlie", 0.6: "delta", 0.8: "echo", 1.0: "foxtrot"}
+
+
+class ScriptedDecodes:
+    """Stands in for ``WhisperEngine._run_batch``: a decode row's result depends only on its
+    temperature (``outcome[t]``: ``PASS``/``FAIL`` as the average log-probability, or ``SILENT``),
+    its text is ``WORDS[t]`` between timestamps spanning the window, and every batch is recorded
+    as ``[(temperature, reused encoder states?), …]``."""
+
+    ENCODED = object()
+
+    def __init__(self, engine, outcome: dict[float, object]) -> None:
+        self.engine, self.outcome, self.batches = engine, outcome, []
+
+    def __call__(self, batch):
+        from jax_models.engine import WindowResult
+
+        self.batches.append([(j.temperature, j.encoded is self.ENCODED) for j in batch])
+        tsb = self.engine.ids.timestamp_begin
+        out = []
+        for job in batch:
+            got = self.outcome[job.temperature]
+            text = self.engine.tokenizer.encode(" " + WORDS[job.temperature], add_special_tokens=False)
+            out.append(WindowResult(
+                tokens=[tsb, *text, tsb + 1500], avg_logprob=-2.0 if got == SILENT else got,
+                no_speech_prob=0.9 if got == SILENT else 0.0, temperature=job.temperature, encoded=self.ENCODED,
+            ))
+        return out
+
+
+def scripted(monkeypatch, engine, outcome) -> ScriptedDecodes:
+    """Swap ``engine``'s device work for ``ScriptedDecodes`` with batches of up to 8 rows."""
+    fake = ScriptedDecodes(engine, outcome)
+    monkeypatch.setattr(engine, "_run_batch", fake)
+    monkeypatch.setattr(engine, "batch_buckets", (1, 2, 4, 8))
+    return fake
+
+
+def sequential_choice(outcome: dict[float, object]) -> float:
+    """openai/whisper ``decode_with_fallback``, one temperature after another: the first decode
+    that is not too repetitive / improbable (or is silence) ends the loop; else the last one."""
+    for t in TEMPERATURES:
+        got = outcome[t]
+        logprob = -2.0 if got == SILENT else got
+        needs = compression_ratio(WORDS[t]) > 2.4 or logprob < -1.0
+        if got == SILENT:
+            needs = False
+        if not needs:
+            break
+    return t
+
+
+FALLBACK_CASES = {
+    # the lowest passing temperature: neither the first fallback (0.2), nor the hottest, nor the last passing
+    "lowest-pass": {0.0: FAIL, 0.2: FAIL, 0.4: PASS, 0.6: PASS, 0.8: FAIL, 1.0: PASS},
+    "none-pass": dict.fromkeys(TEMPERATURES, FAIL),  # openai keeps the last (1.0) decode
+    "first-pass": {0.0: FAIL, 0.2: PASS, 0.4: FAIL, 0.6: PASS, 0.8: PASS, 1.0: FAIL},
+    "silence-stops": {0.0: FAIL, 0.2: FAIL, 0.4: FAIL, 0.6: SILENT, 0.8: PASS, 1.0: PASS},
+}
+
+
+@pytest.mark.parametrize("case", FALLBACK_CASES)
+def test_fallback_decodes_every_temperature_in_one_batch(tiny_engine, speech_samples, monkeypatch, case):
+    """A window that fails at T=0 is decoded at 0.2 … 1.0 as rows of ONE batch on its encoder
+    states (no temperature after another), and the transcript keeps the decode openai/whisper's
+    sequential loop would have kept; the fallback counters count it."""
+    outcome = FALLBACK_CASES[case]
+    fake = scripted(monkeypatch, tiny_engine, outcome)
+    before = tiny_engine.fallback_stats()
+    out = tiny_engine.transcribe(speech_samples, TranscribeOptions(language="en"))
+    assert [sorted(t for t, _ in b) for b in fake.batches] == [[0.0], list(TEMPERATURES[1:])]
+    assert all(reused for _, reused in fake.batches[1])  # no encoder pass for the fallback rows
+    chosen = sequential_choice(outcome)
+    if outcome[chosen] == SILENT:
+        assert out.text == "" and out.segments == ()
+    else:
+        assert out.text == WORDS[chosen]
+        assert [s.temperature for s in out.segments] == [chosen]
+    after = tiny_engine.fallback_stats()
+    for t in TEMPERATURES[1:]:
+        assert after["decoded"].get(t, 0) - before["decoded"].get(t, 0) == 1
+    assert after["kept"].get(chosen, 0) - before["kept"].get(chosen, 0) == 1
+    assert sum(after["kept"].values()) - sum(before["kept"].values()) == 1
+
+
+def test_no_fallback_when_greedy_passes_or_temperature_is_set(tiny_engine, speech_samples, monkeypatch):
+    """A window that passes at T=0 is decoded once; a request's own temperature is its only one."""
+    fake = scripted(monkeypatch, tiny_engine, {**dict.fromkeys(TEMPERATURES, FAIL), 0.0: PASS})
+    assert tiny_engine.transcribe(speech_samples, TranscribeOptions(language="en")).text == WORDS[0.0]
+    assert [[t for t, _ in b] for b in fake.batches] == [[0.0]]
+    fake.batches.clear()
+    out = tiny_engine.transcribe(speech_samples, TranscribeOptions(language="en", temperature=0.4))
+    assert [[t for t, _ in b] for b in fake.batches] == [[0.4]] and out.text == WORDS[0.4]
+
+
+def test_fallback_windows_batch_with_other_windows(tiny_engine, speech_samples, monkeypatch):
+    """Two windows failing at T=0 send their ten fallback rows together: two batches (8 + 2), not
+    ten; each window keeps its own lowest passing decode."""
+    fake = scripted(monkeypatch, tiny_engine, FALLBACK_CASES["lowest-pass"])
+    gap = np.zeros(SAMPLE_RATE, np.float32)
+    audio = np.concatenate([speech_samples, gap] * 5)  # 38 s
+    assert len(plan_windows(audio)) == 2
+    out = tiny_engine.transcribe(audio, TranscribeOptions(language="en"))
+    assert [len(b) for b in fake.batches] == [2, 8, 2]
+    assert out.text == f"{WORDS[0.4]} {WORDS[0.4]}"
+
+
+def test_fallback_equals_sequential_decodes_on_a_model(tiny_engine, speech_samples):
+    """With real decodes (the random tiny model fails Whisper's thresholds), the transcript equals
+    the decode the sequential rule picks among each temperature decoded alone: the sampling seed
+    depends on the window and the temperature only, not on the batch."""
+    from concurrent.futures import Future
+
+    from jax_models.decoding import needs_fallback
+    from jax_models.engine import _Job
+
+    opts = TranscribeOptions(language="en", without_timestamps=True)  # one segment: no continuation
+    feats = tiny_engine.log_mel([speech_samples])[0]
+    prefix = tiny_engine.ids.task_tokens("en", "transcribe") + [tiny_engine.ids.no_timestamps]
+    alone = []
+    for t in TEMPERATURES:
+        res = tiny_engine._submit(_Job("decode", feats, prefix, t, Future(), owner=20_001)).result()
+        text = tiny_engine.tokenizer.decode([x for x in res.tokens if x < tiny_engine.ids.eot]).strip()
+        alone.append(res)
+        if not needs_fallback(compression_ratio(text), res.avg_logprob, res.no_speech_prob):
+            break
+    assert len(alone) > 1, "the random model passed at T=0: this test checks nothing"
+    out = tiny_engine.transcribe(speech_samples, opts)
+    tokens = [t for s in out.segments for t in s.tokens]
+    assert tokens == [t for t in alone[-1].tokens if t < tiny_engine.ids.eot]
+    assert {s.temperature for s in out.segments} <= {alone[-1].temperature}

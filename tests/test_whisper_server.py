@@ -240,3 +240,27 @@ def test_compilation_cache_survives_easydel_import(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == str(tmp_path / "xla")
+
+
+async def test_metrics_count_fallback_by_temperature(app, client, tiny_engine, speech_samples, monkeypatch):
+    """``/metrics`` counts the decodes at each fallback temperature and the temperature kept."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_engine import FALLBACK_CASES, TEMPERATURES, WORDS, scripted
+
+    async def counts() -> dict[tuple[str, str], float]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            text = (await http.get("/metrics")).text
+        return {(s.name, s.labels["temperature"]): s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name.startswith("chorus_whisper_fallback")}
+
+    scripted(monkeypatch, tiny_engine, FALLBACK_CASES["lowest-pass"])  # fails at 0 and 0.2, passes at 0.4
+    before = await counts()
+    out = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav(speech_samples)),
+                                                   language="en")
+    assert out.text == WORDS[0.4]
+    after = await counts()
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+    expected = {("chorus_whisper_fallback_total", f"{t:g}"): 1.0 for t in TEMPERATURES[1:]}
+    expected[("chorus_whisper_fallback_kept_total", "0.4")] = 1.0
+    assert delta == expected
