@@ -476,6 +476,7 @@ class WhisperEngine:
             [_Job("decode", feats[i], prefix, temperatures[0], Future(), owner) for i in range(len(windows))]
         )
         waiting: dict[int, list[Future]] = {i: [f] for i, f in enumerate(first)}
+        fell_back: set[int] = set()
         final: dict[int, tuple[WindowResult, str]] = {}
         tails: dict[int, Future] = {}
         done_s = 0.0
@@ -486,16 +487,17 @@ class WhisperEngine:
             for i in [i for i, fs in waiting.items() if all(f.done() for f in fs)]:
                 decodes = [f.result() for f in waiting.pop(i)]
                 judged = [self._judge(res, options) for res in decodes]
-                if len(decodes) == 1 and judged[0][2] and len(temperatures) > 1:
+                if i not in fell_back and judged[0][2] and len(temperatures) > 1:
                     # Fallback: every hotter temperature at once, rows of one batch on the encoder
                     # states already computed, instead of one temperature after another.
                     retry[i] = [_Job("decode", feats[i], prefix, t, Future(), owner, encoded=decodes[0].encoded)
                                 for t in temperatures[1:]]
                     self._count_fallback(temperatures[1:])
+                    fell_back.add(i)
                     continue
                 k = pick_fallback([failed for _, _, failed in judged])
                 res, text, _ = judged[k]
-                if len(decodes) > 1:
+                if i in fell_back:
                     self._count_fallback([], kept=temperatures[1 + k])
                 final[i] = (dataclasses.replace(res, encoded=None), text)
                 tail = self._tail_job(samples, windows[i], final[i], res.encoded, feats[i], language, options, owner)
