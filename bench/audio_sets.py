@@ -5,6 +5,17 @@ An audio spec (``--audio``, repeatable) is one of:
 - ``espeak:5,30,300``: espeak-ng speech of exactly those lengths (seconds), with transcripts, made
   once into ``<cache>/bench/audio`` from the Harvard sentences (IEEE 1969 phonetically balanced
   sentences), cut only between sentences and padded with silence to the exact length;
+- ``espeak-repeat:60,90``: the same, from one paragraph (``PARAGRAPH``) said over and over: the
+  transcript of a 30 s window is itself repetitive, so Whisper's compression-ratio check fails and
+  every window falls back through the temperatures;
+- ``real:60,90``: real speech: the shared recordings that have a ``.txt`` transcript (LJSpeech,
+  pocketsphinx, speechbrain; about 11 s in all) joined in turn, with ``CLIP_GAP_S`` of silence,
+  into files of those lengths (the clips recur: there is not more referenced real speech), with
+  their transcripts joined the same way;
+- ``meeting:60,90``: the shared AMI meeting clips (``*.rttm``, no transcript) joined the same way;
+  no WER, RTFx only;
+- a workload name from ``WORKLOADS`` (``varied``, ``repeated``, ``real``, ``meeting``, and their
+  ``-small`` variants that fit on a shared 2-core machine): one of the specs above;
 - ``shared``: ``/work/shared/data`` (or ``$CHORUS_SHARED_DATA``), real recordings;
 - a directory: every audio file in it, each with ``<stem>.txt`` as its reference when present;
 - a file: that file (and ``<stem>.txt`` beside it, when present).
@@ -30,6 +41,7 @@ ESPEAK_VOICE = "en-us"
 ESPEAK_SPEED = 160  # words per minute
 SENTENCE_GAP_S = 0.35  # silence between sentences (seconds)
 ESPEAK_VERSION = 1  # bump when the generation below changes, so cached files are remade
+CLIP_GAP_S = 0.5  # silence between joined real clips (seconds)
 
 HARVARD_SENTENCES = (
     # Lists 1–7 of the Harvard sentences (IEEE Recommended Practice for Speech Quality
@@ -105,6 +117,25 @@ HARVARD_SENTENCES = (
     "The dune rose from the edge of the water.",
     "Those words were the cue for the actor to leave.",
 )
+
+
+PARAGRAPH = HARVARD_SENTENCES[:5]
+"""The paragraph ``espeak-repeat:`` says over and over (Harvard list 1, sentences 1–5)."""
+
+WORKLOADS = {
+    # issue 15's three workloads: 8 files of 42–66 s each (438 s), as its measurements used
+    "varied": "espeak:42,45,51,54,57,60,63,66",
+    "repeated": "espeak-repeat:42,45,51,54,57,60,63,66",
+    "real": "real:42,45,51,54,57,60,63,66",
+    "meeting": "meeting:61,62,63,64,65,66,67,68",  # AMI clips are 30 s: two per file
+    # the same kinds, small enough for a 2-core machine shared with other work (8 files, 160 s;
+    # meetings 4 × 30 s)
+    "varied-small": "espeak:15,17,18,19,20,21,24,26",
+    "repeated-small": "espeak-repeat:15,17,18,19,20,21,24,26",
+    "real-small": "real:15,17,18,19,20,21,24,26",
+    "meeting-small": "meeting:31,32,33,34",  # one whole AMI clip each
+}
+"""Named audio specs for ``--audio NAME`` (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -255,11 +286,87 @@ def espeak_item(
     return AudioItem(wav, duration_s(samples), " ".join(words))
 
 
+def referenced_clips(directory: Path) -> list[AudioItem]:
+    """The recordings in ``directory`` that have a ``<stem>.txt`` transcript, sorted by name."""
+    return [it for it in directory_items(directory) if it.reference is not None]
+
+
+def meeting_clips(directory: Path) -> list[AudioItem]:
+    """The recordings in ``directory`` with a diarization reference (``<stem>.rttm``: AMI), sorted."""
+    return [it for it in directory_items(directory) if it.path.with_suffix(".rttm").is_file()]
+
+
+def joined_item(clips: list[AudioItem], length_s: float, out_dir: Path, kind: str) -> AudioItem:
+    """Real clips joined into one file of exactly ``length_s`` seconds (cached in ``out_dir``).
+
+    Clips are taken in turn, starting at a position that depends on the length (as
+    ``espeak_item`` does with sentences) and cycling when needed, ``CLIP_GAP_S`` of silence
+    between them; a clip that would overrun the length is skipped, the end padded with silence.
+    The reference is the clips' references joined with spaces, or ``None`` when a clip has none.
+
+    Args:
+        clips: the recordings (any rate; decoded to 16 kHz mono).
+        length_s: duration of the file (seconds).
+        out_dir: where ``<kind>-<length>s-<hash>.wav`` and its ``.txt`` are kept.
+        kind: the file name's prefix (``real``, ``meeting``).
+
+    Raises:
+        ValueError: no clips, or none fits in ``length_s``.
+    """
+    if not clips:
+        raise ValueError(f"no clips for {kind}: {shared_data_dir()} holds none")
+    key = repr((length_s, CLIP_GAP_S, [(str(c.path), c.duration_s, c.reference) for c in clips])).encode()
+    stem = f"{kind}-{length_s:g}s-{hashlib.sha256(key).hexdigest()[:8]}"
+    wav, txt = out_dir / f"{stem}.wav", out_dir / f"{stem}.txt"
+    has_text = all(c.reference is not None for c in clips)
+    if wav.is_file() and (txt.is_file() or not has_text):
+        ref = txt.read_text(encoding="utf-8").strip() if has_text else None
+        return AudioItem(wav, duration_s(decode_audio(wav.read_bytes())), ref)
+    audio = [decode_audio(c.path.read_bytes()) for c in clips]
+    target = int(round(length_s * SAMPLE_RATE))
+    gap = np.zeros(int(CLIP_GAP_S * SAMPLE_RATE), np.float32)
+    pieces: list[np.ndarray] = []
+    refs: list[str] = []
+    used, misses, i = 0, 0, int(length_s) % len(clips)
+    while misses < len(clips):
+        k = i % len(clips)
+        i += 1
+        need = audio[k].size + (gap.size if pieces else 0)
+        if used + need > target:
+            misses += 1
+            continue
+        misses = 0
+        if pieces:
+            pieces.append(gap)
+        pieces.append(audio[k])
+        refs.append(clips[k].reference or "")
+        used += need
+    if not pieces:
+        raise ValueError(f"no {kind} clip fits in {length_s:g} s")
+    samples = np.concatenate([*pieces, np.zeros(target - used, np.float32)])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reference = " ".join(refs) if has_text else None
+    if reference is not None:
+        txt.write_text(reference + "\n", encoding="utf-8")
+    tmp_wav = wav.with_suffix(".wav.tmp")
+    tmp_wav.write_bytes(to_wav_bytes(samples))
+    tmp_wav.replace(wav)
+    return AudioItem(wav, duration_s(samples), reference)
+
+
+def _lengths(spec: str, kind: str) -> list[float]:
+    try:
+        return [float(x) for x in spec.removeprefix(f"{kind}:").split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"bad audio spec {spec!r}: expected {kind}:5,30,300 (seconds)") from None
+
+
 def resolve_audio(specs: Iterable[str], cache_dir: Path) -> list[AudioItem]:
     """Turn ``--audio`` specs (see the module docstring) into items, in the order given.
 
     Args:
-        specs: ``espeak:<s>,<s>…``, ``shared``, directories or files.
+        specs: ``espeak:<s>,<s>…``, ``espeak-repeat:…``, ``real:…``, ``meeting:…``, a name
+            from ``WORKLOADS``, ``shared``, directories or files.
         cache_dir: Chorus's cache directory; generated speech goes to ``<cache_dir>/bench/audio``.
 
     Returns:
@@ -267,16 +374,23 @@ def resolve_audio(specs: Iterable[str], cache_dir: Path) -> list[AudioItem]:
 
     Raises:
         FileNotFoundError: a path that does not exist, or a directory without audio.
-        ValueError: a malformed ``espeak:`` spec, or no items at all.
+        ValueError: a malformed ``espeak:``/``real:``/… spec, no shared clips for ``real:`` or
+            ``meeting:``, or no items at all.
     """
     items: list[AudioItem] = []
+    out_dir = cache_dir / "bench" / "audio"
     for spec in specs:
+        spec = WORKLOADS.get(spec, spec)
         if spec.startswith("espeak:"):
-            try:
-                lengths = [float(x) for x in spec.removeprefix("espeak:").split(",") if x.strip()]
-            except ValueError:
-                raise ValueError(f"bad audio spec {spec!r}: expected espeak:5,30,300 (seconds)") from None
-            items += [espeak_item(s, cache_dir / "bench" / "audio") for s in lengths]
+            items += [espeak_item(s, out_dir) for s in _lengths(spec, "espeak")]
+        elif spec.startswith("espeak-repeat:"):
+            items += [espeak_item(s, out_dir, sentences=PARAGRAPH) for s in _lengths(spec, "espeak-repeat")]
+        elif spec.startswith("real:"):
+            clips = referenced_clips(shared_data_dir())
+            items += [joined_item(clips, s, out_dir, "real") for s in _lengths(spec, "real")]
+        elif spec.startswith("meeting:"):
+            clips = meeting_clips(shared_data_dir())
+            items += [joined_item(clips, s, out_dir, "meeting") for s in _lengths(spec, "meeting")]
         elif spec == "shared":
             items += directory_items(shared_data_dir())
         else:
@@ -290,7 +404,7 @@ def resolve_audio(specs: Iterable[str], cache_dir: Path) -> list[AudioItem]:
     seen: set[Path] = set()
     unique = [it for it in items if not (it.path.resolve() in seen or seen.add(it.path.resolve()))]
     if not unique:
-        raise ValueError("no audio: pass --audio espeak:5,30 | shared | DIR | FILE")
+        raise ValueError("no audio: pass --audio espeak:5,30 | varied | repeated | real | meeting | shared | DIR | FILE")
     return unique
 
 

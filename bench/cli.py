@@ -29,7 +29,7 @@ def common_options(fn):
     """Options every bench command shares: audio, output location, language, WER normalizer."""
     options = [
         click.option("--audio", "audio", multiple=True, default=None,
-                     help="espeak:5,30,300 | shared | DIR (audio + .txt refs) | FILE; repeatable"),
+                     help="espeak:5,30,300 | espeak-repeat:… | real:… | meeting:… | varied | repeated | real | meeting (-small) | shared | DIR (audio + .txt refs) | FILE; repeatable"),
         click.option("--language", default="en", show_default=True, help="forced language code; 'auto' to detect"),
         click.option("--normalizer", type=click.Choice(["english", "basic", "none"]), default="english",
                      show_default=True, help="text normalizer before WER (Whisper's)"),

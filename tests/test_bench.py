@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from bench.metrics import (
 from bench.quant import QuantSetting
 from bench.report import engine_summary, invocation, markdown_table, update_index
 from bench.throughput import Target
-from server.audio import SAMPLE_RATE, to_wav_bytes
+from server.audio import SAMPLE_RATE, decode_audio, to_wav_bytes
 
 
 def test_rtfx_is_audio_over_wall():
@@ -236,3 +237,42 @@ def test_machine_sampling_of_this_process():
     assert waited < 5 and busy >= 0
     info = machine_info()
     assert info["cpu_logical_cores"] == os.cpu_count() and info["versions"]["jiwer"]
+
+
+def test_joined_real_clips_have_exact_length_and_joined_references(tmp_path, monkeypatch):
+    """``real:`` joins the referenced clips (in turn, silence between) into files of the asked
+    length with their transcripts joined; ``meeting:`` joins the ``.rttm`` clips without text."""
+    data = tmp_path / "data"
+    data.mkdir()
+    tone = (0.1 * np.sin(np.arange(SAMPLE_RATE) * 0.05)).astype(np.float32)
+    for stem, seconds, text in (("a", 1.0, "one two"), ("b", 2.0, "three"), ("m", 3.0, None)):
+        (data / f"{stem}.wav").write_bytes(to_wav_bytes(np.resize(tone, int(seconds * SAMPLE_RATE))))
+        if text:
+            (data / f"{stem}.txt").write_text(text)
+    (data / "m.rttm").write_text("SPEAKER m 1 0.0 3.0 <NA> <NA> A <NA> <NA>\n")
+    monkeypatch.setenv("CHORUS_SHARED_DATA", str(data))
+    real = resolve_audio(["real:7,4"], tmp_path)
+    assert [round(i.duration_s, 3) for i in real] == [7.0, 4.0]
+    # 7 s starts at clip 7 % 2 = 1 (b): b, a, b = 2 + .5 + 1 + .5 + 2 = 6 s, then a needs 1.5 s more: skipped
+    assert real[0].reference == "three one two three"
+    assert real[1].reference == "one two three"  # 4 s starts at a: a, b = 3.5 s
+    samples = decode_audio(real[1].path.read_bytes())
+    assert np.abs(samples[int(1.1 * SAMPLE_RATE): int(1.4 * SAMPLE_RATE)]).max() == 0  # the gap
+    assert np.abs(samples[int(3.6 * SAMPLE_RATE):]).max() == 0  # padded to the length
+    meeting = resolve_audio(["meeting:5"], tmp_path)
+    assert meeting[0].reference is None and meeting[0].duration_s == pytest.approx(5.0)
+    assert np.abs(decode_audio(meeting[0].path.read_bytes())[: 3 * SAMPLE_RATE]).max() > 0
+    assert resolve_audio(["real:7"], tmp_path) == real[:1]  # cached
+    with pytest.raises(ValueError):
+        resolve_audio(["real:0.5"], tmp_path)  # no clip fits
+
+
+@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
+def test_repeated_workload_says_one_paragraph_over_and_over(tmp_path):
+    from bench.audio_sets import PARAGRAPH, WORKLOADS
+
+    (item,) = resolve_audio(["espeak-repeat:40"], tmp_path)
+    assert item.duration_s == pytest.approx(40.0, abs=1 / SAMPLE_RATE)
+    said = [s.strip() for s in re.findall(r"[^.]+\.", item.reference)]
+    assert set(said) == set(PARAGRAPH) and len(said) > len(PARAGRAPH)  # the whole paragraph, more than once
+    assert all(name in WORKLOADS for name in ("varied", "repeated", "real", "meeting", "repeated-small"))
