@@ -22,7 +22,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.audio import AudioDecodeError, AudioDecodeTimeoutError, AudioTooLongError, decode_audio, duration_s
+from server.audio import (
+    AudioDecodeError,
+    AudioDecodeTimeoutError,
+    AudioTooLongError,
+    AudioTooShortError,
+    decode_audio,
+    duration_s,
+)
 from server.errors import (
     EXCEPTION_HANDLERS,
     ApiError,
@@ -117,8 +124,9 @@ async def decode_upload(upload: Upload, settings: ServerSettings, request: Reque
 
     Raises:
         InvalidRequestError: longer than ``settings.max_audio_s`` (400, ``code="audio_too_long"``).
-        InvalidAudioError: not decodable (400, ``invalid_file_format``), or decoding took longer than
-            ``settings.decode_timeout_s`` (400, ``audio_decode_timeout``).
+        InvalidAudioError: not decodable (400, ``invalid_file_format``), shorter than 0.1 s (400,
+            ``audio_too_short``), or decoding took longer than ``settings.decode_timeout_s`` (400,
+            ``audio_decode_timeout``).
     """
     try:
         samples = await anyio.to_thread.run_sync(
@@ -126,11 +134,11 @@ async def decode_upload(upload: Upload, settings: ServerSettings, request: Reque
         )
     except AudioTooLongError as exc:
         raise InvalidRequestError(str(exc), param="file", code="audio_too_long") from None
-    except AudioDecodeTimeoutError as exc:
-        raise InvalidAudioError(str(exc), param="file", code="audio_decode_timeout") from None
+    except (AudioDecodeTimeoutError, AudioTooShortError) as exc:
+        raise InvalidAudioError(str(exc), param="file", code=exc.code) from None
     except AudioDecodeError as exc:
         raise InvalidAudioError(f"Invalid file format ({upload.filename}): {exc} Supported: {SUPPORTED_AUDIO}.",
-                                param="file") from None
+                                param="file", code=exc.code) from None
     request.scope["chorus.audio_seconds"] = duration_s(samples)
     return samples
 
