@@ -11,6 +11,9 @@ window decoded without the previous window's text as a prompt.
 - ``faster-whisper-batched``: ``faster_whisper.BatchedInferencePipeline`` (Silero VAD segments,
   decoded ``batch_size`` at a time).
 - ``transformers``: the ``automatic-speech-recognition`` pipeline (PyTorch), sequential long-form.
+- ``easydel``: EasyDeL's stock ``vWhisperInference`` (the seed design of Chorus's engine) over the
+  same Hugging Face weights: 30 s chunks with a 5 s stride each side, ``batch_size`` chunks per
+  compiled greedy ``generate``, no temperature fallback, text tokens only.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 from server.audio import SAMPLE_RATE
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-KINDS = ("chorus", "faster-whisper", "faster-whisper-batched", "transformers")
+KINDS = ("chorus", "faster-whisper", "faster-whisper-batched", "transformers", "easydel")
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,53 @@ class TransformersRunner:
         self.pipe = None
 
 
+class EasyDeLRunner:
+    """EasyDeL's ``vWhisperInference`` (easydel 0.3.0) on the Hugging Face weights, fp32.
+
+    ``ed.vWhisperInference(model, tokenizer, processor)`` as its docstring shows; the audio goes in as
+    ``{"array", "sampling_rate"}``, chunked by EasyDeL itself (30 s, stride 5 s), ``batch_size`` chunks
+    per call of its compiled ``generate``. Concurrent callers share the one compiled function.
+    """
+
+    def __init__(self, spec: EngineSpec, language: str | None, threads: int) -> None:
+        self.spec, self.language, self.engine = spec, language, None
+        self._tmp = None
+
+    def load(self) -> None:
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="chorus-bench-easydel-xla-")
+        os.environ["COMPILE_FUNC_DIR"] = self._tmp.name  # a cold compile, as for chorus (see ChorusRunner)
+        import easydel as ed
+        import jax
+        import jax.numpy as jnp
+        from transformers import WhisperProcessor, WhisperTokenizer
+
+        jax.config.update("jax_compilation_cache_dir", self._tmp.name)
+        model = ed.AutoEasyDeLModelForSpeechSeq2Seq.from_pretrained(
+            self.spec.model, dtype=jnp.float32, param_dtype=jnp.float32, auto_shard_model=False)
+        tokenizer = WhisperTokenizer.from_pretrained(self.spec.model)
+        processor = WhisperProcessor.from_pretrained(self.spec.model)
+        new_tokens = self.spec.params.get("max_new_tokens") or 444
+        config = ed.vWhisperInferenceConfig(batch_size=int(self.spec.params.get("batch_size", 8)),
+                                            max_length=int(new_tokens) + 4)  # + <|sot|><|en|><|transcribe|><|notimestamps|>
+        self.engine = ed.vWhisperInference(model=model, tokenizer=tokenizer, processor=processor,
+                                           inference_config=config, dtype=jnp.float32)
+
+    def warmup(self, samples: np.ndarray) -> None:
+        self.transcribe(samples)
+
+    def transcribe(self, samples: np.ndarray) -> str:
+        out = self.engine.generate({"array": samples.astype(np.float32), "sampling_rate": SAMPLE_RATE},
+                                   language=self.language, task="transcribe", return_timestamps=False)
+        return out["text"]
+
+    def close(self) -> None:
+        self.engine = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
 def make_runner(spec: EngineSpec, language: str | None, threads: int | None = None) -> Runner:
     """The runner for ``spec.kind`` (nothing loaded yet).
 
@@ -246,4 +296,6 @@ def make_runner(spec: EngineSpec, language: str | None, threads: int | None = No
         return FasterWhisperRunner(spec, language, threads, batched=True)
     if spec.kind == "transformers":
         return TransformersRunner(spec, language, threads)
+    if spec.kind == "easydel":
+        return EasyDeLRunner(spec, language, threads)
     raise ValueError(f"unknown engine kind {spec.kind!r}: {', '.join(KINDS)}")

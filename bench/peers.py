@@ -22,9 +22,10 @@ from server.settings import WhisperSettings
 CHORUS = "chorus"
 PEERS = (
     "chorus", "chorus-text", "faster-whisper-int8", "faster-whisper-fp32", "faster-whisper-batched-int8",
-    "faster-whisper-batched-fp32", "faster-whisper-batched-int8-w2", "transformers-fp32",
+    "faster-whisper-batched-fp32", "faster-whisper-batched-int8-w2", "transformers-fp32", "easydel-vwhisper",
 )
-"""``chorus-text``: Chorus decoding text only (``<|notimestamps|>``), as the whisper server does
+"""``easydel-vwhisper``: EasyDeL's stock ``vWhisperInference`` (fp32, greedy, text only, ``--batch-size``
+chunks per call): what Chorus's own engine adds over its seed design. ``chorus-text``: Chorus decoding text only (``<|notimestamps|>``), as the whisper server does
 for ``response_format`` ``json`` and ``text``, and as faster-whisper's batched pipeline does by
 default (``without_timestamps=True``). ``…-w2``: two CTranslate2 workers (``num_workers=2``) with the threads split between them, so two
 concurrent requests run in parallel (faster-whisper's advice for multi-threaded callers)."""
@@ -107,6 +108,9 @@ def peer_specs(names: list[str], weights: Weights, *, batch_size: int, max_new_t
                 {"dtype": "float32", "quantization": "none", "batch_size": batch_size, "workers": workers,
                  "compile_cache_dir": compile_cache_dir, "without_timestamps": text_only, **common},
             ))
+        elif name == "easydel-vwhisper":
+            specs.append(EngineSpec(f"easydel vWhisperInference fp32 (batch {batch_size})", "easydel",
+                                    weights.hf_dir, {"batch_size": batch_size, **common}))
         elif name == "transformers-fp32":
             specs.append(
                 EngineSpec("transformers fp32", "transformers", weights.hf_dir, {"dtype": "float32", **common})

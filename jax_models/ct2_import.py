@@ -755,7 +755,6 @@ def import_ct2(
     if is_imported(out_dir) and not force:
         return out_dir
     from safetensors.numpy import save_file
-    from transformers import WhisperFeatureExtractor
 
     files = locate_ct2_files(src)
     arrays, ct2_config = read_ct2_model(src, progress=progress)
@@ -775,10 +774,7 @@ def import_ct2(
         save_file(state_dict, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         os.chmod(tmp / "model.safetensors", 0o644)  # safetensors creates it owner-only; caches are shared
         del state_dict
-        _hf_config(dims, tokens, ct2_config, tied).save_pretrained(tmp)
-        _generation_config(dims, tokens, ct2_config, vocab).save_pretrained(tmp)
-        _tokenizer(files, tokens, dims).save_pretrained(tmp)
-        WhisperFeatureExtractor(feature_size=dims.n_mels).save_pretrained(tmp)
+        _write_configs(files, ct2_config, dims, vocab, tied, tmp)
         marker = {
             "import_version": IMPORT_VERSION,
             "embedded": embedded,
@@ -790,6 +786,49 @@ def import_ct2(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _write_configs(files: CT2Files, ct2_config: dict, dims: WhisperDims, vocab: list[str], tied: bool,
+                   out_dir: Path) -> None:
+    from transformers import WhisperFeatureExtractor
+
+    tokens = _special_tokens(vocab)
+    _hf_config(dims, tokens, ct2_config, tied).save_pretrained(out_dir)
+    _generation_config(dims, tokens, ct2_config, vocab).save_pretrained(out_dir)
+    _tokenizer(files, tokens, dims).save_pretrained(out_dir)
+    WhisperFeatureExtractor(feature_size=dims.n_mels).save_pretrained(out_dir)
+
+
+def write_configs(src: Path | str | Sequence[Path | str], out_dir: Path, dims: WhisperDims) -> Path:
+    """Write a CTranslate2 model's configs and tokenizer for other sizes ``dims``, without its weights.
+
+    ``out_dir`` receives ``config.json`` (tied embeddings), ``generation_config.json``, the tokenizer
+    files and ``preprocessor_config.json``, as :func:`import_ct2` writes them, but ``model.bin`` is
+    never read: the tests build small random models with the real vocabulary and special tokens this
+    way (about 1 s instead of a full import).
+
+    Args:
+        src: what :func:`locate_ct2_files` accepts (e.g. :func:`embedded_ct2_dirs` ``("base")``).
+        out_dir: created if needed.
+        dims: the sizes to declare; ``dims.vocab_size`` must equal the vocabulary's length.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        CT2FormatError: the asset files are missing or the vocabulary does not have ``dims.vocab_size`` tokens.
+    """
+    files = locate_ct2_files(src)
+    ct2_config: dict = {}
+    if "config.json" in files.assets:
+        ct2_config = json.loads(files.assets["config.json"].read_text(encoding="utf-8"))
+    vocab = _vocabulary(files)
+    if len(vocab) != dims.vocab_size:
+        raise CT2FormatError(f"The vocabulary has {len(vocab)} tokens; dims declare {dims.vocab_size}.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_configs(files, ct2_config, dims, vocab, True, out_dir)
     return out_dir
 
 

@@ -19,10 +19,22 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames/s
 TOKENS_PER_SECOND = FRAMES_PER_SECOND // 2  # 50: the encoder halves the frame rate (20 ms per position)
 TIME_PRECISION = 1 / TOKENS_PER_SECOND  # 0.02 s, the resolution of timestamp tokens
+MIN_DURATION_S = 0.1  # seconds: OpenAI answers 400 ``audio_too_short`` below this
 
 
 class AudioDecodeError(ValueError):
-    """The bytes could not be decoded as audio (unknown container, no audio stream, corrupt data)."""
+    """The bytes could not be decoded as audio (unknown container, no audio stream, corrupt data).
+
+    ``code`` is the OpenAI error code the HTTP edge answers with (400).
+    """
+
+    code = "invalid_file_format"
+
+
+class AudioTooShortError(AudioDecodeError):
+    """The decoded audio is shorter than ``MIN_DURATION_S`` (OpenAI's 0.1 s minimum)."""
+
+    code = "audio_too_short"
 
 
 class AudioTooLongError(ValueError):
@@ -32,9 +44,12 @@ class AudioTooLongError(ValueError):
 class AudioDecodeTimeoutError(AudioDecodeError):
     """Decoding took longer than its deadline (a pathological or oversized file)."""
 
+    code = "audio_decode_timeout"
+
 
 def decode_audio(
-    data: bytes, *, max_duration_s: float | None = None, timeout_s: float | None = None
+    data: bytes, *, max_duration_s: float | None = None, timeout_s: float | None = None,
+    min_duration_s: float = MIN_DURATION_S,
 ) -> np.ndarray:
     """Decode an audio file's bytes to mono float32 samples at 16 kHz.
 
@@ -43,6 +58,7 @@ def decode_audio(
         max_duration_s: stop and raise once more than this many seconds were decoded.
         timeout_s: wall-clock deadline for the whole decode (seconds); checked after every decoded
             frame, and handed to libav as its open/read timeout so a stalled demuxer is interrupted.
+        min_duration_s: raise ``AudioTooShortError`` for audio shorter than this (seconds; 0 disables).
 
     Returns:
         ``np.ndarray`` of shape ``(n_samples,)``, dtype float32, values in [-1, 1], 16000 Hz.
@@ -50,6 +66,7 @@ def decode_audio(
 
     Raises:
         AudioDecodeError: empty input, no audio stream, or libav failed to decode.
+        AudioTooShortError: the audio is shorter than ``min_duration_s`` (a subclass of the above).
         AudioTooLongError: the audio is longer than ``max_duration_s``.
         AudioDecodeTimeoutError: decoding took longer than ``timeout_s``.
     """
@@ -90,12 +107,20 @@ def decode_audio(
         raise
     except Exception as exc:  # av.error.FFmpegError and friends; messages vary by libav version
         check_deadline()  # libav's interrupt (av.ExitError) after its own timeout
-        raise AudioDecodeError(f"The audio file could not be decoded: {exc}") from exc
+        # libav's messages carry errno numbers and paths ("[Errno 1094995529] Invalid data found when
+        # processing input: '<none>'"); strerror is the plain part
+        reason = getattr(exc, "strerror", None) or "invalid or truncated data"
+        raise AudioDecodeError(f"The audio file could not be decoded ({str(reason).rstrip('.').lower()}).") from exc
     if not pieces:
         raise AudioDecodeError("The audio file contains no samples.")
     samples = np.concatenate(pieces).astype(np.float32) / 32768.0
     if samples.size == 0:
         raise AudioDecodeError("The audio file contains no samples.")
+    if samples.size < min_duration_s * SAMPLE_RATE:
+        raise AudioTooShortError(
+            f"Audio file is too short ({samples.size / SAMPLE_RATE:.3f} s). "
+            f"Minimum audio length is {min_duration_s:g} seconds."
+        )
     return samples
 
 

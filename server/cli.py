@@ -16,6 +16,10 @@ def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # one INFO line per call the router makes to a backend (and per /ready poll at start-up) drowns
+    # the request log; failures still surface as warnings from chorus.clients
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @click.group()
@@ -120,9 +124,22 @@ def up(host, router_port, whisper_port, sidecar_port, whisper_url, sidecar_url, 
 @click.option("--prompt", default=None)
 @click.option("--temperature", type=float, default=0.0)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--url", default=None,
+              help="A running Chorus whisper server or router (http://127.0.0.1:8000): send FILE there "
+                   "instead of loading a model in this process.")
+@click.option("--api-key", default=None, envvar="OPENAI_API_KEY", help="Bearer token for --url.")
 @whisper_options
-def transcribe(file, fmt, task, language, prompt, temperature, output, model, dtype, quantization, batch_size):
-    """Transcribe FILE locally (no server), with a progress bar."""
+def transcribe(file, fmt, task, language, prompt, temperature, output, url, api_key, model, dtype, quantization,
+               batch_size):
+    """Transcribe FILE locally with a progress bar, or through a running server with --url."""
+    if url:
+        text = _transcribe_remote(url, file, fmt=fmt, task=task, language=language, prompt=prompt,
+                                  temperature=temperature, model=model, api_key=api_key)
+        if output:
+            output.write_text(text, encoding="utf-8")
+        else:
+            click.echo(text)
+        return
     from tqdm import tqdm
 
     from jax_models.engine import TranscribeOptions
@@ -154,6 +171,39 @@ def transcribe(file, fmt, task, language, prompt, temperature, output, model, dt
         output.write_text(text, encoding="utf-8")
     else:
         click.echo(text)
+
+
+def _transcribe_remote(url: str, file: Path, *, fmt: str, task: str, language: str | None, prompt: str | None,
+                       temperature: float, model: str | None, api_key: str | None) -> str:
+    """POST ``file`` to ``{url}/v1/audio/transcriptions`` (or ``translations``) and return the body as text.
+
+    Raises:
+        click.ClickException: the server is unreachable or answers an error (its OpenAI message shown).
+    """
+    import httpx
+
+    route = "transcriptions" if task == "transcribe" else "translations"
+    fields = {"model": model or "whisper-1", "response_format": fmt, "temperature": str(temperature)}
+    if language and task == "transcribe":
+        fields["language"] = language
+    if prompt:
+        fields["prompt"] = prompt
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with file.open("rb") as f:
+            r = httpx.post(f"{url.rstrip('/')}/v1/audio/{route}", data=fields, files={"file": (file.name, f)},
+                           headers=headers, timeout=httpx.Timeout(10.0, read=3600.0))
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"{url}: {exc}") from None
+    if r.status_code >= 400:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:500]
+        raise click.ClickException(f"{url} answered {r.status_code}: {message}")
+    if r.headers.get("content-type", "").startswith("application/json"):
+        return json.dumps(r.json(), ensure_ascii=False, indent=2)
+    return r.text
 
 
 @main.group()

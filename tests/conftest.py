@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import httpx
@@ -29,27 +28,25 @@ def base_model_dir(cache_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_whisper_dir(tmp_path_factory, base_model_dir) -> Path:
-    """A randomly initialised 1-layer Whisper (d_model 64) with base's tokenizer and configs."""
+def tiny_whisper_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 1-layer Whisper (d_model 64) with base's tokenizer and configs.
+
+    Only the embedded base's vocabulary and configs are read (``write_configs``), not its weights:
+    the tiny-model tests do not pay for importing the real model.
+    """
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+    from jax_models.ct2_import import WhisperDims, embedded_ct2_dirs, write_configs
+
     out = tmp_path_factory.mktemp("tiny-whisper")
-    base = WhisperConfig.from_pretrained(base_model_dir)
-    cfg = WhisperConfig(
-        vocab_size=base.vocab_size, num_mel_bins=base.num_mel_bins, d_model=64,
-        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=1500, max_target_positions=448,
-        decoder_start_token_id=base.decoder_start_token_id, eos_token_id=base.eos_token_id,
-        pad_token_id=base.pad_token_id, bos_token_id=base.bos_token_id,
-        suppress_tokens=base.suppress_tokens, begin_suppress_tokens=base.begin_suppress_tokens,
-    )
+    dims = WhisperDims(n_mels=80, d_model=64, encoder_layers=1, decoder_layers=1, encoder_heads=2, decoder_heads=2,
+                       encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=51865, max_source_positions=1500,
+                       max_target_positions=448)
+    write_configs(embedded_ct2_dirs("base"), out, dims)
     torch.manual_seed(0)
-    WhisperForConditionalGeneration(cfg).save_pretrained(out)
-    for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "preprocessor_config.json", "special_tokens_map.json", "added_tokens.json"):
-        if (base_model_dir / name).exists():
-            shutil.copy(base_model_dir / name, out / name)
+    WhisperForConditionalGeneration(WhisperConfig.from_pretrained(out)).save_pretrained(out)
+    write_configs(embedded_ct2_dirs("base"), out, dims)  # save_pretrained wrote a bare generation config
     return out
 
 

@@ -117,7 +117,13 @@ async def test_decode_timeout_stops_a_pathological_file(tiny_engine, cache_dir):
 
 
 def test_decode_audio_limits():
-    from server.audio import AudioDecodeTimeoutError, AudioTooLongError, decode_audio
+    from server.audio import (
+        AudioDecodeError,
+        AudioDecodeTimeoutError,
+        AudioTooLongError,
+        AudioTooShortError,
+        decode_audio,
+    )
 
     two_hours = silence_aac(7200)
     with pytest.raises(AudioTooLongError):
@@ -125,5 +131,11 @@ def test_decode_audio_limits():
     with pytest.raises(AudioDecodeTimeoutError):
         decode_audio(two_hours, timeout_s=0.01)
     tone = np.sin(np.arange(SAMPLE_RATE) / 5).astype(np.float32) * 0.5
+    with pytest.raises(AudioTooShortError, match="Minimum audio length is 0.1 seconds"):
+        decode_audio(to_wav_bytes(tone[: SAMPLE_RATE // 10 - 1]))
+    assert decode_audio(to_wav_bytes(tone[: SAMPLE_RATE // 10])).shape == (SAMPLE_RATE // 10,)
+    with pytest.raises(AudioDecodeError) as info:  # a plain message, not libav's errno and path
+        decode_audio(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    assert "Errno" not in str(info.value) and "<none>" not in str(info.value), str(info.value)
     out = decode_audio(to_wav_bytes(tone), max_duration_s=1.0, timeout_s=10)
     assert out.shape == tone.shape and math.isclose(float(np.abs(out - tone).max()), 0, abs_tol=1e-4)

@@ -129,7 +129,7 @@ def test_peers_all_engines_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_di
     check_engine_rows(record)
     kinds = [e["kind"] for e in record["engines"]]
     assert kinds == ["chorus", "chorus", "faster-whisper", "faster-whisper", "faster-whisper-batched",
-                     "faster-whisper-batched", "faster-whisper-batched", "transformers"]
+                     "faster-whisper-batched", "faster-whisper-batched", "transformers", "easydel"]
     assert [e["params"]["without_timestamps"] for e in record["engines"][:2]] == [False, True]
     assert record["engines"][6]["params"]["num_workers"] == 2
     for result, row in zip(record["results"], record["summary"]):
@@ -144,6 +144,7 @@ def test_peers_all_engines_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_di
     assert (tmp_path / "p" / "table.md").read_text() == table
 
 
+@pytest.mark.slow
 def test_base_weights_in_both_formats(base_model_dir, cache_dir):
     from bench.peers import resolve_weights
     from jax_models.ct2_import import embedded_ct2_dirs, locate_ct2_files

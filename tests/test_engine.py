@@ -23,10 +23,10 @@ def normalise(text: str) -> str:
     return BasicTextNormalizer()(text).strip()
 
 
-def test_log_mel_matches_transformers(base_model_dir, speech_samples):
+def test_log_mel_matches_transformers(tiny_whisper_dir, speech_samples):
     from transformers import WhisperFeatureExtractor
 
-    fe = WhisperFeatureExtractor.from_pretrained(base_model_dir)
+    fe = WhisperFeatureExtractor.from_pretrained(tiny_whisper_dir)
     ours = LogMel(np.asarray(fe.mel_filters, np.float32).T)([speech_samples])[0]
     theirs = fe(speech_samples, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
     assert ours.shape == theirs.shape == (80, 3000)
@@ -218,6 +218,7 @@ def test_base_model_english_wer(base_engine, speech_samples):
     assert wer < 0.15, (wer, out.text)
 
 
+@pytest.mark.slow
 def test_base_model_without_timestamps(base_engine, speech_samples):
     """Text tokens only (what json/text responses use): as accurate, no timestamp token sampled,
     one segment per window."""

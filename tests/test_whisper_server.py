@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 
 import httpx
@@ -182,7 +183,7 @@ async def test_api_key_required_when_configured(tiny_engine, tiny_whisper_dir, c
         assert r.status_code == 200, r.text
 
 
-def test_live_uvicorn_process(tiny_whisper_dir, cache_dir, speech_wav):
+def test_live_uvicorn_process(tiny_whisper_dir, cache_dir, speech_wav, tmp_path):
     """`chorus serve whisper` as a real process on 127.0.0.1, called by the synchronous SDK."""
     import os
     import socket
@@ -200,12 +201,12 @@ def test_live_uvicorn_process(tiny_whisper_dir, cache_dir, speech_wav):
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "whisper", "--model", str(tiny_whisper_dir),
          "--port", str(port), "--api-key", "secret"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("wb"),
     )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
                     break
@@ -220,9 +221,25 @@ def test_live_uvicorn_process(tiny_whisper_dir, cache_dir, speech_wav):
         assert out.duration > 1.0 and isinstance(out.text, str)
         with pytest.raises(openai.AuthenticationError):
             OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0).models.list()
+        # `chorus transcribe --url` uses this server instead of loading a model of its own
+        from click.testing import CliRunner
+
+        from server.cli import main
+
+        cli = CliRunner().invoke(main, ["transcribe", str(speech_wav), "--url", f"http://127.0.0.1:{port}",
+                                        "--api-key", "secret", "--format", "verbose_json"])
+        assert cli.exit_code == 0, cli.output
+        assert json.loads(cli.output)["duration"] == pytest.approx(out.duration, abs=0.01)
+        bad = CliRunner().invoke(main, ["transcribe", str(speech_wav), "--url", f"http://127.0.0.1:{port}",
+                                        "--api-key", "wrong"])
+        assert bad.exit_code != 0 and "401" in bad.output, bad.output
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) is not None
+    log = (tmp_path / "server.log").read_text()
+    # readable logs: no access line per /ready poll, one line per API request with its RTFx
+    assert "/ready" not in log, log[-2000:]
+    assert re.search(r"POST /v1/audio/transcriptions status=200 wall=\S+ audio=\S+ rtfx=", log), log[-2000:]
 
 
 def test_compilation_cache_survives_easydel_import(tmp_path):
