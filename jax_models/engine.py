@@ -51,8 +51,9 @@ TAIL_MIN_S = 1.0
 CONTINUE_BUCKET = 64
 """Prefix length of a continuation: task tokens + the window's last sampled tokens (its context)."""
 QUANTIZATION_PATTERN = r"^(?!.*(?:embedding|norm|lm_head|proj_out|embed_positions)).*$"
-"""EasyDeL's default pattern also quantizes Whisper's output projection, whose 51865 rows do not
-divide into quantization groups (easydel 0.3.0); keep it and the embeddings in full precision."""
+"""EasyDeL's default pattern also quantizes Whisper's output projection, whose 51865 rows (51866 in
+large-v3) do not divide into quantization groups (easydel 0.3.0); keep it and the embeddings in
+full precision."""
 
 
 def alignment_heads(model_config, generation_config) -> list[tuple[int, int]]:
@@ -660,6 +661,8 @@ class WhisperEngine:
             "prefix_buckets": list(PREFIX_BUCKETS),
             "layers": [int(cfg.encoder_layers), int(cfg.decoder_layers)],
             "d_model": int(cfg.d_model),
+            "n_mels": int(cfg.num_mel_bins),
+            "vocab_size": int(cfg.vocab_size),
             "multilingual": self.ids.multilingual,
         }
 

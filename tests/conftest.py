@@ -51,6 +51,66 @@ def tiny_whisper_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_v3_dir(tmp_path_factory) -> Path:
+    """A random Whisper shaped like large-v3 / large-v3-turbo, tiny: 128 mel bins, vocabulary 51866
+    with large-v3's special tokens (``<|yue|>`` at 50358 after ``<|su|>``, so ``<|translate|>`` …
+    the timestamps sit one id higher than in base), a 4-layer decoder (turbo's), 1 encoder layer,
+    d_model 64.
+
+    The vocabulary and tokenizer are base's (the embedded CTranslate2 asset files, not its
+    weights) with ``<|yue|>`` inserted, as openai/whisper's ``tokenizer.py`` and the Hugging Face
+    large-v3 ``tokenizer.json`` number them; a stand-in CTranslate2 directory (an empty
+    ``model.bin``, never read) goes through ``write_configs`` as an imported model would.
+    """
+    import json
+
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from jax_models.ct2_import import WhisperDims, embedded_ct2_dirs, locate_ct2_files, write_configs
+
+    assets = locate_ct2_files(embedded_ct2_dirs("base")).assets
+    src = tmp_path_factory.mktemp("v3-ct2")
+    vocab = json.loads(assets["vocabulary.json"].read_text(encoding="utf-8"))
+    yue = vocab.index("<|su|>") + 1  # 50358
+    shift = lambda i: i + 1 if i >= yue else i  # noqa: E731
+    (src / "vocabulary.json").write_text(json.dumps(vocab[:yue] + ["<|yue|>"] + vocab[yue:]), encoding="utf-8")
+    tok = json.loads(assets["tokenizer.json"].read_text(encoding="utf-8"))
+    added = [{**a, "id": shift(a["id"])} for a in tok["added_tokens"]]
+    su = next(a for a in added if a["content"] == "<|su|>")
+    tok["added_tokens"] = sorted(added + [{**su, "id": yue, "content": "<|yue|>"}], key=lambda a: a["id"])
+    for special in tok["post_processor"]["special_tokens"].values():
+        special["ids"] = [shift(i) for i in special["ids"]]
+    (src / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
+    config = json.loads(assets["config.json"].read_text(encoding="utf-8"))
+    config["lang_ids"] = [int(i) for i in config["lang_ids"]] + [yue]
+    config["suppress_ids"] = [shift(int(i)) for i in config["suppress_ids"]]
+    config["alignment_heads"] = [[2, 0], [3, 1]]
+    (src / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (src / "model.bin").write_bytes(b"")
+
+    out = tmp_path_factory.mktemp("tiny-v3")
+    dims = WhisperDims(n_mels=128, d_model=64, encoder_layers=1, decoder_layers=4, encoder_heads=2, decoder_heads=2,
+                       encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=51866, max_source_positions=1500,
+                       max_target_positions=448)
+    write_configs(src, out, dims)
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(WhisperConfig.from_pretrained(out)).save_pretrained(out)
+    write_configs(src, out, dims)  # save_pretrained wrote a bare generation config
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_v3_engine(tiny_v3_dir):
+    """An engine on ``tiny_v3_dir`` (batch buckets 1 and 2, not warmed up: shapes compile on use)."""
+    from jax_models.engine import WhisperEngine
+
+    engine = WhisperEngine(str(tiny_v3_dir), batch_size=2, max_new_tokens=16)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
 def tiny_engine(tiny_whisper_dir):
     """A warmed-up engine on the tiny model, batch buckets 1 and 2."""
     from jax_models.engine import WhisperEngine

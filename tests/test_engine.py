@@ -568,3 +568,50 @@ def test_fallback_equals_sequential_decodes_on_a_model(tiny_engine, speech_sampl
     tokens = [t for s in out.segments for t in s.tokens]
     assert tokens == [t for t in alone[-1].tokens if t < tiny_engine.ids.eot]
     assert {s.temperature for s in out.segments} <= {alone[-1].temperature}
+
+
+# ---------------------------------------------------------------- large-v3-shaped model
+def test_large_v3_shaped_model_special_tokens(tiny_v3_engine):
+    """With large-v3's 51866-token vocabulary the engine reads every control token one id above
+    base's (``<|yue|>`` sits at 50358): the ids openai/whisper's tokenizer gives large-v3."""
+    eng = tiny_v3_engine
+    ids = eng.ids
+    assert int(eng.model.config.vocab_size) == len(eng.tokenizer) == 51866
+    assert int(eng.model.config.num_mel_bins) == eng.log_mel.n_mels == 128
+    assert (ids.eot, ids.sot) == (50257, 50258)
+    assert ids.lang_to_id["en"] == 50259 and ids.lang_to_id["su"] == 50357 and ids.lang_to_id["yue"] == 50358
+    assert len(ids.lang_to_id) == 100
+    assert (ids.translate, ids.transcribe, ids.sot_prev, ids.no_speech) == (50359, 50360, 50362, 50363)
+    assert (ids.no_timestamps, ids.timestamp_begin) == (50364, 50365)
+    assert eng.tokenizer.convert_ids_to_tokens([50358, 50365, 51865]) == ["<|yue|>", "<|0.00|>", "<|30.00|>"]
+    assert ids.task_tokens("yue", "transcribe") == [50258, 50358, 50360]
+    assert ids.task_tokens("fr", "translate") == [50258, 50265, 50359]
+    assert not {50359, 50360, 50361, 50362, 50363} - set(ids.suppress)  # the shifted control tokens
+    assert eng.tokenizer.decode(eng.tokenizer.encode(" hello world", add_special_tokens=False)) == " hello world"
+
+
+def test_large_v3_shaped_model_features_and_transcripts(tiny_v3_engine, speech_samples):
+    """128-bin features equal transformers' for large-v3; the engine transcribes (language given
+    or detected among 100), translates, and times segments with large-v3's timestamp tokens."""
+    from transformers import WhisperFeatureExtractor
+
+    eng = tiny_v3_engine
+    ours = eng.log_mel([speech_samples])[0]
+    theirs = WhisperFeatureExtractor(feature_size=128)(speech_samples, sampling_rate=SAMPLE_RATE,
+                                                       return_tensors="np").input_features[0]
+    assert ours.shape == theirs.shape == (128, 3000)
+    assert np.abs(ours - theirs).max() < 2e-3
+    duration = len(speech_samples) / SAMPLE_RATE
+    for opts in (TranscribeOptions(language="yue"), TranscribeOptions(),
+                 TranscribeOptions(task="translate", word_timestamps=True)):
+        out = eng.transcribe(speech_samples, opts)
+        assert out.language in eng.ids.lang_to_id and out.duration == pytest.approx(duration, abs=0.01)
+        if opts.language:
+            assert out.language == opts.language
+        for seg in out.segments:
+            assert all(t < eng.ids.eot for t in seg.tokens)  # timestamps (≥ 50365) and controls split off
+            assert 0 <= seg.start <= seg.end <= duration + 0.02
+            assert seg.text == eng.tokenizer.decode(list(seg.tokens))
+            assert all(0 <= w.start <= w.end <= duration + 0.02 for w in seg.words)
+        if opts.word_timestamps:
+            assert any(seg.words for seg in out.segments)

@@ -281,3 +281,25 @@ async def test_metrics_count_fallback_by_temperature(app, client, tiny_engine, s
     expected = {("chorus_whisper_fallback_total", f"{t:g}"): 1.0 for t in TEMPERATURES[1:]}
     expected[("chorus_whisper_fallback_kept_total", "0.4")] = 1.0
     assert delta == expected
+
+
+async def test_large_v3_shaped_model_through_the_sdk(tiny_v3_engine, tiny_v3_dir, cache_dir, speech_samples):
+    """A large-v3-shaped model (128 mel bins, 51866 tokens, ``<|yue|>``) serves transcriptions
+    (Cantonese asked for, and detected) and translations through the unmodified OpenAI SDK."""
+    settings = WhisperSettings(model=str(tiny_v3_dir), warmup=False, cache_dir=cache_dir)
+    client = make_client(create_app(settings, engine=tiny_v3_engine))
+    data = wav(speech_samples)
+    yue = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", data), language="yue",
+                                                   response_format="verbose_json")
+    assert yue.language == "yue" and yue.duration == pytest.approx(len(speech_samples) / 16000, abs=0.01)
+    for seg in yue.segments:
+        assert seg.tokens and max(seg.tokens) < tiny_v3_engine.ids.eot
+        assert 0 <= seg.start <= seg.end <= yue.duration + 0.02
+    detected = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", data),
+                                                        response_format="verbose_json")
+    assert detected.language in tiny_v3_engine.ids.lang_to_id
+    srt = await client.audio.translations.create(model="whisper-1", file=("a.wav", data), response_format="srt")
+    assert isinstance(srt, str)
+    models = await client.models.list()
+    card = models.data[0].model_extra["chorus"]
+    assert card["multilingual"] is True and (card["n_mels"], card["vocab_size"]) == (128, 51866)
