@@ -373,6 +373,17 @@ def test_online_linker_matches_one_to_one():
     assert second[(1, "r")].cluster not in (first[(0, "x")].cluster, first[(0, "y")].cluster)
 
 
+def test_embedder_families_pick_their_thresholds():
+    from server.speakers import KNOWN_THRESHOLDS, default_threshold, embedder_family
+
+    assert embedder_family("CAM++ 3D-Speaker campplus_cn_en_common.pt (192-d)") == "campplus"
+    assert embedder_family("resemblyzer-0.1.4/pretrained.pt (GE2E, 256-d)") == "resemblyzer"
+    assert embedder_family("nvidia/titanet_large") == "titanet"
+    assert default_threshold("CAM++ 3D-Speaker x.pt") == 0.66
+    assert default_threshold("CAM++ 3D-Speaker x.pt", KNOWN_THRESHOLDS) == 0.60
+    assert default_threshold("something else") == 0.75
+
+
 def test_names_letters_and_known_speakers():
     assert [speaker_letter(i) for i in (0, 1, 25, 26, 27)] == ["A", "B", "Z", "AA", "AB"]
     rng = np.random.default_rng(4)
