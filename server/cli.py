@@ -76,7 +76,8 @@ def serve_whisper(host, port, api_keys, no_warmup, model, dtype, quantization, b
 @click.option("--api-key", "api_keys", multiple=True, help="accepted bearer token (repeatable)")
 @click.option("--backend-api-key", default=None, help="bearer token sent to both backends")
 @click.option("--diarization-window", "diarization_window_s", type=float, default=None,
-              help="seconds of consecutive chunks diarized together [30]")
+              help="longest audio (s) diarized in one sidecar call; caps the sidecar's max_window_s "
+              "[the sidecar's, else 30]")
 def serve_router(host, port, whisper_url, sidecar_url, api_keys, backend_api_key, diarization_window_s) -> None:
     """The router, the public entry point (default 127.0.0.1:8000). SIGTERM drains, then exits 0."""
     from server.http import serve

@@ -169,11 +169,18 @@ class WhisperClient(_Backend):
         prompt: str | None = None,
         temperature: float = 0.0,
         words: bool = False,
+        timestamps: bool = True,
     ) -> Transcript:
-        """One audio file (≤ 30 s from the router) → ``Transcript`` with times relative to its start;
-        ``words`` asks for word timestamps too (the merge then assigns speakers word by word)."""
-        data = [("model", model), ("response_format", "verbose_json"), ("temperature", str(temperature))]
-        if words:
+        """One audio file (≤ 30 s from the router) → ``Transcript`` with times relative to its start.
+
+        ``words`` asks for word timestamps too (the merge then assigns speakers word by word).
+        ``timestamps=False`` asks for ``json``: text only, which the whisper server decodes without
+        timestamp tokens (as it does for its own json/text); the ``Transcript`` then has no segments
+        and its ``language`` is the one given, or ``""``.
+        """
+        fmt = "verbose_json" if timestamps else "json"
+        data = [("model", model), ("response_format", fmt), ("temperature", str(temperature))]
+        if words and timestamps:
             data += [("timestamp_granularities[]", "segment"), ("timestamp_granularities[]", "word")]
         if language and task == "transcribe":
             data.append(("language", language))
@@ -182,9 +189,14 @@ class WhisperClient(_Backend):
         path = "/v1/audio/translations" if task == "translate" else "/v1/audio/transcriptions"
         response = await self._post(path, data=data, files=_wav_file(wav))
         try:
-            return transcript_from_verbose(response.json(), task=task)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BackendFailed(self.name, f"malformed verbose_json: {exc}") from exc
+            body = response.json()
+            if timestamps:
+                return transcript_from_verbose(body, task=task)
+            if not isinstance(body.get("text"), str):
+                raise TypeError("no text")
+            return Transcript(text=body["text"], segments=(), language=language or "", duration=0.0, task=task)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BackendFailed(self.name, f"malformed {fmt}: {exc}") from exc
 
     async def forward(self, path: str, fields: list[tuple[str, str]], filename: str, data: bytes,
                       content_type: str | None) -> httpx.Response:
@@ -273,6 +285,29 @@ class SidecarClient(_Backend):
             return diarization_from_json(response.json())
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendFailed(self.name, f"malformed diarization: {exc}") from exc
+
+    async def max_window_s(self, *, timeout_s: float = 5.0) -> float | None:
+        """The longest audio the sidecar diarizes in one call: ``max_window_s`` of the
+        ``diarization`` entry of its ``GET /v1/models``, or ``None`` when it reports none (or has
+        no such route).
+
+        Raises:
+            BackendUnavailable: the sidecar cannot be reached, or its answer is not a model list.
+        """
+        status, body = await self.get_json("/v1/models", timeout_s=timeout_s)
+        if status == 404:  # a sidecar without the route reports nothing
+            return None
+        if status != 200 or not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise BackendUnavailable(self.name, f"GET /v1/models answered {status}")
+        for card in body["data"]:
+            if isinstance(card, dict) and card.get("id") == "diarization":
+                value = card.get("max_window_s")
+                try:
+                    value = None if value is None else float(value)
+                except (TypeError, ValueError):
+                    return None
+                return value if value is not None and value > 0 and value == value else None
+        return None
 
     async def embed(self, wav: bytes) -> tuple[np.ndarray, str]:
         """A speaker's clip → ``(unit-norm fingerprint, embedder name)``."""

@@ -13,8 +13,14 @@ JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 
 
+def usage(duration: float) -> dict:
+    """OpenAI's ``UsageDuration``: ``{"type": "duration", "seconds"}``, the audio's length in
+    seconds rounded up to a whole second."""
+    return {"type": "duration", "seconds": int(round(duration + 0.4999))}
+
+
 def _usage(t: Transcript) -> dict:
-    return {"type": "duration", "seconds": int(round(t.duration + 0.4999))}
+    return usage(t.duration)
 
 
 def _word_dict(w) -> dict:
@@ -82,7 +88,7 @@ def render_diarized_json(t: Transcript, *, words: bool = False) -> tuple[dict, s
             "start": round(s.start, 3),
             "end": round(s.end, 3),
             "speaker": s.speaker,
-            "text": s.text,
+            "text": s.text.strip(),
             "type": "transcript.text.segment",
         }
         if s.confidence is not None:

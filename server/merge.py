@@ -1,10 +1,13 @@
 """Merging transcript segments with speaker turns.
 
 Each segment takes the speaker it overlaps most (an interval tree over the turns, not an O(n·m)
-loop). A segment in which a second speaker talks long enough is split: with word timestamps
-between words, otherwise proportionally to its characters over each speaker's speech time, the
-cut snapped to a nearby sentence end (the whisper server has no word timestamps yet). Segment
-edges are pulled in to the speech inside them.
+loop). With word timestamps (the router asks the whisper server for them whenever it diarizes)
+each word goes to one speaker and a segment is cut where the speaker changes; its pieces span
+exactly their words, and a speaker who talks on through someone else's words (overlapping turns)
+keeps one piece, so overlapping speech gives overlapping segments. Segments without usable words
+are split proportionally to their characters over each speaker's speech time, the cut snapped to a
+nearby sentence end, and their edges pulled in to the speech inside them. ``fit_times`` keeps every
+segment ordered and inside the audio.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ from dataclasses import replace
 
 import numpy as np
 
-from server.transcript import Segment, SpeakerTurn
+from server.transcript import Segment, SpeakerTurn, Word
 
 
 
 MIN_SPLIT_S = 0.6  # a second speaker must talk this long inside a segment to split it
 WORD_RE = re.compile(r"\s*\S+")
+_SPACE = re.compile(r"\s+")
+COVER_FRACTION = 0.9  # two turns covering this much of a word each: overlapping speech
+GAP_S = 0.25  # a speaker's turns this close together are one stretch of talk
+NEAR_S = 30.0  # how far a piece looks for its speaker's nearest turn (for a confidence)
 
 
 def _timeline(turns: Sequence[SpeakerTurn], start: float, end: float) -> list[SpeakerTurn]:
@@ -123,14 +130,20 @@ def assign_speakers(segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *
     """Give every segment the speaker it overlaps most (interval tree), splitting at speaker changes.
 
     Args:
-        segments: transcript segments, absolute times, in order.
-        turns: global speaker turns (absolute times) with confidences.
+        segments: transcript segments, absolute times (seconds), in order.
+        turns: global speaker turns (absolute times) with confidences; they may overlap (two
+            people talking at once).
         nearest_s: a segment overlapping no turn takes the nearest turn's speaker within this
             many seconds (at half its confidence); otherwise it keeps ``speaker=None``.
 
     Returns:
-        segments with ``speaker`` and ``confidence`` set, renumbered from 0. Segments with word
-        timestamps are split between words; others proportionally (``split_segment``).
+        segments with ``speaker`` and ``confidence`` set, in order of their start, renumbered from
+        0. A segment whose word timestamps spell its whole text is split between words
+        (``split_by_words``: each word to one speaker, pieces span their words, a speaker who talks
+        on through another's words keeps one piece, so overlapping speech gives overlapping
+        pieces); other segments are split proportionally (``split_segment``). Every piece keeps
+        its segment's decoding statistics (``seek``, ``avg_logprob``, ``compression_ratio``,
+        ``no_speech_prob``, ``temperature``); ``tokens`` only when it is the whole segment.
     """
     from intervaltree import IntervalTree
 
@@ -140,6 +153,9 @@ def assign_speakers(segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *
             tree.addi(t.start, t.end, t)
     out: list[Segment] = []
     for seg in segments:
+        if seg.words and words_spell_text(seg):
+            out.extend(split_by_words(seg, tree, nearest_s))
+            continue
         hits = [iv.data for iv in tree.overlap(seg.start, max(seg.end, seg.start + 1e-3))]
         if not hits:
             out.append(_nearest(seg, tree, nearest_s))
@@ -148,23 +164,26 @@ def assign_speakers(segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *
         for t in hits:
             per[t.speaker] = per.get(t.speaker, 0.0) + min(t.end, seg.end) - max(t.start, seg.start)
         ranked = sorted(per.items(), key=lambda kv: -kv[1])
-        if seg.words:
-            out.extend(_trim_to_speech(p, hits) for p in _split_by_words(seg, tree, ranked[0][0]))
-            continue
         if len(ranked) > 1 and ranked[1][1] >= MIN_SPLIT_S:
             pieces = split_segment(seg, _timeline(hits, seg.start, seg.end))
         else:
             pieces = [replace(seg, speaker=ranked[0][0])]
         for p in pieces:
             p = _trim_to_speech(p, hits)
-            conf = _confidence(hits, p.speaker, p.start, max(p.end, p.start + 1e-3))
-            out.append(replace(p, confidence=conf))
+            out.append(replace(p, confidence=_piece_confidence(tree, p.speaker, p.start, p.end)))
+    out.sort(key=lambda s: s.start)  # stable: pieces of one segment keep their order at equal starts
     return [replace(s, id=i) for i, s in enumerate(out)]
+
+
+def words_spell_text(seg: Segment) -> bool:
+    """True when the segment's words, joined, are its text (whitespace aside): only then can the
+    text be cut between words without losing any (an alignment pass may leave words out)."""
+    return _SPACE.sub("", "".join(w.word for w in seg.words)) == _SPACE.sub("", seg.text)
 
 
 def _trim_to_speech(seg: Segment, turns: Sequence[SpeakerTurn]) -> Segment:
     """Pull the segment's edges in to the first and last speech (any speaker's turn) inside it:
-    Whisper's segment times often include the pauses around a sentence."""
+    Whisper's segment times often include the pauses around a sentence (segments without words)."""
     inside = [t for t in turns if t.end > seg.start and t.start < seg.end]
     if not inside:
         return seg
@@ -183,32 +202,123 @@ def _nearest(seg: Segment, tree, within: float) -> Segment:
     return replace(seg, speaker=t.speaker, confidence=conf if conf is not None else 0.5)
 
 
-def _split_by_words(seg: Segment, tree, majority: str) -> list[Segment]:
-    """Each word to the speaker it overlaps most (a neighbour's when none, else the segment's
-    ``majority`` speaker); runs of one speaker become segments."""
-    labelled = []
-    for w in seg.words:
-        hits = [iv.data for iv in tree.overlap(w.start, max(w.end, w.start + 1e-3))]
-        if hits:
-            best = max(hits, key=lambda t: min(t.end, w.end) - max(t.start, w.start))
-            labelled.append(replace(w, speaker=best.speaker))
+def _piece_confidence(tree, speaker: str | None, start: float, end: float) -> float | None:
+    """``_confidence`` of ``speaker`` over ``[start, end]`` (widened to 50 ms when shorter); a piece
+    its speaker does not overlap (it took a neighbour's speaker) gets half that speaker's nearest
+    turn confidence within ``NEAR_S`` (0.25 without one). ``None`` only when there is no speaker."""
+    if speaker is None:
+        return None
+    a, b = start, max(end, start + 0.05)
+    hits = [iv.data for iv in tree.overlap(a, b)]
+    conf = _confidence(hits, speaker, a, b)
+    if conf is not None:
+        return conf
+    mine = [iv.data for iv in tree.overlap(a - NEAR_S, b + NEAR_S) if iv.data.speaker == speaker]
+    if not mine:
+        return 0.25
+    t = min(mine, key=lambda t: max(t.start - b, a - t.end, 0.0))
+    return round((0.5 if t.confidence is None else t.confidence) / 2, 3)
+
+
+def _word_speaker(w: Word, tree) -> str | None:
+    """The speaker whose turn overlaps the word most; where two turns each cover (nearly) all of
+    it (overlapping speech), the shorter turn: the one that says someone else speaks *here*."""
+    end = max(w.end, w.start + 1e-3)
+    hits = [iv.data for iv in tree.overlap(w.start, end)]
+    if not hits:
+        return None
+    span = end - w.start
+    ov = {id(t): min(t.end, end) - max(t.start, w.start) for t in hits}
+    full = [t for t in hits if ov[id(t)] >= COVER_FRACTION * span]
+    if len(full) > 1:
+        return min(full, key=lambda t: t.end - t.start).speaker
+    return max(hits, key=lambda t: ov[id(t)]).speaker
+
+
+def _covered(tree, speaker: str, start: float, end: float) -> bool:
+    """Whether ``speaker``'s turns cover ``[start, end]`` with no gap over ``GAP_S``."""
+    if end <= start:
+        return True
+    spans = sorted((t.start, t.end) for t in (iv.data for iv in tree.overlap(start, end)) if t.speaker == speaker)
+    reach = start
+    for a, b in spans:
+        if a - reach > GAP_S:
+            return False
+        reach = max(reach, b)
+    return end - reach <= GAP_S
+
+
+def split_by_words(seg: Segment, tree, nearest_s: float = 2.0) -> list[Segment]:
+    """One segment (whose words spell its text) → one piece per speaker run of words.
+
+    Each word goes to one speaker (``_word_speaker``; a word no turn touches takes its previous
+    neighbour's speaker, the first ones the next labelled word's, else the nearest turn's within
+    ``nearest_s``). Runs of one speaker become pieces spanning exactly their words. When a speaker's
+    turns go on through another speaker's run (both talk at once: the sidecar's turns overlap
+    there), that speaker's runs before and after are one piece, so the pieces overlap in time as
+    the voices do; every word is still in exactly one piece.
+
+    Args:
+        seg: a segment with ``words`` (absolute times).
+        tree: ``intervaltree.IntervalTree`` of the ``SpeakerTurn`` s.
+
+    Returns:
+        pieces in order of their first word, each with ``speaker``, ``confidence`` and its words;
+        ``tokens`` kept only when the segment stays whole.
+    """
+    labels = [_word_speaker(w, tree) for w in seg.words]
+    for i in range(1, len(labels)):
+        if labels[i] is None:
+            labels[i] = labels[i - 1]
+    first = next((s for s in labels if s is not None), None)
+    if first is None:
+        first = _nearest(seg, tree, nearest_s).speaker
+    labels = [s if s is not None else first for s in labels]
+    runs: list[tuple[str | None, list[Word]]] = []
+    for w, spk in zip(seg.words, labels):
+        if runs and runs[-1][0] == spk:
+            runs[-1][1].append(w)
         else:
-            labelled.append(replace(w, speaker=labelled[-1].speaker if labelled else None))
-    if labelled and labelled[0].speaker is None:
-        first = next((w.speaker for w in labelled if w.speaker), majority)
-        labelled = [replace(w, speaker=w.speaker or first) for w in labelled]
-    runs: list[list] = []
-    for w in labelled:
-        if runs and runs[-1][0].speaker == w.speaker:
-            runs[-1].append(w)
+            runs.append((spk, [w]))
+    groups: list[tuple[str | None, list[Word]]] = []
+    for spk, words in runs:
+        prev = next((g for g in reversed(groups) if g[0] == spk), None)
+        if prev is not None and spk is not None and _covered(tree, spk, prev[1][-1].end, words[0].start):
+            prev[1].extend(words)
         else:
-            runs.append([w])
-    all_hits = [iv.data for iv in tree.overlap(seg.start, seg.end)]
+            groups.append((spk, list(words)))
+    whole = len(groups) == 1
     out = []
-    for i, run in enumerate(runs):
-        start = seg.start if i == 0 else run[0].start
-        end = seg.end if i == len(runs) - 1 else run[-1].end
-        out.append(replace(seg, start=start, end=end, text="".join(w.word for w in run), words=tuple(run),
-                           tokens=() if len(runs) > 1 else seg.tokens, speaker=run[0].speaker,
-                           confidence=_confidence(all_hits, run[0].speaker, start, end)))
+    for spk, words in groups:
+        start, end = min(w.start for w in words), max(w.end for w in words)
+        out.append(replace(seg, start=round(start, 3), end=round(max(end, start), 3),
+                           text=seg.text if whole else "".join(w.word for w in words),
+                           words=tuple(replace(w, speaker=spk) for w in words),
+                           tokens=seg.tokens if whole else (), speaker=spk,
+                           confidence=_piece_confidence(tree, spk, start, end)))
+    return out
+
+
+def fit_times(segments: Sequence[Segment], duration: float) -> list[Segment]:
+    """Every segment's (and word's) times inside ``[0, duration]`` and ordered (start ≤ end); a
+    segment whose words spell its text spans exactly its words, as openai/whisper sets a segment's
+    times from its word timestamps (``add_word_timestamps``); one with only some words (the
+    alignment left some out) keeps its own times, widened to hold them.
+
+    Args:
+        segments: absolute times in seconds.
+        duration: the audio's length in seconds.
+    """
+    def clamp(x: float) -> float:
+        return round(min(max(x, 0.0), duration), 3)
+
+    out = []
+    for s in segments:
+        words = tuple(replace(w, start=clamp(w.start), end=max(clamp(w.end), clamp(w.start))) for w in s.words)
+        start, end = clamp(s.start), clamp(s.end)
+        if words and words_spell_text(s):
+            start, end = min(w.start for w in words), max(w.end for w in words)
+        elif words:
+            start, end = min(start, *(w.start for w in words)), max(end, *(w.end for w in words))
+        out.append(replace(s, start=start, end=max(start, end), words=words))
     return out

@@ -1,14 +1,18 @@
 """The router's pipeline: chunk → fan out → link speakers → merge → render, each step a function.
 
-1. **chunk** (``server.chunking``): silero-vad regions → chunks of at most 30 s, grouped into
-   diarization windows.
+1. **chunk** (``server.chunking``): audio up to one chunk long (30 s) goes whole, so the text is
+   the whisper server's own for that file; longer audio is cut at silero-vad regions into chunks of
+   at most 30 s. Chunks are grouped into diarization windows as long as the sidecar takes in one
+   call (its ``max_window_s``), so a file that fits is diarized whole.
 2. **fan out** (``Router`` here): every chunk to the whisper server, every window to the sidecar,
    concurrently and bounded; the first chunk's detected language is pinned for the others.
 3. **link** (``server.speakers``): window-local speakers → global speakers by clustering their
    fingerprints (cosine similarity); each link carries a margin confidence; names ``A, B, …`` or
-   the known speakers'.
-4. **merge** (``server.merge``): transcript segments × speaker turns by maximum overlap, split
-   where the speaker changes.
+   the known speakers'. One window needs no linking.
+4. **merge** (``server.merge``): transcript segments × speaker turns, word by word, split where
+   the speaker changes (overlapping turns give overlapping segments); ``fit_times`` keeps every
+   segment ordered, inside the audio and spanning its words. The text is the whisper server's,
+   chunk texts joined; the speaker segments never rewrite it.
 5. **render**: ``server.formats`` for whole responses, the SSE events below for streams.
 
 The sidecar's failures cost speakers (``warnings``), never the transcript. Nothing here knows
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -28,7 +33,8 @@ import numpy as np
 from server.audio import SAMPLE_RATE, to_wav_bytes
 from server.chunking import Chunk, SileroVad, VadOptions, Window, group_windows, plan_chunks
 from server.clients import BackendError, Diarization, SidecarClient, WhisperClient
-from server.merge import assign_speakers
+from server.formats import usage
+from server.merge import assign_speakers, fit_times
 from server.speakers import (
     KNOWN_THRESHOLDS,
     KnownSpeaker,
@@ -45,11 +51,24 @@ from server.transcript import Segment, SpeakerTurn, Transcript
 
 log = logging.getLogger("chorus.router")
 
+DEFAULT_WINDOW_S = 30.0  # diarization window when neither the sidecar nor the settings give one
+# audio up to a chunk and this much more is sent whole: a "30 s" clip a few samples over (AMI's
+# excerpts are 480001 samples) is not cut by the VAD; the whisper server windows it as it would alone
+WHOLE_SLACK_S = 1.0
+WINDOW_RETRY_S = 30.0  # after a failed GET /v1/models, ask the sidecar again after this long
+# languages written without spaces between words (openai/whisper's tokenizer splits them by
+# character): chunk texts are joined without a space
+UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 
 
 @dataclass(frozen=True)
 class Job:
-    """One transcription request as the pipeline sees it."""
+    """One transcription request as the pipeline sees it.
+
+    ``diarize``: speakers are wanted (the request named a diarize model and a format that carries
+    speakers). ``timestamps=False``: the answer carries no times (json/text without speakers), so
+    chunks are decoded text-only by the whisper server.
+    """
 
     model: str
     task: str = "transcribe"
@@ -60,6 +79,7 @@ class Job:
     vad: VadOptions = VadOptions()
     known: tuple[tuple[str, bytes], ...] = ()  # (name, reference audio as WAV bytes)
     words: bool = False  # the client asked for timestamp_granularities[]=word
+    timestamps: bool = True
 
 
 @dataclass
@@ -68,7 +88,7 @@ class Plan:
 
     chunks: list[Chunk]
     windows: list[Window]
-    method: str  # "silero-vad" | "fixed"
+    method: str  # "whole" (one chunk) | "silero-vad" | "fixed"
     duration: float
 
 
@@ -82,15 +102,30 @@ class Router:
         *,
         vad: SileroVad | None = None,
         max_chunk_s: float = 30.0,
-        window_s: float = 30.0,
+        window_s: float | None = None,
         link_threshold: float | None = None,
         known_threshold: float | None = None,
+        models_timeout_s: float = 5.0,
     ) -> None:
+        """
+        Args:
+            whisper, sidecar: the backends' clients.
+            vad: silero-vad for cutting audio longer than a chunk; None: cuts at quiet frames.
+            max_chunk_s: the longest chunk sent to the whisper server (seconds).
+            window_s: the longest diarization window (seconds): a cap on the sidecar's own
+                ``max_window_s``; None: the sidecar's, or ``DEFAULT_WINDOW_S`` when it reports none.
+            link_threshold, known_threshold: cosine thresholds; None: by embedder.
+            models_timeout_s: deadline of the sidecar's ``GET /v1/models``.
+        """
         self.whisper = whisper
         self.sidecar = sidecar
         self.vad = vad
         self.max_chunk_s = max_chunk_s
-        self.window_s = max(window_s, max_chunk_s)
+        self.window_s = window_s
+        self.models_timeout_s = models_timeout_s
+        self._sidecar_window: tuple[float | None] | None = None  # (max_window_s or None,) once answered
+        self._window_retry_at = 0.0
+        self._window_lock = asyncio.Lock()
         self.link_threshold = link_threshold
         self.known_threshold = known_threshold
         # audio is encoded for a backend only once a slot is free, so a 4-hour file does not hold
@@ -99,8 +134,46 @@ class Router:
         self._sidecar_slots = asyncio.Semaphore(sidecar.concurrency)
 
     # -- chunk ------------------------------------------------------------------------------
-    def plan(self, samples: np.ndarray, vad: VadOptions) -> Plan:
-        """Cut ``samples`` into chunks and diarization windows (blocking: run it in a thread)."""
+    async def diarization_window_s(self) -> float:
+        """The diarization window (seconds): the sidecar's ``max_window_s`` (asked once, then
+        cached), capped by ``window_s``; ``window_s`` or ``DEFAULT_WINDOW_S`` when the sidecar
+        reports none. An unreachable sidecar costs at most ``models_timeout_s`` and is asked again
+        after ``WINDOW_RETRY_S``; meanwhile the fallback is used."""
+        fallback = self.window_s if self.window_s is not None else DEFAULT_WINDOW_S
+        if self._sidecar_window is None and time.monotonic() >= self._window_retry_at:
+            async with self._window_lock:
+                if self._sidecar_window is None and time.monotonic() >= self._window_retry_at:
+                    try:
+                        self._sidecar_window = (await asyncio.wait_for(
+                            self.sidecar.max_window_s(timeout_s=self.models_timeout_s), self.models_timeout_s),)
+                    except (BackendError, asyncio.TimeoutError) as exc:
+                        log.warning("the sidecar's max_window_s is unknown (%s); diarization windows of %g s",
+                                    str(exc) or type(exc).__name__, fallback)
+                        self._window_retry_at = time.monotonic() + WINDOW_RETRY_S
+        reported = self._sidecar_window[0] if self._sidecar_window is not None else None
+        if reported is None:
+            return fallback
+        return min(reported, self.window_s) if self.window_s is not None else reported
+
+    def forget_sidecar(self) -> None:
+        """Ask the sidecar for its ``max_window_s`` again on the next request (it restarted)."""
+        self._sidecar_window = None
+        self._window_retry_at = 0.0
+
+    def plan(self, samples: np.ndarray, vad: VadOptions, window_s: float = DEFAULT_WINDOW_S) -> Plan:
+        """Cut ``samples`` into chunks and diarization windows (blocking: run it in a thread).
+
+        Audio no longer than ``max_chunk_s`` + ``WHOLE_SLACK_S`` is one chunk, whole (no VAD): the
+        whisper server then sees exactly the file it would be sent directly, and its text is the
+        router's. Longer audio is cut at silero-vad regions (or at quiet frames without a VAD).
+        Windows group consecutive chunks spanning at most ``window_s`` seconds (at least one chunk
+        each).
+        """
+        n = int(samples.shape[0])
+        duration = n / SAMPLE_RATE
+        if n <= (self.max_chunk_s + WHOLE_SLACK_S) * SAMPLE_RATE:
+            chunks = [Chunk(0, 0, n)] if n else []
+            return Plan(chunks, group_windows(chunks, window_s), "whole", duration)
         regions, method = None, "fixed"
         if self.vad is not None:
             try:
@@ -108,23 +181,28 @@ class Router:
             except Exception as exc:  # no torch / silero here: fixed windows still work
                 log.warning("VAD failed (%s); falling back to fixed windows", exc)
         chunks = plan_chunks(samples, regions, self.max_chunk_s)
-        return Plan(chunks, group_windows(chunks, self.window_s), method, samples.shape[0] / SAMPLE_RATE)
+        return Plan(chunks, group_windows(chunks, window_s), method, duration)
 
     # -- fan out ----------------------------------------------------------------------------
     def _launch_whisper(self, samples: np.ndarray, plan: Plan, job: Job) -> list[asyncio.Task]:
         """One task per chunk, in order; without a language the first chunk's detection pins it."""
         first_language: asyncio.Future = asyncio.get_running_loop().create_future()
 
+        # text-only chunks report no language: the first chunk of several, when the language is to
+        # be detected, is decoded with timestamps to learn it
+        learn = job.language is None and job.task == "transcribe" and len(plan.chunks) > 1
+
         async def one(chunk: Chunk) -> Transcript:
             language = job.language
             if language is None and job.task == "transcribe" and chunk.index > 0:
                 language = await asyncio.shield(first_language)
+            timestamps = job.timestamps or (learn and chunk.index == 0)
             try:
                 async with self._whisper_slots:
                     wav = to_wav_bytes(samples[chunk.start: chunk.end])
                     t = await self.whisper.transcribe(wav, model=job.model, task=job.task, language=language,
                                                       prompt=job.prompt, temperature=job.temperature,
-                                                      words=job.words or job.diarize)
+                                                      words=job.words or job.diarize, timestamps=timestamps)
             except Exception as exc:
                 if chunk.index == 0 and not first_language.done():
                     first_language.set_exception(exc)
@@ -134,7 +212,9 @@ class Router:
                     first_language.cancel()
                 raise
             if chunk.index == 0 and not first_language.done():
-                first_language.set_result(t.language)
+                first_language.set_result(t.language or None)
+            if not job.timestamps:
+                t = replace(t, segments=())
             return shift_transcript(t, chunk)
 
         tasks = [asyncio.create_task(one(c)) for c in plan.chunks]
@@ -184,7 +264,7 @@ class Router:
             await asyncio.gather(*whisper_tasks, *sidecar_tasks, return_exceptions=True)
             raise
         segments = [s for p in parts for s in p.segments]
-        language = job.language or (parts[0].language if parts else "en")
+        language = job.language or (parts[0].language if parts else "") or "en"
         warnings: list[str] = []
         if sidecar_tasks:
             results = await asyncio.gather(*sidecar_tasks, return_exceptions=True)
@@ -192,7 +272,8 @@ class Router:
             warnings += known_warnings
             segments, w = self._attribute(segments, results, known)
             warnings += w
-        return assemble(segments, language, plan.duration, job.task, warnings)
+        text = join_texts([p.text for p in parts], language)
+        return assemble(segments, text, language, plan.duration, job.task, warnings)
 
     def _attribute(self, segments: list[Segment], results: list, known: list[KnownSpeaker]
                    ) -> tuple[list[Segment], list[str]]:
@@ -229,8 +310,10 @@ class Router:
 
     async def stream(self, samples: np.ndarray, plan: Plan, job: Job, *, segments_events: bool) -> AsyncIterator[dict]:
         """Events as chunks complete, in order: ``transcript.text.delta`` per segment (with its
-        ``segment_id``), ``transcript.text.segment`` when ``segments_events`` (diarized), then
-        ``transcript.text.done``. Speakers are linked online (``StreamSpeakers``).
+        ``segment_id`` and a ``transcript.text.segment`` when ``segments_events``, diarized),
+        then ``transcript.text.done`` with the whole text (the same as without streaming) and
+        ``usage`` (``{"type": "duration", "seconds"}``). Speakers are linked online
+        (``StreamSpeakers``).
 
         Raises:
             BackendError: from the whisper server, before or between events.
@@ -244,10 +327,13 @@ class Router:
         window_turns: dict[int, list[SpeakerTurn] | None] = {}
         texts: list[str] = []
         warnings: list[str] = []
+        language = job.language
         n_seg = 0
         try:
             for ci, task in enumerate(whisper_tasks):
-                segs = list((await task).segments)
+                part = await task
+                language = language or part.language or None
+                segs = list(part.segments)
                 if sidecar_tasks:
                     w = window_of[ci]
                     if w not in window_turns:
@@ -267,17 +353,20 @@ class Router:
                             window_turns[w] = speakers.add(w, d)
                     if window_turns[w] is not None:
                         segs = assign_speakers(segs, window_turns[w])
-                for s in segs:
-                    text = s.text.strip()
-                    if not text:
-                        continue
-                    seg_id = f"seg_{n_seg}"
-                    yield delta_event((" " if texts else "") + text, seg_id if segments_events else None)
-                    texts.append(text)
-                    if segments_events:
-                        yield segment_event(replace(s, id=n_seg))
-                    n_seg += 1
-            yield done_event(" ".join(texts), warnings)
+                segs = [s for s in fit_times(segs, plan.duration) if s.text.strip()]
+                if not part.text.strip() and not segs:
+                    continue
+                sep = joiner(language) if texts else ""
+                pieces = text_pieces([s.text for s in segs] if segs else [part.text], sep)
+                for i, piece in enumerate(pieces):
+                    if segments_events and segs:
+                        yield delta_event(piece, f"seg_{n_seg}")
+                        yield segment_event(replace(segs[i], id=n_seg))
+                        n_seg += 1
+                    elif piece:
+                        yield delta_event(piece)
+                texts.append(part.text)
+            yield done_event(join_texts(texts, language or "en"), warnings, usage(plan.duration))
         finally:
             for t in tasks:
                 t.cancel()
@@ -298,9 +387,39 @@ def shift_diarization(d: Diarization, offset: float) -> Diarization:
     return replace(d, turns=tuple(replace(t, start=t.start + offset, end=t.end + offset) for t in d.turns))
 
 
-def assemble(segments: Sequence[Segment], language: str, duration: float, task: str, warnings: Sequence[str]) -> Transcript:
-    segs = tuple(replace(s, id=i) for i, s in enumerate(segments))
-    text = " ".join(s.text.strip() for s in segs if s.text.strip())
+def joiner(language: str | None) -> str:
+    """What goes between two chunks' texts: a space, or nothing for unspaced scripts."""
+    return "" if language in UNSPACED_LANGUAGES else " "
+
+
+def join_texts(texts: Sequence[str], language: str | None) -> str:
+    """Chunk texts (each the whisper server's ``text``) → the whole transcript's text; one chunk's
+    text is returned as it is."""
+    return joiner(language).join(t.strip() for t in texts if t.strip())
+
+
+def text_pieces(texts: Sequence[str], sep: str) -> list[str]:
+    """Consecutive segment texts → stream deltas that concatenate to ``sep`` + their joined,
+    stripped text (the chunk's text as the whisper server gives it): one piece per segment, the
+    leading and trailing whitespace of the whole cut away, ``sep`` in front of the first."""
+    full = "".join(texts)
+    lo, hi = len(full) - len(full.lstrip()), len(full.rstrip())
+    out, pos, first = [], 0, True
+    for t in texts:
+        a, b = max(pos, lo), min(pos + len(t), hi)
+        piece = full[a:b] if b > a else ""
+        if piece and first:
+            piece, first = sep + piece, False
+        out.append(piece)
+        pos += len(t)
+    return out
+
+
+def assemble(segments: Sequence[Segment], text: str, language: str, duration: float, task: str,
+             warnings: Sequence[str]) -> Transcript:
+    """The response's ``Transcript``: segments with times fitted (``fit_times``) and renumbered, in
+    order of their start."""
+    segs = tuple(replace(s, id=i) for i, s in enumerate(sorted(fit_times(segments, duration), key=lambda s: s.start)))
     return Transcript(text=text, segments=segs, language=language, duration=duration, task=task,
                       warnings=tuple(dict.fromkeys(warnings)))
 
@@ -324,8 +443,10 @@ def segment_event(s: Segment) -> dict:
     return ev
 
 
-def done_event(text: str, warnings: Sequence[str] = ()) -> dict:
+def done_event(text: str, warnings: Sequence[str] = (), usage: dict | None = None) -> dict:
     ev: dict = {"type": "transcript.text.done", "text": text}
+    if usage is not None:
+        ev["usage"] = usage
     if warnings:
         ev["warnings"] = list(dict.fromkeys(warnings))
     return ev

@@ -43,7 +43,7 @@ from server.errors import (
     NotReadyError,
     TimeoutError_,
 )
-from server.formats import RENDERERS
+from server.formats import RENDERERS, TIMELESS_FORMATS
 from server import openapi
 from server.http import Admission, ServerState, Upload, build_app, decode_upload, model_routes, read_upload, timed
 from server.protocol import WHISPER_LANGUAGES, TranscriptionRequest, parse_form
@@ -127,6 +127,31 @@ def decode_reference(url: str, index: int) -> bytes:
     return to_wav_bytes(samples)
 
 
+def wants_speakers(req: TranscriptionRequest, settings: RouterSettings) -> bool:
+    """Whether a transcription request is diarized, as OpenAI decides it: by the model.
+
+    A diarize model (``settings.diarize_model_names``, ``gpt-4o-transcribe-diarize``) gets speakers
+    in every format that can carry them (``settings.diarize_formats``: diarized_json, verbose_json
+    ``speaker``, srt ``[A]``, vtt ``<v A>``; when streaming, diarized_json only); json and text,
+    and every request naming a Whisper model (``whisper-1``), are plain transcriptions and never
+    reach the sidecar.
+
+    Raises:
+        InvalidRequestError: ``diarized_json`` asked of a model that does not diarize (OpenAI
+            offers it only with its diarize model).
+    """
+    diarize_model = req.model in settings.diarize_model_names
+    if req.response_format == "diarized_json" and not diarize_model:
+        raise InvalidRequestError(
+            f"response_format 'diarized_json' needs a diarization model ({', '.join(settings.diarize_model_names)}); "
+            f"'{req.model}' transcribes without speakers.", param="response_format")
+    if not diarize_model:
+        return False
+    if req.stream:
+        return req.response_format == "diarized_json"
+    return req.response_format in settings.diarize_formats
+
+
 def create_app(
     settings: RouterSettings,
     *,
@@ -165,6 +190,8 @@ def create_app(
     async def poll_backends(router: Router) -> None:
         while True:
             checks = await asyncio.gather(router.whisper.ready(), router.sidecar.ready())
+            if checks[1][0] and not holder["backends"]["sidecar"][0]:
+                router.forget_sidecar()  # (re)started: its max_window_s may have changed
             for name, (ok, detail) in zip(("whisper", "sidecar"), checks):
                 holder["backends"][name] = (ok, detail)
                 backend_up.labels(name).set(1 if ok else 0)
@@ -183,7 +210,7 @@ def create_app(
     silero = vad or SileroVad()
     router = Router(whisper, sidecar, vad=silero, max_chunk_s=settings.max_chunk_s,
                     window_s=settings.diarization_window_s, link_threshold=settings.link_threshold,
-                    known_threshold=settings.known_speaker_threshold)
+                    known_threshold=settings.known_speaker_threshold, models_timeout_s=settings.connect_timeout_s)
     holder["router"] = router
 
     @asynccontextmanager
@@ -233,18 +260,23 @@ def create_app(
         names = [n.strip() for n in req.known_speaker_names]
         if any(not n for n in names) or len(set(names)) != len(names):
             raise InvalidRequestError("known_speaker_names[] must be distinct and non-empty.", param="known_speaker_names")
-        diarize = req.response_format in settings.diarize_formats
+        diarize = wants_speakers(req, settings)
         refs = []
         if names and diarize:
             refs = await anyio.to_thread.run_sync(
                 lambda: [decode_reference(u, i) for i, u in enumerate(req.known_speaker_references)])
         job = Job(model=whisper_model(req.model), task="transcribe", language=req.language, prompt=req.prompt,
                   temperature=req.temperature, diarize=diarize, vad=vad_options, known=tuple(zip(names, refs)),
-                  words="word" in req.timestamp_granularities)
+                  words="word" in req.timestamp_granularities and req.response_format == "verbose_json",
+                  timestamps=diarize or req.response_format not in TIMELESS_FORMATS)
         return req, job, upload
 
     async def decode(upload, request: Request):
         return await decode_upload(upload, settings, request)
+
+    async def plan(router: Router, samples, job: Job):
+        window_s = await router.diarization_window_s() if job.diarize else router.max_chunk_s
+        return await anyio.to_thread.run_sync(router.plan, samples, job.vad, window_s)
 
     @timed(state, "/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:
@@ -254,11 +286,11 @@ def create_app(
             return await stream_response(request, router, req, job, upload)
         async with admission:
             samples = await decode(upload, request)
-            plan = await anyio.to_thread.run_sync(router.plan, samples, job.vad)
-            chunks_total.inc(len(plan.chunks))
+            plan_ = await plan(router, samples, job)
+            chunks_total.inc(len(plan_.chunks))
             t0 = time.perf_counter()
             try:
-                transcript = await asyncio.wait_for(router.transcribe(samples, plan, job),
+                transcript = await asyncio.wait_for(router.transcribe(samples, plan_, job),
                                                     timeout=settings.request_timeout_s)
             except asyncio.TimeoutError:
                 raise TimeoutError_(f"The request took longer than {settings.request_timeout_s:g} s.",
@@ -272,8 +304,8 @@ def create_app(
                 if "sidecar" in w:
                     backend_errors.labels("sidecar", "degraded").inc()
                     break
-        log.info("transcribed %.1fs in %d chunks / %d windows (%s) in %.2fs; warnings=%d", plan.duration,
-                 len(plan.chunks), len(plan.windows), plan.method, time.perf_counter() - t0, len(transcript.warnings))
+        log.info("transcribed %.1fs in %d chunks / %d windows (%s) in %.2fs; warnings=%d", plan_.duration,
+                 len(plan_.chunks), len(plan_.windows), plan_.method, time.perf_counter() - t0, len(transcript.warnings))
         body, media_type = RENDERERS[req.response_format](transcript, words="word" in req.timestamp_granularities)
         if isinstance(body, dict):
             return JSONResponse(body)
@@ -283,9 +315,9 @@ def create_app(
         await admission.__aenter__()
         try:
             samples = await decode(upload, request)
-            plan = await anyio.to_thread.run_sync(router.plan, samples, job.vad)
-            chunks_total.inc(len(plan.chunks))
-            events = router.stream(samples, plan, job, segments_events=req.response_format == "diarized_json")
+            plan_ = await plan(router, samples, job)
+            chunks_total.inc(len(plan_.chunks))
+            events = router.stream(samples, plan_, job, segments_events=job.diarize)
             try:  # the first event (or the whisper server's failure) before the 200 goes out
                 first = await events.__anext__()
             except BackendError as exc:

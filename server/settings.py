@@ -101,11 +101,14 @@ class RouterSettings(ServerSettings):
     )
     diarize_formats: list[str] = Field(
         default_factory=lambda: ["diarized_json", "verbose_json", "srt", "vtt"],
-        description="response_formats that carry speakers (the sidecar is skipped for the others).",
+        description="response_formats that carry speakers when the model is a diarize model (the sidecar is "
+        "skipped for the others, and for every other model).",
     )
     max_chunk_s: float = Field(30.0, gt=1, le=30, description="Longest chunk sent to the whisper server.")
-    diarization_window_s: float = Field(
-        30.0, ge=1, description="Consecutive chunks up to this length are diarized together by the sidecar.",
+    diarization_window_s: float | None = Field(
+        None, ge=1,
+        description="Longest audio (s) the sidecar diarizes in one call: consecutive chunks up to this length go "
+        "together. None: the sidecar's own max_window_s (GET /v1/models), 30 s when it reports none; a number caps it.",
     )
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="silero-vad speech probability ('auto').")
     vad_silence_ms: int = Field(500, ge=0, description="Least pause that ends a speech region ('auto').")
@@ -113,7 +116,7 @@ class RouterSettings(ServerSettings):
     link_threshold: float | None = Field(
         None, ge=-1, le=1,
         description="Cosine similarity above which two chunk-local speakers are one person; None: by embedder "
-        "(0.80 resemblyzer, 0.50 TitaNet).",
+        "(0.66 CAM++, 0.80 resemblyzer, 0.50 TitaNet).",
     )
     known_speaker_threshold: float | None = Field(
         None, ge=-1, le=1,

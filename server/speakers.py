@@ -19,15 +19,20 @@ from server.transcript import SpeakerTurn
 
 
 
-LINK_THRESHOLDS = {"titanet": 0.50, "resemblyzer": 0.80}
-KNOWN_THRESHOLDS = {"titanet": 0.40, "resemblyzer": 0.75}
+# CAM++ (the sidecar's pyannote-style backend): 0.66 is the cosine of its own clustering threshold
+# (centroid distance 0.825 between unit vectors: 1 - 0.825²/2), so windows are linked as the sidecar
+# clusters inside one; the known-speaker bar sits below it as for the other embedders. Neither was
+# measured through the router yet.
+LINK_THRESHOLDS = {"titanet": 0.50, "resemblyzer": 0.80, "campplus": 0.66}
+KNOWN_THRESHOLDS = {"titanet": 0.40, "resemblyzer": 0.75, "campplus": 0.60}
 DEFAULT_LINK_THRESHOLD = 0.75
 MARGIN_SCALE = 0.05  # cosine-similarity margin that moves a link's confidence from 0.5 to 0.73
 
 
 def embedder_family(name: str) -> str:
-    """``"titanet"``, ``"resemblyzer"`` or ``""`` from an embedder description."""
-    low = name.lower()
+    """``"titanet"``, ``"resemblyzer"``, ``"campplus"`` or ``""`` from an embedder description
+    (``"CAM++ 3D-Speaker campplus_cn_en_common.pt (192-d)"`` is ``"campplus"``)."""
+    low = name.lower().replace("cam++", "campplus")
     return next((k for k in LINK_THRESHOLDS if k in low), "")
 
 

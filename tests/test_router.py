@@ -106,10 +106,22 @@ async def _upload(request: Request) -> tuple[np.ndarray, dict]:
     form = await request.form()
     data = await form["file"].read()
     fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    fields["granularities"] = form.getlist("timestamp_granularities[]")
     return decode_audio(data), fields
 
 
+def burst_words(a: float, b: float, spk: str) -> list[dict]:
+    """The fake's words for one tone burst: ``low``/``high`` every half second, the last with a full stop."""
+    n = max(1, round((b - a) * 2))
+    step = (b - a) / n
+    return [{"word": " " + WORD[spk] + ("." if i == n - 1 else ""), "start": round(a + i * step, 3),
+             "end": round(a + (i + 1) * step, 3)} for i in range(n)]
+
+
 def fake_whisper(log: list) -> Starlette:
+    """Tone bursts → ``low``/``high`` words; bursts closer than 0.7 s share a segment. Each segment
+    has its own decoding statistics; words when asked for; ``json`` gives the text only."""
+
     async def transcribe(request: Request):
         samples, fields = await _upload(request)
         log.append(fields)
@@ -119,16 +131,22 @@ def fake_whisper(log: list) -> Starlette:
                                            "code": "model_not_found"}}, status_code=404)
         segs: list[dict] = []
         for a, b, spk in bursts(samples):
-            words = " ".join([WORD[spk]] * max(1, round((b - a) * 2))) + "."
+            words = burst_words(a, b, spk)
             if segs and a - segs[-1]["end"] < 0.7:
-                segs[-1]["end"], segs[-1]["text"] = b, segs[-1]["text"] + " " + words
+                segs[-1]["end"] = b
+                segs[-1]["words"] += words
             else:
-                segs.append({"start": a, "end": b, "text": " " + words})
-        out = [{"id": i, "seek": 0, "tokens": [1, 2], "temperature": 0.0, "avg_logprob": -0.1,
-                "compression_ratio": 1.0, "no_speech_prob": 0.0, **s} for i, s in enumerate(segs)]
+                segs.append({"start": a, "end": b, "words": words})
+        out = [{"id": i, "seek": 100 * i, "start": s["start"], "end": s["end"],
+                "text": "".join(w["word"] for w in s["words"]), "tokens": [1, 2 + i], "temperature": 0.0,
+                "avg_logprob": round(-0.1 - 0.01 * i, 3), "compression_ratio": round(1.0 + 0.1 * i, 3),
+                "no_speech_prob": round(0.01 * i, 3),
+                **({"words": s["words"]} if "word" in fields["granularities"] else {})} for i, s in enumerate(segs)]
+        text = "".join(s["text"] for s in out).strip()
+        if fields.get("response_format") == "json":
+            return JSONResponse({"text": text, "usage": {"type": "duration", "seconds": 1}})
         return JSONResponse({"task": "transcribe", "language": fields.get("language") or "en",
-                             "duration": len(samples) / SAMPLE_RATE,
-                             "text": "".join(s["text"] for s in out).strip(), "segments": out})
+                             "duration": len(samples) / SAMPLE_RATE, "text": text, "segments": out})
 
     async def translate(request: Request):
         samples, fields = await _upload(request)
@@ -153,11 +171,16 @@ def fingerprint(spk: str, rng: np.random.Generator) -> list[float]:
 
 
 def fake_sidecar(control: dict) -> Starlette:
+    """Bursts labelled by pitch with window-local labels; ``control``: ``fail``, ``delay``,
+    ``max_window_s`` (reported by ``GET /v1/models`` when set; that route answers 404 otherwise,
+    as an old sidecar's list without the field would), ``models_delay``; counts ``calls``,
+    ``models_calls`` and the ``seconds`` of each diarized file."""
     rng = np.random.default_rng(0)
 
     async def diarize(request: Request):
         samples, _ = await _upload(request)
         control["calls"] = control.get("calls", 0) + 1
+        control.setdefault("seconds", []).append(len(samples) / SAMPLE_RATE)
         if control.get("fail"):
             return JSONResponse({"error": {"message": "boom", "type": "server_error", "param": None,
                                            "code": None}}, status_code=500)
@@ -181,17 +204,30 @@ def fake_sidecar(control: dict) -> Starlette:
     async def ready(request: Request):
         return JSONResponse({"ready": True, "detail": "ready"})
 
+    async def models(request: Request):
+        control["models_calls"] = control.get("models_calls", 0) + 1
+        if control.get("models_delay"):
+            await asyncio.sleep(control["models_delay"])
+        if "max_window_s" not in control:
+            return JSONResponse({"error": {"message": "no such route", "type": "invalid_request_error",
+                                           "param": None, "code": None}}, status_code=404)
+        card = {"id": "diarization", "object": "model", "backend": "fake"}
+        if control["max_window_s"] is not None:
+            card["max_window_s"] = control["max_window_s"]
+        return JSONResponse({"object": "list", "data": [card, {"id": "speaker-embedding", "object": "model"}]})
+
     return Starlette(routes=[Route("/v1/diarize", diarize, methods=["POST"]),
                              Route("/v1/speaker-embeddings", embed, methods=["POST"]),
-                             Route("/ready", ready)])
+                             Route("/v1/models", models), Route("/ready", ready)])
 
 
-def router_app(whisper_log=None, control=None, *, whisper_transport=None, **overrides):
-    settings = RouterSettings(max_chunk_s=10.0, diarization_window_s=10.0, link_threshold=0.8,
-                              known_speaker_threshold=0.8, **overrides)
+def router_app(whisper_log=None, control=None, *, whisper_transport=None, sidecar_transport=None, **overrides):
+    overrides = {"max_chunk_s": 10.0, "diarization_window_s": 10.0, "link_threshold": 0.8,
+                 "known_speaker_threshold": 0.8, **overrides}
+    settings = RouterSettings(**overrides)
     transports = {
         "whisper": whisper_transport or httpx.ASGITransport(app=fake_whisper(whisper_log if whisper_log is not None else [])),
-        "sidecar": httpx.ASGITransport(app=fake_sidecar(control if control is not None else {})),
+        "sidecar": sidecar_transport or httpx.ASGITransport(app=fake_sidecar(control if control is not None else {})),
     }
     return create_app(settings, vad=EnergyVad(), transports=transports)
 
@@ -337,6 +373,17 @@ def test_online_linker_matches_one_to_one():
     assert second[(1, "r")].cluster not in (first[(0, "x")].cluster, first[(0, "y")].cluster)
 
 
+def test_embedder_families_pick_their_thresholds():
+    from server.speakers import KNOWN_THRESHOLDS, default_threshold, embedder_family
+
+    assert embedder_family("CAM++ 3D-Speaker campplus_cn_en_common.pt (192-d)") == "campplus"
+    assert embedder_family("resemblyzer-0.1.4/pretrained.pt (GE2E, 256-d)") == "resemblyzer"
+    assert embedder_family("nvidia/titanet_large") == "titanet"
+    assert default_threshold("CAM++ 3D-Speaker x.pt") == 0.66
+    assert default_threshold("CAM++ 3D-Speaker x.pt", KNOWN_THRESHOLDS) == 0.60
+    assert default_threshold("something else") == 0.75
+
+
 def test_names_letters_and_known_speakers():
     assert [speaker_letter(i) for i in (0, 1, 25, 26, 27)] == ["A", "B", "Z", "AA", "AB"]
     rng = np.random.default_rng(4)
@@ -459,27 +506,44 @@ async def test_diarized_json_end_to_end_with_fakes(conv):
     assert not (out.model_extra or {}).get("warnings")
 
 
-async def test_srt_vtt_verbose_and_plain_formats(conv):
+async def test_only_the_diarize_model_diarizes(conv):
+    """whisper-1 is a plain transcription in every format (the sidecar is never called);
+    the diarize model gives speakers where the format carries them; diarized_json needs it."""
     samples, _ = conv
     control: dict = {}
     client = make_client(router_app(None, control))
-    srt = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav(samples)), response_format="srt")
+    data = ("c.wav", wav(samples))
+    srt = await client.audio.transcriptions.create(model="whisper-1", file=data, response_format="srt")
+    vtt = await client.audio.transcriptions.create(model="whisper-1", file=data, response_format="vtt")
+    verbose = await client.audio.transcriptions.create(model="whisper-1", file=data, response_format="verbose_json")
+    assert "low" in srt and "high" in srt and "[A]" not in srt and "[B]" not in srt
+    assert vtt.startswith("WEBVTT") and "low" in vtt and "<v " not in vtt
+    assert verbose.segments and all("speaker" not in (s.model_extra or {}) for s in verbose.segments)
+    stream = await client.audio.transcriptions.create(model="whisper-1", file=data, response_format="srt", stream=True)
+    assert {ev.type async for ev in stream} == {"transcript.text.delta", "transcript.text.done"}
+    assert control.get("calls", 0) == 0  # no diarization asked of the sidecar
+    with pytest.raises(openai.BadRequestError, match="diarization model") as exc:
+        await client.audio.transcriptions.create(model="whisper-1", file=data, response_format="diarized_json")
+    assert exc.value.body["param"] == "response_format"
+
+    srt = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=data, response_format="srt")
     assert "[A] low" in srt and "[B] high" in srt
-    vtt = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav(samples)), response_format="vtt")
+    vtt = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=data, response_format="vtt")
     assert vtt.startswith("WEBVTT") and "<v A>low" in vtt and "<v B>high" in vtt
-    verbose = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav(samples)),
+    verbose = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=data,
                                                        response_format="verbose_json")
     assert {s.model_extra["speaker"] for s in verbose.segments} == {"A", "B"}
     calls = control["calls"]
-    text = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav(samples)), response_format="text")
-    assert "low" in text and "high" in text
-    assert control["calls"] == calls  # json/text need no diarization
+    for fmt in ("text", "json"):  # nowhere to put speakers: no diarization
+        out = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=data, response_format=fmt)
+        assert "low" in str(out) and "high" in str(out)
+    assert control["calls"] == calls
 
 
 async def test_sidecar_failure_degrades_to_a_transcript_with_warnings(conv):
     samples, _ = conv
     client = make_client(router_app(None, {"fail": True}))
-    out = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav(samples)),
+    out = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)),
                                                    response_format="diarized_json")
     assert "low" in out.text and "high" in out.text
     assert all(s.speaker is None for s in out.segments)
@@ -495,7 +559,8 @@ async def test_whisper_down_is_503_with_retry_after(conv):
 
     app = router_app(whisper_transport=httpx.MockTransport(refuse))
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r")
-    r = await http.post("/v1/audio/transcriptions", data={"model": "whisper-1", "response_format": "diarized_json"},
+    r = await http.post("/v1/audio/transcriptions", data={"model": "gpt-4o-transcribe-diarize",
+                                                          "response_format": "diarized_json"},
                         files={"file": ("c.wav", wav(samples[: 5 * SAMPLE_RATE]))})
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
     assert r.json()["error"]["code"] == "backend_unavailable"
@@ -516,7 +581,8 @@ async def test_backend_errors_pass_through_and_validation(conv):
                                                  chunking_strategy={"type": "server_vad", "threshold": 3})
     assert exc.value.body["param"] == "chunking_strategy"
     with pytest.raises(openai.BadRequestError) as exc:
-        await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav(samples[: 3 * SAMPLE_RATE])),
+        await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize",
+                                                 file=("c.wav", wav(samples[: 3 * SAMPLE_RATE])),
                                                  response_format="diarized_json", known_speaker_names=["x"],
                                                  known_speaker_references=["not a data url"])
     assert exc.value.body["param"] == "known_speaker_references"
@@ -531,7 +597,7 @@ async def test_over_capacity_is_429(conv):
 
     async def call():
         return await http.post("/v1/audio/transcriptions",
-                               data={"model": "whisper-1", "response_format": "diarized_json"},
+                               data={"model": "gpt-4o-transcribe-diarize", "response_format": "diarized_json"},
                                files={"file": ("c.wav", wav(samples[: 8 * SAMPLE_RATE]))})
 
     first = asyncio.create_task(call())
@@ -544,7 +610,7 @@ async def test_over_capacity_is_429(conv):
 async def test_streaming_deltas_segments_and_done(conv):
     samples, ref = conv
     client = make_client(router_app())
-    stream = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav(samples)),
+    stream = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)),
                                                       response_format="diarized_json", stream=True)
     events = [ev async for ev in stream]
     kinds = [ev.type for ev in events]
@@ -576,7 +642,7 @@ async def test_known_speaker_names(conv):
     too_short = "data:audio/wav;base64," + base64.b64encode(wav(tone(300, 0.5))).decode()
     with pytest.raises(openai.BadRequestError, match="between 2 and 10 seconds"):
         await client.audio.transcriptions.create(
-            model="whisper-1", file=("c.wav", wav(samples)), response_format="diarized_json",
+            model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)), response_format="diarized_json",
             known_speaker_names=["x"], known_speaker_references=[too_short])
 
 
@@ -645,7 +711,7 @@ async def test_clients_retry_once_then_report_unavailable():
 async def test_silence_gives_an_empty_transcript():
     client = make_client(router_app())
     silent = np.zeros(5 * SAMPLE_RATE, np.float32)
-    out = await client.audio.transcriptions.create(model="whisper-1", file=("s.wav", wav(silent)),
+    out = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("s.wav", wav(silent)),
                                                    response_format="diarized_json")
     assert out.text == "" and out.segments == []
     stream = await client.audio.transcriptions.create(model="whisper-1", file=("s.wav", wav(silent)), stream=True)

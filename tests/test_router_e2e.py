@@ -86,14 +86,18 @@ async def test_streaming_through_three_processes(stack, conversation_wav):
     _, urls = stack
     data, _ = conversation_wav
     client = sdk(urls["router"])
-    stream = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", data),
+    stream = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", data),
                                                       response_format="diarized_json", stream=True)
     events = [ev async for ev in stream]
     assert events[-1].type == "transcript.text.done"
+    assert events[-1].usage.type == "duration"
     segments = [e for e in events if e.type == "transcript.text.segment"]
     assert all(s.speaker in ("A", "B") for s in segments)
-    srt = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", data), response_format="srt")
+    srt = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", data),
+                                                   response_format="srt")
     assert "[A]" in srt or not srt.strip()
+    plain = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", data), response_format="srt")
+    assert "[A]" not in plain and "[B]" not in plain  # whisper-1 never diarizes
 
 
 async def test_known_speaker_names_through_three_processes(stack, conversation_wav):
@@ -125,7 +129,7 @@ async def test_killing_the_sidecar_mid_request_still_returns_the_transcript(stac
     import asyncio
 
     request = asyncio.create_task(client.audio.transcriptions.create(
-        model="whisper-1", file=("c.wav", data), response_format="diarized_json"))
+        model="gpt-4o-transcribe-diarize", file=("c.wav", data), response_format="diarized_json"))
     await asyncio.sleep(0.3)  # the router has decoded, chunked and sent the windows out
     os.killpg(sidecar.pid, signal.SIGKILL)
     sidecar.wait(timeout=10)
@@ -139,7 +143,7 @@ async def test_killing_the_sidecar_mid_request_still_returns_the_transcript(stac
             break
         time.sleep(0.25)
     assert httpx.get(f"{urls['router']}/ready").status_code == 503
-    again = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", data),
+    again = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", data),
                                                      response_format="diarized_json")
     assert any("sidecar" in w for w in again.model_extra["warnings"])
 

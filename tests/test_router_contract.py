@@ -1,0 +1,378 @@
+"""What a client of the router can rely on (issue 14's router defects), with fake backends:
+
+- segment times are ordered and inside the audio in every response format, and a segment with
+  words spans exactly its words;
+- for a file the router sends whole, its text, segments and decoding statistics are the whisper
+  server's own;
+- the stream's ``transcript.text.done`` carries OpenAI's duration usage;
+- the diarization window is the sidecar's ``max_window_s`` (asked once), so a file that fits is
+  diarized in one call;
+- overlapping turns from the sidecar give overlapping ``diarized_json`` segments, each word in one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import httpx
+import numpy as np
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from server.audio import SAMPLE_RATE, to_wav_bytes
+from server.merge import assign_speakers, fit_times, split_by_words
+from server.router import text_pieces
+from server.transcript import Segment, SpeakerTurn, Word
+from tests.conftest import make_client
+from tests.test_router import CONVERSATION, dialogue, fake_sidecar, fake_whisper, router_app, tone
+
+DIARIZE = "gpt-4o-transcribe-diarize"
+
+
+# ---------------------------------------------------------------------------------------------
+# canned backends: the same answer for any audio (the file is short: the router sends it whole)
+
+
+def words_of(*spec: tuple[str, float, float]) -> list[dict]:
+    return [{"word": w, "start": a, "end": b} for w, a, b in spec]
+
+
+def canned_whisper(segments: list[dict], log: list | None = None) -> Starlette:
+    """verbose_json with ``segments`` (their ``words`` only when asked), json with their text."""
+
+    async def transcribe(request: Request):
+        form = await request.form()
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        if log is not None:
+            log.append(fields)
+        want_words = "word" in form.getlist("timestamp_granularities[]")
+        out = []
+        for i, s in enumerate(segments):
+            seg = {"id": i, "seek": 0, "tokens": [10 + i, 11 + i], "temperature": 0.0, "avg_logprob": -0.2 - 0.1 * i,
+                   "compression_ratio": 1.1 + 0.2 * i, "no_speech_prob": 0.02 * (i + 1), **s}
+            seg["text"] = "".join(w["word"] for w in s["words"])
+            if not want_words:
+                seg.pop("words")
+            out.append(seg)
+        text = "".join(s["text"] for s in out).strip()
+        if fields.get("response_format") == "json":
+            return JSONResponse({"text": text, "usage": {"type": "duration", "seconds": 1}})
+        return JSONResponse({"task": "transcribe", "language": "en", "duration": 10.0, "text": text, "segments": out})
+
+    async def ready(request: Request):
+        return JSONResponse({"ready": True, "detail": "ready"})
+
+    async def models(request: Request):
+        return JSONResponse({"object": "list", "data": [{"id": "whisper-1"}]})
+
+    return Starlette(routes=[Route("/v1/audio/transcriptions", transcribe, methods=["POST"]),
+                             Route("/v1/models", models), Route("/ready", ready)])
+
+
+def canned_sidecar(turns: list[tuple[float, float, str, float]]) -> Starlette:
+    async def diarize(request: Request):
+        await request.form()
+        labels = list(dict.fromkeys(t[2] for t in turns))
+        return JSONResponse({"segments": [{"start": a, "end": b, "speaker": s, "confidence": c} for a, b, s, c in turns],
+                             "speakers": labels, "fingerprints": {}, "duration": 10.0,
+                             "models": {"backend": "canned", "embedder": "none"}, "warnings": []})
+
+    async def ready(request: Request):
+        return JSONResponse({"ready": True, "detail": "ready"})
+
+    return Starlette(routes=[Route("/v1/diarize", diarize, methods=["POST"]), Route("/ready", ready)])
+
+
+def canned_router(segments, turns, log=None, **overrides):
+    return router_app(whisper_transport=httpx.ASGITransport(app=canned_whisper(segments, log)),
+                      sidecar_transport=httpx.ASGITransport(app=canned_sidecar(turns)), **overrides)
+
+
+TEN_SECONDS = tone(300.0, 10.0)
+
+# What the whisper server can send (seen on AMI dev00): word times from the alignment disagree with
+# the segment's timestamp tokens, here a first word 1.2 s before its segment's start; and a last
+# segment whose timestamp and last word run past the end of the audio (10 s).
+SKEWED = [
+    {"start": 0.0, "end": 3.0, "words": words_of((" Hello", 0.4, 0.9), (" there.", 0.9, 1.5))},
+    {"start": 4.2, "end": 6.0, "words": words_of((" Yeah,", 3.0, 3.5), (" I", 4.3, 4.5), (" see.", 4.5, 5.2))},
+    {"start": 8.0, "end": 10.6, "words": words_of((" The", 8.2, 8.5), (" end.", 8.5, 10.4))},
+]
+SKEWED_TURNS = [(0.3, 1.6, "spk0", 0.9), (2.9, 3.6, "spk1", 0.8), (4.2, 5.3, "spk0", 0.9), (8.0, 10.0, "spk1", 0.7)]
+
+
+def cue_times(body: str) -> list[tuple[float, float]]:
+    """(start, end) of every srt or vtt cue, in seconds."""
+    out = []
+    for h, m, sec, ms, h2, m2, sec2, ms2 in re.findall(
+            r"(\d+):(\d\d):(\d\d)[,.](\d{3}) --> (\d+):(\d\d):(\d\d)[,.](\d{3})", body):
+        out.append((int(h) * 3600 + int(m) * 60 + int(sec) + int(ms) / 1000,
+                    int(h2) * 3600 + int(m2) * 60 + int(sec2) + int(ms2) / 1000))
+    return out
+
+
+def check_spans(spans, duration: float, what: str) -> None:
+    assert spans, what
+    for a, b in spans:
+        assert 0.0 <= a <= b <= duration + 1e-9, (what, a, b)
+
+
+@pytest.mark.parametrize("model", ["whisper-1", DIARIZE])
+async def test_segment_times_are_ordered_and_inside_the_audio_in_every_format(model):
+    client = make_client(canned_router(SKEWED, SKEWED_TURNS))
+    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
+    duration = 10.0
+    for fmt in ("srt", "vtt"):
+        body = await client.audio.transcriptions.create(model=model, file=data, response_format=fmt)
+        check_spans(cue_times(body), duration, fmt)
+    verbose = await client.audio.transcriptions.create(model=model, file=data, response_format="verbose_json",
+                                                       timestamp_granularities=["word", "segment"])
+    assert verbose.duration == pytest.approx(duration)
+    check_spans([(s.start, s.end) for s in verbose.segments], duration, "verbose_json")
+    check_spans([(w.start, w.end) for w in verbose.words], duration, "verbose_json words")
+    for s in verbose.segments:  # a segment spans exactly its words
+        words = s.model_extra["words"]
+        assert words and s.start == words[0]["start"] and s.end == max(w["end"] for w in words), s
+    if model != DIARIZE:
+        return
+    out = await client.audio.transcriptions.create(model=model, file=data, response_format="diarized_json")
+    check_spans([(s.start, s.end) for s in out.segments], duration, "diarized_json")
+    assert all(s.model_extra.get("confidence") is not None for s in out.segments)
+    assert [(s.speaker, s.text) for s in out.segments] == [
+        ("A", "Hello there."), ("B", "Yeah,"), ("A", "I see."), ("B", "The end.")]
+    assert (out.segments[1].start, out.segments[1].end) == (3.0, 3.5)  # the word's own times
+    stream = await client.audio.transcriptions.create(model=model, file=data, response_format="diarized_json",
+                                                      stream=True)
+    segments = [ev for ev in [ev async for ev in stream] if ev.type == "transcript.text.segment"]
+    check_spans([(s.start, s.end) for s in segments], duration, "stream")
+    assert all(s.model_extra.get("confidence") is not None for s in segments)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whisper server's own answer for a file the router sends whole
+
+
+def padded_dialogue() -> np.ndarray:
+    """Two speakers' tone bursts after 1.5 s of silence, 8.9 s in all (one chunk, sent whole)."""
+    samples, _ = dialogue([("A", 2.0, 0.8), ("B", 1.5, 0.3), ("A", 1.2, 1.0)])
+    return np.concatenate([np.zeros(int(1.5 * SAMPLE_RATE), np.float32), samples])
+
+
+async def whisper_direct(samples, **fields) -> dict:
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=fake_whisper([])), base_url="http://w")
+    files = {"file": ("a.wav", to_wav_bytes(samples))}
+    r = await http.post("/v1/audio/transcriptions", data={"model": "whisper-1", **fields}, files=files)
+    return r.json()
+
+
+async def test_a_short_file_gets_the_whisper_servers_own_segments_and_statistics():
+    samples = padded_dialogue()
+    control: dict = {}
+    client = make_client(router_app(None, control))
+    direct = await whisper_direct(samples, response_format="verbose_json")
+    assert len(direct["segments"]) >= 2 and len({s["avg_logprob"] for s in direct["segments"]}) > 1
+    out = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", to_wav_bytes(samples)),
+                                                   response_format="verbose_json")
+    body = out.model_dump(exclude_none=True)
+    assert body["text"] == direct["text"]
+    assert [{k: v for k, v in s.items()} for s in body["segments"]] == direct["segments"]
+
+    # diarized, the pieces of each segment keep its statistics; the text stays the whisper server's
+    out = await client.audio.transcriptions.create(model=DIARIZE, file=("a.wav", to_wav_bytes(samples)),
+                                                   response_format="verbose_json")
+    assert out.text == direct["text"]
+    assert control["calls"] == 1
+    assert len(out.segments) > len(direct["segments"])  # some were cut where the speaker changes
+    for s in out.segments:
+        parent = next(p for p in direct["segments"] if p["start"] <= s.start and s.end <= p["end"])
+        assert s.text in parent["text"]
+        for key in ("seek", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob"):
+            assert getattr(s, key) == parent[key], (key, s, parent)
+
+    direct_json = await whisper_direct(samples, response_format="json")
+    for model in ("whisper-1", DIARIZE):
+        out = await client.audio.transcriptions.create(model=model, file=("a.wav", to_wav_bytes(samples)))
+        assert out.text == direct_json["text"]
+
+
+@pytest.mark.slow
+async def test_the_router_text_is_the_real_whisper_servers(base_engine, base_model_dir, cache_dir, speech_samples):
+    """With the real Whisper base (the tiny random model falls back to sampling, so its text is
+    not repeatable): the same file through the router and straight to the whisper server gives
+    the same text, segments and statistics, in json and verbose_json."""
+    from server.settings import WhisperSettings
+    from server.whisper_app import create_app as whisper_app
+
+    app = whisper_app(WhisperSettings(model=str(base_model_dir), warmup=False, cache_dir=cache_dir), engine=base_engine)
+    silence = np.zeros(int(1.5 * SAMPLE_RATE), np.float32)
+    samples = np.concatenate([silence, speech_samples, silence])  # leading silence a VAD would cut
+    data = to_wav_bytes(samples)
+    direct = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w")
+    client = make_client(router_app(whisper_transport=httpx.ASGITransport(app=app)))
+    for fmt in ("verbose_json", "json"):
+        want = (await direct.post("/v1/audio/transcriptions", data={"model": "whisper-1", "response_format": fmt},
+                                  files={"file": ("a.wav", data)})).json()
+        got = (await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", data),
+                                                        response_format=fmt)).model_dump(exclude_none=True)
+        assert got["text"] == want["text"], fmt
+        if fmt == "verbose_json":
+            assert want["segments"] and len(got["segments"]) == len(want["segments"])
+            for g, w in zip(got["segments"], want["segments"]):
+                assert set(g) == set(w)
+                for key, value in w.items():  # statistics to float noise: the engine's batches differ
+                    assert g[key] == (pytest.approx(value, abs=1e-4) if isinstance(value, float) else value), key
+
+
+# ---------------------------------------------------------------------------------------------
+# stream usage
+
+
+async def test_the_stream_ends_with_duration_usage():
+    samples = padded_dialogue()
+    client = make_client(router_app())
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=router_app()), base_url="http://r")
+    for model, fmt in (("whisper-1", "json"), (DIARIZE, "diarized_json")):
+        r = await http.post("/v1/audio/transcriptions", data={"model": model, "response_format": fmt, "stream": "true"},
+                            files={"file": ("a.wav", to_wav_bytes(samples))})
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+        done = events[-1]
+        assert done["type"] == "transcript.text.done"
+        assert done["usage"] == {"type": "duration", "seconds": 9}  # 8.9 s, rounded up as in json
+        assert "".join(e["delta"] for e in events if e["type"] == "transcript.text.delta") == done["text"]
+        plain = await client.audio.transcriptions.create(model=model, file=("a.wav", to_wav_bytes(samples)))
+        assert done["text"] == plain.text  # the same text as without streaming
+    stream = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", to_wav_bytes(samples)),
+                                                      stream=True)
+    done = [ev async for ev in stream][-1]
+    assert done.usage.type == "duration" and done.usage.model_extra["seconds"] == 9
+
+
+def test_text_pieces_concatenate_to_the_chunk_text():
+    assert text_pieces([" Hello", " there.", "  "], "") == ["Hello", " there.", ""]
+    assert text_pieces([" a ", "b"], " ") == [" a ", "b"]
+    assert text_pieces(["  ", " x "], " ") == ["", " x"]
+
+
+# ---------------------------------------------------------------------------------------------
+# diarization windows from the sidecar's max_window_s
+
+
+@pytest.fixture(scope="module")
+def conversation():
+    samples, _ = dialogue(CONVERSATION)  # 37 s: four 10 s chunks
+    return to_wav_bytes(samples), len(samples) / SAMPLE_RATE
+
+
+async def diarize_twice(app, data) -> list:
+    client = make_client(app)
+    outs = []
+    for _ in range(2):
+        outs.append(await client.audio.transcriptions.create(model=DIARIZE, file=("c.wav", data),
+                                                             response_format="diarized_json"))
+    return outs
+
+
+async def test_a_file_that_fits_the_sidecars_window_is_diarized_in_one_call(conversation):
+    data, duration = conversation
+    control = {"max_window_s": 600.0}
+    log: list = []
+    outs = await diarize_twice(router_app(log, control, diarization_window_s=None), data)
+    assert control["calls"] == 2 and control["models_calls"] == 1  # one call per request; asked once
+    assert len(log) >= 8  # still several chunks for the whisper server
+    assert control["seconds"][0] > duration - 1.5  # the whole file (less the silence at its edges)
+    for out in outs:
+        assert {s.speaker for s in out.segments} == {"A", "B"}
+        assert all(s.speaker == ("A" if "low" in s.text else "B") for s in out.segments)
+
+
+@pytest.mark.parametrize("reported, setting, longest", [
+    (None, None, 30.0),  # the sidecar reports no max_window_s: 30 s
+    ("404", None, 30.0),  # an old sidecar without the route
+    (600.0, 10.0, 10.0),  # the router's setting caps the sidecar's
+    (15.0, None, 15.0),
+])
+async def test_diarization_windows_fall_back_or_are_capped(conversation, reported, setting, longest):
+    data, duration = conversation
+    control = {} if reported == "404" else {"max_window_s": reported}
+    outs = await diarize_twice(router_app(None, control, diarization_window_s=setting), data)
+    assert control["calls"] >= 4 and max(control["seconds"]) <= longest + 1e-6
+    assert control["models_calls"] == 1
+    for out in outs:
+        assert all(s.speaker == ("A" if "low" in s.text else "B") for s in out.segments)  # linked across windows
+
+
+async def test_a_sidecar_slow_to_list_its_models_costs_only_the_timeout(conversation):
+    data, _ = conversation
+    control = {"max_window_s": 600.0, "models_delay": 30.0}
+    app = router_app(None, control, diarization_window_s=None, connect_timeout_s=0.3)
+    outs = await asyncio.wait_for(diarize_twice(app, data), timeout=20)
+    assert control["models_calls"] == 1  # not asked again at once after a failure
+    assert control["calls"] >= 4  # fell back to 30 s windows
+    assert all(s.speaker for out in outs for s in out.segments)
+
+
+# ---------------------------------------------------------------------------------------------
+# overlapping speech
+
+
+OVERLAP = [{"start": 0.5, "end": 7.5, "words": words_of(
+    (" I", 0.6, 0.8), (" think", 0.8, 1.2), (" we", 1.2, 1.4), (" should", 1.4, 2.0),
+    (" yeah,", 3.2, 3.6), (" right", 3.7, 4.2),  # said by B while A talks on (A's turn spans them)
+    (" ship", 5.0, 5.5), (" it", 5.5, 5.7), (" Monday.", 6.0, 7.0))}]
+OVERLAP_TURNS = [(0.5, 7.2, "spk0", 0.9), (3.0, 4.5, "spk1", 0.8)]
+
+
+async def test_overlapping_turns_give_overlapping_segments():
+    client = make_client(canned_router(OVERLAP, OVERLAP_TURNS))
+    out = await client.audio.transcriptions.create(model=DIARIZE, file=("s.wav", to_wav_bytes(TEN_SECONDS)),
+                                                   response_format="diarized_json")
+    got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
+    assert got == [("A", 0.6, 7.0, "I think we should ship it Monday."), ("B", 3.2, 4.2, "yeah, right")]
+    assert out.text == "I think we should yeah, right ship it Monday."  # the whisper server's text
+    words = sorted(w for s in out.segments for w in s.text.split())
+    assert words == sorted(out.text.split())  # every word in exactly one segment
+    assert all(s.model_extra["confidence"] is not None for s in out.segments)
+
+
+def test_split_by_words_keeps_a_speaker_through_anothers_words():
+    from intervaltree import IntervalTree
+
+    words = tuple(Word(w["word"], w["start"], w["end"]) for w in OVERLAP[0]["words"])
+    seg = Segment(0, 0.5, 7.5, "".join(w.word for w in words), words=words, avg_logprob=-0.3, seek=7)
+    tree = IntervalTree()
+    for a, b, s, c in OVERLAP_TURNS:
+        tree.addi(a, b, SpeakerTurn(a, b, s, c))
+    pieces = split_by_words(seg, tree)
+    assert [(p.speaker, p.text) for p in pieces] == [("spk0", " I think we should ship it Monday."),
+                                                    ("spk1", " yeah, right")]
+    assert all(p.avg_logprob == -0.3 and p.seek == 7 and p.tokens == () for p in pieces)
+    # without the overlap (A stops while B talks) the pieces follow each other
+    tree = IntervalTree()
+    for a, b, s in ((0.5, 3.0, "spk0"), (3.0, 4.5, "spk1"), (4.5, 7.2, "spk0")):
+        tree.addi(a, b, SpeakerTurn(a, b, s, 0.9))
+    pieces = split_by_words(seg, tree)
+    assert [p.speaker for p in pieces] == ["spk0", "spk1", "spk0"]
+    assert all(a.end <= b.start for a, b in zip(pieces, pieces[1:]))
+
+
+def test_words_that_do_not_spell_the_text_are_not_used_to_cut_it():
+    # an alignment that lost the last words: cutting by words would drop "at nine"
+    words = (Word(" We", 0.0, 0.3), Word(" meet", 0.3, 0.8))
+    seg = Segment(0, 0.0, 4.0, " We meet at nine.", words=words)
+    out = assign_speakers([seg], [SpeakerTurn(0.0, 4.0, "A", 0.9)])
+    assert "".join(s.text for s in out) == " We meet at nine."
+
+
+def test_fit_times():
+    segs = [Segment(0, 4.2, 6.0, " a b", words=(Word(" a", 3.0, 3.5), Word(" b", 4.3, 5.2))),
+            Segment(1, 9.0, 10.6, " c", words=(Word(" c", 9.1, 10.4),)),
+            Segment(2, 11.0, 10.5, " d"), Segment(3, -0.5, 0.2, " e"),
+            Segment(4, 2.0, 3.0, " f g h", words=(Word(" f", 1.5, 2.2),))]  # words missing: widened only
+    out = fit_times(segs, 10.0)
+    assert [(s.start, s.end) for s in out] == [(3.0, 5.2), (9.1, 10.0), (10.0, 10.0), (0.0, 0.2), (1.5, 3.0)]
+    assert out[1].words[0].end == 10.0
