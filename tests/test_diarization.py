@@ -1,16 +1,14 @@
-"""Diarization core (options, intervals, RTTM, fingerprints, Sortformer post-processing) and the
-offline clustering backend on real weights (silero-vad + resemblyzer)."""
+"""Diarization core (options, intervals, RTTM, fingerprints, Sortformer post-processing); the pure
+steps of the pyannote-style pipeline are in test_diarization_pipeline.py, the real-weight models
+and backend in test_diarization_models.py."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from server.audio import SAMPLE_RATE, decode_audio
+from server.audio import SAMPLE_RATE
 from server.transcript import SpeakerTurn
-from tests.sidecar_fixtures import tone
 from torch_models.diarization import (
     DiarizationOptions,
     DiarizationResult,
@@ -23,12 +21,7 @@ from torch_models.diarization import (
     subtract_intervals,
     to_rttm,
 )
-from torch_models.eval_der import der, read_uem
 from torch_models.sortformer import parse_segment_lines, restrict_speakers, with_confidence
-from torch_models.synth import DIALOGUE, conversation, espeak_available
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 
 
 # --- options and intervals ----------------------------------------------------------------------
@@ -141,78 +134,3 @@ def test_restrict_speakers_reassigns_to_most_probable_kept_speaker():
         (0, 4, "speaker_0"), (4, 10, "speaker_1")]
     merged = [t for t in out if t.speaker == "speaker_1"][0]
     assert 0.4 < merged.confidence < 0.9
-
-
-# --- the clustering backend on real weights -------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    from torch_models.cluster_diarizer import ClusterDiarizer
-
-    return ClusterDiarizer()
-
-
-@pytest.fixture(scope="module")
-def talk():
-    if not espeak_available():
-        pytest.skip("espeak-ng is not installed")
-    return conversation()
-
-
-@needs_espeak
-def test_cluster_diarizer_on_two_espeak_voices(cluster, talk):
-    result = cluster.diarize(talk.samples, include_probabilities=True)
-    score = der(talk.turns, result.segments, uem=(0.0, talk.duration))
-    assert score["der"] < 0.40, score
-    assert result.speakers == ("speaker_0", "speaker_1")
-    assert abs(result.duration - talk.duration) < 1e-6
-    starts = [(t.start, t.end) for t in result.segments]
-    assert starts == sorted(starts)
-    for a, b in zip(result.segments, result.segments[1:]):
-        assert a.end <= b.start + 1e-6  # one speaker at a time
-    assert all(t.confidence is not None and 0.0 <= t.confidence <= 1.0 for t in result.segments)
-    # fingerprints: unit-norm 256-d, one per speaker, the two voices clearly apart
-    assert set(result.fingerprints) == set(result.speakers) and result.fingerprint_notes == {}
-    a, b = (np.asarray(result.fingerprints[s]) for s in result.speakers)
-    assert a.shape == (256,) and abs(np.linalg.norm(a) - 1) < 1e-4
-    assert float(a @ b) < 0.9
-    p = result.probabilities
-    assert p is not None and p.speakers == result.speakers
-    assert p.values.shape == (int(np.ceil(talk.duration * p.frame_rate)), 2)
-    assert p.values.dtype == np.float32 and 0.0 <= p.values.min() and p.values.max() <= 1.0
-    assert "resemblyzer" in result.models["embedder"] and result.models["backend"] == "cluster"
-
-
-@needs_espeak
-def test_cluster_diarizer_honours_speaker_counts(cluster, talk):
-    assert len(cluster.diarize(talk.samples, DiarizationOptions(num_speakers=1)).speakers) == 1
-    assert len(cluster.diarize(talk.samples, DiarizationOptions(num_speakers=3)).speakers) == 3
-    assert len(cluster.diarize(talk.samples, DiarizationOptions(max_speakers=1)).speakers) == 1
-    assert len(cluster.diarize(talk.samples, DiarizationOptions(min_speakers=3)).speakers) == 3
-
-
-@needs_espeak
-def test_cluster_diarizer_one_voice_is_one_speaker(cluster):
-    mono = conversation([("A", text) for _, text in DIALOGUE[:4]])
-    result = cluster.diarize(mono.samples)
-    assert result.speakers == ("speaker_0",)
-    assert der(mono.turns, result.segments, uem=(0.0, mono.duration))["der"] < 0.2
-
-
-def test_cluster_diarizer_silence_and_tone(cluster):
-    silent = cluster.diarize(np.zeros(3 * SAMPLE_RATE, np.float32), include_probabilities=True)
-    assert silent.segments == () and silent.speakers == () and silent.fingerprints == {}
-    assert silent.probabilities.values.shape[1] == 0
-    short = cluster.diarize(tone(0.2))  # shorter than any speech region
-    assert short.segments == ()
-
-
-@pytest.mark.skipif(not (DATA / "pyannote_ami_dev00.wav").exists(), reason="no ../shared/data")
-def test_cluster_diarizer_runs_on_real_meeting_audio(cluster):
-    samples = decode_audio((DATA / "pyannote_ami_dev00.wav").read_bytes())
-    ref = parse_rttm((DATA / "pyannote_ami_dev00.rttm").read_text())["pyannote_ami_dev00"]
-    result = cluster.diarize(samples)
-    assert 1 <= len(result.speakers) <= 4
-    score = der(ref, result.segments, uem=read_uem(DATA / "pyannote_ami_dev00.uem"))
-    assert 0.0 <= score["der"] <= 1.0  # recorded, not asserted: see torch_models/eval_der.py

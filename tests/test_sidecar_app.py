@@ -15,11 +15,20 @@ import pytest
 
 from server.audio import SAMPLE_RATE
 from server.transcript import SpeakerTurn
-from tests.sidecar_fixtures import assert_openai_error, assert_turns_schema, build_tiny_phi4, tiny_nemo, tone, wav
+from tests.sidecar_fixtures import (
+    assert_openai_error,
+    assert_turns_schema,
+    build_tiny_phi4,
+    espeak_conversation,
+    pyannote_backend,
+    tiny_nemo,
+    tone,
+    wav,
+)
 from torch_models.diarization import DiarizationResult
 from torch_models.settings import SidecarSettings
 from torch_models.sidecar_app import create_app
-from torch_models.synth import conversation, espeak_available
+from torch_models.synth import DIALOGUE, espeak_available
 
 BASE = "http://sidecar.test"
 
@@ -39,16 +48,15 @@ def settings(**kw) -> SidecarSettings:
 
 @pytest.fixture(scope="module")
 def cluster():
-    from torch_models.cluster_diarizer import ClusterDiarizer
-
-    return ClusterDiarizer()
+    """The default offline backend (segmentation-3.0 + CAM++), loaded once per session."""
+    return pyannote_backend()
 
 
 @pytest.fixture(scope="module")
 def talk_wav():
     if not espeak_available():
         pytest.skip("espeak-ng is not installed")
-    conv = conversation()
+    conv = espeak_conversation()
     return wav(conv.samples), conv
 
 
@@ -69,9 +77,10 @@ async def test_health_ready_metrics_and_models(cluster):
         models = (await client.get("/v1/models")).json()
         assert models["object"] == "list"
         diar, emb, phi = models["data"]
-        assert diar["id"] == "diarization" and diar["backend"] == "cluster" and diar["status"] == "ready"
-        assert "silero-vad" in diar["diarizer"] and "resemblyzer" in diar["embedder"]
-        assert emb["dim"] == "256"
+        assert diar["id"] == "diarization" and diar["backend"] == "pyannote" and diar["status"] == "ready"
+        assert "segmentation-3.0" in diar["diarizer"] and "CAM++" in diar["embedder"]
+        assert diar["max_window_s"] == 1800.0
+        assert emb["dim"] == "192"
         assert phi["status"] == "not configured" and "--phi4-model" in phi["hint"]
         metrics = (await client.get("/metrics")).text
         assert 'chorus_requests_total{route="/v1/models",status="200"}' in metrics
@@ -100,7 +109,8 @@ async def test_not_ready_until_the_diarizer_loads():
         ready = await client.get("/ready")
         assert ready.status_code == 503 and "weights unreachable" in ready.json()["detail"]
         models = (await client.get("/v1/models")).json()["data"][0]
-        assert models["backend"] == "cluster" and "weights unreachable" in models["status"]
+        assert models["backend"] == "pyannote" and "weights unreachable" in models["status"]
+        assert models["max_window_s"] == 1800.0
     await lifespan.__aexit__(None, None, None)
 
 
@@ -119,12 +129,13 @@ async def test_diarize_json_rttm_and_probabilities(cluster, talk_wav):
         assert body["speakers"] == ["speaker_0", "speaker_1"]
         assert_turns_schema(body["segments"], body["duration"])
         assert set(body["fingerprints"]) == {"speaker_0", "speaker_1"}
-        assert all(len(v) == 256 for v in body["fingerprints"].values())
+        assert all(len(v) == 192 for v in body["fingerprints"].values())
         probs = body["probabilities"]
-        assert len(probs["values"][0]) == 2 and probs["frame_rate"] == pytest.approx(20.0)
-        assert body["models"]["backend"] == "cluster"
+        assert len(probs["values"][0]) == 2 and probs["frame_rate"] == pytest.approx(1 / 0.016875, abs=1e-3)
+        assert body["models"]["backend"] == "pyannote"
 
-        r = await client.post("/v1/diarize", files={"file": ("my talk.wav", data, "audio/wav")},
+        short = wav(espeak_conversation(DIALOGUE[:2]).samples)
+        r = await client.post("/v1/diarize", files={"file": ("my talk.wav", short, "audio/wav")},
                               data={"response_format": "rttm", "num_speakers": "1"})
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
         lines = r.text.strip().splitlines()
@@ -162,6 +173,18 @@ async def test_audio_longer_than_the_limit(cluster):
     async with serve(app) as client:
         r = await client.post("/v1/diarize", files={"file": ("a.wav", wav(tone(2.5)), "audio/wav")})
         assert assert_openai_error(r, 400, "file")["code"] == "audio_too_long"
+    app = create_app(settings(max_window_s=2.0), diarizer=SlowDiarizer(0.0))
+    async with serve(app) as client:
+        assert (await client.get("/v1/models")).json()["data"][0]["max_window_s"] == 2.0
+        r = await client.post("/v1/diarize", files={"file": ("a.wav", wav(tone(2.5)), "audio/wav")})
+        assert assert_openai_error(r, 400, "file")["code"] == "audio_too_long"
+        r = await client.post("/v1/diarize", files={"file": ("a.wav", wav(tone(1.5)), "audio/wav")})
+        assert r.status_code == 200
+
+
+def test_sidecar_accepts_uploads_as_long_as_its_window():
+    s = SidecarSettings()
+    assert s.max_upload_bytes >= 44 + s.max_window_s * SAMPLE_RATE * 2  # the router sends 16-bit WAV
 
 
 async def test_speaker_embeddings(cluster, talk_wav):
@@ -172,8 +195,8 @@ async def test_speaker_embeddings(cluster, talk_wav):
         assert r.status_code == 200, r.text
         body = r.json()
         vec = np.asarray(body["embedding"])
-        assert body["dim"] == 256 == vec.shape[0] and abs(np.linalg.norm(vec) - 1) < 1e-4
-        assert "resemblyzer" in body["model"]
+        assert body["dim"] == 192 == vec.shape[0] and abs(np.linalg.norm(vec) - 1) < 1e-4
+        assert "CAM++" in body["model"]
         r = await client.post("/v1/speaker-embeddings", files={"file": ("ref.wav", wav(tone(0.2)), "audio/wav")})
         assert assert_openai_error(r, 400, "file")["code"] == "audio_too_short"
 

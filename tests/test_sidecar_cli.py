@@ -10,7 +10,8 @@ from torch_models.settings import SidecarSettings
 
 def test_settings_defaults_and_env(monkeypatch):
     s = SidecarSettings()
-    assert s.port == 8002 and s.diarizer == "cluster" and s.phi4_model is None
+    assert s.port == 8002 and s.diarizer == "pyannote" and s.phi4_model is None
+    assert s.max_window_s == 1800.0 and s.segmentation_step_s == 1.0
     assert s.sortformer_model == "nvidia/diar_sortformer_4spk-v1"
     assert s.titanet_model == "nvidia/speakerverification_en_titanet_large"
     monkeypatch.setenv("CHORUS_SIDECAR_DIARIZER", "sortformer")
@@ -19,13 +20,14 @@ def test_settings_defaults_and_env(monkeypatch):
     s = SidecarSettings()
     assert (s.diarizer, s.phi4_model, s.port) == ("sortformer", "microsoft/Phi-4-multimodal-instruct", 9999)
     with pytest.raises(ValueError):
-        SidecarSettings(diarizer="pyannote")
+        SidecarSettings(diarizer="resemblyzer")
 
 
 def test_embedder_follows_the_backend():
     from torch_models.service import embedder_kind
 
-    assert embedder_kind(SidecarSettings()) == "resemblyzer"
+    assert embedder_kind(SidecarSettings()) == "campplus"
+    assert embedder_kind(SidecarSettings(diarizer="cluster")) == "campplus"  # the old name, an alias
     assert embedder_kind(SidecarSettings(diarizer="sortformer")) == "titanet"
     assert embedder_kind(SidecarSettings(embedder="titanet")) == "titanet"
 
@@ -48,7 +50,8 @@ def test_sidecar_command_builds_settings_and_runs_uvicorn(monkeypatch):
     result = CliRunner().invoke(sidecar_command, [
         "--port", "8123", "--diarizer", "sortformer", "--sortformer-model", "/m/sf.nemo",
         "--titanet-model", "/m/tn.nemo", "--phi4-model", "/m/phi", "--phi4-adapter", "",
-        "--api-key", "k1", "--api-key", "k2", "--no-warmup",
+        "--api-key", "k1", "--api-key", "k2", "--no-warmup", "--max-window", "600", "--segmentation-step", "2",
+        "--torch-threads", "1",
     ])
     assert result.exit_code == 0, result.output
     sidecar = calls["app"].state.sidecar
@@ -57,6 +60,7 @@ def test_sidecar_command_builds_settings_and_runs_uvicorn(monkeypatch):
     assert (s.diarizer, s.sortformer_model, s.titanet_model) == ("sortformer", "/m/sf.nemo", "/m/tn.nemo")
     assert s.phi4_model == "/m/phi" and s.phi4_adapter == "" and s.phi4_idle_ttl_s == 30
     assert s.api_keys == ["k1", "k2"] and s.warmup is False
+    assert (s.max_window_s, s.segmentation_step_s, s.torch_threads) == (600.0, 2.0, 1)
     assert sidecar.diarizer is None  # loaded by the lifespan, not at import: NeMo is imported there
     assert sidecar.phi4.configured and not sidecar.phi4.loaded
 
@@ -64,5 +68,5 @@ def test_sidecar_command_builds_settings_and_runs_uvicorn(monkeypatch):
 def test_sidecar_command_rejects_unknown_backend():
     from torch_models.cli import sidecar_command
 
-    result = CliRunner().invoke(sidecar_command, ["--diarizer", "pyannote"])
-    assert result.exit_code != 0 and "pyannote" in result.output
+    result = CliRunner().invoke(sidecar_command, ["--diarizer", "resemblyzer"])
+    assert result.exit_code != 0 and "resemblyzer" in result.output

