@@ -190,7 +190,7 @@ async def decode(sidecar: Sidecar, data: bytes, request: Request, *, param: str 
     except AudioDecodeTimeoutError as exc:
         raise InvalidAudioError(str(exc), param=param, code="audio_decode_timeout") from None
     except AudioDecodeError as exc:
-        raise InvalidAudioError(str(exc), param=param) from None
+        raise InvalidAudioError(str(exc), param=param, code=exc.code) from None
     request.scope["chorus.audio_seconds"] = request.scope.get("chorus.audio_seconds", 0.0) + len(samples) / SAMPLE_RATE
     return samples
 
