@@ -274,7 +274,8 @@ def create_app(
     async def decode(upload, request: Request):
         return await decode_upload(upload, settings, request)
 
-    async def plan(router: Router, samples, job: Job):
+    async def cut(router: Router, samples, job: Job):
+        """Chunks and diarization windows (as long as the sidecar takes, when diarizing)."""
         window_s = await router.diarization_window_s() if job.diarize else router.max_chunk_s
         return await anyio.to_thread.run_sync(router.plan, samples, job.vad, window_s)
 
@@ -286,11 +287,11 @@ def create_app(
             return await stream_response(request, router, req, job, upload)
         async with admission:
             samples = await decode(upload, request)
-            plan_ = await plan(router, samples, job)
-            chunks_total.inc(len(plan_.chunks))
+            plan = await cut(router, samples, job)
+            chunks_total.inc(len(plan.chunks))
             t0 = time.perf_counter()
             try:
-                transcript = await asyncio.wait_for(router.transcribe(samples, plan_, job),
+                transcript = await asyncio.wait_for(router.transcribe(samples, plan, job),
                                                     timeout=settings.request_timeout_s)
             except asyncio.TimeoutError:
                 raise TimeoutError_(f"The request took longer than {settings.request_timeout_s:g} s.",
@@ -304,8 +305,8 @@ def create_app(
                 if "sidecar" in w:
                     backend_errors.labels("sidecar", "degraded").inc()
                     break
-        log.info("transcribed %.1fs in %d chunks / %d windows (%s) in %.2fs; warnings=%d", plan_.duration,
-                 len(plan_.chunks), len(plan_.windows), plan_.method, time.perf_counter() - t0, len(transcript.warnings))
+        log.info("transcribed %.1fs in %d chunks / %d windows (%s) in %.2fs; warnings=%d", plan.duration,
+                 len(plan.chunks), len(plan.windows), plan.method, time.perf_counter() - t0, len(transcript.warnings))
         body, media_type = RENDERERS[req.response_format](transcript, words="word" in req.timestamp_granularities)
         if isinstance(body, dict):
             return JSONResponse(body)
@@ -315,9 +316,9 @@ def create_app(
         await admission.__aenter__()
         try:
             samples = await decode(upload, request)
-            plan_ = await plan(router, samples, job)
-            chunks_total.inc(len(plan_.chunks))
-            events = router.stream(samples, plan_, job, segments_events=job.diarize)
+            plan = await cut(router, samples, job)
+            chunks_total.inc(len(plan.chunks))
+            events = router.stream(samples, plan, job, segments_events=job.diarize)
             try:  # the first event (or the whisper server's failure) before the 200 goes out
                 first = await events.__anext__()
             except BackendError as exc:
