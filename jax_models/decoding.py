@@ -316,25 +316,12 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
             return m.encode(mel)[0]
 
     @jax.jit
-    def encode_fn(state, mel):
-        return fn.encode(state["fn"]["encoder"], mel, enc_heads)
-
-    @jax.jit
     def detect_easydel(state, enc):
         m = nnx.merge(graphdef, state["model"])
         with m.mesh:
             sot = jnp.full((enc.shape[0], 1), ids.sot, jnp.int32)
             logits = m.decode(sot, (enc,)).logits[:, -1].astype(jnp.float32)
         return jax.nn.log_softmax(logits, axis=-1)
-
-    @jax.jit
-    def detect_fn(state, enc):
-        w = state["fn"]["decoder"]
-        B = enc.shape[0]
-        cache = fn.init_cache(w, enc, heads, 1)
-        sot = jnp.full((B, 1), ids.sot, jnp.int32)
-        hidden, _ = fn.forward(w, cache, sot, jnp.zeros((B, 1), jnp.int32), jnp.int32(0), jnp.ones((B, 1), bool), heads)
-        return jax.nn.log_softmax(fn.logits(w, hidden[:, -1]), axis=-1)
 
     align_heads = tuple((int(layer), int(head)) for layer, head in alignment_heads)
 
@@ -344,25 +331,6 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
         with m.mesh:
             cross = m.decode(tokens, (enc,), output_attentions=True).cross_attentions
         return jnp.stack([cross[layer][:, head] for layer, head in align_heads], axis=1).astype(jnp.float32)
-
-    @jax.jit
-    def decode_fn(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask, n_hist):
-        w = state["fn"]["decoder"]
-        B, P = prefix.shape
-        cache = fn.init_cache(w, enc, heads, P + max_new_tokens)
-        positions = jnp.cumsum(prefix_mask, axis=-1) - 1
-        hidden, cache = fn.forward(w, cache, prefix, positions, jnp.int32(0), prefix_mask, heads)
-        sot_hidden = jnp.take_along_axis(hidden, sot_index[:, None, None], axis=1)[:, 0]
-        prefill = (fn.logits(w, sot_hidden), fn.logits(w, hidden[:, -1]))
-        n_real = prefix_mask.sum(axis=-1).astype(jnp.int32)
-        ones = jnp.ones((B, 1), bool)
-
-        def step(cache, nxt, i):
-            h, cache = fn.forward(w, cache, nxt[:, None], (n_real + i)[:, None], P + i, ones, heads)
-            return fn.logits(w, h[:, 0]), cache
-
-        return _sample_loop(ids, max_new_tokens, prefill, temperature, keys, suppress_mask, cache, step,
-                            prefix_history(prefix, n_hist, ids))
 
     @jax.jit
     def decode_easydel(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask, n_hist):
@@ -387,7 +355,48 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
 
     if weights is None:
         return state, encode_easydel, decode_easydel, detect_easydel, align
-    return state, encode_fn, decode_fn, detect_fn, align
+    return (state, *functional_decoder(ids, max_new_tokens, heads, enc_heads), align)
+
+
+def functional_decoder(ids: SpecialTokens, max_new_tokens: int, heads: int, enc_heads: int):
+    """``(encode, decode, detect_language)`` of :func:`make_decoder` over ``jax_models.functional``:
+    each takes a state whose ``"fn"`` entry is the ``functional.whisper_weights`` pytree (the
+    only entry they read, so they run without EasyDeL)."""
+    from jax_models import functional as fn
+
+    @jax.jit
+    def encode_fn(state, mel):
+        return fn.encode(state["fn"]["encoder"], mel, enc_heads)
+
+    @jax.jit
+    def detect_fn(state, enc):
+        w = state["fn"]["decoder"]
+        B = enc.shape[0]
+        cache = fn.init_cache(w, enc, heads, 1)
+        sot = jnp.full((B, 1), ids.sot, jnp.int32)
+        hidden, _ = fn.forward(w, cache, sot, jnp.zeros((B, 1), jnp.int32), jnp.int32(0), jnp.ones((B, 1), bool), heads)
+        return jax.nn.log_softmax(fn.logits(w, hidden[:, -1]), axis=-1)
+
+    @jax.jit
+    def decode_fn(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask, n_hist):
+        w = state["fn"]["decoder"]
+        B, P = prefix.shape
+        cache = fn.init_cache(w, enc, heads, P + max_new_tokens)
+        positions = jnp.cumsum(prefix_mask, axis=-1) - 1
+        hidden, cache = fn.forward(w, cache, prefix, positions, jnp.int32(0), prefix_mask, heads)
+        sot_hidden = jnp.take_along_axis(hidden, sot_index[:, None, None], axis=1)[:, 0]
+        prefill = (fn.logits(w, sot_hidden), fn.logits(w, hidden[:, -1]))
+        n_real = prefix_mask.sum(axis=-1).astype(jnp.int32)
+        ones = jnp.ones((B, 1), bool)
+
+        def step(cache, nxt, i):
+            h, cache = fn.forward(w, cache, nxt[:, None], (n_real + i)[:, None], P + i, ones, heads)
+            return fn.logits(w, h[:, 0]), cache
+
+        return _sample_loop(ids, max_new_tokens, prefill, temperature, keys, suppress_mask, cache, step,
+                            prefix_history(prefix, n_hist, ids))
+
+    return encode_fn, decode_fn, detect_fn
 
 
 def compression_ratio(text: str) -> float:

@@ -29,6 +29,7 @@ from jax_models.decoding import (
     RawSegment,
     SpecialTokens,
     compression_ratio,
+    functional_decoder,
     make_decoder,
     needs_fallback,
     pick_fallback,
@@ -79,8 +80,47 @@ def batch_buckets(batch_size: int) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
+@dataclass(frozen=True, order=True)
+class CompiledShape:
+    """One executable the engine compiles: ``kind`` ``encode`` | ``detect`` | ``decode`` | ``align``,
+    ``batch`` rows of 30 s windows, ``length`` the decoder prefix bucket (``decode``) or the
+    teacher-forced length (``align``; 0 for the others)."""
+
+    kind: str
+    batch: int
+    length: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.kind} B={self.batch}" + (f" P={self.length}" if self.length else "")
+
+
+def compile_plan(buckets: tuple[int, ...], align: bool = True) -> tuple[list[CompiledShape], list[CompiledShape]]:
+    """``(ready, later)``: the executables compiled before a server is ready, and the rest in the
+    order they are compiled afterwards (bench/NOTES.md, "Cold start", has what each one costs).
+
+    ``ready`` serves any request one window at a time: the encoder (always one window), language
+    detection and the decoder for the two common prefixes (task tokens alone, a continuation or a
+    short prompt) at the smallest batch. ``later`` holds first what raises throughput most, the
+    largest batch, then the batches between, then the rare shapes (long prompts, word alignment).
+    A batch is only ever run at a compiled size (``WhisperEngine._take_batch``), so a request
+    during the background compilation is split into batches of the sizes already compiled.
+    """
+    small, rest = buckets[0], sorted(buckets[1:], reverse=True)
+    common = PREFIX_BUCKETS[:2]
+    ready = [CompiledShape("encode", 1), CompiledShape("detect", small),
+             *(CompiledShape("decode", small, p) for p in common)]
+    later = [s for b in rest for s in (*(CompiledShape("decode", b, p) for p in common), CompiledShape("detect", b))]
+    later += [CompiledShape("decode", b, p) for p in PREFIX_BUCKETS[2:] for b in buckets]
+    later += [CompiledShape("align", b, ALIGN_LENGTH) for b in buckets] if align else []
+    return ready, later
+
+
 class EngineError(RuntimeError):
     """The engine failed to load or run a model."""
+
+
+def _no_alignment(state, enc, tokens):
+    raise EngineError("word timestamps need the easydel backend (its decoder returns attention weights)")
 
 
 @dataclass(frozen=True)
@@ -176,6 +216,10 @@ class WhisperEngine:
             keep both cores busier than one; see bench/NOTES.md).
         kv_cache: decode with ``jax_models.functional`` (cached cross-attention K/V and a
             self-attention KV cache); False runs EasyDeL's decode step (quantized weights always do).
+        backend: ``easydel`` loads the model with EasyDeL (every option); ``functional`` reads
+            ``*.safetensors`` of a local Hugging Face directory straight into
+            ``jax_models.functional`` and needs no EasyDeL (a machine with jax, flax and
+            transformers only, e.g. a GPU host): no quantization, no word timestamps.
 
     Raises:
         EngineError: the model could not be loaded.
@@ -191,6 +235,7 @@ class WhisperEngine:
         max_new_tokens: int = 224,
         kv_cache: bool = True,
         workers: int = 1,
+        backend: str = "easydel",
     ) -> None:
         import jax.numpy as jnp
         from transformers import AutoTokenizer, GenerationConfig, WhisperFeatureExtractor
@@ -209,13 +254,27 @@ class WhisperEngine:
         self.log_mel = LogMel(np.asarray(fe.mel_filters, dtype=np.float32).T)
         self.ids = SpecialTokens.from_pretrained(self.tokenizer, self.generation_config)
         jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[dtype]
-        self.model = self._load(model_path, jdtype, quantization)
+        if backend not in ("easydel", "functional"):
+            raise ValueError(f"unknown backend {backend!r}")
+        if backend == "functional" and (quantization != "none" or not kv_cache):
+            raise EngineError("the functional backend runs unquantized weights with the KV cache only")
+        self.backend = backend
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.ids.eot
         self.pad_token_id = int(pad)
-        self.alignment_heads = alignment_heads(self.model.config, self.generation_config)
-        self._state, self._encode, self._decode, self._detect, self._align = make_decoder(
-            self.model, self.ids, max_new_tokens, self.pad_token_id, self.alignment_heads, kv_cache=kv_cache
-        )
+        if backend == "functional":
+            self.model, weights = self._load_functional(model_path, jdtype)
+            cfg = self.model.config
+            self.alignment_heads = alignment_heads(cfg, self.generation_config)
+            self._state = {"fn": weights}
+            self._encode, self._decode, self._detect = functional_decoder(
+                self.ids, max_new_tokens, int(cfg.decoder_attention_heads), int(cfg.encoder_attention_heads))
+            self._align = _no_alignment
+        else:
+            self.model = self._load(model_path, jdtype, quantization)
+            self.alignment_heads = alignment_heads(self.model.config, self.generation_config)
+            self._state, self._encode, self._decode, self._detect, self._align = make_decoder(
+                self.model, self.ids, max_new_tokens, self.pad_token_id, self.alignment_heads, kv_cache=kv_cache
+            )
         self.kv_cache = self._state["fn"] is not None
         vocab = int(self.model.config.vocab_size)
         mask = np.zeros((vocab,), bool)
@@ -227,6 +286,11 @@ class WhisperEngine:
         self._owners = itertools.count(1)
         self._cv = threading.Condition()
         self._stop = False
+        self._compiled: frozenset[CompiledShape] = frozenset()  # replaced whole, so read without the lock
+        self.compile_log: list[tuple[CompiledShape, float]] = []
+        """``(shape, seconds)`` of each executable compiled so far (tracing, lowering and XLA)."""
+        self.compiled_all = threading.Event()
+        """Set once every shape of ``compile_plan`` is compiled (``warmup``)."""
         self._threads = [
             threading.Thread(target=self._run, name=f"chorus-whisper-scheduler-{i}", daemon=True)
             for i in range(workers)
@@ -236,6 +300,28 @@ class WhisperEngine:
         self._fallback_kept: Counter[float] = Counter()
         for thread in self._threads:
             thread.start()
+
+    @staticmethod
+    def _load_functional(model_path: str, jdtype):
+        """``(namespace with .config, functional weights)`` from a local HF directory, without EasyDeL."""
+        from pathlib import Path
+        from types import SimpleNamespace
+
+        from safetensors.numpy import load_file
+        from transformers import WhisperConfig
+
+        from jax_models.functional import weights_from_hf
+
+        files = sorted(Path(model_path).glob("*.safetensors"))
+        try:
+            config = WhisperConfig.from_pretrained(model_path)
+            state = {k: v for f in files for k, v in load_file(f).items()}
+        except Exception as exc:
+            raise EngineError(f"could not load Whisper model {model_path!r}: {exc}") from exc
+        weights = weights_from_hf(state, config, jdtype) if files else None
+        if weights is None:
+            raise EngineError(f"{model_path!r} holds no complete Whisper safetensors checkpoint")
+        return SimpleNamespace(config=config), weights
 
     @staticmethod
     def _load(model_path: str, jdtype, quantization: str):
@@ -295,7 +381,7 @@ class WhisperEngine:
         order = sorted(owners, key=lambda o: self._served.get(o, -1))  # stable: ties keep queue order
         first = owners[order[0]][0]
         lanes = [[j for j in owners[o] if j.kind == first.kind and j.bucket == first.bucket] for o in order]
-        limit = self.batch_buckets[-1]
+        limit = max(self._compiled_sizes(first) or self.batch_buckets[:1])
         batch: list[_Job] = []
         depth = 0
         while len(batch) < limit and any(depth < len(lane) for lane in lanes):
@@ -336,12 +422,21 @@ class WhisperEngine:
                     if not job.future.done():
                         job.future.set_exception(EngineError(f"decoding failed: {exc}"))
 
+    def _shape(self, job: _Job, batch: int) -> CompiledShape:
+        return CompiledShape(job.kind, batch, 0 if job.kind == "detect" else job.bucket)
+
+    def _compiled_sizes(self, job: _Job) -> list[int]:
+        """Batch sizes already compiled for ``job``'s kind and prefix bucket, ascending. Batches
+        are taken and padded to these while the others compile (``warmup(background=True)``);
+        with none, the smallest bucket is compiled on first use."""
+        return [b for b in self.batch_buckets if self._shape(job, b) in self._compiled]
+
     def _run_batch(self, batch: list[_Job]) -> list:
         import jax
         import jax.numpy as jnp
 
         n = len(batch)
-        size = next(b for b in self.batch_buckets if b >= n)
+        size = next(b for b in (*self._compiled_sizes(batch[0]), *self.batch_buckets) if b >= n)
         rows = batch + [batch[0]] * (size - n)
         # Each real window is encoded alone (one compiled shape): the encoder is compute-bound, a
         # batched (B, heads, 1500, 1500) attention falls out of cache (1.1 s per window at B=4-8 vs
@@ -393,28 +488,87 @@ class WhisperEngine:
         return results
 
     # ------------------------------------------------------------------ API
-    def warmup(self) -> float:
-        """Compile every (batch bucket × prefix bucket) shape; returns the seconds it took."""
+    def warmup(self, *, background: bool = False) -> float:
+        """Compile the executables requests run (``compile_plan``) without running them.
+
+        Args:
+            background: compile only the ready set (everything a request needs at the smallest
+                batch) before returning, and the rest in a daemon thread; ``compiled_all`` is set
+                when it is done. False compiles everything before returning.
+
+        Logs one line per executable with its seconds (``compile_log`` keeps them). With the
+        persistent compile cache warm, "compiling" is tracing plus a cache load.
+
+        Returns:
+            The seconds spent before returning.
+        """
+        import jax
+
         t0 = time.perf_counter()
-        silence = np.zeros((SAMPLE_RATE,), np.float32)
-        feats = self.log_mel([silence])[0]
-        for size in self.batch_buckets:
-            futs = self._submit_all([_Job("detect", feats, [], 0.0, Future()) for _ in range(size)])
-            for f in futs:
-                f.result()
-            for bucket in PREFIX_BUCKETS:
-                prefix = [self.ids.sot_prev] * (bucket - 3) + self.ids.task_tokens("en", "transcribe")
-                prefix = prefix[-bucket:]
-                futs = self._submit_all([_Job("decode", feats, prefix, 0.0, Future()) for _ in range(size)])
-                for f in futs:
-                    f.result()
-            futs = self._submit_all([_Job("align", feats, self._align_prefix("en"), 0.0, Future())
-                                     for _ in range(size)])
-            for f in futs:
-                f.result()
-        # numba compiles librosa's DTW on first use
-        word_timings(np.ones((1, 8, 1500), np.float32), [1, 2], SAMPLE_RATE, 4, self.tokenizer.decode, "en")
+        ready, later = compile_plan(self.batch_buckets, align=self.backend == "easydel")
+        for shape in ready:
+            self._compile(shape)
+        jax.random.key_data(jax.random.PRNGKey(0))  # the per-row sampling keys' small executables
+        log.info("warm-up: %d executables ready in %.1f s; %d more %s", len(ready), time.perf_counter() - t0,
+                 len(later), "in the background" if background else "now")
+        if background:
+            threading.Thread(target=self._compile_rest, args=(later,), name="chorus-whisper-compile",
+                             daemon=True).start()
+        else:
+            self._compile_rest(later)
         return time.perf_counter() - t0
+
+    def _compile_rest(self, shapes: list[CompiledShape]) -> None:
+        t0 = time.perf_counter()
+        for shape in shapes:
+            if self._stop:
+                return
+            try:
+                self._compile(shape)
+            except Exception:  # the shape is then compiled on first use, as without warm-up
+                log.exception("compiling %s failed", shape)
+        if self.backend == "easydel":  # numba compiles librosa's DTW on first use (word timestamps)
+            word_timings(np.ones((1, 8, 1500), np.float32), [1, 2], SAMPLE_RATE, 4, self.tokenizer.decode, "en")
+        log.info("warm-up: all %d executables compiled (%.1f s after the ready set)",
+                 len(self._compiled), time.perf_counter() - t0)
+        self.compiled_all.set()
+
+    def _compile(self, shape: CompiledShape) -> float:
+        """Trace, lower and compile one executable (or load it from the persistent cache), and
+        the small concatenation its batch runs; log its seconds. Returns the seconds."""
+        import jax
+        import jax.numpy as jnp
+
+        t0 = time.perf_counter()
+        cfg, B, sds = self.model.config, shape.batch, jax.ShapeDtypeStruct
+        if shape.kind == "encode":
+            lowered = self._encode.lower(self._state, sds((B, int(cfg.num_mel_bins), 3000), jnp.float32))
+            self._enc_row = jax.tree.map(lambda a: sds((1, *a.shape[1:]), a.dtype), lowered.out_info)
+        else:
+            enc = sds((B, *self._enc_row.shape[1:]), self._enc_row.dtype)
+            i32 = jnp.int32
+            if shape.kind == "detect":
+                lowered = self._detect.lower(self._state, enc)
+            elif shape.kind == "align":
+                lowered = self._align.lower(self._state, enc, sds((B, shape.length), i32))
+            else:
+                P = shape.length
+                lowered = self._decode.lower(
+                    self._state, enc, sds((B, P), i32), sds((B, P), jnp.bool_), sds((B,), i32),
+                    sds((B,), jnp.float32), sds((B, 2), jnp.uint32), self._suppress, sds((B,), i32),
+                )
+        t1 = time.perf_counter()
+        lowered.compile()
+        if B > 1:  # _run_batch joins the rows' encoder states
+            row = jnp.zeros(self._enc_row.shape, self._enc_row.dtype)
+            jnp.concatenate([row] * B, axis=0).block_until_ready()
+        seconds = time.perf_counter() - t0
+        with self._cv:
+            self._compiled = self._compiled | {shape}
+            self.compile_log.append((shape, seconds))
+        log.info("compiled %s in %.2f s (trace+lower %.2f s, XLA or cache %.2f s)", shape, seconds, t1 - t0,
+                 seconds - (t1 - t0))
+        return seconds
 
     def _align_prefix(self, language: str) -> list[int]:
         return self.ids.task_tokens(language, "transcribe") + [self.ids.no_timestamps]
@@ -657,7 +811,9 @@ class WhisperEngine:
             "path": self.model_path,
             "dtype": self.dtype,
             "quantization": self.quantization,
+            "backend": self.backend,
             "batch_buckets": list(self.batch_buckets),
+            "compiled": sorted(str(shape) for shape in self._compiled),
             "prefix_buckets": list(PREFIX_BUCKETS),
             "layers": [int(cfg.encoder_layers), int(cfg.decoder_layers)],
             "d_model": int(cfg.d_model),

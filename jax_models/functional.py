@@ -92,8 +92,51 @@ def whisper_weights(model) -> dict | None:
     Returns ``None`` when a weight is not a plain array (EasyDeL-quantized linears), in which case
     callers fall back to EasyDeL's own modules.
     """
-    flat = _flat_params(model)
-    cfg = model.config
+    return _weights_from_flat(_flat_params(model), model.config)
+
+
+class _Value:
+    """An array where ``_get`` expects an ``nnx.Variable``."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def get_value(self):
+        return self.value
+
+
+def weights_from_hf(state_dict: dict, config, dtype=jnp.float32) -> dict | None:
+    """The :func:`whisper_weights` pytree from a Hugging Face Whisper state dict, without EasyDeL.
+
+    Args:
+        state_dict: ``{name: array}`` as in ``model.safetensors`` (``model.encoder.layers.0.fc1.weight``
+            …; linear weights ``(out, in)``, convolutions ``(out, in, width)``), numpy or torch-free.
+        config: the model's ``transformers.WhisperConfig``.
+        dtype: the weights' dtype on the device (``jnp.float32``, ``jnp.bfloat16`` …).
+
+    Returns:
+        The pytree, or ``None`` when a weight is missing.
+    """
+    import numpy as np
+
+    flat = {}
+    for name, array in state_dict.items():
+        a = np.asarray(array)
+        stem, _, kind = name.rpartition(".")
+        if kind == "weight" and a.ndim == 3:  # convolution (out, in, width) -> (width, in, out)
+            flat[stem + ".kernel"] = a.transpose(2, 1, 0)
+        elif kind == "weight" and a.ndim == 2:
+            embedding = stem.endswith(("embed_tokens", "embed_positions"))
+            flat[stem + (".embedding" if embedding else ".kernel")] = a if embedding else a.T
+        elif kind == "weight":  # LayerNorm
+            flat[stem + ".scale"] = a
+        else:
+            flat[name] = a
+    flat = {k: _Value(jnp.asarray(v, dtype)) for k, v in flat.items()}
+    return _weights_from_flat(flat, config)
+
+
+def _weights_from_flat(flat: dict, cfg) -> dict | None:
     enc, dec = "model.encoder", "model.decoder"
     enc_layers = _layers(flat, enc, int(cfg.encoder_layers), _ENC_PARTS, _ENC_NORMS)
     dec_layers = _layers(flat, dec, int(cfg.decoder_layers), _LAYER_PARTS, _LAYER_NORMS)

@@ -53,8 +53,11 @@ def _whisper_settings(**overrides) -> WhisperSettings:
 @click.option("--port", type=int, default=None)
 @click.option("--api-key", "api_keys", multiple=True, help="accepted bearer token (repeatable)")
 @click.option("--no-warmup", is_flag=True, help="skip compiling at start-up (first requests compile)")
+@click.option("--compile-all-first", is_flag=True,
+              help="ready only once every batch size is compiled (default: ready after the smallest, "
+                   "the rest compile in the background)")
 @whisper_options
-def serve_whisper(host, port, api_keys, no_warmup, model, dtype, quantization, batch_size) -> None:
+def serve_whisper(host, port, api_keys, no_warmup, compile_all_first, model, dtype, quantization, batch_size) -> None:
     """The whisper server (default 127.0.0.1:8001). SIGTERM drains requests in flight, then exits 0."""
     from server.http import serve
     from server.whisper_app import create_app, enable_compilation_cache
@@ -62,6 +65,7 @@ def serve_whisper(host, port, api_keys, no_warmup, model, dtype, quantization, b
     settings = _whisper_settings(
         host=host, port=port, api_keys=list(api_keys) or None, model=model, dtype=dtype,
         quantization=quantization, batch_size=batch_size, warmup=False if no_warmup else None,
+        background_compile=False if compile_all_first else None,
     )
     _logging(settings.log_level)
     enable_compilation_cache(settings.cache_dir)

@@ -73,6 +73,11 @@ class WhisperSettings(ServerSettings):
     max_new_tokens: int = Field(224, ge=1, le=448)
     beam_size: int = Field(1, ge=1)
     warmup: bool = True
+    background_compile: bool = Field(
+        True,
+        description="Ready once the smallest batch is compiled; larger batches, long prompts and word alignment "
+        "compile in a background thread (requests meanwhile run at the compiled sizes). False: compile all first.",
+    )
 
 
 class RouterSettings(ServerSettings):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -36,20 +35,16 @@ class Cancelled(Exception):
     """Raised inside the engine's progress callback to stop a request whose client got its 504."""
 
 
-def enable_compilation_cache(cache_dir: Path) -> None:
+def enable_compilation_cache(cache_dir: Path) -> Path:
     """Keep XLA executables on disk so a restart skips most of the warm-up compile.
 
-    Call before EasyDeL is imported: ejkernel 0.0.x (under easydel 0.3.0) points JAX's cache at its
-    own ``COMPILE_FUNC_DIR`` (default ``~/.cache/ejkernel-cache``) at every ``ejit``, so the
-    directory is handed to it through that variable as well.
+    The directory is ``cache_dir/xla/<machine>-<digest of the CPU model and flags>``
+    (``server.compile_cache``), so another CPU compiles afresh instead of loading executables
+    built for different instructions. Call before EasyDeL is imported. Returns the directory.
     """
-    import jax
+    from server import compile_cache
 
-    path = cache_dir / "xla"
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["COMPILE_FUNC_DIR"] = str(path)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return compile_cache.enable(cache_dir)
 
 
 def load_engine(settings: WhisperSettings):
@@ -134,7 +129,7 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
                 holder["engine"] = load_engine(settings)
             if settings.warmup:
                 state.detail = "compiling (warm-up)"
-                holder["engine"].warmup()
+                holder["engine"].warmup(background=settings.background_compile)
             state.ready = True
             state.detail = "ready"
             log.info("whisper server ready in %.1fs: %s", time.perf_counter() - t0, holder["engine"].describe())
