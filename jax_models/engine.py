@@ -290,6 +290,9 @@ class WhisperEngine:
         self.compile_log: list[tuple[CompiledShape, float]] = []
         """``(shape, seconds)`` of each executable compiled so far (tracing, lowering and XLA)."""
         self.compiled_all = threading.Event()
+        # set while warmup(background=True) compiles the larger batches: batches are then taken at
+        # compiled sizes only; without any warm-up every bucket is compiled on first use, as before
+        self._compiling_in_background = False
         """Set once every shape of ``compile_plan`` is compiled (``warmup``)."""
         self._threads = [
             threading.Thread(target=self._run, name=f"chorus-whisper-scheduler-{i}", daemon=True)
@@ -381,7 +384,8 @@ class WhisperEngine:
         order = sorted(owners, key=lambda o: self._served.get(o, -1))  # stable: ties keep queue order
         first = owners[order[0]][0]
         lanes = [[j for j in owners[o] if j.kind == first.kind and j.bucket == first.bucket] for o in order]
-        limit = max(self._compiled_sizes(first) or self.batch_buckets[:1])
+        limit = (max(self._compiled_sizes(first) or self.batch_buckets[:1]) if self._compiling_in_background
+                 else self.batch_buckets[-1])
         batch: list[_Job] = []
         depth = 0
         while len(batch) < limit and any(depth < len(lane) for lane in lanes):
@@ -512,6 +516,7 @@ class WhisperEngine:
         log.info("warm-up: %d executables ready in %.1f s; %d more %s", len(ready), time.perf_counter() - t0,
                  len(later), "in the background" if background else "now")
         if background:
+            self._compiling_in_background = True
             threading.Thread(target=self._compile_rest, args=(later,), name="chorus-whisper-compile",
                              daemon=True).start()
         else:
@@ -531,6 +536,7 @@ class WhisperEngine:
             word_timings(np.ones((1, 8, 1500), np.float32), [1, 2], SAMPLE_RATE, 4, self.tokenizer.decode, "en")
         log.info("warm-up: all %d executables compiled (%.1f s after the ready set)",
                  len(self._compiled), time.perf_counter() - t0)
+        self._compiling_in_background = False
         self.compiled_all.set()
 
     def _compile(self, shape: CompiledShape) -> float:
