@@ -130,10 +130,14 @@ def duration_s(samples: np.ndarray) -> float:
 
 
 def to_wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """Encode float32 mono samples (shape ``(n,)``, [-1, 1]) as a 16-bit PCM WAV file."""
+    """Encode float32 mono samples (shape ``(n,)``, [-1, 1]) as a 16-bit PCM WAV file.
+
+    The inverse of ``decode_audio`` (which gives ``k / 32768``): its samples come back exactly, so
+    the router's chunks are the very samples the whisper server would decode from the upload.
+    """
     import wave
 
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    pcm = np.clip(np.round(np.asarray(samples, dtype=np.float64) * 32768.0), -32768, 32767).astype("<i2")
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)

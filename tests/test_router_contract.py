@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import struct
 
 import httpx
 import numpy as np
@@ -200,6 +201,27 @@ async def test_a_short_file_gets_the_whisper_servers_own_segments_and_statistics
         assert out.text == direct_json["text"]
 
 
+def float_wav(samples: np.ndarray) -> bytes:
+    """float32 mono 16 kHz samples as an IEEE-float WAV (as AMI's excerpts are stored)."""
+    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, SAMPLE_RATE, SAMPLE_RATE * 4, 4, 32)
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<II", 4, len(data) // 4)
+            + b"data" + struct.pack("<I", len(data)) + data)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def test_chunks_carry_exactly_the_decoded_samples():
+    """The router re-encodes what it decoded for the backends; decoding that again gives the same
+    samples (a float32 upload too), so the whisper server sees what it would see directly."""
+    from server.audio import decode_audio
+
+    rng = np.random.default_rng(0)
+    x = np.clip(0.3 * rng.standard_normal(SAMPLE_RATE), -1, 1).astype(np.float32)
+    x[:3] = [1.0, -1.0, 0.0]
+    decoded = decode_audio(float_wav(x))
+    assert np.array_equal(decode_audio(to_wav_bytes(decoded)), decoded)
+
+
 @pytest.mark.slow
 async def test_the_router_text_is_the_real_whisper_servers(base_engine, base_model_dir, cache_dir, speech_samples):
     """With the real Whisper base (the tiny random model falls back to sampling, so its text is
@@ -211,7 +233,7 @@ async def test_the_router_text_is_the_real_whisper_servers(base_engine, base_mod
     app = whisper_app(WhisperSettings(model=str(base_model_dir), warmup=False, cache_dir=cache_dir), engine=base_engine)
     silence = np.zeros(int(1.5 * SAMPLE_RATE), np.float32)
     samples = np.concatenate([silence, speech_samples, silence])  # leading silence a VAD would cut
-    data = to_wav_bytes(samples)
+    data = float_wav(samples)  # a float32 upload: re-encoded by the router for the whisper server
     direct = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w")
     client = make_client(router_app(whisper_transport=httpx.ASGITransport(app=app)))
     for fmt in ("verbose_json", "json"):
