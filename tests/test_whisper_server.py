@@ -239,4 +239,6 @@ def test_compilation_cache_survives_easydel_import(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == str(tmp_path / "xla")
+    from server.compile_cache import cache_dir_for
+
+    assert out.stdout.strip().splitlines()[-1] == str(cache_dir_for(tmp_path))  # this CPU's directory
