@@ -5,7 +5,7 @@
 # On a GPU host with jax (CUDA), flax, transformers, torch and safetensors installed and no network:
 #   here, once:  python -m bench.gpu.pack pack ~/.cache/chorus/models/whisper-base .gpu-carry/base.npz
 #   there:       OUT=/some/dir bench/gpu/run.sh            (device tool: carry [".gpu-carry"])
-# On a CPU, to prove the script:  OUT=/tmp/gpu-smoke bench/gpu/run.sh --cpu-smoke
+# On a CPU, to prove the script:  OUT=/tmp/gpu-smoke CHORUS_GPU_TIMEOUT_S=1800 bench/gpu/run.sh --cpu-smoke --budget-s 1500
 # Budget: 8 minutes on an H100/H200; the bench stops starting measurements after --budget-s (420 s).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,5 +24,5 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
   echo "== $(date -u +%FT%TZ) $(uname -m) $(nproc) CPUs"; (nvidia-smi -L 2>/dev/null || true)
   "$PY" -c 'import jax, flax, transformers; print("jax", jax.__version__, jax.devices(), "flax", flax.__version__, "transformers", transformers.__version__)'
   "$PY" -m bench.gpu.pack unpack "$PACK" "$WORK/base"
-  timeout 465 "$PY" -m bench.gpu.gpu_bench run --model-dir "$WORK/base" --work "$WORK" --out "$OUT" "$@"
+  timeout "${CHORUS_GPU_TIMEOUT_S:-465}" "$PY" -m bench.gpu.gpu_bench run --model-dir "$WORK/base" --work "$WORK" --out "$OUT" "$@"
 } 2>&1 | tee "$OUT/log.txt"
