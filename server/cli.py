@@ -105,7 +105,8 @@ def serve_router(host, port, whisper_url, sidecar_url, api_keys, backend_api_key
 @click.option("--sidecar-url", default=None, help="Use a sidecar running elsewhere (not started here).")
 @click.option("--model", default=None, help="Whisper model: base | small | a directory | a hub id.")
 @click.option("--batch-size", type=int, default=None, help="Whisper batch of 30 s windows.")
-@click.option("--diarizer", type=click.Choice(["cluster", "sortformer"]), default=None)
+@click.option("--diarizer", type=click.Choice(["pyannote", "cluster", "sortformer"]), default=None,
+              help="pyannote: segmentation-3.0 + CAM++ offline (the default; cluster is its old name)")
 @click.option("--no-warmup", is_flag=True, help="Skip the backends' warm-up.")
 @click.option("--api-key", "api_keys", multiple=True, help="Bearer token required by all three (repeatable).")
 @click.option("--ready-timeout", type=float, default=900.0, show_default=True, help="Seconds to wait for /ready.")

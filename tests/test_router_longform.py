@@ -1,6 +1,6 @@
 """Long-form: a five-minute two-voice espeak-ng conversation with a known script and turn boundaries,
 through the router with the real Whisper base model and the sidecar's default offline diarizer
-(silero-vad + resemblyzer + clustering), all in-process over ASGI.
+(pyannote segmentation-3.0 + CAM++, overlap-aware), all in-process over ASGI.
 
 Checks no words are lost at chunk cuts (WER), who-spoke-when (DER of the returned segments), and
 that speaker labels stay consistent across the ~11 chunks (cpWER, meeteval).
