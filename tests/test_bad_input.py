@@ -139,3 +139,62 @@ def test_decode_audio_limits():
     assert "Errno" not in str(info.value) and "<none>" not in str(info.value), str(info.value)
     out = decode_audio(to_wav_bytes(tone), max_duration_s=1.0, timeout_s=10)
     assert out.shape == tone.shape and math.isclose(float(np.abs(out - tone).max()), 0, abs_tol=1e-4)
+
+
+# --- the sidecar -------------------------------------------------------------------------------------
+
+SIDECAR_NAMES = tuple(n for n in NAMES if n not in (
+    "unicode-prompt", "long-prompt", "huge-prompt", "too-many-fields", "invalid-language", "unknown-response-format",
+    "negative-temperature", "nan-temperature", "unknown-model", "missing-model", "unknown-field",
+))
+"""The corpus entries about the upload itself (the others are transcription fields the sidecar does not take)."""
+
+
+class FakeDiarizer:
+    """One turn over whatever it is given; counts its calls (bad input must never reach it)."""
+
+    backend = "pyannote"
+    max_speakers = None
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.backend, "diarizer": "fake", "embedder": "fake", "embedding_dim": "2"}
+
+    def diarize(self, samples, options=None, *, include_probabilities=False):
+        from server.transcript import SpeakerTurn
+        from torch_models.diarization import DiarizationResult
+
+        self.calls += 1
+        duration = len(samples) / SAMPLE_RATE
+        return DiarizationResult((SpeakerTurn(0.0, duration, "speaker_0"),), ("speaker_0",), duration, {"backend": "fake"})
+
+
+@pytest.mark.parametrize("name", SIDECAR_NAMES)
+async def test_sidecar_answers_each_bad_input(corpus, name):
+    """``POST /v1/diarize`` gets the same status, code and param as the whisper server for every upload
+    problem (audio shorter than 0.1 s: 400 ``audio_too_short``), and only good audio reaches the diarizer."""
+    from torch_models.settings import SidecarSettings
+    from torch_models.sidecar_app import create_app
+
+    entry = corpus[name]
+    fake = FakeDiarizer()
+    app = create_app(SidecarSettings(warmup=False, max_audio_s=MAX_AUDIO_S, max_window_s=MAX_AUDIO_S,
+                                     max_upload_mb=MAX_UPLOAD_MB), diarizer=fake)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            r = await http.post("/v1/diarize", **entry.httpx_kwargs())
+    assert r.status_code == entry.status, f"{entry.name}: {r.status_code} {r.text[:300]}"
+    if entry.status >= 400:
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and err["message"], err
+        if entry.code is not None:
+            assert err["code"] == entry.code, (entry.name, err)
+        if entry.param is not None:
+            assert err["param"] == entry.param, (entry.name, err)
+        assert fake.calls == 0
+    else:
+        assert fake.calls == 1
+        if entry.duration_s is not None:
+            assert abs(r.json()["duration"] - entry.duration_s) <= 1, (entry.name, r.json())
