@@ -8,7 +8,7 @@ CHORUS := $(VENV)/bin/chorus
 STAMP := $(VENV)/.chorus-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup sysdeps serve test test-fast clean
+.PHONY: setup sysdeps serve test test-fast lint clean
 
 sysdeps:
 	@missing=""; for b in ffmpeg:ffmpeg espeak-ng:espeak-ng sox:sox; do \
@@ -35,6 +35,9 @@ serve: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

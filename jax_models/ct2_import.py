@@ -765,7 +765,7 @@ def import_ct2(
     vocab = _vocabulary(files)
     if len(vocab) != dims.vocab_size:
         raise CT2FormatError(f"The vocabulary has {len(vocab)} tokens; the embeddings {dims.vocab_size} rows.")
-    tokens = _special_tokens(vocab)
+    _special_tokens(vocab)  # a missing control token fails here, before anything is written
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"

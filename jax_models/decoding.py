@@ -43,7 +43,7 @@ class SpecialTokens:
     multilingual: bool = True
 
     @classmethod
-    def from_pretrained(cls, tokenizer, generation_config) -> "SpecialTokens":
+    def from_pretrained(cls, tokenizer, generation_config) -> SpecialTokens:
         """Build from a Hugging Face ``WhisperTokenizer(Fast)`` and ``GenerationConfig``.
 
         Raises:

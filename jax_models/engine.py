@@ -15,8 +15,8 @@ import itertools
 import logging
 import math
 import threading
-import zlib
 import time
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -774,7 +774,7 @@ class WhisperEngine:
 
     def _assemble(self, windows, final, raws, words, language: str, task: str, total: float) -> Transcript:
         segments: list[Segment] = []
-        for i, (a, b) in enumerate(windows):
+        for i, (a, _b) in enumerate(windows):
             res, text = final[i]
             if not raws[i]:
                 continue

@@ -18,8 +18,6 @@ import numpy as np
 from server.audio import SAMPLE_RATE
 
 
-
-
 @dataclass(frozen=True)
 class VadOptions:
     """silero-vad parameters, from OpenAI's ``chunking_strategy`` (``server_vad``) or the defaults."""
@@ -29,7 +27,7 @@ class VadOptions:
     padding_ms: int = 300
 
     @classmethod
-    def from_strategy(cls, strategy: str | dict | None, default: "VadOptions") -> "VadOptions":
+    def from_strategy(cls, strategy: str | dict | None, default: VadOptions) -> VadOptions:
         """``None``/``"auto"`` → ``default``; a ``server_vad`` object (dict or JSON) → its values.
 
         Raises:

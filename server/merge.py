@@ -20,8 +20,6 @@ import numpy as np
 
 from server.transcript import Segment, SpeakerTurn, Word
 
-
-
 MIN_SPLIT_S = 0.6  # a second speaker must talk this long inside a segment to split it
 WORD_RE = re.compile(r"\s*\S+")
 _SPACE = re.compile(r"\s+")

@@ -146,7 +146,7 @@ class Router:
                     try:
                         self._sidecar_window = (await asyncio.wait_for(
                             self.sidecar.max_window_s(timeout_s=self.models_timeout_s), self.models_timeout_s),)
-                    except (BackendError, asyncio.TimeoutError) as exc:
+                    except (TimeoutError, BackendError) as exc:
                         log.warning("the sidecar's max_window_s is unknown (%s); diarization windows of %g s",
                                     str(exc) or type(exc).__name__, fallback)
                         self._window_retry_at = time.monotonic() + WINDOW_RETRY_S

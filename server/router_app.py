@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from server import openapi
 from server.audio import AudioDecodeError, AudioTooLongError, decode_audio, duration_s, to_wav_bytes
 from server.chunking import SileroVad, VadOptions
 from server.clients import (
@@ -44,7 +45,6 @@ from server.errors import (
     TimeoutError_,
 )
 from server.formats import RENDERERS, TIMELESS_FORMATS
-from server import openapi
 from server.http import Admission, ServerState, Upload, build_app, decode_upload, model_routes, read_upload, timed
 from server.protocol import WHISPER_LANGUAGES, TranscriptionRequest, parse_form
 from server.router import Job, Router, encode_sse
@@ -293,7 +293,7 @@ def create_app(
             try:
                 transcript = await asyncio.wait_for(router.transcribe(samples, plan, job),
                                                     timeout=settings.request_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise TimeoutError_(f"The request took longer than {settings.request_timeout_s:g} s.",
                                     headers={"Retry-After": "5"}) from None
             except BackendError as exc:

@@ -17,8 +17,6 @@ import numpy as np
 from server.clients import Diarization
 from server.transcript import SpeakerTurn
 
-
-
 # CAM++ (the sidecar's pyannote-style backend): 0.66 is the cosine of its own clustering threshold
 # (centroid distance 0.825 between unit vectors: 1 - 0.825²/2), so windows are linked as the sidecar
 # clusters inside one; the known-speaker bar sits below it as for the other embedders. Neither was

@@ -42,7 +42,7 @@ class Segment:
     speaker: str | None = None
     confidence: float | None = None
 
-    def shifted(self, offset: float, new_id: int | None = None) -> "Segment":
+    def shifted(self, offset: float, new_id: int | None = None) -> Segment:
         """The same segment with times (and word times) moved by ``offset`` seconds."""
         return replace(
             self,

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import threading
 import time
-from contextlib import asynccontextmanager
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio

@@ -55,8 +55,8 @@ def test_percentile_edges():
 def test_summarize_counts_only_successes_in_throughput():
     rng = np.random.default_rng(7)
     records = [
-        RequestRecord(float(a), float(l), ok=bool(ok), error=None if ok else "APIError: boom")
-        for a, l, ok in zip(rng.uniform(1, 30, 50), rng.uniform(0.1, 5, 50), rng.random(50) > 0.2)
+        RequestRecord(float(a), float(lat), ok=bool(ok), error=None if ok else "APIError: boom")
+        for a, lat, ok in zip(rng.uniform(1, 30, 50), rng.uniform(0.1, 5, 50), rng.random(50) > 0.2)
     ]
     wall = 40.0
     out = summarize(records, wall)

@@ -23,7 +23,6 @@ from torch_models.diarization import (
 )
 from torch_models.sortformer import parse_segment_lines, restrict_speakers, with_confidence
 
-
 # --- options and intervals ----------------------------------------------------------------------
 
 

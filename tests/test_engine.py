@@ -371,7 +371,7 @@ def test_rows_without_timestamps_sample_text_only():
     from jax_models.decoding import apply_logit_filters, prefix_history
 
     ids = toy_ids()
-    V, M = 120, 8
+    V = 120
     prefix = jnp.asarray([[0, ids.sot, ids.no_timestamps], [0, 0, ids.sot]], jnp.int32)
     history = prefix_history(prefix, jnp.zeros((2,), jnp.int32), ids)
     assert np.asarray(history.timestamps).tolist() == [False, True]
@@ -396,7 +396,6 @@ def test_window_that_stops_early_is_continued_on_its_encoder_states(tiny_engine,
     """Speech after a window's last segment gives a continuation job on the same encoder states
     (no second encoder pass); silence after it does not; an accepted continuation appends its
     tokens to the window's, a poor one (low average log-probability) is dropped."""
-    from concurrent.futures import Future
 
     from jax_models.engine import WindowResult
 

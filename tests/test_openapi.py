@@ -4,11 +4,11 @@ response that strays from the document (status codes, media types, bodies, heade
 
 from __future__ import annotations
 
+import itertools
+
 import httpx
 import pytest
 import schemathesis
-import itertools
-
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -65,7 +65,7 @@ async def test_the_document_describes_exactly_the_routes_served(factory):
     assert documented == served(app)
     assert doc["security"] == [{"bearer": []}]
     for path, ops in doc["paths"].items():
-        for method, op in ops.items():
+        for _method, op in ops.items():
             if path in ("/health", "/ready", "/metrics", "/openapi.json"):
                 assert op["security"] == []
             else:
@@ -160,7 +160,8 @@ def test_schemathesis_whisper_server(tiny_engine, speech_samples):
                   phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
         def run(case):
             response = case.call_and_validate(checks=CHECKS)
-            seen.setdefault(f"{operation.method.upper()} {operation.path}", set()).add(response.status_code)
+            seen.setdefault(f"{operation.method.upper()} {operation.path}", set()).add(  # noqa: B023 (run now)
+                response.status_code)
 
         run()
     audio = seen["POST /v1/audio/transcriptions"]

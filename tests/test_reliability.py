@@ -193,6 +193,7 @@ def form(seconds: float = 1.0) -> dict:
 
 async def test_whisper_request_timeout_is_504_at_once_and_stops_the_engine_work():
     import av  # noqa: F401  (imported by the first request otherwise, inside the timed window)
+
     import jax_models.engine  # noqa: F401
 
     engine = SlowEngine(5.0)

@@ -23,10 +23,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from server.audio import SAMPLE_RATE, decode_audio, to_wav_bytes
-from server.clients import BackendFailed, BackendUnavailable, SidecarClient, WhisperClient
 from server.chunking import Chunk, VadOptions, group_windows, plan_chunks
+from server.clients import BackendFailed, BackendUnavailable, SidecarClient, WhisperClient
 from server.merge import assign_speakers, split_segment
 from server.router import delta_event, done_event, encode_sse, segment_event
+from server.router_app import chunking_fields, create_app
+from server.settings import RouterSettings
 from server.speakers import (
     KnownSpeaker,
     LocalSpeaker,
@@ -35,8 +37,6 @@ from server.speakers import (
     name_speakers,
     speaker_letter,
 )
-from server.router_app import chunking_fields, create_app
-from server.settings import RouterSettings
 from server.transcript import Segment, SpeakerTurn, Word
 from tests.conftest import make_client
 
@@ -358,8 +358,8 @@ def test_an_ambiguous_speaker_keeps_a_low_confidence():
 
 def test_single_window_needs_no_fingerprints():
     links = link_speakers([LocalSpeaker(0, "speaker_0", None), LocalSpeaker(0, "speaker_1", None)], 0.8)
-    assert {l.cluster for l in links.values()} == {0, 1}
-    assert all(l.confidence == 1.0 for l in links.values())
+    assert {link.cluster for link in links.values()} == {0, 1}
+    assert all(link.confidence == 1.0 for link in links.values())
 
 
 def test_online_linker_matches_one_to_one():

@@ -30,7 +30,7 @@ from server.merge import assign_speakers, fit_times, split_by_words
 from server.router import text_pieces
 from server.transcript import Segment, SpeakerTurn, Word
 from tests.conftest import make_client
-from tests.test_router import CONVERSATION, dialogue, fake_sidecar, fake_whisper, router_app, tone
+from tests.test_router import CONVERSATION, dialogue, fake_whisper, router_app, tone
 
 DIARIZE = "gpt-4o-transcribe-diarize"
 

@@ -36,7 +36,7 @@ class DiarizationOptions:
     min_speakers: int | None = None
     max_speakers: int | None = None
 
-    def validate(self, limit: int | None = None) -> "DiarizationOptions":
+    def validate(self, limit: int | None = None) -> DiarizationOptions:
         """Check the hints against each other and a backend's speaker ``limit`` (None: no limit).
 
         Raises:

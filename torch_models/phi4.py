@@ -93,7 +93,7 @@ class AudioProcessor:
         self.audio_token_id = int(token_id)
 
     @classmethod
-    def from_pretrained(cls, source: str, **kwargs: Any) -> "AudioProcessor":
+    def from_pretrained(cls, source: str, **kwargs: Any) -> AudioProcessor:
         """Load both halves from a hub id or directory.
 
         The feature extractor's settings come from ``preprocessor_config.json`` when present, else

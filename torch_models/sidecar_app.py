@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from server import openapi
 from server.audio import SAMPLE_RATE, AudioDecodeError, AudioDecodeTimeoutError, AudioTooLongError, decode_audio
 from server.errors import (
     InvalidAudioError,
@@ -42,7 +43,6 @@ from server.errors import (
     NotReadyError,
     TimeoutError_,
 )
-from server import openapi
 from server.http import Admission, ServerState, build_app, read_upload, timed
 from server.protocol import parse_form
 from torch_models.diarization import Diarizer, OptionError

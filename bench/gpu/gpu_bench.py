@@ -151,7 +151,7 @@ def rtfx_by_batch(engine, windows: list[np.ndarray], batches, repeats: int, dead
         chosen = [windows[i % len(windows)] for i in range(B)]
         audio_s = sum(len(w) for w in chosen) / 16000
 
-        def once():
+        def once(chosen=chosen):
             t0 = time.perf_counter()
             feats = engine.log_mel(chosen)
             futures = engine._submit_all([_Job("decode", f, prefix, 0.0, Future()) for f in feats])

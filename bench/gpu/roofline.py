@@ -40,7 +40,8 @@ TURBO = {"d_model": D_MODEL, "encoder_layers": ENC_LAYERS, "decoder_layers": DEC
 def abstract_weights(dtype=jnp.bfloat16, dims: dict = TURBO) -> dict:
     """``functional.whisper_weights``' pytree at ``dims`` (large-v3-turbo's by default), as
     ShapeDtypeStructs (``bench.gpu.gpu_bench`` fills them with random values)."""
-    s = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
+    def s(*shape):
+        return jax.ShapeDtypeStruct(shape, dtype)
     D_MODEL, FFN, N_MELS, VOCAB = dims["d_model"], dims["ffn"], dims["num_mel_bins"], dims["vocab_size"]
     ENC_LAYERS, DEC_LAYERS = dims["encoder_layers"], dims["decoder_layers"]
 
@@ -92,7 +93,8 @@ def _measure(batch: int, dtype) -> dict:
     enc1 = sds((1, FRAMES, D_MODEL), dtype)
     S = PREFIX + MAX_NEW
     hd = D_MODEL // HEADS
-    kv = lambda n: tuple(sds((batch, HEADS, n, hd), dtype) for _ in range(DEC_LAYERS))
+    def kv(n):
+        return tuple(sds((batch, HEADS, n, hd), dtype) for _ in range(DEC_LAYERS))
     cache = fn.KVCache(kv(S), kv(S), sds((batch, S), jnp.bool_), kv(FRAMES), kv(FRAMES))
 
     def step(w, cache, tokens, positions, start):
@@ -123,7 +125,7 @@ def predict(m: dict, tokens_per_window: float, device: dict = H100) -> dict:
     B = m["batch"]
     res = {}
     for label, pick in (("xla_bytes", lambda k: m[k]["bytes"]), ("minimum_bytes", lambda k: m["minimum_bytes"][k])):
-        def t(k):
+        def t(k, pick=pick):
             return max(m[k]["flops"] / device["flops"], pick(k) / device["bandwidth"])
         per_window = t("encoder_window") + t("cross_kv_window") + tokens_per_window * t("decode_step_batch") / B
         res[label] = {
