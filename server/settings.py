@@ -95,7 +95,8 @@ class RouterSettings(ServerSettings):
     whisper_concurrency: int = Field(8, ge=1, description="Chunk requests in flight to the whisper server.")
     sidecar_concurrency: int = Field(2, ge=1, description="Requests in flight to the sidecar.")
     whisper_timeout_s: float = Field(300.0, gt=0, description="Deadline of one chunk at the whisper server.")
-    sidecar_timeout_s: float = Field(300.0, gt=0, description="Deadline of one diarization request.")
+    sidecar_timeout_s: float = Field(
+        300.0, gt=0, description="Deadline of one diarization request, plus the duration of the audio it carries.")
     connect_timeout_s: float = Field(5.0, gt=0)
     whisper_model: str = Field(
         "whisper-1", description="Model name sent to the whisper server for requests naming a diarize model."

@@ -398,3 +398,27 @@ def test_fit_times():
     out = fit_times(segs, 10.0)
     assert [(s.start, s.end) for s in out] == [(3.0, 5.2), (9.1, 10.0), (10.0, 10.0), (0.0, 0.2), (1.5, 3.0)]
     assert out[1].words[0].end == 10.0
+
+
+async def test_sidecar_deadline_grows_with_the_window():
+    """A diarization call may take its audio's duration on top of the configured deadline (CPU
+    diarization runs at 1-3x real time), so a long window is not cut off at a fixed 300 s."""
+    from server.audio import to_wav_bytes
+    from server.clients import BackendTimeout, SidecarClient
+
+    seen: dict = {}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen["read"] = request.extensions["timeout"]["read"]
+        raise httpx.ReadTimeout("slow", request=request)
+
+    client = SidecarClient("http://sidecar.test", concurrency=1, timeout_s=10.0,
+                           transport=httpx.MockTransport(handler))
+    try:
+        with pytest.raises(BackendTimeout, match="in 40 s"):
+            await client.diarize(to_wav_bytes(np.zeros(30 * 16000, np.float32)))
+        assert seen["read"] == pytest.approx(40.0)
+        with pytest.raises(BackendTimeout, match="in 12 s"):
+            await client.diarize(to_wav_bytes(np.zeros(2 * 16000, np.float32)))
+    finally:
+        await client.aclose()

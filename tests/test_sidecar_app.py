@@ -79,7 +79,7 @@ async def test_health_ready_metrics_and_models(cluster):
         diar, emb, phi = models["data"]
         assert diar["id"] == "diarization" and diar["backend"] == "pyannote" and diar["status"] == "ready"
         assert "segmentation-3.0" in diar["diarizer"] and "CAM++" in diar["embedder"]
-        assert diar["max_window_s"] == 600.0
+        assert diar["max_window_s"] == 300.0
         assert emb["dim"] == "192"
         assert phi["status"] == "not configured" and "--phi4-model" in phi["hint"]
         metrics = (await client.get("/metrics")).text
@@ -110,7 +110,7 @@ async def test_not_ready_until_the_diarizer_loads():
         assert ready.status_code == 503 and "weights unreachable" in ready.json()["detail"]
         models = (await client.get("/v1/models")).json()["data"][0]
         assert models["backend"] == "pyannote" and "weights unreachable" in models["status"]
-        assert models["max_window_s"] == 600.0
+        assert models["max_window_s"] == 300.0
     await lifespan.__aexit__(None, None, None)
 
 

