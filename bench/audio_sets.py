@@ -28,7 +28,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,29 +252,13 @@ def espeak_item(
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
     target = int(round(length_s * SAMPLE_RATE))
     gap = np.zeros(int(SENTENCE_GAP_S * SAMPLE_RATE), np.float32)
-    pieces: list[np.ndarray] = []
-    words: list[str] = []
-    used = 0
-    start = int(length_s) % len(sentences)
-    misses = 0
     with tempfile.TemporaryDirectory() as tmp:
-        i = start
-        while misses < len(sentences):
-            text = sentences[i % len(sentences)]
-            i += 1
-            speech = _speak(text, voice, speed, Path(tmp))
-            need = speech.size + (gap.size if pieces else 0)
-            if used + need > target:
-                misses += 1
-                continue
-            misses = 0
-            if pieces:
-                pieces.append(gap)
-            pieces.append(speech)
-            words.append(text)
-            used += need
-            if target - used < SAMPLE_RATE:  # no sentence is shorter than a second
-                break
+        pieces, chosen, used = _fill(
+            len(sentences), int(length_s) % len(sentences), target, gap,
+            lambda k: _speak(sentences[k], voice, speed, Path(tmp)),
+            stop_below=SAMPLE_RATE,  # no sentence is shorter than a second
+        )
+    words = [sentences[k] for k in chosen]
     if not words:
         raise ValueError(f"no sentence fits in {length_s:g} s")
     samples = np.concatenate([*pieces, np.zeros(target - used, np.float32)])
@@ -284,6 +268,38 @@ def espeak_item(
     txt.write_text(" ".join(words) + "\n", encoding="utf-8")
     tmp_wav.replace(wav)
     return AudioItem(wav, duration_s(samples), " ".join(words))
+
+
+def _fill(count: int, start: int, target: int, gap: np.ndarray, get: Callable[[int], np.ndarray],
+          stop_below: int = 0) -> tuple[list[np.ndarray], list[int], int]:
+    """Pack items ``get(k)`` (float32 16 kHz samples), taken in turn from ``start`` and cycling, into at
+    most ``target`` samples with ``gap`` between them; an item that would overrun is skipped, and the
+    packing ends once every item in a row was skipped or fewer than ``stop_below`` samples are left.
+
+    Returns:
+        ``(pieces, chosen, used)``: the arrays to concatenate (gaps included), the item index of each
+        item taken, in order, and the samples they fill.
+    """
+    pieces: list[np.ndarray] = []
+    chosen: list[int] = []
+    used, misses, i = 0, 0, start
+    while misses < count:
+        k = i % count
+        i += 1
+        item = get(k)
+        need = item.size + (gap.size if pieces else 0)
+        if used + need > target:
+            misses += 1
+            continue
+        misses = 0
+        if pieces:
+            pieces.append(gap)
+        pieces.append(item)
+        chosen.append(k)
+        used += need
+        if stop_below and target - used < stop_below:
+            break
+    return pieces, chosen, used
 
 
 def referenced_clips(directory: Path) -> list[AudioItem]:
@@ -325,22 +341,8 @@ def joined_item(clips: list[AudioItem], length_s: float, out_dir: Path, kind: st
     audio = [decode_audio(c.path.read_bytes()) for c in clips]
     target = int(round(length_s * SAMPLE_RATE))
     gap = np.zeros(int(CLIP_GAP_S * SAMPLE_RATE), np.float32)
-    pieces: list[np.ndarray] = []
-    refs: list[str] = []
-    used, misses, i = 0, 0, int(length_s) % len(clips)
-    while misses < len(clips):
-        k = i % len(clips)
-        i += 1
-        need = audio[k].size + (gap.size if pieces else 0)
-        if used + need > target:
-            misses += 1
-            continue
-        misses = 0
-        if pieces:
-            pieces.append(gap)
-        pieces.append(audio[k])
-        refs.append(clips[k].reference or "")
-        used += need
+    pieces, chosen, used = _fill(len(clips), int(length_s) % len(clips), target, gap, audio.__getitem__)
+    refs = [clips[k].reference or "" for k in chosen]
     if not pieces:
         raise ValueError(f"no {kind} clip fits in {length_s:g} s")
     samples = np.concatenate([*pieces, np.zeros(target - used, np.float32)])
