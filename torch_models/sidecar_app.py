@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from server import openapi
-from server.audio import SAMPLE_RATE, AudioDecodeError, AudioDecodeTimeoutError, AudioTooLongError, decode_audio
+from server.audio import SAMPLE_RATE, AudioDecodeError, AudioTooLongError, decode_audio
 from server.errors import (
     InvalidAudioError,
     InvalidRequestError,
@@ -187,9 +187,7 @@ async def decode(sidecar: Sidecar, data: bytes, request: Request, *, param: str 
             lambda: decode_audio(data, max_duration_s=limit, timeout_s=sidecar.settings.decode_timeout_s))
     except AudioTooLongError as exc:
         raise InvalidAudioError(str(exc), param=param, code="audio_too_long") from None
-    except AudioDecodeTimeoutError as exc:
-        raise InvalidAudioError(str(exc), param=param, code="audio_decode_timeout") from None
-    except AudioDecodeError as exc:
+    except AudioDecodeError as exc:  # its code: invalid_file_format, audio_too_short, audio_decode_timeout
         raise InvalidAudioError(str(exc), param=param, code=exc.code) from None
     request.scope["chorus.audio_seconds"] = request.scope.get("chorus.audio_seconds", 0.0) + len(samples) / SAMPLE_RATE
     return samples
