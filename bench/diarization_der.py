@@ -30,12 +30,12 @@ COLLARS = (0.0, 0.25)
 
 def load_case(name: str, data: Path):
     """``(samples, reference turns, uem)`` of an AMI clip name or ``espeak305``."""
-    from server.audio import decode_audio
+    from bench.eval_der import read_uem
+    from server.core.audio import decode_audio
     from torch_models.diarization import parse_rttm
-    from torch_models.eval_der import read_uem
 
     if name == ESPEAK:
-        from server.router_eval import long_conversation
+        from bench.router_eval import long_conversation
 
         samples, ref = long_conversation()
         return samples, list(ref.turns), (0.0, len(samples) / 16000)
@@ -46,7 +46,7 @@ def load_case(name: str, data: Path):
 
 def speech_for(minutes: float) -> np.ndarray:
     """About ``minutes`` of two-voice espeak-ng speech (the 305 s conversation repeated)."""
-    from server.router_eval import long_conversation
+    from bench.router_eval import long_conversation
 
     samples, _ = long_conversation()
     reps = max(1, int(round(minutes * 60 / (len(samples) / 16000))))
@@ -70,9 +70,9 @@ def main(clips, data, thresholds, step, piece, rtfx_minutes, threads, out) -> No
 
     if threads:
         torch.set_num_threads(threads)
+    from bench.eval_der import der
     from bench.machine import cpu_model
     from torch_models.diarization import DiarizationOptions
-    from torch_models.eval_der import der
     from torch_models.service import build_diarizer
     from torch_models.settings import SidecarSettings
 

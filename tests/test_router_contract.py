@@ -25,10 +25,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from server.audio import SAMPLE_RATE, to_wav_bytes
-from server.merge import assign_speakers, fit_times, split_by_words
-from server.router import text_pieces
-from server.transcript import Segment, SpeakerTurn, Word
+from server.core.audio import SAMPLE_RATE, to_wav_bytes
+from server.core.transcript import Segment, SpeakerTurn, Word
+from server.router.merge import assign_speakers, fit_times, split_by_words
+from server.router.pipeline import text_pieces
 from tests.conftest import make_client
 from tests.test_router import CONVERSATION, dialogue, fake_whisper, router_app, tone
 
@@ -213,7 +213,7 @@ def float_wav(samples: np.ndarray) -> bytes:
 def test_chunks_carry_exactly_the_decoded_samples():
     """The router re-encodes what it decoded for the backends; decoding that again gives the same
     samples (a float32 upload too), so the whisper server sees what it would see directly."""
-    from server.audio import decode_audio
+    from server.core.audio import decode_audio
 
     rng = np.random.default_rng(0)
     x = np.clip(0.3 * rng.standard_normal(SAMPLE_RATE), -1, 1).astype(np.float32)
@@ -227,8 +227,8 @@ async def test_the_router_text_is_the_real_whisper_servers(base_engine, base_mod
     """With the real Whisper base (the tiny random model falls back to sampling, so its text is
     not repeatable): the same file through the router and straight to the whisper server gives
     the same text, segments and statistics, in json and verbose_json."""
-    from server.settings import WhisperSettings
-    from server.whisper_app import create_app as whisper_app
+    from jax_models.whisper_app import create_app as whisper_app
+    from server.kit.settings import WhisperSettings
 
     app = whisper_app(WhisperSettings(model=str(base_model_dir), warmup=False, cache_dir=cache_dir), engine=base_engine)
     silence = np.zeros(int(1.5 * SAMPLE_RATE), np.float32)
@@ -403,8 +403,8 @@ def test_fit_times():
 async def test_sidecar_deadline_grows_with_the_window():
     """A diarization call may take its audio's duration on top of the configured deadline (CPU
     diarization runs at 1-3x real time), so a long window is not cut off at a fixed 300 s."""
-    from server.audio import to_wav_bytes
-    from server.clients import BackendTimeout, SidecarClient
+    from server.core.audio import to_wav_bytes
+    from server.router.clients import BackendTimeout, SidecarClient
 
     seen: dict = {}
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from server.transcript import Segment, SpeakerTurn, Word
+from server.core.transcript import Segment, SpeakerTurn, Word
 
 MIN_SPLIT_S = 0.6  # a second speaker must talk this long inside a segment to split it
 WORD_RE = re.compile(r"\s*\S+")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from server.transcript import Segment, Transcript
+from server.core.transcript import Segment, Transcript
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"

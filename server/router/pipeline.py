@@ -1,19 +1,19 @@
 """The router's pipeline: chunk → fan out → link speakers → merge → render, each step a function.
 
-1. **chunk** (``server.chunking``): audio up to one chunk long (30 s) goes whole, so the text is
+1. **chunk** (``server.router.chunking``): audio up to one chunk long (30 s) goes whole, so the text is
    the whisper server's own for that file; longer audio is cut at silero-vad regions into chunks of
    at most 30 s. Chunks are grouped into diarization windows as long as the sidecar takes in one
    call (its ``max_window_s``), so a file that fits is diarized whole.
 2. **fan out** (``Router`` here): every chunk to the whisper server, every window to the sidecar,
    concurrently and bounded; the first chunk's detected language is pinned for the others.
-3. **link** (``server.speakers``): window-local speakers → global speakers by clustering their
+3. **link** (``server.router.speakers``): window-local speakers → global speakers by clustering their
    fingerprints (cosine similarity); each link carries a margin confidence; names ``A, B, …`` or
    the known speakers'. One window needs no linking.
-4. **merge** (``server.merge``): transcript segments × speaker turns, word by word, split where
+4. **merge** (``server.router.merge``): transcript segments × speaker turns, word by word, split where
    the speaker changes (overlapping turns give overlapping segments); ``fit_times`` keeps every
    segment ordered, inside the audio and spanning its words. The text is the whisper server's,
    chunk texts joined; the speaker segments never rewrite it.
-5. **render**: ``server.formats`` for whole responses, the SSE events below for streams.
+5. **render**: ``server.core.formats`` for whole responses, the SSE events below for streams.
 
 The sidecar's failures cost speakers (``warnings``), never the transcript. Nothing here knows
 HTTP; ``router_app`` turns requests into ``Job`` and events into responses.
@@ -30,12 +30,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE, to_wav_bytes
-from server.chunking import Chunk, SileroVad, VadOptions, Window, group_windows, plan_chunks
-from server.clients import BackendError, Diarization, SidecarClient, WhisperClient
-from server.formats import usage
-from server.merge import assign_speakers, fit_times
-from server.speakers import (
+from server.core.audio import SAMPLE_RATE, to_wav_bytes
+from server.core.formats import usage
+from server.core.transcript import Segment, SpeakerTurn, Transcript
+from server.core.vad import SileroVad, VadOptions
+from server.router.chunking import Chunk, Window, group_windows, plan_chunks
+from server.router.clients import BackendError, Diarization, SidecarClient, WhisperClient
+from server.router.merge import assign_speakers, fit_times
+from server.router.speakers import (
     KNOWN_THRESHOLDS,
     KnownSpeaker,
     Link,
@@ -47,7 +49,6 @@ from server.speakers import (
     local_speakers,
     name_speakers,
 )
-from server.transcript import Segment, SpeakerTurn, Transcript
 
 log = logging.getLogger("chorus.router")
 
