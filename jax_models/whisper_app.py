@@ -4,37 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated, Any
 
 import anyio
-from starlette.applications import Starlette
+from fastapi import APIRouter, FastAPI, Form
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
 
 from jax_models import compile_cache
 from server.core.formats import RENDERERS, TIMELESS_FORMATS
-from server.kit import openapi
-from server.kit.app import Admission, ServerState, build_app, model_routes, timed
-from server.kit.errors import (
-    ApiError,
-    InvalidRequestError,
-    NotFoundError,
-    TimeoutError_,
+from server.kit.app import (
+    AUDIO_ERRORS,
+    Admission,
+    ServerState,
+    build_app,
+    error_responses,
+    model_router,
+    text_responses,
 )
-from server.kit.protocol import WHISPER_LANGUAGES, TranscriptionRequest, TranslationRequest, parse_form
+from server.kit.deadline import run_with_deadline, stopper
+from server.kit.errors import ApiError, InvalidRequestError, NotFoundError
+from server.kit.protocol import (
+    FORM,
+    Transcription,
+    TranscriptionVerbose,
+    TranslationForm,
+    WhisperTranscriptionForm,
+)
 from server.kit.settings import WhisperSettings
-from server.kit.uploads import decode_upload, read_upload
+from server.kit.uploads import decode_upload, upload_route
 
 log = logging.getLogger("chorus.whisper")
-
-
-class Cancelled(Exception):
-    """Raised inside the engine's progress callback to stop a request whose client got its 504."""
 
 
 def enable_compilation_cache(cache_dir: Path) -> Path:
@@ -99,7 +103,7 @@ class FallbackMetrics:
         yield kept
 
 
-def create_app(settings: WhisperSettings, engine=None) -> Starlette:
+def create_app(settings: WhisperSettings, engine: Any = None) -> FastAPI:
     """Build the whisper server.
 
     Args:
@@ -109,14 +113,14 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
     """
     state = ServerState("whisper")
     admission = Admission(settings.max_concurrent, settings.max_queue)
-    holder: dict = {"engine": engine}
+    holder: dict[str, Any] = {"engine": engine}
     state.registry.register(FallbackMetrics(lambda: holder["engine"]))
     if engine is not None and not settings.warmup:
         state.ready, state.detail = True, "ready"  # the caller loaded (and warmed) the engine
     names = {settings.model, Path(settings.model).name, *settings.served_model_names}
 
     @asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = holder["engine"] is None
         if state.ready:
             yield
@@ -136,7 +140,7 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
 
         task = asyncio.create_task(anyio.to_thread.run_sync(start))
 
-        def report(t: asyncio.Task) -> None:
+        def report(t: asyncio.Task[None]) -> None:
             if not t.cancelled() and t.exception() is not None:
                 state.detail = f"failed to start: {t.exception()}"
                 log.error("whisper server failed to start: %s", t.exception())
@@ -148,123 +152,74 @@ def create_app(settings: WhisperSettings, engine=None) -> Starlette:
             if owned and holder["engine"] is not None:
                 holder["engine"].close()
 
-    async def run_engine(engine, samples, options):
-        """``engine.transcribe`` in a worker thread under ``request_timeout_s``.
-
-        At the deadline the client gets its 504 at once; the worker thread stops at the engine's next
-        progress report (a finished window) instead of decoding the rest of the file.
+    async def run_engine(samples: Any, options: Any) -> Any:
+        """``engine.transcribe`` in a worker thread under ``request_timeout_s``; the thread stops at the
+        engine's next progress report (a finished window) once the client has its 504.
 
         Raises:
             TimeoutError_: past ``settings.request_timeout_s`` (504 with ``Retry-After``).
             InvalidRequestError: the engine refused the options (an unsupported language).
         """
-        stop = threading.Event()
-
-        def progress(done_s: float) -> None:
-            if stop.is_set():
-                raise Cancelled()
-
-        def work():
-            return engine.transcribe(samples, options, progress=progress)
-
+        engine = holder["engine"]
         try:
-            with anyio.fail_after(settings.request_timeout_s):
-                return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-        except TimeoutError:
-            stop.set()
-            raise TimeoutError_(
-                f"The request took longer than {settings.request_timeout_s:g} s.", headers={"Retry-After": "5"}
-            ) from None
+            return await run_with_deadline(
+                lambda stop: engine.transcribe(samples, options, progress=stopper(stop)), settings.request_timeout_s)
         except ValueError as exc:
             raise InvalidRequestError(str(exc), param="language") from None
-        finally:
-            stop.set()  # also when the client went away (cancellation)
 
-    async def handle(request: Request, task: str) -> Response:
+    async def handle(request: Request, form: WhisperTranscriptionForm | TranslationForm, task: str) -> Response:
         state.require_ready()
-        upload = await read_upload(request, settings)
-        model = TranslationRequest if task == "translate" else TranscriptionRequest
-        req = parse_form(model, upload.fields)
-        if req.model not in names:
+        if form.model not in names:
             raise NotFoundError(
-                f"The model '{req.model}' does not exist; this server serves {sorted(names)}.", param="model"
+                f"The model '{form.model}' does not exist; this server serves {sorted(names)}.", param="model"
             )
-        if req.response_format == "diarized_json":
-            raise InvalidRequestError(
-                "response_format 'diarized_json' needs speaker diarization: call the Chorus router "
-                "(chorus serve router / chorus up), not the whisper server.",
-                param="response_format",
-            )
-        if req.stream:
-            raise InvalidRequestError("stream=true is not supported by the whisper server.", param="stream")
         from jax_models.engine import TranscribeOptions
 
         # OpenAI returns words with verbose_json only; other formats need no alignment pass
-        want_words = "word" in req.timestamp_granularities and req.response_format == "verbose_json"
-
+        granularities = getattr(form, "timestamp_granularities", ())
+        want_words = "word" in granularities and form.response_format == "verbose_json"
+        language = form.language if isinstance(form, WhisperTranscriptionForm) else None
         options = TranscribeOptions(
-            task=task, language=req.language if task == "transcribe" else None,
-            prompt=req.prompt, temperature=req.temperature,
-            word_timestamps=want_words, without_timestamps=req.response_format in TIMELESS_FORMATS,
+            task=task, language=language, prompt=form.prompt, temperature=form.temperature,
+            word_timestamps=want_words, without_timestamps=form.response_format in TIMELESS_FORMATS,
         )
-        engine = holder["engine"]
         async with admission:
-            samples = await decode_upload(upload, settings, request)
-            transcript = await run_engine(engine, samples, options)
-        body, media_type = RENDERERS[req.response_format](transcript, words=want_words)
+            samples = await decode_upload(form.file, settings, request)
+            transcript = await run_engine(samples, options)
+        body, media_type = RENDERERS[form.response_format](transcript, words=want_words)
         if isinstance(body, dict):
             return JSONResponse(body)
         return PlainTextResponse(body, media_type=media_type)
 
-    @timed(state, "/v1/audio/transcriptions")
-    async def transcriptions(request: Request) -> Response:
-        return await handle(request, "transcribe")
+    audio = APIRouter(route_class=upload_route(settings), tags=["audio"])
+    ok = {200: {"model": Transcription | TranscriptionVerbose,
+                "content": text_responses(*TRANSCRIPTION_TEXT_TYPES)}}
 
-    @timed(state, "/v1/audio/translations")
-    async def translations(request: Request) -> Response:
-        return await handle(request, "translate")
+    @audio.post("/v1/audio/transcriptions", summary="Transcribe audio (OpenAI audio.transcriptions).",
+                response_class=JSONResponse, responses={**ok, **error_responses(*AUDIO_ERRORS)})
+    async def transcriptions(request: Request, form: Annotated[WhisperTranscriptionForm, Form(media_type=FORM)]
+                             ) -> Response:
+        return await handle(request, form, "transcribe")
 
-    def model_card(name: str) -> dict:
-        card = {"id": name, "object": "model", "created": 0, "owned_by": "chorus"}
+    @audio.post("/v1/audio/translations", summary="Translate audio to English text (OpenAI audio.translations).",
+                response_class=JSONResponse, responses={**ok, **error_responses(*AUDIO_ERRORS)})
+    async def translations(request: Request, form: Annotated[TranslationForm, Form(media_type=FORM)]) -> Response:
+        return await handle(request, form, "translate")
+
+    def model_card(name: str) -> dict[str, Any]:
+        card: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "chorus"}
         if holder["engine"] is not None:
             card["chorus"] = holder["engine"].describe()
         return card
 
-    routes = [
-        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
-        Route("/v1/audio/translations", translations, methods=["POST"]),
-        *model_routes(lambda: names, model_card),
-    ]
-    return build_app(state, settings, routes, lifespan, api_doc(sorted(names)))
-
-
-def api_doc(model_names: list[str]) -> openapi.ApiDoc:
-    """The whisper server's routes for ``/openapi.json``.
-
-    Args:
-        model_names: what the ``model`` field accepts (others get 404).
-    """
-    doc = openapi.ApiDoc(
-        "Chorus whisper server",
+    return build_app(
+        state, settings, title="Chorus whisper server",
         description="OpenAI-compatible transcription and translation (Whisper on JAX). Errors are OpenAI's shape.",
+        lifespan=lifespan, routers=[audio, model_router(lambda: names, model_card)],
     )
-    audio_ok = {**openapi.json_content({"anyOf": [openapi.ref("Transcription"), openapi.ref("TranscriptionVerbose")]}),
-                **openapi.text_content(*openapi.TRANSCRIPTION_TEXT_TYPES)}
-    formats = ["json", "text", "srt", "vtt", "verbose_json"]
-    model = {"enum": model_names, "description": "whisper-1, or the model's configured name"}
-    unused = ("stream", "chunking_strategy", "known_speaker_names", "known_speaker_references")
-    doc.add("POST", "/v1/audio/transcriptions", summary="Transcribe audio (OpenAI audio.transcriptions).",
-            ok=audio_ok, errors=openapi.audio_errors(),
-            body=doc.form_body(TranscriptionRequest, exclude=unused, overrides={
-                "model": model, "response_format": {"enum": formats},
-                "language": {"enum": list(WHISPER_LANGUAGES), "description": "ISO-639-1; detected when absent"},
-                "timestamp_granularities": {"description": "'word' adds word times (with verbose_json)"},
-            }))
-    doc.add("POST", "/v1/audio/translations", summary="Translate audio to English text (OpenAI audio.translations).",
-            ok=audio_ok, errors=openapi.audio_errors(),
-            body=doc.form_body(TranslationRequest, include=("model", "prompt", "response_format", "temperature"),
-                               overrides={"model": model}))
-    openapi.model_operations(doc)
-    return doc
+
+
+TRANSCRIPTION_TEXT_TYPES = ("text/plain", "application/x-subrip", "text/vtt")
+"""Media types of ``response_format`` text, srt and vtt (``server.core.formats``)."""
 
 __all__ = ["create_app", "load_engine", "enable_compilation_cache", "ApiError"]

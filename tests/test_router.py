@@ -22,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from server.core.audio import SAMPLE_RATE, decode_audio, to_wav_bytes
+from server.core.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, to_wav_bytes
 from server.core.transcript import Segment, SpeakerTurn, Word
 from server.core.vad import VadOptions
+from server.kit.protocol import fold_chunking_strategy
 from server.kit.settings import RouterSettings
-from server.router.app import chunking_fields, create_app
+from server.router.app import create_app
 from server.router.chunking import Chunk, group_windows, plan_chunks
 from server.router.clients import BackendFailed, BackendUnavailable, SidecarClient, WhisperClient
 from server.router.merge import assign_speakers, split_segment
@@ -150,7 +151,11 @@ def fake_whisper(log: list) -> Starlette:
                              "duration": len(samples) / SAMPLE_RATE, "text": text, "segments": out})
 
     async def translate(request: Request):
-        samples, fields = await _upload(request)
+        try:
+            samples, fields = await _upload(request)
+        except AudioDecodeError as exc:  # the router passes uploads through: answer as the whisper server does
+            return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error", "param": "file",
+                                           "code": exc.code}}, status_code=400)
         return JSONResponse({"text": f"translated {len(samples) / SAMPLE_RATE:.1f}s"})
 
     async def models(request: Request):
@@ -292,10 +297,8 @@ def test_chunking_strategy_options():
                 '{"type": "server_vad", "foo": 1}'):
         with pytest.raises(ValueError):
             VadOptions.from_strategy(bad, default)
-    fields = chunking_fields([("model", "m"), ("chunking_strategy[type]", "server_vad"),
-                              ("chunking_strategy[threshold]", "0.4")])
-    assert fields[0] == ("model", "m")
-    assert json.loads(fields[1][1]) == {"type": "server_vad", "threshold": 0.4}
+    folded = fold_chunking_strategy({"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "0.4"})
+    assert json.loads(folded) == {"type": "server_vad", "threshold": 0.4}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,10 +7,11 @@ import time
 import uuid
 from typing import Any, Literal
 
+from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.kit.errors import InvalidRequestError
-from server.kit.protocol import validate
+from server.kit.protocol import UploadForm, audio_file
 from torch_models.diarization import DiarizationOptions, DiarizationResult, OptionError
 from torch_models.phi4 import Generation
 from torch_models.prompts import TASKS
@@ -19,10 +20,8 @@ TaskName = Literal["transcribe", "diarize", "translate", "summarize", "describe"
 assert set(TaskName.__args__) == set(TASKS)  # type: ignore[attr-defined]
 
 
-class DiarizeRequest(BaseModel):
-    """Form fields of ``POST /v1/diarize`` (the ``file`` part is handled apart)."""
-
-    model_config = ConfigDict(extra="forbid")
+class DiarizeRequest(UploadForm):
+    """The form of ``POST /v1/diarize``."""
 
     model: str | None = Field(None, max_length=256, description="Ignored: the sidecar serves one diarizer.")
     num_speakers: int | None = Field(None, ge=1, le=64)
@@ -44,22 +43,19 @@ class DiarizeRequest(BaseModel):
             raise InvalidRequestError(str(exc), param=exc.param) from None
 
 
-class SpeakerEmbeddingRequest(BaseModel):
-    """Form fields of ``POST /v1/speaker-embeddings``."""
+class SpeakerEmbeddingRequest(UploadForm):
+    """The form of ``POST /v1/speaker-embeddings``: one clip of one speaker."""
 
-    model_config = ConfigDict(extra="forbid")
-
+    file: UploadFile = audio_file("One speaker's clip (at least the sidecar's min_fingerprint_s).")
     model: str | None = Field(None, max_length=256)
 
 
-class Phi4TranscriptionRequest(BaseModel):
-    """Form fields of ``POST /v1/audio/transcriptions`` on the sidecar (Phi-4 tasks).
+class Phi4TranscriptionRequest(UploadForm):
+    """The form of ``POST /v1/audio/transcriptions`` on the sidecar (Phi-4 tasks).
 
     ``language`` is the target language of ``translate``; ``prompt`` is the question of ``qa``
     (for other tasks it is appended to the instruction as context).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(..., max_length=256)
     task: TaskName = "transcribe"
@@ -113,13 +109,80 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
 
 
-def parse_json(model: type[BaseModel], body: Any) -> BaseModel:
-    """Validate a JSON body; the first error becomes a 400 naming its field (``messages.0.role``).
+# ---------------------------------------------------------------------------------------------
+# Response bodies (documentation and tests: the routes return the renderers' dicts below)
 
-    Raises:
-        InvalidRequestError
-    """
-    return validate(model, body)
+
+class Turn(BaseModel):
+    """One speaker turn (seconds) with the confidence of its speaker label in [0, 1], or null."""
+
+    start: float
+    end: float
+    speaker: str
+    confidence: float | None = None
+
+
+class Probabilities(BaseModel):
+    """Frame-level speaker activity: ``values[T][S]`` at ``frame_rate`` frames per second."""
+
+    frame_rate: float
+    speakers: list[str]
+    values: list[list[float]]
+
+
+class DiarizationBody(BaseModel):
+    """``POST /v1/diarize`` (``response_format=json``): turns, speakers and one fingerprint per speaker."""
+
+    duration: float
+    speakers: list[str]
+    segments: list[Turn]
+    fingerprints: dict[str, list[float]]
+    fingerprint_notes: dict[str, str]
+    models: dict[str, str]
+    warnings: list[str]
+    probabilities: Probabilities | None = None
+
+
+class SpeakerEmbedding(BaseModel):
+    """``POST /v1/speaker-embeddings``: one L2-normalised fingerprint of the clip."""
+
+    object: Literal["speaker_embedding"]
+    model: str
+    dim: int
+    duration: float
+    embedding: list[float]
+
+
+class Phi4Transcription(BaseModel):
+    """``POST /v1/audio/transcriptions`` with a Phi-4 model (``response_format=json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: str
+    task: TaskName
+    template: str
+    segments: list[dict[str, Any]] | None = None
+    usage: dict[str, Any]
+
+
+class ChatChoice(BaseModel):
+    """One choice of a chat completion."""
+
+    index: int
+    message: dict[str, Any]
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's ``chat.completion`` object."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: dict[str, int]
 
 
 # ---------------------------------------------------------------------------------------------

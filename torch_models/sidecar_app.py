@@ -1,4 +1,4 @@
-"""The torch sidecar's HTTP app: ``create_app(settings) -> Starlette``.
+"""The torch sidecar's HTTP app: ``create_app(settings) -> FastAPI``.
 
 Routes:
     POST /v1/diarize               multipart ``file`` (+ num_speakers, min_speakers, max_speakers,
@@ -24,43 +24,45 @@ import binascii
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import numpy as np
-from starlette.applications import Starlette
+from fastapi import APIRouter, FastAPI, Form
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
 
-from server.core.audio import SAMPLE_RATE, AudioDecodeError, AudioTooLongError, decode_audio
-from server.kit import openapi
-from server.kit.app import Admission, ServerState, build_app, timed
+from server.core.audio import SAMPLE_RATE
+from server.kit.app import AUDIO_ERRORS, Admission, ServerState, build_app, error_responses, text_responses
+from server.kit.deadline import run_with_deadline
 from server.kit.errors import (
     InvalidAudioError,
     InvalidRequestError,
     NotFoundError,
     NotReadyError,
-    TimeoutError_,
 )
-from server.kit.protocol import parse_form
-from server.kit.uploads import read_upload
+from server.kit.protocol import FORM, ModelList
+from server.kit.uploads import decode_bytes, decode_upload, upload_route
 from torch_models.diarization import Diarizer, OptionError
 from torch_models.phi4 import GenerationOptions, Phi4LoadError, Phi4Manager, Phi4NotConfiguredError
 from torch_models.prompts import get_task, max_new_tokens, user_prompt
 from torch_models.protocol import (
+    ChatCompletion,
     ChatCompletionRequest,
+    DiarizationBody,
     DiarizeRequest,
+    Phi4Transcription,
     Phi4TranscriptionRequest,
+    SpeakerEmbedding,
     SpeakerEmbeddingRequest,
     chat_completion_body,
     diarization_body,
-    parse_json,
 )
 from torch_models.settings import SidecarSettings
 
 log = logging.getLogger("chorus.sidecar")
+T = TypeVar("T")
 
 MAX_JSON_BODY_FACTOR = 1.4  # base64 inflates audio by 4/3
 
@@ -104,7 +106,7 @@ def create_app(
     diarizer: Diarizer | None = None,
     diarizer_factory: Callable[[SidecarSettings], Diarizer] | None = None,
     phi4: Phi4Manager | None = None,
-) -> Starlette:
+) -> FastAPI:
     """The sidecar app.
 
     Args:
@@ -121,7 +123,7 @@ def create_app(
     factory = diarizer_factory or service.build_diarizer
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         """Load and warm the diarizer in a thread, then mark the server ready; run the Phi-4 reaper."""
         reaper = asyncio.create_task(sidecar.phi4.reaper())
         try:
@@ -148,7 +150,11 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
 
-    app = build_app(state, settings, routes(sidecar, state), lifespan, api_doc())
+    app = build_app(
+        state, settings, title="Chorus torch sidecar",
+        description="Speaker diarization, speaker fingerprints and Phi-4-multimodal audio tasks. "
+        "Errors are OpenAI's shape.", lifespan=lifespan, routers=routes(sidecar, state),
+    )
     app.state.sidecar = sidecar
     return app
 
@@ -157,41 +163,16 @@ def create_app(
 # helpers
 
 
-async def run_limited(sidecar: Sidecar, fn: Callable[..., Any], *args: Any) -> Any:
+async def run_limited(sidecar: Sidecar, fn: Callable[..., T], *args: Any) -> T:
     """Run blocking ``fn(*args)`` in a worker thread under admission control and the deadline.
 
     Raises:
-        OverloadedError: too many requests (429).
-        TimeoutError_: over ``request_timeout_s`` (504); the thread finishes in the background.
+        OverloadedError: too many requests (429 with ``Retry-After``).
+        TimeoutError_: over ``request_timeout_s`` (504 with ``Retry-After``); the thread finishes in the
+            background.
     """
     async with sidecar.admission:
-        try:
-            with anyio.fail_after(sidecar.settings.request_timeout_s):
-                return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
-        except TimeoutError:
-            raise TimeoutError_(
-                f"The request took longer than {sidecar.settings.request_timeout_s:g} s."
-            ) from None
-
-
-async def decode(sidecar: Sidecar, data: bytes, request: Request, *, param: str = "file",
-                 max_s: float | None = None) -> np.ndarray:
-    """Bytes → float32 16 kHz samples in a thread; records the duration for the request log.
-
-    Raises:
-        InvalidAudioError: undecodable, empty, longer than ``max_s`` / ``max_audio_s``, or slower to decode
-            than ``decode_timeout_s`` (400).
-    """
-    limit = min(max_s or sidecar.settings.max_audio_s, sidecar.settings.max_audio_s)
-    try:
-        samples = await anyio.to_thread.run_sync(
-            lambda: decode_audio(data, max_duration_s=limit, timeout_s=sidecar.settings.decode_timeout_s))
-    except AudioTooLongError as exc:
-        raise InvalidAudioError(str(exc), param=param, code="audio_too_long") from None
-    except AudioDecodeError as exc:  # its code: invalid_file_format, audio_too_short, audio_decode_timeout
-        raise InvalidAudioError(str(exc), param=param, code=exc.code) from None
-    request.scope["chorus.audio_seconds"] = request.scope.get("chorus.audio_seconds", 0.0) + len(samples) / SAMPLE_RATE
-    return samples
+        return await run_with_deadline(lambda stop: fn(*args), sidecar.settings.request_timeout_s)
 
 
 def require_diarizer(sidecar: Sidecar, state: ServerState) -> Diarizer:
@@ -239,40 +220,43 @@ async def generate(sidecar: Sidecar, prompt: str, audios: list[np.ndarray], opti
 # routes
 
 
-def routes(sidecar: Sidecar, state: ServerState) -> list[Route]:
-    """The ``/v1`` routes (see the module docstring), each timed and counted in ``state``."""
+def routes(sidecar: Sidecar, state: ServerState) -> list[APIRouter]:
+    """The ``/v1`` routes (see the module docstring)."""
     settings = sidecar.settings
+    uploads = APIRouter(route_class=upload_route(settings))
+    errors = error_responses(*AUDIO_ERRORS)
 
-    @timed(state, "/v1/diarize")
-    async def diarize(request: Request) -> Response:
-        """``POST /v1/diarize``: multipart audio → turns, speakers, fingerprints (JSON) or RTTM."""
+    @uploads.post("/v1/diarize", summary="Who spoke when: turns with confidence, speakers and fingerprints.",
+                  tags=["diarization"], response_class=JSONResponse,
+                  responses={200: {"model": DiarizationBody, "content": text_responses("text/plain")}, **errors})
+    async def diarize(request: Request, req: Annotated[DiarizeRequest, Form(media_type=FORM)]) -> Response:
+        """Multipart audio → turns, speakers, fingerprints (JSON) or RTTM (``response_format=rttm``)."""
         diarizer = require_diarizer(sidecar, state)
-        upload = await read_upload(request, settings)
-        req = parse_form(DiarizeRequest, upload.fields)
-        assert isinstance(req, DiarizeRequest)
         options = req.to_options()
         try:
             options.validate(limit=diarizer.max_speakers)
         except OptionError as exc:
             raise InvalidRequestError(str(exc), param=exc.param) from None
-        samples = await decode(sidecar, upload.data, request, max_s=settings.max_window_s)
+        samples = await decode_upload(req.file, settings, request, max_s=settings.max_window_s)
         result = await run_limited(
             sidecar, lambda: diarizer.diarize(samples, options, include_probabilities=req.include_probabilities)
         )
         if req.response_format == "rttm":
             from torch_models.diarization import to_rttm
 
-            stem = upload.filename.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "audio"
+            filename = req.file.filename or "audio"
+            stem = filename.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "audio"
             return PlainTextResponse(to_rttm(result, stem), media_type="text/plain")
         return JSONResponse(diarization_body(result, include_probabilities=req.include_probabilities))
 
-    @timed(state, "/v1/speaker-embeddings")
-    async def speaker_embeddings(request: Request) -> Response:
-        """``POST /v1/speaker-embeddings``: one clip (≥ ``min_fingerprint_s``) → one unit-norm vector."""
+    @uploads.post("/v1/speaker-embeddings", summary="One unit-norm speaker fingerprint of a clip.",
+                  tags=["diarization"], response_class=JSONResponse,
+                  responses={200: {"model": SpeakerEmbedding}, **errors})
+    async def speaker_embeddings(request: Request, req: Annotated[SpeakerEmbeddingRequest, Form(media_type=FORM)]
+                                 ) -> Response:
+        """One clip (at least ``min_fingerprint_s``) → one unit-norm vector."""
         diarizer = require_diarizer(sidecar, state)
-        upload = await read_upload(request, settings)
-        parse_form(SpeakerEmbeddingRequest, upload.fields)
-        samples = await decode(sidecar, upload.data, request)
+        samples = await decode_upload(req.file, settings, request)
         seconds = len(samples) / SAMPLE_RATE
         if seconds < settings.min_fingerprint_s:
             raise InvalidAudioError(
@@ -288,22 +272,54 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[Route]:
             "embedding": [round(float(x), 6) for x in vector],
         })
 
-    @timed(state, "/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        """``POST /v1/chat/completions``: messages with text and ``input_audio`` parts → Phi-4's answer."""
+    @uploads.post("/v1/audio/transcriptions", tags=["phi-4"], response_class=JSONResponse,
+                  summary="Phi-4-multimodal audio tasks (transcribe, diarize, translate, summarize, describe, "
+                  "continue, qa) on one clip.",
+                  responses={200: {"model": Phi4Transcription, "content": text_responses("text/plain")}, **errors})
+    async def transcriptions(request: Request, req: Annotated[Phi4TranscriptionRequest, Form(media_type=FORM)]
+                             ) -> Response:
+        """A Phi-4 model: one clip + a named task and template."""
         state.require_ready()
-        limit = int(settings.max_upload_bytes * MAX_JSON_BODY_FACTOR)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            from server.kit.errors import PayloadTooLargeError
-
-            raise PayloadTooLargeError(f"Maximum content size limit ({limit} bytes) exceeded.", param="messages")
+        if req.stream:
+            raise InvalidRequestError("stream=true is not supported by the sidecar.", param="stream")
+        check_phi4(sidecar, req.model)
+        task = get_task(req.task)
+        fields = {"language": req.language, "question": req.prompt}
         try:
-            body = await request.json()
-        except Exception:
-            raise InvalidRequestError("The body must be a JSON object.") from None
-        req = parse_json(ChatCompletionRequest, body)
-        assert isinstance(req, ChatCompletionRequest)
+            instruction = task.render(req.template, **fields)
+        except KeyError as exc:
+            raise InvalidRequestError(str(exc.args[0]), param="template") from None
+        except ValueError as exc:
+            param = "language" if "language" in str(exc) else "prompt"
+            raise InvalidRequestError(f"{exc} (send it as '{param}').", param=param) from None
+        if req.prompt and req.task != "qa":
+            instruction = f"{instruction} Context: {req.prompt}"
+        samples = await decode_upload(req.file, settings, request, max_s=settings.phi4_max_audio_s)
+        duration = len(samples) / SAMPLE_RATE
+        budget = req.max_tokens or max_new_tokens(task, duration, cap=settings.phi4_max_new_tokens)
+        options = GenerationOptions(min(budget, settings.phi4_max_new_tokens),
+                                    task.temperature if req.temperature is None else req.temperature)
+        generation = await generate(sidecar, user_prompt(instruction), [samples], options)
+        if req.response_format == "text":
+            return PlainTextResponse(generation.text)
+        body: dict[str, Any] = {"text": generation.text, "task": req.task,
+                                "template": req.template or task.default_template}
+        if req.task == "diarize":
+            from torch_models.prompts import parse_diarized_text
+
+            body["segments"] = parse_diarized_text(generation.text)
+        body["usage"] = {"type": "duration", "seconds": round(duration, 3),
+                         "input_tokens": generation.prompt_tokens, "output_tokens": generation.completion_tokens}
+        return JSONResponse(body)
+
+    chat = APIRouter(tags=["phi-4"])
+
+    @chat.post("/v1/chat/completions", summary="OpenAI chat with input_audio parts, answered by Phi-4-multimodal.",
+               response_class=JSONResponse, responses={200: {"model": ChatCompletion}, **errors},
+               max_body_size=int(settings.max_upload_bytes * MAX_JSON_BODY_FACTOR))
+    async def chat_completions(request: Request, req: ChatCompletionRequest) -> Response:
+        """Messages with text and ``input_audio`` parts → Phi-4's answer."""
+        state.require_ready()
         check_phi4(sidecar, req.model)
         if req.stream:
             raise InvalidRequestError("stream=true is not supported by the sidecar yet; send stream=false.",
@@ -328,8 +344,8 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[Route]:
                     except (binascii.Error, ValueError):
                         raise InvalidRequestError("input_audio.data is not valid base64.",
                                                   param=f"{where}.input_audio.data") from None
-                    audios.append(await decode(sidecar, data, request, param=f"{where}.input_audio.data",
-                                               max_s=settings.phi4_max_audio_s))
+                    audios.append(await decode_bytes(data, settings, request, param=f"{where}.input_audio.data",
+                                                     max_s=settings.phi4_max_audio_s))
                     text += "<|audio|>"
                 else:
                     raise InvalidRequestError(
@@ -347,48 +363,10 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[Route]:
         generation = await generate(sidecar, prompt, audios, options)
         return JSONResponse(chat_completion_body(req.model, generation))
 
-    @timed(state, "/v1/audio/transcriptions")
-    async def transcriptions(request: Request) -> Response:
-        """``POST /v1/audio/transcriptions`` with a Phi-4 model: one clip + a named task and template."""
-        state.require_ready()
-        upload = await read_upload(request, settings)
-        req = parse_form(Phi4TranscriptionRequest, upload.fields)
-        assert isinstance(req, Phi4TranscriptionRequest)
-        if req.stream:
-            raise InvalidRequestError("stream=true is not supported by the sidecar.", param="stream")
-        check_phi4(sidecar, req.model)
-        task = get_task(req.task)
-        fields = {"language": req.language, "question": req.prompt}
-        try:
-            instruction = task.render(req.template, **fields)
-        except KeyError as exc:
-            raise InvalidRequestError(str(exc.args[0]), param="template") from None
-        except ValueError as exc:
-            param = "language" if "language" in str(exc) else "prompt"
-            raise InvalidRequestError(f"{exc} (send it as '{param}').", param=param) from None
-        if req.prompt and req.task != "qa":
-            instruction = f"{instruction} Context: {req.prompt}"
-        samples = await decode(sidecar, upload.data, request, max_s=settings.phi4_max_audio_s)
-        duration = len(samples) / SAMPLE_RATE
-        budget = req.max_tokens or max_new_tokens(task, duration, cap=settings.phi4_max_new_tokens)
-        options = GenerationOptions(min(budget, settings.phi4_max_new_tokens),
-                                    task.temperature if req.temperature is None else req.temperature)
-        generation = await generate(sidecar, user_prompt(instruction), [samples], options)
-        if req.response_format == "text":
-            return PlainTextResponse(generation.text)
-        body: dict[str, Any] = {"text": generation.text, "task": req.task,
-                                "template": req.template or task.default_template}
-        if req.task == "diarize":
-            from torch_models.prompts import parse_diarized_text
-
-            body["segments"] = parse_diarized_text(generation.text)
-        body["usage"] = {"type": "duration", "seconds": round(duration, 3),
-                         "input_tokens": generation.prompt_tokens, "output_tokens": generation.completion_tokens}
-        return JSONResponse(body)
-
-    @timed(state, "/v1/models")
-    async def models(request: Request) -> Response:
-        """``GET /v1/models``: the diarizer, the speaker embedder and Phi-4, with weights and status."""
+    @chat.get("/v1/models", summary="The diarizer, the speaker embedder and Phi-4, with status.",
+              tags=["models"], response_model=ModelList)
+    async def models() -> JSONResponse:
+        """The diarizer, the speaker embedder and Phi-4, with weights and status."""
         created = int(time.time())
         diarizer = sidecar.diarizer
         if diarizer is not None:
@@ -411,41 +389,4 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[Route]:
             phi["hint"] = "start the sidecar with --phi4-model (CHORUS_SIDECAR_PHI4_MODEL) to enable it"
         return JSONResponse({"object": "list", "data": [diar, emb, phi]})
 
-    return [
-        Route("/v1/diarize", diarize, methods=["POST"]),
-        Route("/v1/speaker-embeddings", speaker_embeddings, methods=["POST"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-    ]
-
-
-
-def api_doc() -> openapi.ApiDoc:
-    """The sidecar's routes for ``/openapi.json``."""
-    doc = openapi.ApiDoc(
-        "Chorus torch sidecar",
-        description="Speaker diarization, speaker fingerprints and Phi-4-multimodal audio tasks. Errors are OpenAI's shape.",
-    )
-    obj = {"type": "object"}
-    doc.add("POST", "/v1/diarize", summary="Who spoke when: turns with confidence, speakers and fingerprints.",
-            ok={**openapi.json_content({"type": "object", "required": ["segments", "speakers"], "properties": {
-                "segments": {"type": "array", "items": {"type": "object", "required": ["start", "end", "speaker"]}},
-                "speakers": {"type": "array", "items": {"type": "string"}},
-                "fingerprints": {"type": "object"}}}),
-                **openapi.text_content("text/plain")},
-            errors=openapi.audio_errors(), body=doc.form_body(DiarizeRequest))
-    doc.add("POST", "/v1/speaker-embeddings", summary="One unit-norm speaker fingerprint of a clip.",
-            ok=openapi.json_content({"type": "object", "required": ["object", "model", "dim", "embedding"],
-                                     "properties": {"embedding": {"type": "array", "items": {"type": "number"}}}}),
-            errors=openapi.audio_errors(), body=doc.form_body(SpeakerEmbeddingRequest))
-    doc.add("POST", "/v1/chat/completions", summary="OpenAI chat with input_audio parts, answered by Phi-4-multimodal.",
-            ok=openapi.json_content({"type": "object", "required": ["id", "object", "choices"]}),
-            errors=openapi.audio_errors(), body=doc.json_body(ChatCompletionRequest))
-    doc.add("POST", "/v1/audio/transcriptions", summary="Phi-4-multimodal audio tasks (transcribe, diarize, "
-            "translate, summarize, describe, continue, qa) on one clip.",
-            ok={**openapi.json_content(obj), **openapi.text_content("text/plain")},
-            errors=openapi.audio_errors(), body=doc.form_body(Phi4TranscriptionRequest))
-    doc.add("GET", "/v1/models", summary="The diarizer, the speaker embedder and Phi-4, with status.",
-            ok=openapi.json_content(openapi.ref("ModelList")))
-    return doc
+    return [uploads, chat]

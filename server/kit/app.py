@@ -1,48 +1,82 @@
-"""HTTP pieces every Chorus server composes: uploads, limits, auth, health, readiness, metrics,
-the OpenAPI document, and running under uvicorn with a graceful drain."""
+"""The FastAPI app every Chorus server is built on: API keys, admission, the request log and
+metrics, ``/health`` ``/ready`` ``/metrics`` ``/v1/models``, OpenAI-shaped errors from one handler
+table, the generated ``/openapi.json`` and ``/docs``, and running under uvicorn with a graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
+import math
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from server.kit.errors import (
     EXCEPTION_HANDLERS,
-    ApiError,
+    RETRY_AFTER_S,
     AuthenticationError,
     NotFoundError,
     NotReadyError,
     OverloadedError,
 )
-from server.kit.openapi import ApiDoc, standard_operations
+from server.kit.protocol import ErrorResponse, Health, Model, ModelList, Ready
 from server.kit.settings import ServerSettings
+from server.kit.uploads import AUDIO_SECONDS
 
 log = logging.getLogger("chorus.http")
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+"""Paths served without an API key, and left out of the request log."""
+
+ERROR_STATUS = {
+    400: "A field is missing, malformed or out of range, or the audio cannot be decoded (`param` names the field).",
+    401: "Missing or wrong API key (`Authorization: Bearer <key>`).",
+    404: "Unknown model.",
+    413: "The upload is larger than the limit.",
+    415: "The body is not of the media type this endpoint takes.",
+    429: "Too many requests in flight and queued; retry after `Retry-After` seconds.",
+    502: "A backend failed.",
+    503: "Not ready (model loading or warming up), or a backend is down; retry after `Retry-After` seconds.",
+    504: "The request took longer than the server's deadline; retry after `Retry-After` seconds.",
+}
+RETRY_AFTER_HEADER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds to wait"}}
+AUDIO_ERRORS = (400, 404, 413, 415, 429, 503, 504)
+"""The statuses every audio upload endpoint can answer."""
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``statuses``, each with OpenAI's error body (and ``Retry-After`` on
+    429/503/504, which ``ApiError.response`` always sends)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"model": ErrorResponse, "description": ERROR_STATUS[status]}
+        if status in (429, 503, 504):
+            entry["headers"] = RETRY_AFTER_HEADER
+        out[status] = entry
+    return out
+
+
+def text_responses(*media_types: str) -> dict[str, dict[str, Any]]:
+    """OpenAPI ``content`` of plain-text bodies (``text/plain``, ``text/vtt`` …), each a string."""
+    return {m: {"schema": {"type": "string"}} for m in media_types}
 
 
 class ApiKeyMiddleware:
-    """Rejects requests without ``Authorization: Bearer <key>`` for one of ``keys`` (401).
+    """Rejects requests without ``Authorization: Bearer <key>`` for one of ``keys`` (401), before
+    anything is read of the body. ``OPEN_PATHS`` stay open. Keys are compared in constant time."""
 
-    Health, readiness and metrics stay open. Keys are compared in constant time.
-    """
-
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys if k]
 
@@ -56,7 +90,7 @@ class ApiKeyMiddleware:
             err = AuthenticationError(
                 "Incorrect API key provided." if token else "Missing API key: send 'Authorization: Bearer <key>'."
             )
-            await JSONResponse(err.body(), status_code=401)(scope, receive, send)
+            await err.response()(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -77,9 +111,7 @@ class Admission:
 
     async def __aenter__(self) -> None:
         if self._sem.locked() and self.waiting >= self.max_queue:
-            raise OverloadedError(
-                "The server is at capacity; retry after a short wait.", headers={"Retry-After": "1"}
-            )
+            raise OverloadedError("The server is at capacity; retry after a short wait.")
         self.waiting += 1
         try:
             await self._sem.acquire()
@@ -114,128 +146,190 @@ class ServerState:
         )
 
     def require_ready(self) -> None:
-        """Raises ``NotReadyError`` (503) until start-up (model load and warm-up) finished."""
+        """Raises ``NotReadyError`` (503 with ``Retry-After``) until start-up (model load and warm-up) finished."""
         if not self.ready:
-            raise NotReadyError(f"The {self.name} server is not ready yet ({self.detail}).",
-                                headers={"Retry-After": "5"})
+            raise NotReadyError(f"The {self.name} server is not ready yet ({self.detail}).")
 
 
-def health_routes(state: ServerState) -> list[Route]:
+class RequestLog:
+    """Counts, times and logs (one line, with duration and RTFx) every request to an API route.
+
+    The route is the matched template (``/v1/models/{model:path}``); ``OPEN_PATHS`` and unmatched
+    paths are not logged. A streamed response is timed to its last byte.
+    """
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route is not None:
+                self.record(route, scope["method"], status, time.perf_counter() - t0, scope.get(AUDIO_SECONDS))
+
+    def record(self, route: str, method: str, status: int, wall_s: float, audio_s: float | None) -> None:
+        """Count and time one request, and log it."""
+        self.state.requests.labels(route, str(status)).inc()
+        self.state.latency.labels(route).observe(wall_s)
+        rtfx = f" rtfx={audio_s / wall_s:.1f}" if audio_s and wall_s > 0 else ""
+        log.info("%s %s status=%d wall=%.3fs audio=%ss%s", method, route, status, wall_s,
+                 f"{audio_s:.1f}" if audio_s else "-", rtfx)
+        if audio_s:
+            self.state.audio_seconds.labels(route).inc(audio_s)
+
+
+def health_router(state: ServerState) -> APIRouter:
     """``GET /health`` (liveness), ``/ready`` (200 only once warmed up), ``/metrics`` (Prometheus)."""
+    router = APIRouter(tags=["health"])
 
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "server": state.name})
+    @router.get("/health", summary="Liveness: the process answers.")
+    async def health() -> Health:
+        return Health(status="ok", server=state.name)
 
-    async def ready(request: Request) -> Response:
-        body = {"ready": state.ready, "server": state.name, "detail": state.detail}
-        return JSONResponse(body, status_code=200 if state.ready else 503)
+    @router.get("/ready", summary="Readiness: 200 once models are loaded and warmed up, else 503.",
+                responses={503: {"model": Ready, "description": "Not ready yet (the body says why).",
+                                 "headers": RETRY_AFTER_HEADER}})
+    async def ready() -> JSONResponse:
+        body = Ready(ready=state.ready, server=state.name, detail=state.detail)
+        if state.ready:
+            return JSONResponse(body.model_dump())
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": RETRY_AFTER_S[503]})
 
-    async def metrics(request: Request) -> Response:
+    @router.get("/metrics", summary="Prometheus metrics.", response_class=Response,
+                responses={200: {"content": text_responses("text/plain")}})
+    async def metrics() -> Response:
         return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return [
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", ready, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ]
+    return router
 
 
-def timed(state: ServerState, route: str) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable]:
-    """Wrap an endpoint: count it by status, time it, and log one line per request."""
-
-    def wrap(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            t0 = time.perf_counter()
-            status = 500
-            try:
-                response = await fn(request)
-                status = response.status_code
-                return response
-            except ApiError as exc:
-                status = exc.status_code
-                raise
-            finally:
-                dt = time.perf_counter() - t0
-                state.requests.labels(route, str(status)).inc()
-                state.latency.labels(route).observe(dt)
-                audio_s = request.scope.get("chorus.audio_seconds")
-                rtfx = f" rtfx={audio_s / dt:.1f}" if audio_s and dt > 0 else ""
-                log.info("%s %s status=%d wall=%.3fs audio=%ss%s", request.method, route, status, dt,
-                         f"{audio_s:.1f}" if audio_s else "-", rtfx)
-                if audio_s:
-                    state.audio_seconds.labels(route).inc(audio_s)
-
-        endpoint.__name__ = getattr(fn, "__name__", route)
-        return endpoint
-
-    return wrap
-
-
-def model_routes(names: Callable[[], Iterable[str]], card: Callable[[str], dict]) -> list[Route]:
+def model_router(names: Callable[[], Iterable[str]], card: Callable[[str], dict[str, Any]]) -> APIRouter:
     """``GET /v1/models`` and ``GET /v1/models/{id}`` in OpenAI's shape.
 
     Args:
         names: returns the model ids served now (called per request: names may change after start-up).
         card: builds one model object (``{"id", "object": "model", "created", "owned_by", …}``).
     """
+    router = APIRouter(tags=["models"])
 
-    async def list_models(request: Request) -> Response:
+    @router.get("/v1/models", summary="The models this server serves.", response_model=ModelList)
+    async def list_models() -> JSONResponse:
         return JSONResponse({"object": "list", "data": [card(n) for n in sorted(names())]})
 
-    async def get_model(request: Request) -> Response:
-        name = request.path_params["model"]
-        if name not in set(names()):
-            raise NotFoundError(f"The model '{name}' does not exist.", param="model")
-        return JSONResponse(card(name))
+    @router.get("/v1/models/{model:path}", summary="One model.", response_model=Model,
+                responses=error_responses(404))
+    async def get_model(model: str) -> JSONResponse:
+        if model not in set(names()):
+            raise NotFoundError(f"The model '{model}' does not exist.", param="model")
+        return JSONResponse(card(model))
 
-    return [
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-    ]
+    return router
 
 
-def build_app(state: ServerState, settings: ServerSettings, routes: list[Route], lifespan, doc: ApiDoc) -> Starlette:
-    """A Chorus server: ``routes`` plus health/ready/metrics, ``/openapi.json``, OpenAI-shaped errors, API keys.
+def openapi_document(app: FastAPI, *, secured: bool) -> dict[str, Any]:
+    """FastAPI's OpenAPI document of ``app``, made true to how Chorus answers.
+
+    FastAPI's 422 responses go (validation errors are 400 in OpenAI's shape, declared by each route);
+    with API keys, bearer authentication and a 401 response are added to every route outside
+    ``OPEN_PATHS``, and those are marked open (``security: []``).
+    """
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    if secured:
+        doc["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "one of the server's API keys"}}
+        doc["security"] = [{"bearer": []}]
+        error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in error_schema.pop("$defs", {}).items():
+            schemas.setdefault(name, sub)
+        schemas.setdefault("ErrorResponse", error_schema)
+    for path, operations in doc.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            if secured and path in OPEN_PATHS:
+                operation["security"] = []
+            elif secured:
+                responses["401"] = {"description": ERROR_STATUS[401],
+                                    "content": {"application/json": {"schema": error_ref}}}
+    return doc
+
+
+def build_app(
+    state: ServerState,
+    settings: ServerSettings,
+    *,
+    title: str,
+    description: str,
+    lifespan: Lifespan[FastAPI] | None,
+    routers: Sequence[APIRouter],
+) -> FastAPI:
+    """A Chorus server: ``routers`` plus ``/health``, ``/ready``, ``/metrics``, ``/openapi.json`` and
+    ``/docs``, OpenAI-shaped errors (``server.kit.errors.EXCEPTION_HANDLERS``), API keys from
+    ``settings.api_keys`` and the request log.
 
     Args:
-        doc: the OpenAPI description of ``routes``; the standard routes are added to it here.
-
-    Raises:
-        ValueError: a route is missing from ``doc`` or ``doc`` describes a route that is not served.
+        state: readiness and metrics; kept as ``app.state.chorus``.
+        lifespan: loads models at start-up (``/ready`` answers 503 until ``state.ready``).
+        routers: the server's own routes (upload routes built with ``upload_route``).
     """
-    standard_operations(doc)
-    document = doc.document(secured=bool([k for k in settings.api_keys if k]))
-
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(document)
-
-    all_routes = [*routes, *health_routes(state), Route("/openapi.json", openapi, methods=["GET"])]
-    doc.check((r.path, r.methods or ()) for r in all_routes)
-    app = Starlette(
-        routes=all_routes,
-        exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
+    app = FastAPI(
+        title=title,
+        description=description,
+        version="0.1.0",
         lifespan=lifespan,
+        redoc_url=None,
+        exception_handlers=dict(EXCEPTION_HANDLERS),
+        middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys), Middleware(RequestLog, state=state)],
     )
+    for router in (*routers, health_router(state)):
+        app.include_router(router)
+    secured = any(settings.api_keys)
+    document: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        if not document:
+            document.update(openapi_document(app, secured=secured))
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the document
     app.state.chorus = state
     return app
 
 
-def uvicorn_server(app: Starlette, settings: ServerSettings) -> Any:
+def uvicorn_server(app: ASGIApp, settings: ServerSettings) -> Any:
     """The ``uvicorn.Server`` that ``serve`` runs.
 
     uvicorn's access log is off: it wrote a line for every ``/ready`` poll (1,238 during one start-up
-    under ``chorus up``); the request log is ``timed``'s one line per API request, with its duration and
-    RTFx.
+    under ``chorus up``); the request log is ``RequestLog``'s one line per API request, with its
+    duration and RTFx.
     """
     import uvicorn
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=settings.shutdown_timeout_s, access_log=False)
+                            timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s), access_log=False)
     return uvicorn.Server(config)
 
 
-def serve(app: Starlette, settings: ServerSettings) -> int:
+def serve(app: ASGIApp, settings: ServerSettings) -> int:
     """Run ``app`` with uvicorn on ``settings.host:port`` until SIGTERM or SIGINT, then drain.
 
     On the signal uvicorn closes the listening socket (new connections are refused), closes idle

@@ -1,23 +1,40 @@
-"""One error type hierarchy and one set of exception handlers, shared by every Chorus server.
+"""One error type hierarchy and one table of exception handlers, shared by every Chorus server.
 
 Every error leaves the server in OpenAI's shape::
 
     {"error": {"message": str, "type": str, "param": str | None, "code": str | None}}
+
+FastAPI's request validation errors are answered here as 400 with ``param`` naming the first
+offending field (never FastAPI's 422), and Starlette's HTTP errors (404, 405, 413) keep their
+status and headers in the same shape.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 log = logging.getLogger("chorus.errors")
 
+RETRY_AFTER_S = {429: "1", 503: "5", 504: "5"}
+"""``Retry-After`` (seconds) sent with each retryable status unless the error names its own."""
+
 
 class ApiError(Exception):
-    """An error with an HTTP status that is returned to the client in OpenAI's shape."""
+    """An error with an HTTP status that is returned to the client in OpenAI's shape.
+
+    Args:
+        message: what went wrong, for a person.
+        param: the request field at fault (``file``, ``messages.0.role``), or None.
+        code: a machine-readable reason (``invalid_file_format``); the class's default when None.
+        headers: response headers; 429, 503 and 504 always carry ``Retry-After`` (``RETRY_AFTER_S``).
+    """
 
     status_code = 400
     type = "invalid_request_error"
@@ -36,18 +53,18 @@ class ApiError(Exception):
         self.param = param
         if code is not None:
             self.code = code
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
 
-    def body(self) -> dict:
+    def body(self) -> dict[str, dict[str, str | None]]:
         """The JSON body: ``{"error": {"message", "type", "param", "code"}}``."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        """The JSON response, with ``Retry-After`` on 429/503/504."""
+        headers = dict(self.headers)
+        if self.status_code in RETRY_AFTER_S:
+            headers.setdefault("Retry-After", RETRY_AFTER_S[self.status_code])
+        return JSONResponse(self.body(), status_code=self.status_code, headers=headers)
 
 
 class InvalidRequestError(ApiError):
@@ -113,38 +130,80 @@ class TimeoutError_(ApiError):
     code = "timeout"
 
 
-def _json(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status_code, headers=err.headers)
+def api_error(status: int, message: str, *, type: str | None = None, param: str | None = None,
+              code: str | None = None, headers: dict[str, str] | None = None) -> ApiError:
+    """An ``ApiError`` with any status (a backend's 4xx passed on, a 502): ``type`` defaults to
+    ``server_error`` for 5xx and ``invalid_request_error`` otherwise."""
+    err = ApiError(message, param=param, code=code, headers=headers)
+    err.status_code = status
+    err.type = type or ("server_error" if status >= 500 else "invalid_request_error")
+    return err
 
 
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+def validation_error(errors: Sequence[Mapping[str, Any]]) -> InvalidRequestError:
+    """The first of pydantic's (or FastAPI's) validation ``errors`` as a 400 naming the field.
+
+    ``param`` is the field's dotted path without FastAPI's ``body``/``query`` prefix and without the
+    ``[]`` of list fields (``timestamp_granularities.0``, ``messages.0.role``).
+    """
+    if not errors:
+        return InvalidRequestError("Invalid request.")
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+        loc = loc[1:]
+    param = ".".join(p.removesuffix("[]") for p in loc) or None
+    kind = first.get("type")
+    if kind == "json_invalid":
+        return InvalidRequestError("The body must be a JSON object.")
+    if kind == "missing":
+        message = f"Missing required parameter: '{param}'."
+    elif kind == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: '{param}'."
+    elif param is None:
+        message = f"Invalid request body: {first.get('msg')}."
+    else:
+        message = f"Invalid value for '{param}': {first.get('msg')}."
+    return InvalidRequestError(message, param=param)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return _json(exc)
+    return exc.response()
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return validation_error(exc.errors()).response()
+
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "file_too_large"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    err = ApiError(str(exc.detail), code=None, headers=dict(exc.headers or {}))  # 405 keeps its Allow header
-    err.status_code = exc.status_code
+    message = str(exc.detail)
     if exc.status_code == 404:
-        err.code = "not_found"
-        err.message = f"No route for {request.method} {request.url.path}."
-    elif exc.status_code == 405:
-        err.code = "method_not_allowed"
-    return _json(err)
+        message = f"No route for {request.method} {request.url.path}."
+    elif exc.status_code == 413:
+        message = f"Maximum content size limit exceeded: {exc.detail}"
+    err = api_error(exc.status_code, message, code=HTTP_CODES.get(exc.status_code),
+                    headers=dict(exc.headers or {}))  # 405 keeps its Allow header
+    return err.response()
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    err = ApiError(f"Internal server error: {type(exc).__name__}", code="internal_error")
-    err.status_code = 500
-    err.type = "server_error"
-    return _json(err)
+    return api_error(500, f"Internal server error: {type(exc).__name__}", code="internal_error").response()
 
 
-EXCEPTION_HANDLERS = {
+Handler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
+
+EXCEPTION_HANDLERS: dict[int | type[Exception], Handler] = {
     ApiError: _api_error,
+    RequestValidationError: _validation_error,
     HTTPException: _http_error,
     Exception: _unexpected,
 }
-"""Pass to ``Starlette(exception_handlers=...)``; Starlette looks handlers up by exception class."""
+"""Pass to ``FastAPI(exception_handlers=...)``; handlers are looked up by exception class (the
+most specific base wins, so FastAPI's own ``HTTPException`` lands in ``_http_error``)."""

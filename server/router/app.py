@@ -12,35 +12,51 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Annotated, Any
 
 import anyio
 import httpx
+import numpy as np
+from fastapi import APIRouter, FastAPI, Form
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import Counter, Gauge
-from starlette.applications import Starlette
+from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from server.core.audio import AudioDecodeError, AudioTooLongError, decode_audio, duration_s, to_wav_bytes
 from server.core.formats import RENDERERS, TIMELESS_FORMATS
 from server.core.vad import SileroVad, VadOptions
-from server.kit import openapi
-from server.kit.app import Admission, ServerState, build_app, model_routes, timed
+from server.kit.app import (
+    AUDIO_ERRORS,
+    Admission,
+    ServerState,
+    build_app,
+    error_responses,
+    model_router,
+    text_responses,
+)
 from server.kit.errors import (
     ApiError,
     InvalidRequestError,
     NotFoundError,
     NotReadyError,
     TimeoutError_,
+    api_error,
 )
-from server.kit.protocol import WHISPER_LANGUAGES, TranscriptionRequest, TranslationRequest, parse_form
+from server.kit.protocol import (
+    FORM,
+    Transcription,
+    TranscriptionDiarized,
+    TranscriptionForm,
+    TranscriptionVerbose,
+    TranslationForm,
+)
 from server.kit.settings import RouterSettings
-from server.kit.uploads import Upload, decode_upload, read_upload
+from server.kit.uploads import decode_upload, read_upload, upload_route
 from server.router.clients import (
     BackendError,
     BackendRejected,
@@ -49,7 +65,7 @@ from server.router.clients import (
     SidecarClient,
     WhisperClient,
 )
-from server.router.pipeline import Job, Router, encode_sse
+from server.router.pipeline import Job, Plan, Router, encode_sse
 
 log = logging.getLogger("chorus.router")
 
@@ -66,43 +82,16 @@ def backend_api_error(exc: BackendError) -> ApiError:
     backend (unknown model, bad language, …) is passed on unchanged; anything else → 502.
     """
     if isinstance(exc, BackendUnavailable):
-        return NotReadyError(f"The {exc.backend} server is unavailable: {exc.message}", code="backend_unavailable",
-                             headers={"Retry-After": "5"})
+        return NotReadyError(f"The {exc.backend} server is unavailable: {exc.message}", code="backend_unavailable")
     if isinstance(exc, BackendTimeout):
-        return TimeoutError_(f"The {exc.backend} server did not answer in time: {exc.message}",
-                             headers={"Retry-After": "5"})
+        return TimeoutError_(f"The {exc.backend} server did not answer in time: {exc.message}")
     body = (exc.body or {}).get("error") or {}
-    err = ApiError(body.get("message") or exc.message, param=body.get("param"), code=body.get("code"))
+    message = body.get("message") or exc.message
     if isinstance(exc, BackendRejected):
-        err.status_code = exc.status or 400
-        err.type = body.get("type") or "invalid_request_error"
-        if exc.status == 429:
-            err.headers = {"Retry-After": "1"}
-    else:
-        err.status_code = 502
-        err.type = "server_error"
-        err.code = err.code or "backend_error"
-        err.message = f"The {exc.backend} server failed: {err.message}"
-    return err
-
-
-def chunking_fields(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Fold the SDK's ``chunking_strategy[type]=server_vad``, ``chunking_strategy[threshold]=…``
-    form fields into one ``chunking_strategy`` JSON field (``"auto"`` passes through)."""
-    nested: dict[str, object] = {}
-    out = []
-    for key, value in fields:
-        if key.startswith("chunking_strategy[") and key.endswith("]"):
-            name = key[len("chunking_strategy["):-1]
-            try:
-                nested[name] = value if name == "type" else json.loads(value)
-            except ValueError:
-                nested[name] = value
-        else:
-            out.append((key, value))
-    if nested:
-        out.append(("chunking_strategy", json.dumps(nested)))
-    return out
+        return api_error(exc.status or 400, message, type=body.get("type") or "invalid_request_error",
+                         param=body.get("param"), code=body.get("code"))
+    return api_error(502, f"The {exc.backend} server failed: {message}", param=body.get("param"),
+                     code=body.get("code") or "backend_error")
 
 
 def decode_reference(url: str, index: int) -> bytes:
@@ -128,7 +117,7 @@ def decode_reference(url: str, index: int) -> bytes:
     return to_wav_bytes(samples)
 
 
-def wants_speakers(req: TranscriptionRequest, settings: RouterSettings) -> bool:
+def wants_speakers(req: TranscriptionForm, settings: RouterSettings) -> bool:
     """Whether a transcription request is diarized, as OpenAI decides it: by the model.
 
     A diarize model (``settings.diarize_model_names``, ``gpt-4o-transcribe-diarize``) gets speakers
@@ -158,7 +147,7 @@ def create_app(
     *,
     vad: SileroVad | None = None,
     transports: dict[str, httpx.AsyncBaseTransport] | None = None,
-) -> Starlette:
+) -> FastAPI:
     """Build the router.
 
     Args:
@@ -176,7 +165,7 @@ def create_app(
     degraded = Counter("chorus_router_degraded", "Responses returned with warnings", registry=state.registry)
     backend_up = Gauge("chorus_router_backend_ready", "1 when the backend's /ready is 200", ["backend"],
                        registry=state.registry)
-    holder: dict = {"whisper_names": [], "backends": {"whisper": (False, "unchecked"), "sidecar": (False, "unchecked")}}
+    holder: dict[str, Any] = {"whisper_names": [], "backends": {"whisper": (False, "unchecked"), "sidecar": (False, "unchecked")}}
     default_vad = VadOptions(settings.vad_threshold, settings.vad_silence_ms, settings.vad_padding_ms)
 
     def clients() -> tuple[WhisperClient, SidecarClient]:
@@ -215,7 +204,7 @@ def create_app(
     holder["router"] = router
 
     @asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def load_vad() -> None:
             try:
                 await anyio.to_thread.run_sync(silero.load)
@@ -241,9 +230,7 @@ def create_app(
     def record(exc: BackendError) -> None:
         backend_errors.labels(exc.backend, type(exc).__name__).inc()
 
-    async def prepare(request: Request) -> tuple[TranscriptionRequest, Job, Upload]:
-        upload = await read_upload(request, settings, max_field_bytes=MAX_REFERENCE_FIELD)
-        req = parse_form(TranscriptionRequest, chunking_fields(upload.fields))
+    async def prepare(req: TranscriptionForm) -> Job:
         known_names = holder["whisper_names"]
         if known_names and req.model not in known_names and req.model not in settings.diarize_model_names:
             raise NotFoundError(f"The model '{req.model}' does not exist; this server serves "
@@ -270,24 +257,21 @@ def create_app(
                   temperature=req.temperature, diarize=diarize, vad=vad_options, known=tuple(zip(names, refs)),
                   words="word" in req.timestamp_granularities and req.response_format == "verbose_json",
                   timestamps=diarize or req.response_format not in TIMELESS_FORMATS)
-        return req, job, upload
+        return job
 
-    async def decode(upload, request: Request):
-        return await decode_upload(upload, settings, request)
-
-    async def cut(router: Router, samples, job: Job):
+    async def cut(router: Router, samples: np.ndarray, job: Job) -> Plan:
         """Chunks and diarization windows (as long as the sidecar takes, when diarizing)."""
         window_s = await router.diarization_window_s() if job.diarize else router.max_chunk_s
         return await anyio.to_thread.run_sync(router.plan, samples, job.vad, window_s)
 
-    @timed(state, "/v1/audio/transcriptions")
-    async def transcriptions(request: Request) -> Response:
+    async def transcriptions(request: Request, req: Annotated[TranscriptionForm, Form(media_type=FORM)]
+                             ) -> Response:
         router: Router = holder["router"]
-        req, job, upload = await prepare(request)
+        job = await prepare(req)
         if req.stream:
-            return await stream_response(request, router, req, job, upload)
+            return await stream_response(request, router, req, job)
         async with admission:
-            samples = await decode(upload, request)
+            samples = await decode_upload(req.file, settings, request)
             plan = await cut(router, samples, job)
             chunks_total.inc(len(plan.chunks))
             t0 = time.perf_counter()
@@ -295,8 +279,7 @@ def create_app(
                 transcript = await asyncio.wait_for(router.transcribe(samples, plan, job),
                                                     timeout=settings.request_timeout_s)
             except TimeoutError:
-                raise TimeoutError_(f"The request took longer than {settings.request_timeout_s:g} s.",
-                                    headers={"Retry-After": "5"}) from None
+                raise TimeoutError_(f"The request took longer than {settings.request_timeout_s:g} s.") from None
             except BackendError as exc:
                 record(exc)
                 raise backend_api_error(exc) from None
@@ -313,10 +296,10 @@ def create_app(
             return JSONResponse(body)
         return PlainTextResponse(body, media_type=media_type)
 
-    async def stream_response(request: Request, router: Router, req, job: Job, upload) -> Response:
+    async def stream_response(request: Request, router: Router, req: TranscriptionForm, job: Job) -> Response:
         await admission.__aenter__()
         try:
-            samples = await decode(upload, request)
+            samples = await decode_upload(req.file, settings, request)
             plan = await cut(router, samples, job)
             chunks_total.inc(len(plan.chunks))
             events = router.stream(samples, plan, job, segments_events=job.diarize)
@@ -345,15 +328,14 @@ def create_app(
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @timed(state, "/v1/audio/translations")
-    async def translations(request: Request) -> Response:
+    async def translations(form: Annotated[TranslationForm, Form(media_type=FORM)]) -> Response:
         router: Router = holder["router"]
-        upload = await read_upload(request, settings)
-        fields = [(k, whisper_model(v) if k == "model" else v) for k, v in upload.fields]
+        data = await read_upload(form.file, settings)
+        fields = [(k, whisper_model(v) if k == "model" else v) for k, v in form.fields()]
         async with admission:
             try:
-                r = await router.whisper.forward("/v1/audio/translations", fields, upload.filename, upload.data,
-                                                 upload.content_type)
+                r = await router.whisper.forward("/v1/audio/translations", fields, form.file.filename or "audio",
+                                                 data, form.file.content_type)
             except BackendError as exc:
                 record(exc)
                 raise backend_api_error(exc) from None
@@ -367,51 +349,44 @@ def create_app(
         return {"id": name, "object": "model", "created": 0, "owned_by": "chorus",
                 "chorus": {"diarization": True, "whisper_model": whisper_model(name)}}
 
-    async def backends(request: Request) -> Response:
-        return JSONResponse({n: {"ready": ok, "detail": d, "url": getattr(settings, f"{n}_url")}
-                             for n, (ok, d) in holder["backends"].items()})
+    async def backends() -> dict[str, BackendStatus]:
+        return {n: BackendStatus(ready=ok, detail=d, url=getattr(settings, f"{n}_url"))
+                for n, (ok, d) in holder["backends"].items()}
 
-    routes = [
-        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
-        Route("/v1/audio/translations", translations, methods=["POST"]),
-        *model_routes(model_names, card),
-        Route("/v1/backends", backends, methods=["GET"]),
-    ]
-    return build_app(state, settings, routes, lifespan, api_doc(settings))
-
-
-def api_doc(settings: RouterSettings) -> openapi.ApiDoc:
-    """The router's routes for ``/openapi.json``."""
-    doc = openapi.ApiDoc(
-        "Chorus router",
+    transcription_ok = {200: {"model": Transcription | TranscriptionVerbose | TranscriptionDiarized,
+                              "content": text_responses(*TRANSCRIPTION_TEXT_TYPES, "text/event-stream")}}
+    translation_ok = {200: {"model": Transcription | TranscriptionVerbose,
+                            "content": text_responses(*TRANSCRIPTION_TEXT_TYPES)}}
+    errors = error_responses(*AUDIO_ERRORS, 502)
+    references = APIRouter(route_class=upload_route(settings, max_field_bytes=MAX_REFERENCE_FIELD), tags=["audio"])
+    references.add_api_route(
+        "/v1/audio/transcriptions", transcriptions, methods=["POST"], response_class=JSONResponse,
+        summary="Transcribe (and diarize) audio of any length: VAD chunks fanned out to both backends.",
+        responses={**transcription_ok, **errors})
+    audio = APIRouter(route_class=upload_route(settings), tags=["audio"])
+    audio.add_api_route(
+        "/v1/audio/translations", translations, methods=["POST"], response_class=JSONResponse,
+        summary="Translate audio to English (passed to the whisper server).", responses={**translation_ok, **errors})
+    status = APIRouter(tags=["backends"])
+    status.add_api_route("/v1/backends", backends, methods=["GET"],
+                         summary="Readiness of the whisper server and the sidecar as the router sees them.")
+    return build_app(
+        state, settings, title="Chorus router",
         description="OpenAI-compatible transcription with speaker diarization (diarized_json, SSE), in front of the "
         "whisper server and the torch sidecar. Errors are OpenAI's shape; a backend failure is 502/503/504.",
+        lifespan=lifespan, routers=[references, audio, model_router(model_names, card), status],
     )
-    ok = {**openapi.json_content({"anyOf": [openapi.ref("Transcription"), openapi.ref("TranscriptionVerbose"),
-                                            openapi.ref("TranscriptionDiarized")]}),
-          **openapi.text_content(*openapi.TRANSCRIPTION_TEXT_TYPES, "text/event-stream")}
-    backend_errors = openapi.audio_errors(502)
-    doc.add("POST", "/v1/audio/transcriptions",
-            summary="Transcribe (and diarize) audio of any length: VAD chunks fanned out to both backends.",
-            ok=ok, errors=backend_errors,
-            body=doc.form_body(TranscriptionRequest, overrides={
-                "model": {"examples": ["whisper-1", *settings.diarize_model_names]},
-                "language": {"enum": list(WHISPER_LANGUAGES)},
-                "chunking_strategy": {"description": "'auto', or a server_vad object as JSON "
-                                      "(or the SDK's chunking_strategy[type]=server_vad fields)"},
-                "known_speaker_references": {"description": "data:audio/...;base64 URLs of 2–10 s clips"},
-                "stream": {"description": "true: Server-Sent Events (transcript.text.delta/segment/done)"},
-            }))
-    doc.add("POST", "/v1/audio/translations", summary="Translate audio to English (passed to the whisper server).",
-            ok={**openapi.json_content({"anyOf": [openapi.ref("Transcription"), openapi.ref("TranscriptionVerbose")]}),
-                **openapi.text_content(*openapi.TRANSCRIPTION_TEXT_TYPES)},
-            errors=backend_errors,
-            body=doc.form_body(TranslationRequest, include=("model", "prompt", "response_format", "temperature")))
-    openapi.model_operations(doc)
-    doc.add("GET", "/v1/backends", summary="Readiness of the whisper server and the sidecar as the router sees them.",
-            ok=openapi.json_content({"type": "object", "additionalProperties": {
-                "type": "object", "required": ["ready", "detail", "url"],
-                "properties": {"ready": {"type": "boolean"}, "detail": {"type": "string"}, "url": {"type": "string"}}}}))
-    return doc
 
-__all__ = ["create_app", "backend_api_error", "chunking_fields", "decode_reference"]
+
+class BackendStatus(BaseModel):
+    """One backend in ``GET /v1/backends``."""
+
+    ready: bool
+    detail: str
+    url: str
+
+
+TRANSCRIPTION_TEXT_TYPES = ("text/plain", "application/x-subrip", "text/vtt")
+"""Media types of ``response_format`` text, srt and vtt (``server.core.formats``)."""
+
+__all__ = ["create_app", "backend_api_error", "decode_reference"]
