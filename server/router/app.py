@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from server.core.audio import AudioDecodeError, AudioTooLongError, decode_audio, duration_s, to_wav_bytes
-from server.core.formats import RENDERERS, TIMELESS_FORMATS
+from server.core.formats import RENDERERS, TIMELESS_FORMATS, encode_sse
 from server.core.vad import SileroVad, VadOptions
 from server.kit import openapi
 from server.kit.app import Admission, ServerState, build_app, model_routes, timed
@@ -49,7 +49,7 @@ from server.router.clients import (
     SidecarClient,
     WhisperClient,
 )
-from server.router.pipeline import Job, Router, encode_sse
+from server.router.pipeline import Job, Router
 
 log = logging.getLogger("chorus.router")
 
