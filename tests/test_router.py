@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from server.core.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, to_wav_bytes
+from server.core.formats import delta_event, done_event, encode_sse, segment_event
 from server.core.transcript import Segment, SpeakerTurn, Word
 from server.core.vad import VadOptions
 from server.kit.protocol import fold_chunking_strategy
@@ -31,7 +32,6 @@ from server.router.app import create_app
 from server.router.chunking import Chunk, group_windows, plan_chunks
 from server.router.clients import BackendFailed, BackendUnavailable, SidecarClient, WhisperClient
 from server.router.merge import assign_speakers, split_segment
-from server.router.pipeline import delta_event, done_event, encode_sse, segment_event
 from server.router.speakers import (
     KnownSpeaker,
     LocalSpeaker,

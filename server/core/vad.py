@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class VadOptions:
     padding_ms: int = 300
 
     @classmethod
-    def from_strategy(cls, strategy: str | dict | None, default: VadOptions) -> VadOptions:
+    def from_strategy(cls, strategy: str | dict[str, Any] | None, default: VadOptions) -> VadOptions:
         """``None``/``"auto"`` → ``default``; a ``server_vad`` object (dict or JSON) → its values.
 
         Raises:
@@ -63,13 +64,13 @@ class SileroVad:
     """silero-vad (weights bundled in its wheel), loaded once per process on first use; thread-safe."""
 
     def __init__(self) -> None:
-        self._model = None
+        self._model: Any = None  # silero_vad's OnnxWrapper / torch.jit model
         self._lock = threading.Lock()
 
     def load(self) -> None:
         with self._lock:
             if self._model is None:
-                from silero_vad import load_silero_vad
+                from silero_vad import load_silero_vad  # type: ignore[import-untyped]  # silero-vad 6 has no py.typed
 
                 self._model = load_silero_vad()
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 
 from server.core.audio import AudioDecodeError, AudioTooLongError, decode_audio, duration_s, to_wav_bytes
-from server.core.formats import RENDERERS, TIMELESS_FORMATS
+from server.core.formats import RENDERERS, TIMELESS_FORMATS, encode_sse
 from server.core.vad import SileroVad, VadOptions
 from server.kit.app import (
     AUDIO_ERRORS,
@@ -65,7 +65,7 @@ from server.router.clients import (
     SidecarClient,
     WhisperClient,
 )
-from server.router.pipeline import Job, Plan, Router, encode_sse
+from server.router.pipeline import Job, Plan, Router
 
 log = logging.getLogger("chorus.router")
 

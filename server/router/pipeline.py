@@ -22,7 +22,6 @@ HTTP; ``router_app`` turns requests into ``Job`` and events into responses.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -31,7 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from server.core.audio import SAMPLE_RATE, to_wav_bytes
-from server.core.formats import usage
+from server.core.formats import delta_event, done_event, segment_event, usage
 from server.core.transcript import Segment, SpeakerTurn, Transcript
 from server.core.vad import SileroVad, VadOptions
 from server.router.chunking import Chunk, Window, group_windows, plan_chunks
@@ -423,36 +422,3 @@ def assemble(segments: Sequence[Segment], text: str, language: str, duration: fl
     segs = tuple(replace(s, id=i) for i, s in enumerate(sorted(fit_times(segments, duration), key=lambda s: s.start)))
     return Transcript(text=text, segments=segs, language=language, duration=duration, task=task,
                       warnings=tuple(dict.fromkeys(warnings)))
-
-
-# ---------------------------------------------------------------------------------------------
-# SSE events (OpenAI's transcription stream)
-
-
-def delta_event(delta: str, segment_id: str | None = None) -> dict:
-    ev = {"type": "transcript.text.delta", "delta": delta}
-    if segment_id is not None:
-        ev["segment_id"] = segment_id
-    return ev
-
-
-def segment_event(s: Segment) -> dict:
-    ev = {"type": "transcript.text.segment", "id": f"seg_{s.id}", "start": round(s.start, 3),
-          "end": round(s.end, 3), "speaker": s.speaker, "text": s.text.strip()}
-    if s.confidence is not None:
-        ev["confidence"] = s.confidence
-    return ev
-
-
-def done_event(text: str, warnings: Sequence[str] = (), usage: dict | None = None) -> dict:
-    ev: dict = {"type": "transcript.text.done", "text": text}
-    if usage is not None:
-        ev["usage"] = usage
-    if warnings:
-        ev["warnings"] = list(dict.fromkeys(warnings))
-    return ev
-
-
-def encode_sse(event: dict) -> bytes:
-    """One server-sent event: ``data: <json>`` and a blank line."""
-    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
