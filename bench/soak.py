@@ -22,7 +22,6 @@ import asyncio
 import itertools
 import math
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,21 +36,13 @@ from bench.bad_inputs import BadInput, bad_inputs
 from bench.machine import machine_info, tree_rss_bytes
 from bench.metrics import english_spelling_map, fmt, percentile, word_error_rate
 from bench.plots import soak_figure
+from bench.procs import free_port, metric_samples, stop_process
 
 MAX_GROWTH = 0.10
 """Largest RSS growth over the measured window for a pass (a fraction: 0.10 = 10 %)."""
 
 
 # --------------------------------------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_whisper(model: str, port: int, *, cache_dir: Path, log_path: Path, batch_size: int | None = None,
@@ -72,25 +63,6 @@ def start_whisper(model: str, port: int, *, cache_dir: Path, log_path: Path, bat
     full_env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), **(env or {})}
     return subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                             cwd=Path(__file__).resolve().parents[1])
-
-
-def stop_server(proc: subprocess.Popen, timeout_s: float = 60.0) -> tuple[int | None, float]:
-    """SIGTERM ``proc`` and wait for it to drain and exit.
-
-    Returns:
-        ``(exit code, seconds it took)``; the code is ``None`` when it had to be killed.
-    """
-    t0 = time.monotonic()
-    if proc.poll() is not None:
-        return proc.returncode, 0.0
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-        code = None
-    return code, time.monotonic() - t0
 
 
 class ProcessTrace:
@@ -152,10 +124,9 @@ async def metrics_counts(url: str, api_key: str) -> dict[str, float]:
             text = (await http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {api_key}"})).text
     except httpx.HTTPError:
         return counts
-    for line in text.splitlines():
-        if line.startswith("chorus_requests_total{") and 'route="/v1/audio/transcriptions"' in line:
-            status = line.split('status="', 1)[1].split('"', 1)[0]
-            counts[status] = counts.get(status, 0.0) + float(line.rsplit(" ", 1)[1])
+    for labels, value in metric_samples(text, "chorus_requests_total"):
+        if labels.get("route") == "/v1/audio/transcriptions":
+            counts[labels["status"]] = counts.get(labels["status"], 0.0) + value
     return counts
 
 
@@ -582,7 +553,7 @@ def run_soak(
         command_line = server_command(pid)
     finally:
         if proc is not None:
-            code, seconds = stop_server(proc)
+            code, seconds = stop_process(proc)
             server_exit = {"code": code, "seconds": round(seconds, 2)}
             echo(f"server stopped: exit code {code} after {seconds:.1f} s")
     record = {
