@@ -25,7 +25,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 from bench import report
 from bench.audio_sets import AudioItem, describe
 from bench.bad_inputs import BadInput, bad_inputs
-from bench.machine import machine_info, tree_rss_bytes
+from bench.machine import MemorySampler, machine_info
 from bench.metrics import english_spelling_map, fmt, percentile, word_error_rate
 from bench.plots import soak_figure
 from bench.procs import free_port, metric_samples, stop_process
@@ -63,55 +62,6 @@ def start_whisper(model: str, port: int, *, cache_dir: Path, log_path: Path, bat
     full_env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), **(env or {})}
     return subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                             cwd=Path(__file__).resolve().parents[1])
-
-
-class ProcessTrace:
-    """Samples a process tree every ``interval_s`` in a thread: RSS (MiB), threads, open files.
-
-    ``samples`` is a list of ``{"t_s", "rss_mib", "threads", "fds"}`` with ``t_s`` seconds since
-    ``start``.
-    """
-
-    def __init__(self, pid: int | None, interval_s: float = 2.0) -> None:
-        self.pid = pid
-        self.interval_s = interval_s
-        self.samples: list[dict] = []
-        self._t0 = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="soak-trace", daemon=True)
-
-    def sample(self) -> None:
-        """Take one sample now (nothing when the process is gone)."""
-        import psutil
-
-        if self.pid is None:
-            return
-        rss = tree_rss_bytes(self.pid)
-        if not rss:
-            return
-        try:
-            proc = psutil.Process(self.pid)
-            threads, fds = proc.num_threads(), proc.num_fds()
-        except psutil.Error:
-            threads = fds = None
-        self.samples.append({"t_s": round(time.monotonic() - self._t0, 3), "rss_mib": round(rss / 2**20, 2),
-                             "threads": threads, "fds": fds})
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
-
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-        self.sample()
-        if self.pid is not None:
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-        self.sample()
 
 
 async def metrics_counts(url: str, api_key: str) -> dict[str, float]:
@@ -527,7 +477,7 @@ def run_soak(
             texts = [it.reference for it in items]
         goods = [Good(it, d, t) for (it, d), t in zip(goods_raw, texts)]
         before = asyncio.run(metrics_counts(url, api_key))
-        trace = ProcessTrace(pid, sample_s)
+        trace = MemorySampler(pid, sample_s, gpu=False, trace=True)
         from tqdm import tqdm
 
         bar = tqdm(total=round(duration_s), unit="s", desc="soak", file=sys.stderr)

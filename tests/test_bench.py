@@ -6,6 +6,7 @@ import json
 import math
 import random
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,12 @@ def test_machine_sampling_of_this_process():
         block = np.ones(16 * 2**20 // 8)  # 16 MiB touched while sampling
         block.sum()
     assert memory.peak_rss_mib is not None and memory.peak_rss_mib > 16
+    assert memory.samples == []  # peaks only
+    with MemorySampler(os.getpid(), interval_s=0.01, gpu=False, trace=True) as traced:
+        time.sleep(0.1)
+    times = [s["t_s"] for s in traced.samples]
+    assert len(times) >= 3 and times == sorted(times)
+    assert all(s["rss_mib"] > 16 and s["threads"] >= 2 and s["fds"] > 0 for s in traced.samples)  # + the sampler
     with MemorySampler(None) as nothing:
         pass
     assert nothing.peak_rss_mib is None
