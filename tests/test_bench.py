@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.audio_sets import AudioItem, directory_items, espeak_item, have_espeak, resolve_audio
+from bench.audio_sets import AudioItem, directory_items, espeak_item, resolve_audio
 from bench.metrics import (
     RequestRecord,
     english_spelling_map,
@@ -26,6 +26,7 @@ from bench.quant import QuantSetting
 from bench.report import engine_summary, invocation, markdown_table, update_index
 from bench.throughput import Target
 from server.core.audio import SAMPLE_RATE, decode_audio, to_wav_bytes
+from torch_models.synth import espeak_available
 
 
 def test_rtfx_is_audio_over_wall():
@@ -209,7 +210,7 @@ def test_directory_items_reads_references(tmp_path):
         resolve_audio(["espeak:five"], tmp_path)
 
 
-@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 def test_espeak_item_has_exact_length_and_transcript(tmp_path):
     item = espeak_item(6, tmp_path)
     assert item.duration_s == pytest.approx(6.0, abs=1 / SAMPLE_RATE)
@@ -274,7 +275,7 @@ def test_joined_real_clips_have_exact_length_and_joined_references(tmp_path, mon
         resolve_audio(["real:0.5"], tmp_path)  # no clip fits
 
 
-@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 def test_repeated_workload_says_one_paragraph_over_and_over(tmp_path):
     from bench.audio_sets import PARAGRAPH, WORKLOADS
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.audio_sets import have_espeak
 from bench.procs import free_port, stop_process
 from server.cli import main
+from torch_models.synth import espeak_available
 
-pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed (make sysdeps)")
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (make sysdeps)")
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -21,9 +21,9 @@ import pytest
 from bench.procs import free_port, metric_samples, wait_http
 from server.core.audio import to_wav_bytes
 from server.launcher import Launcher, UpOptions, plan_services
-from tests.speech import have_espeak
+from torch_models.synth import espeak_available
 
-pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 
 
 @pytest.fixture(scope="module")
