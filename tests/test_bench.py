@@ -284,3 +284,19 @@ def test_repeated_workload_says_one_paragraph_over_and_over(tmp_path):
     said = [s.strip() for s in re.findall(r"[^.]+\.", item.reference)]
     assert set(said) == set(PARAGRAPH) and len(said) > len(PARAGRAPH)  # the whole paragraph, more than once
     assert all(name in WORKLOADS for name in ("varied", "repeated", "real", "meeting", "repeated-small"))
+
+
+def test_read_reference_reads_every_uem_segment_and_der_scores_inside_them(tmp_path):
+    from bench.eval_der import der, read_reference
+
+    wav = tmp_path / "m.wav"
+    with pytest.raises(FileNotFoundError):
+        read_reference(wav)
+    (tmp_path / "m.rttm").write_text("SPEAKER m 1 5.000 2.000 <NA> <NA> B <NA> <NA>\n"
+                                     "SPEAKER m 1 0.500 3.000 <NA> <NA> A <NA> <NA>\n")
+    (tmp_path / "m.uem").write_text("m 1 0.000 4.000\nm 1 6.000 10.000\n")
+    turns, uem = read_reference(wav)
+    assert [(t.start, t.end, t.speaker) for t in turns] == [(0.5, 3.5, "A"), (5.0, 7.0, "B")]
+    assert [(s.start, s.end) for s in uem] == [(0.0, 4.0), (6.0, 10.0)]
+    score = der(turns, turns[:1], uem=uem)  # B never found: only its second inside the UEM (6-7 s) counts
+    assert score["total"] == pytest.approx(4.0) and score["missed"] == pytest.approx(0.25)

@@ -256,15 +256,3 @@ def to_rttm(result: DiarizationResult, file_id: str = "audio") -> str:
         for t in result.segments
     ]
     return "\n".join(lines) + ("\n" if lines else "")
-
-
-def parse_rttm(text: str) -> dict[str, list[SpeakerTurn]]:
-    """RTTM text → file id → turns (``SPEAKER`` lines only; confidence None)."""
-    files: dict[str, list[SpeakerTurn]] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 8 or parts[0] != "SPEAKER":
-            continue
-        start, dur = float(parts[3]), float(parts[4])
-        files.setdefault(parts[1], []).append(SpeakerTurn(start, start + dur, parts[7]))
-    return files
