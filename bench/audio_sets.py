@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from server.core.audio import SAMPLE_RATE, decode_audio, duration_s, to_wav_bytes
+from torch_models.synth import espeak_available, speak
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".m4a", ".webm", ".mp4", ".opus", ".mpga"})
 ESPEAK_VOICE = "en-us"
@@ -199,19 +197,6 @@ def directory_items(directory: Path) -> list[AudioItem]:
     return [file_item(p) for p in files]
 
 
-def have_espeak() -> bool:
-    """Whether the ``espeak-ng`` binary is on ``PATH``."""
-    return shutil.which("espeak-ng") is not None
-
-
-def _speak(text: str, voice: str, speed: int, tmp: Path) -> np.ndarray:
-    path = tmp / "s.wav"
-    subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True, capture_output=True
-    )
-    return decode_audio(path.read_bytes())
-
-
 def espeak_item(
     length_s: float,
     out_dir: Path,
@@ -248,16 +233,15 @@ def espeak_item(
     wav, txt = out_dir / f"{stem}.wav", out_dir / f"{stem}.txt"
     if wav.is_file() and txt.is_file():
         return AudioItem(wav, duration_s(decode_audio(wav.read_bytes())), txt.read_text(encoding="utf-8").strip())
-    if not have_espeak():
+    if not espeak_available():
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
     target = int(round(length_s * SAMPLE_RATE))
     gap = np.zeros(int(SENTENCE_GAP_S * SAMPLE_RATE), np.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        pieces, chosen, used = _fill(
-            len(sentences), int(length_s) % len(sentences), target, gap,
-            lambda k: _speak(sentences[k], voice, speed, Path(tmp)),
-            stop_below=SAMPLE_RATE,  # no sentence is shorter than a second
-        )
+    pieces, chosen, used = _fill(
+        len(sentences), int(length_s) % len(sentences), target, gap,
+        lambda k: speak(sentences[k], voice, wpm=speed),
+        stop_below=SAMPLE_RATE,  # no sentence is shorter than a second
+    )
     words = [sentences[k] for k in chosen]
     if not words:
         raise ValueError(f"no sentence fits in {length_s:g} s")

@@ -29,19 +29,17 @@ COLLARS = (0.0, 0.25)
 
 
 def load_case(name: str, data: Path):
-    """``(samples, reference turns, uem)`` of an AMI clip name or ``espeak305``."""
-    from bench.eval_der import read_uem
+    """``(samples, reference turns, scored region)`` of an AMI clip name or ``espeak305``."""
+    from bench.eval_der import read_reference
     from server.core.audio import decode_audio
-    from torch_models.diarization import parse_rttm
 
     if name == ESPEAK:
         from bench.router_eval import long_conversation
 
         samples, ref = long_conversation()
         return samples, list(ref.turns), (0.0, len(samples) / 16000)
-    stem = data / f"pyannote_ami_{name}"
-    ref = [t for turns in parse_rttm(stem.with_suffix(".rttm").read_text()).values() for t in turns]
-    return decode_audio(stem.with_suffix(".wav").read_bytes()), ref, read_uem(stem.with_suffix(".uem"))
+    wav = data / f"pyannote_ami_{name}.wav"
+    return decode_audio(wav.read_bytes()), *read_reference(wav)
 
 
 def speech_for(minutes: float) -> np.ndarray:

@@ -4,7 +4,8 @@
     python -m bench.eval_der --espeak              # the synthetic two-voice conversation
     python -m bench.eval_der --diarizer sortformer --sortformer-model path/to/model.nemo X.wav
 
-For ``X.wav`` the reference is ``X.rttm`` and the scored region ``X.uem`` (whole file when absent).
+For ``X.wav`` the reference is ``X.rttm`` and the scored region ``X.uem`` (whole file when absent), read
+by pyannote.database's RTTM and UEM loaders.
 The per-clip table of the default backend (AMI clips and the 305 s espeak conversation, collar 0 and
 0.25 s, written to bench/results/) is ``python -m bench.diarization_der``.
 DER is pyannote.metrics' ``DiarizationErrorRate`` (missed + false alarm + confusion over reference
@@ -18,36 +19,68 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from server.core.transcript import SpeakerTurn
+
+if TYPE_CHECKING:
+    from pyannote.core import Annotation, Timeline
+
+
+def annotation(turns: Sequence[SpeakerTurn]) -> Annotation:
+    """Turns (seconds) → a pyannote.core ``Annotation``, one track per turn."""
+    from pyannote.core import Annotation, Segment
+
+    ann = Annotation()
+    for i, t in enumerate(turns):
+        ann[Segment(t.start, t.end), i] = t.speaker
+    return ann
+
+
+def read_reference(wav: Path) -> tuple[list[SpeakerTurn], Timeline | None]:
+    """The reference of ``X.wav``: the turns of ``X.rttm`` (of every file id in it), in time order, and
+    the scored region ``X.uem`` (``None`` when absent), read by pyannote.database's loaders.
+
+    Raises:
+        FileNotFoundError: there is no ``X.rttm``.
+    """
+    from pyannote.database.util import load_rttm, load_uem
+
+    rttm, uem = wav.with_suffix(".rttm"), wav.with_suffix(".uem")
+    if not rttm.is_file():
+        raise FileNotFoundError(f"no reference {rttm}")
+    turns = [SpeakerTurn(seg.start, seg.end, str(label)) for ann in load_rttm(str(rttm)).values()
+             for seg, _, label in ann.itertracks(yield_label=True)]
+    region = None
+    if uem.is_file():
+        from pyannote.core import Timeline
+
+        region = Timeline([seg for tl in load_uem(str(uem)).values() for seg in tl])
+    return sorted(turns, key=lambda t: (t.start, t.end)), region
 
 
 def der(
     reference: Sequence[SpeakerTurn],
     hypothesis: Sequence[SpeakerTurn],
     *,
-    uem: tuple[float, float] | None = None,
+    uem: Timeline | tuple[float, float] | None = None,
     collar: float = 0.0,
 ) -> dict[str, float]:
-    """pyannote.metrics DER of ``hypothesis`` against ``reference`` turns (seconds).
+    """pyannote.metrics DER of ``hypothesis`` against ``reference`` turns (seconds), scored over
+    ``uem``: a ``Timeline``, one ``(start, end)`` span in seconds, or ``None`` for the extent of both.
 
     Returns ``{"der", "missed", "false_alarm", "confusion", "total"}``: rates in [0, ∞) and the
     seconds of reference speech.
     """
-    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.core import Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
 
-    def annotation(turns: Sequence[SpeakerTurn]) -> Annotation:
-        """Turns → a pyannote ``Annotation`` (one track per turn)."""
-        ann = Annotation()
-        for i, t in enumerate(turns):
-            ann[Segment(t.start, t.end), i] = t.speaker
-        return ann
-
+    if isinstance(uem, tuple):
+        uem = Timeline([Segment(*uem)])
     metric = DiarizationErrorRate(collar=collar, skip_overlap=False)
-    kwargs = {"uem": Timeline([Segment(*uem)])} if uem else {}
+    kwargs = {"uem": uem} if uem else {}
     detail = metric(annotation(reference), annotation(hypothesis), detailed=True, **kwargs)
     total = detail["total"] or 1e-9
     return {
@@ -57,15 +90,6 @@ def der(
         "confusion": detail["confusion"] / total,
         "total": detail["total"],
     }
-
-
-def read_uem(path: Path) -> tuple[float, float] | None:
-    """First ``<file> <channel> <start> <end>`` line of a UEM file, or None when it has none."""
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 4:
-            return float(parts[2]), float(parts[3])
-    return None
 
 
 def build_diarizer(diarizer: str, sortformer_model: str | None, titanet_model: str | None):
@@ -93,22 +117,20 @@ def build_diarizer(diarizer: str, sortformer_model: str | None, titanet_model: s
 def main(files, espeak, diarizer, sortformer_model, titanet_model, num_speakers, collar, json_out) -> None:
     """Print the DER of each file and of all files together (time-weighted)."""
     from server.core.audio import decode_audio
-    from torch_models.diarization import DiarizationOptions, parse_rttm
+    from torch_models.diarization import DiarizationOptions
 
     if not files and not espeak:
         raise click.UsageError("give audio files with .rttm references, or --espeak")
     backend = build_diarizer(diarizer, sortformer_model, titanet_model)
     options = DiarizationOptions(num_speakers=num_speakers)
     rows = []
-    cases: list[tuple[str, object, list[SpeakerTurn], tuple[float, float] | None]] = []
+    cases: list[tuple[str, object, list[SpeakerTurn], Timeline | tuple[float, float] | None]] = []
     for path in files:
-        rttm = path.with_suffix(".rttm")
-        if not rttm.exists():
-            raise click.UsageError(f"no reference {rttm}")
-        ref = [t for turns in parse_rttm(rttm.read_text()).values() for t in turns]
-        uem_path = path.with_suffix(".uem")
-        cases.append((path.name, lambda p=path: decode_audio(p.read_bytes()), ref,
-                      read_uem(uem_path) if uem_path.exists() else None))
+        try:
+            ref, uem = read_reference(path)
+        except FileNotFoundError as exc:
+            raise click.UsageError(str(exc)) from exc
+        cases.append((path.name, lambda p=path: decode_audio(p.read_bytes()), ref, uem))
     if espeak:
         from torch_models.synth import conversation
 

@@ -143,13 +143,14 @@ def pid_listening_on(url: str) -> int | None:
     return None
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of process ``pid`` and all its descendants (bytes); 0 once it is gone."""
+def rss_bytes(pid: int, *, children: bool = True) -> int:
+    """Resident memory of process ``pid`` and (with ``children``) all its descendants (bytes); 0 once it
+    is gone."""
     import psutil
 
     try:
         proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
+        procs = [proc, *proc.children(recursive=True)] if children else [proc]
     except psutil.Error:
         return 0
     total = 0
@@ -192,22 +193,31 @@ def tree_cpu_s(pid: int | None) -> float | None:
 
 
 class MemorySampler:
-    """Samples a process tree's RSS (and NVIDIA GPU memory) in a thread and keeps the peaks.
+    """Samples a process tree in a thread: its RSS and NVIDIA GPU memory, keeping the peaks, and
+    with ``trace=True`` every sample with the process's threads and open files.
 
-    ``with MemorySampler(pid) as m: ...`` then ``m.peak_rss_mib``, ``m.peak_gpu_mib``. With
-    ``pid=None`` nothing is sampled and the peaks stay ``None``.
+    ``with MemorySampler(pid) as m: ...`` (or ``m.start()`` … ``m.stop()``) then ``m.peak_rss_mib``,
+    ``m.peak_gpu_mib`` and ``m.samples``: ``{"t_s", "rss_mib", "threads", "fds"}`` with ``t_s`` seconds
+    since ``start``. With ``pid=None`` nothing is sampled and the peaks stay ``None``; a sample taken
+    once the process is gone is left out.
 
     Args:
-        pid: the process to watch (its children are included).
+        pid: the process to watch (its children are included in the RSS).
         interval_s: seconds between samples.
+        gpu: also sample GPU memory (``nvidia-smi``, at most once a second); ``None``: when it is installed.
+        trace: keep every sample in ``samples`` (the soak's memory series), not only the peaks.
     """
 
-    def __init__(self, pid: int | None, interval_s: float = 0.2) -> None:
+    def __init__(self, pid: int | None, interval_s: float = 0.2, *, gpu: bool | None = None,
+                 trace: bool = False) -> None:
         self.pid = pid
         self.interval_s = interval_s
+        self.trace = trace
+        self.samples: list[dict] = []
         self.peak_rss_bytes: int | None = None
         self.peak_gpu_mib: float | None = None
-        self._gpu = shutil.which("nvidia-smi") is not None
+        self._gpu = shutil.which("nvidia-smi") is not None if gpu is None else gpu
+        self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
 
@@ -218,11 +228,21 @@ class MemorySampler:
 
     def sample(self) -> None:
         """Take one sample now."""
+        import psutil
+
         if self.pid is None:
             return
-        rss = tree_rss_bytes(self.pid)
+        rss = rss_bytes(self.pid)
         if rss:
             self.peak_rss_bytes = max(self.peak_rss_bytes or 0, rss)
+            if self.trace:
+                try:
+                    proc = psutil.Process(self.pid)
+                    threads, fds = proc.num_threads(), proc.num_fds()
+                except psutil.Error:
+                    threads = fds = None
+                self.samples.append({"t_s": round(time.monotonic() - self._t0, 3), "rss_mib": round(rss / 2**20, 2),
+                                     "threads": threads, "fds": fds})
         if self._gpu:
             used = gpu_memory_used_mib()
             if used is not None:
@@ -237,17 +257,26 @@ class MemorySampler:
                 next_gpu = time.monotonic() + 1.0  # nvidia-smi is slow: at most once a second
             self._gpu = gpu
 
-    def __enter__(self) -> MemorySampler:
+    def start(self) -> MemorySampler:
+        """Take the first sample and start the thread (the clock of ``t_s`` starts here)."""
+        self._t0 = time.monotonic()
         self.sample()
         if self.pid is not None:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Stop the thread and take the last sample."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=10)
         self.sample()
+
+    def __enter__(self) -> MemorySampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def busy_cores(window_s: float = 3.0) -> float:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
+
 SPELLING_MAP_SOURCES = (
     ("whisper_normalizer", "normalizers/english.json"),
     ("whisper", "normalizers/english.json"),
@@ -37,11 +39,8 @@ def rtfx(audio_s: float, wall_s: float) -> float:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile of ``values`` with linear interpolation between closest ranks.
-
-    The same definition as ``numpy.percentile(values, q)`` (method ``"linear"``): with the values
-    sorted as ``v[0..n-1]``, the rank is ``(n - 1) * q / 100`` and the result interpolates between
-    the two values around it.
+    """The ``q``-th percentile of ``values``: ``numpy.percentile`` (linear interpolation between the
+    closest ranks), with ``nan`` for no values instead of numpy's error.
 
     Args:
         values: samples, in any unit (seconds for latencies).
@@ -57,11 +56,7 @@ def percentile(values: Sequence[float], q: float) -> float:
         raise ValueError(f"percentile q must be within [0, 100], got {q}")
     if not values:
         return math.nan
-    ordered = sorted(float(v) for v in values)
-    rank = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(rank)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from server.core.transcript import SpeakerTurn
+
+if TYPE_CHECKING:
+    from pyannote.core import Timeline
 
 # Two colleagues planning their week: 62 alternating lines, about 5 minutes with the pauses below.
 LONG_DIALOGUE: tuple[str, ...] = (
@@ -95,11 +99,11 @@ LONG_PAUSES_S = (0.9, 0.6, 1.2, 0.7)
 
 @dataclass(frozen=True)
 class Reference:
-    """What a recording should give: speaker turns, optionally the words of each turn, the UEM."""
+    """What a recording should give: speaker turns, optionally the words of each turn, the scored region."""
 
     turns: tuple[SpeakerTurn, ...]
     texts: tuple[str, ...] | None = None  # one per turn, same order
-    uem: tuple[float, float] | None = None
+    uem: Timeline | None = None
 
 
 def long_conversation():
@@ -154,16 +158,14 @@ def score(segments: Sequence[dict], ref: Reference, *, collar: float = 0.0) -> d
 
 
 def read_reference(wav: Path) -> Reference:
-    """``X.rttm`` (required), ``X.uem`` and ``X.txt`` beside ``X.wav``."""
-    from bench.eval_der import read_uem
-    from torch_models.diarization import parse_rttm
+    """``X.rttm`` (required) and ``X.uem`` beside ``X.wav``."""
+    from bench.eval_der import read_reference as read_rttm_uem
 
-    rttm = wav.with_suffix(".rttm")
-    if not rttm.exists():
-        raise click.UsageError(f"no reference {rttm}")
-    turns = tuple(sorted((t for ts in parse_rttm(rttm.read_text()).values() for t in ts), key=lambda t: t.start))
-    uem = read_uem(wav.with_suffix(".uem")) if wav.with_suffix(".uem").exists() else None
-    return Reference(turns, None, uem)
+    try:
+        turns, uem = read_rttm_uem(wav)
+    except FileNotFoundError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return Reference(tuple(turns), None, uem)
 
 
 async def transcribe(url: str, name: str, data: bytes, model: str) -> dict:

@@ -22,11 +22,9 @@ import asyncio
 import itertools
 import math
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,24 +32,16 @@ from pathlib import Path
 from bench import report
 from bench.audio_sets import AudioItem, describe
 from bench.bad_inputs import BadInput, bad_inputs
-from bench.machine import machine_info, tree_rss_bytes
+from bench.machine import MemorySampler, machine_info
 from bench.metrics import english_spelling_map, fmt, percentile, word_error_rate
 from bench.plots import soak_figure
+from bench.procs import free_port, metric_samples, stop_process
 
 MAX_GROWTH = 0.10
 """Largest RSS growth over the measured window for a pass (a fraction: 0.10 = 10 %)."""
 
 
 # --------------------------------------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_whisper(model: str, port: int, *, cache_dir: Path, log_path: Path, batch_size: int | None = None,
@@ -74,74 +64,6 @@ def start_whisper(model: str, port: int, *, cache_dir: Path, log_path: Path, bat
                             cwd=Path(__file__).resolve().parents[1])
 
 
-def stop_server(proc: subprocess.Popen, timeout_s: float = 60.0) -> tuple[int | None, float]:
-    """SIGTERM ``proc`` and wait for it to drain and exit.
-
-    Returns:
-        ``(exit code, seconds it took)``; the code is ``None`` when it had to be killed.
-    """
-    t0 = time.monotonic()
-    if proc.poll() is not None:
-        return proc.returncode, 0.0
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-        code = None
-    return code, time.monotonic() - t0
-
-
-class ProcessTrace:
-    """Samples a process tree every ``interval_s`` in a thread: RSS (MiB), threads, open files.
-
-    ``samples`` is a list of ``{"t_s", "rss_mib", "threads", "fds"}`` with ``t_s`` seconds since
-    ``start``.
-    """
-
-    def __init__(self, pid: int | None, interval_s: float = 2.0) -> None:
-        self.pid = pid
-        self.interval_s = interval_s
-        self.samples: list[dict] = []
-        self._t0 = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="soak-trace", daemon=True)
-
-    def sample(self) -> None:
-        """Take one sample now (nothing when the process is gone)."""
-        import psutil
-
-        if self.pid is None:
-            return
-        rss = tree_rss_bytes(self.pid)
-        if not rss:
-            return
-        try:
-            proc = psutil.Process(self.pid)
-            threads, fds = proc.num_threads(), proc.num_fds()
-        except psutil.Error:
-            threads = fds = None
-        self.samples.append({"t_s": round(time.monotonic() - self._t0, 3), "rss_mib": round(rss / 2**20, 2),
-                             "threads": threads, "fds": fds})
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
-
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-        self.sample()
-        if self.pid is not None:
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-        self.sample()
-
-
 async def metrics_counts(url: str, api_key: str) -> dict[str, float]:
     """``chorus_requests_total`` of the transcription route by status, from the server's ``/metrics``."""
     import httpx
@@ -152,10 +74,9 @@ async def metrics_counts(url: str, api_key: str) -> dict[str, float]:
             text = (await http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {api_key}"})).text
     except httpx.HTTPError:
         return counts
-    for line in text.splitlines():
-        if line.startswith("chorus_requests_total{") and 'route="/v1/audio/transcriptions"' in line:
-            status = line.split('status="', 1)[1].split('"', 1)[0]
-            counts[status] = counts.get(status, 0.0) + float(line.rsplit(" ", 1)[1])
+    for labels, value in metric_samples(text, "chorus_requests_total"):
+        if labels.get("route") == "/v1/audio/transcriptions":
+            counts[labels["status"]] = counts.get(labels["status"], 0.0) + value
     return counts
 
 
@@ -556,7 +477,7 @@ def run_soak(
             texts = [it.reference for it in items]
         goods = [Good(it, d, t) for (it, d), t in zip(goods_raw, texts)]
         before = asyncio.run(metrics_counts(url, api_key))
-        trace = ProcessTrace(pid, sample_s)
+        trace = MemorySampler(pid, sample_s, gpu=False, trace=True)
         from tqdm import tqdm
 
         bar = tqdm(total=round(duration_s), unit="s", desc="soak", file=sys.stderr)
@@ -582,7 +503,7 @@ def run_soak(
         command_line = server_command(pid)
     finally:
         if proc is not None:
-            code, seconds = stop_server(proc)
+            code, seconds = stop_process(proc)
             server_exit = {"code": code, "seconds": round(seconds, 2)}
             echo(f"server stopped: exit code {code} after {seconds:.1f} s")
     record = {

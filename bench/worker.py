@@ -23,16 +23,10 @@ import numpy as np
 
 from bench.audio_sets import AudioItem
 from bench.engines import EngineSpec, make_runner
-from bench.machine import cpu_busy_s, tree_cpu_s
+from bench.machine import cpu_busy_s, rss_bytes, tree_cpu_s
 from server.core.audio import SAMPLE_RATE, decode_audio
 
 WARMUP_MAX_S = 10.0  # the warm-up clip: the start of the shortest item, at most this long (seconds)
-
-
-def _rss_mib() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
 
 
 def _peak_rss_mib() -> float:
@@ -70,11 +64,11 @@ def run_job(job: dict) -> dict:
     threads = int(job.get("threads") or os.cpu_count() or 1)
     runner = make_runner(spec, job.get("language"), threads)
     out: dict = {"engine": spec.to_json(), "threads": threads, "error": None, "load_average_start": os.getloadavg()}
-    out["rss_before_load_mib"] = _rss_mib()
+    out["rss_before_load_mib"] = rss_bytes(os.getpid(), children=False) / 2**20
     t0 = time.perf_counter()
     runner.load()
     out["load_s"] = time.perf_counter() - t0
-    out["rss_after_load_mib"] = _rss_mib()
+    out["rss_after_load_mib"] = rss_bytes(os.getpid(), children=False) / 2**20
     out["jax_compilation_cache_dir"] = getattr(runner, "compilation_cache_dir", None)
     t0 = time.perf_counter()
     runner.warmup(warm_clip)

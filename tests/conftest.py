@@ -8,7 +8,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.speech import espeak, have_espeak
+from tests.speech import espeak
+from torch_models.synth import espeak_available
 
 SENTENCE = "The quick brown fox jumps over the lazy dog. I would like a cup of hot coffee, please."
 
@@ -143,7 +144,7 @@ def make_client(app):
 @pytest.fixture(scope="session")
 def speech_wav(tmp_path_factory) -> Path:
     """``SENTENCE`` spoken by espeak-ng (22050 Hz WAV)."""
-    if not have_espeak():
+    if not espeak_available():
         pytest.skip("espeak-ng is not installed (make test installs it)")
     return espeak(SENTENCE, tmp_path_factory.mktemp("speech") / "sentence.wav")
 

@@ -6,12 +6,13 @@ import json
 import math
 import random
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.audio_sets import AudioItem, directory_items, espeak_item, have_espeak, resolve_audio
+from bench.audio_sets import AudioItem, directory_items, espeak_item, resolve_audio
 from bench.metrics import (
     RequestRecord,
     english_spelling_map,
@@ -25,6 +26,7 @@ from bench.quant import QuantSetting
 from bench.report import engine_summary, invocation, markdown_table, update_index
 from bench.throughput import Target
 from server.core.audio import SAMPLE_RATE, decode_audio, to_wav_bytes
+from torch_models.synth import espeak_available
 
 
 def test_rtfx_is_audio_over_wall():
@@ -36,11 +38,11 @@ def test_rtfx_is_audio_over_wall():
     assert math.isnan(rtfx(10.0, 0.0))
 
 
-@pytest.mark.parametrize("n", [1, 2, 5, 10, 101])
-def test_percentile_matches_numpy_linear(n):
-    values = np.random.default_rng(n).exponential(2.0, size=n).tolist()
-    for q in (0, 1, 25, 50, 90, 95, 99, 100):
-        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+def test_percentile_interpolates_linearly_between_ranks():
+    values = [40.0, 10.0, 50.0, 30.0, 20.0]  # sorted: rank r of q is 4 * q / 100
+    assert percentile(values, 10) == pytest.approx(14.0)  # rank 0.4: 10 + 0.4 * (20 - 10)
+    assert percentile(values, 95) == pytest.approx(48.0)  # rank 3.8
+    assert percentile([7.5], 99) == 7.5
 
 
 def test_percentile_edges():
@@ -208,7 +210,7 @@ def test_directory_items_reads_references(tmp_path):
         resolve_audio(["espeak:five"], tmp_path)
 
 
-@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 def test_espeak_item_has_exact_length_and_transcript(tmp_path):
     item = espeak_item(6, tmp_path)
     assert item.duration_s == pytest.approx(6.0, abs=1 / SAMPLE_RATE)
@@ -228,6 +230,12 @@ def test_machine_sampling_of_this_process():
         block = np.ones(16 * 2**20 // 8)  # 16 MiB touched while sampling
         block.sum()
     assert memory.peak_rss_mib is not None and memory.peak_rss_mib > 16
+    assert memory.samples == []  # peaks only
+    with MemorySampler(os.getpid(), interval_s=0.01, gpu=False, trace=True) as traced:
+        time.sleep(0.1)
+    times = [s["t_s"] for s in traced.samples]
+    assert len(times) >= 3 and times == sorted(times)
+    assert all(s["rss_mib"] > 16 and s["threads"] >= 2 and s["fds"] > 0 for s in traced.samples)  # + the sampler
     with MemorySampler(None) as nothing:
         pass
     assert nothing.peak_rss_mib is None
@@ -267,7 +275,7 @@ def test_joined_real_clips_have_exact_length_and_joined_references(tmp_path, mon
         resolve_audio(["real:0.5"], tmp_path)  # no clip fits
 
 
-@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 def test_repeated_workload_says_one_paragraph_over_and_over(tmp_path):
     from bench.audio_sets import PARAGRAPH, WORKLOADS
 
@@ -276,3 +284,19 @@ def test_repeated_workload_says_one_paragraph_over_and_over(tmp_path):
     said = [s.strip() for s in re.findall(r"[^.]+\.", item.reference)]
     assert set(said) == set(PARAGRAPH) and len(said) > len(PARAGRAPH)  # the whole paragraph, more than once
     assert all(name in WORKLOADS for name in ("varied", "repeated", "real", "meeting", "repeated-small"))
+
+
+def test_read_reference_reads_every_uem_segment_and_der_scores_inside_them(tmp_path):
+    from bench.eval_der import der, read_reference
+
+    wav = tmp_path / "m.wav"
+    with pytest.raises(FileNotFoundError):
+        read_reference(wav)
+    (tmp_path / "m.rttm").write_text("SPEAKER m 1 5.000 2.000 <NA> <NA> B <NA> <NA>\n"
+                                     "SPEAKER m 1 0.500 3.000 <NA> <NA> A <NA> <NA>\n")
+    (tmp_path / "m.uem").write_text("m 1 0.000 4.000\nm 1 6.000 10.000\n")
+    turns, uem = read_reference(wav)
+    assert [(t.start, t.end, t.speaker) for t in turns] == [(0.5, 3.5, "A"), (5.0, 7.0, "B")]
+    assert [(s.start, s.end) for s in uem] == [(0.0, 4.0), (6.0, 10.0)]
+    score = der(turns, turns[:1], uem=uem)  # B never found: only its second inside the UEM (6-7 s) counts
+    assert score["total"] == pytest.approx(4.0) and score["missed"] == pytest.approx(0.25)

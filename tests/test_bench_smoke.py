@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,17 +16,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.audio_sets import have_espeak
+from bench.procs import free_port, stop_process
 from server.cli import main
+from torch_models.synth import espeak_available
 
-pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed (make sysdeps)")
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed (make sysdeps)")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def invoke(args: list[str]) -> None:
@@ -79,11 +73,7 @@ def tiny_server(tiny_whisper_dir, cache_dir):
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     yield f"http://127.0.0.1:{port}", proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc, timeout_s=20)
 
 
 def test_throughput_against_live_server(tiny_server, cache_dir, tmp_path):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +47,13 @@ def ct2_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+def speech() -> np.ndarray:
     """SENTENCE spoken by espeak-ng (~6 s), float32 mono 16 kHz."""
-    from server.core.audio import decode_audio
+    from torch_models.synth import espeak_available, speak
 
-    if shutil.which("espeak-ng") is None:
+    if not espeak_available():
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    wav = tmp_path_factory.mktemp("speech") / "speech.wav"
-    subprocess.run(["espeak-ng", "-s", "140", "-w", str(wav), SENTENCE], check=True, capture_output=True)
-    return decode_audio(wav.read_bytes())
+    return speak(SENTENCE, "en", wpm=140)
 
 
 # --- reading -------------------------------------------------------------------------------------

@@ -4,8 +4,11 @@ and backend in test_diarization_models.py."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from pyannote.database.util import load_rttm
 
 from server.core.audio import SAMPLE_RATE
 from server.core.transcript import SpeakerTurn
@@ -15,7 +18,6 @@ from torch_models.diarization import (
     OptionError,
     merge_intervals,
     own_speech,
-    parse_rttm,
     relabel_by_first_appearance,
     speaker_fingerprints,
     subtract_intervals,
@@ -66,8 +68,9 @@ def test_relabel_and_rttm_round_trip():
     result = DiarizationResult(renamed, ("speaker_0", "speaker_1"), 4.0, {})
     text = to_rttm(result, "my file")
     assert text.splitlines()[0] == "SPEAKER my_file 1 0.500 1.000 <NA> <NA> speaker_0 <NA> <NA>"
-    back = parse_rttm(text)["my_file"]
-    assert [(t.start, t.end, t.speaker) for t in back] == [(0.5, 1.5, "speaker_0"), (2.0, 3.0, "speaker_1")]
+    back = load_rttm(io.StringIO(text))["my_file"]  # read back by pyannote.database's RTTM loader
+    assert [(s.start, s.end, label) for s, _, label in back.itertracks(yield_label=True)] == [
+        (0.5, 1.5, "speaker_0"), (2.0, 3.0, "speaker_1")]
 
 
 class _MeanEmbedder:

@@ -232,7 +232,7 @@ def test_base_model_without_timestamps(base_engine, speech_samples):
 @pytest.mark.slow
 def test_base_model_translates_french(base_engine, tmp_path):
     french = "Bonjour, je voudrais acheter du pain et un café, s'il vous plaît. Merci beaucoup."
-    samples = espeak_samples(french, tmp_path, voice="fr", speed=140)
+    samples = espeak_samples(french, voice="fr", speed=140)
     out = base_engine.transcribe(samples, TranscribeOptions(task="translate", language="fr"))
     words = set(normalise(out.text).split())
     assert out.task == "translate"
@@ -250,7 +250,7 @@ def test_base_model_long_form_keeps_words_at_cuts(base_engine, tmp_path):
     ] * 2
     pieces = []
     for line in script:
-        pieces += [espeak_samples(line, tmp_path, speed=165), silence(0.25)]
+        pieces += [espeak_samples(line, speed=165), silence(0.25)]
     audio = np.concatenate(pieces)
     assert len(audio) > 35 * SAMPLE_RATE  # more than one 30 s window
     out = base_engine.transcribe(audio, TranscribeOptions(language="en"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 
+from bench.procs import free_port
 from server.launcher import Launcher, Service, UpOptions, plan_services
 
 STANDIN = """
@@ -24,12 +24,6 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def standin(name: str, delay: float = 0.0) -> Service:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import socket
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from bench.bad_inputs import NAMES, bad_inputs
+from bench.procs import free_port
 from server.core.audio import to_wav_bytes
 from server.ray_app import APP_NAME, SIDECAR, WHISPER, Autoscaling, RayServeSettings, build_app
 
@@ -72,12 +72,6 @@ def test_deployment_options_follow_the_settings():
 
 # ---------------------------------------------------------------------------------------------
 # a two-node cluster
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def settings_for(tiny_whisper_dir, cache_dir, **deployment) -> RayServeSettings:

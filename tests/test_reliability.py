@@ -28,35 +28,11 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.procs import free_port, wait_http
 from server.core.audio import SAMPLE_RATE, to_wav_bytes
 from server.core.transcript import Segment, Transcript
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 240.0, ok=(200,)) -> httpx.Response:
-    """Poll ``url`` until it answers one of ``ok``; fail if ``proc`` dies first."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"process exited with {proc.returncode} while waiting for {url}: "
-                        f"{proc.stderr.read()[-3000:] if proc.stderr else ''}")
-        try:
-            r = httpx.get(url, timeout=2)
-            if r.status_code in ok:
-                return r
-            last = f"{r.status_code} {r.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        time.sleep(0.3)
-    pytest.fail(f"{url} not ready after {timeout_s:g} s ({last})")
 
 
 def refused(port: int) -> bool:

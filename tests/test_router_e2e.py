@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +18,12 @@ import httpx
 import openai
 import pytest
 
+from bench.procs import free_port, metric_samples, wait_http
 from server.core.audio import to_wav_bytes
 from server.launcher import Launcher, UpOptions, plan_services
-from tests.speech import have_espeak
+from torch_models.synth import espeak_available
 
-pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +73,8 @@ async def test_diarized_json_through_three_processes(stack, conversation_wav):
     ready = httpx.get(f"{urls['router']}/ready").json()
     assert ready["ready"] is True
     metrics = httpx.get(f"{urls['router']}/metrics").text
-    assert "chorus_router_chunks_total" in metrics and 'chorus_router_backend_ready{backend="sidecar"} 1.0' in metrics
+    assert metric_samples(metrics, "chorus_router_chunks_total")[0][1] >= 2  # ~35 s in chunks of at most 20 s
+    assert ({"backend": "sidecar"}, 1.0) in metric_samples(metrics, "chorus_router_backend_ready")
 
 
 async def test_streaming_through_three_processes(stack, conversation_wav):
@@ -158,17 +153,8 @@ def test_chorus_up_cli_with_remote_backends_stops_on_sigterm(tiny_whisper_dir, c
                              "--ready-timeout", "60"], env=env, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1)
-                if r.status_code == 503 and "whisper" in r.json()["detail"]:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("the router did not come up")
+        wait_http(f"http://127.0.0.1:{port}/ready", timeout_s=60,  # the router is up, its backends are not
+                  ok=lambda r: r.status_code == 503 and "whisper" in r.json()["detail"])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         err = proc.stderr.read()

@@ -19,9 +19,9 @@ from server.core.audio import to_wav_bytes
 from server.kit.settings import RouterSettings, WhisperSettings
 from server.router.app import create_app as router_app
 from tests.conftest import make_client
-from tests.speech import have_espeak
+from torch_models.synth import espeak_available
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")]
 
 
 async def test_five_minutes_two_voices(base_engine, base_model_dir, cache_dir):

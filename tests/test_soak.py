@@ -8,9 +8,9 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from bench.audio_sets import have_espeak
 from bench.soak import memory_growth, score, summarize_soak
 from server.cli import main
+from torch_models.synth import espeak_available
 
 
 def samples(values, step=1.0):
@@ -61,7 +61,7 @@ def test_score_and_summary_count_5xx_lost_and_unexpected():
     assert summarize_soak(clean, samples([100] * 10 + [120] * 10), wall_s=10.0, warmup_s=0)["passed"] is False
 
 
-@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
+@pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 def test_soak_smoke_on_the_tiny_model(tiny_whisper_dir, cache_dir, tmp_path):
     """The real command for 12 s: starts the server, mixes in the whole corpus' first entries, stops
     the server (exit 0), and writes a result whose figures are its raw records'."""

@@ -3,7 +3,7 @@
 A backend (``pyannote_diarizer.PyannoteDiarizer``, ``sortformer.SortformerDiarizer``) turns 16 kHz
 float32 samples into a ``DiarizationResult``: speaker turns with a confidence in [0, 1], one
 L2-normalised fingerprint per speaker, and optionally per-frame speaker probabilities. Times are
-seconds from the start of the audio. Nothing here imports torch.
+seconds from the start of the audio. Nothing here imports torch; interval algebra is pyannote.core's.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from pyannote.core import Segment, Timeline
 
 from server.core.audio import SAMPLE_RATE
 from server.core.transcript import SpeakerTurn
@@ -146,38 +147,22 @@ class Diarizer(Protocol):
 # Interval helpers (seconds)
 
 
+def _timeline(spans: Sequence[tuple[float, float]]) -> Timeline:
+    return Timeline([Segment(start, end) for start, end in spans])
+
+
 def merge_intervals(spans: Sequence[tuple[float, float]], gap: float = 0.0) -> list[tuple[float, float]]:
-    """Union of ``(start, end)`` spans; spans closer than ``gap`` seconds are joined."""
-    out: list[list[float]] = []
-    for start, end in sorted(spans):
-        if end <= start:
-            continue
-        if out and start <= out[-1][1] + gap:
-            out[-1][1] = max(out[-1][1], end)
-        else:
-            out.append([start, end])
-    return [(a, b) for a, b in out]
+    """Union of ``(start, end)`` spans in seconds, sorted (pyannote.core ``Timeline.support``): spans that
+    overlap, touch or lie less than ``gap`` seconds apart are joined; empty spans are dropped."""
+    return [(s.start, s.end) for s in _timeline(spans).support(collar=gap)]
 
 
 def subtract_intervals(
     spans: Sequence[tuple[float, float]], holes: Sequence[tuple[float, float]]
 ) -> list[tuple[float, float]]:
-    """``spans`` minus the union of ``holes`` (both lists of ``(start, end)`` seconds)."""
-    holes = merge_intervals(holes)
-    out: list[tuple[float, float]] = []
-    for start, end in merge_intervals(spans):
-        cur = start
-        for h0, h1 in holes:
-            if h1 <= cur or h0 >= end:
-                continue
-            if h0 > cur:
-                out.append((cur, h0))
-            cur = max(cur, h1)
-            if cur >= end:
-                break
-        if cur < end:
-            out.append((cur, end))
-    return out
+    """``spans`` minus the union of ``holes`` (both lists of ``(start, end)`` seconds), as sorted disjoint
+    spans (pyannote.core ``Timeline.extrude``)."""
+    return [(s.start, s.end) for s in _timeline(spans).support().extrude(_timeline(holes))]
 
 
 def sort_turns(turns: Sequence[SpeakerTurn]) -> tuple[SpeakerTurn, ...]:
@@ -271,15 +256,3 @@ def to_rttm(result: DiarizationResult, file_id: str = "audio") -> str:
         for t in result.segments
     ]
     return "\n".join(lines) + ("\n" if lines else "")
-
-
-def parse_rttm(text: str) -> dict[str, list[SpeakerTurn]]:
-    """RTTM text → file id → turns (``SPEAKER`` lines only; confidence None)."""
-    files: dict[str, list[SpeakerTurn]] = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 8 or parts[0] != "SPEAKER":
-            continue
-        start, dur = float(parts[3]), float(parts[4])
-        files.setdefault(parts[1], []).append(SpeakerTurn(start, start + dur, parts[7]))
-    return files

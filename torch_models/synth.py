@@ -1,14 +1,17 @@
-"""Synthetic conversations with exactly known speaker turns, spoken by espeak-ng.
+"""Synthetic speech from espeak-ng, and conversations with exactly known speaker turns.
 
-Used by the diarization tests and ``bench.eval_der --espeak``: two (or more) clearly
-different synthetic voices alternate lines with pauses between them; the reference turns are the
-spans where each line's waveform is above a small energy floor.
+``espeak_wav`` / ``speak`` are the one espeak-ng wrapper of the project (the tests' speech, the
+bench's audio sets and the conversations below all use them). A conversation, used by the
+diarization tests and ``bench.eval_der --espeak``: two (or more) clearly different synthetic voices
+alternate lines with pauses between them; the reference turns are the spans where each line's
+waveform is above a small energy floor.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,18 +57,30 @@ def espeak_available() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
-def speak(text: str, voice: str, pitch: int = 50, wpm: int = 160) -> np.ndarray:
-    """One line through ``espeak-ng --stdout`` → float32 ``(n,)`` at 16 kHz.
+def espeak_wav(text: str, voice: str = "en", pitch: int = 50, wpm: int = 175) -> bytes:
+    """``text`` spoken by ``espeak-ng -w``: the bytes of a 22050 Hz mono 16-bit WAV file.
+
+    Args:
+        text: what to say.
+        voice: an espeak-ng voice (``en`` is espeak-ng's own default, ``en-us``, ``en+f3``, ``fr``…).
+        pitch: 0-99 (espeak-ng's default 50).
+        wpm: speed in words per minute (espeak-ng's default 175).
 
     Raises:
         FileNotFoundError: espeak-ng is not installed.
         subprocess.CalledProcessError: espeak-ng failed (unknown voice, …).
     """
-    wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(wpm), "--stdout", text],
-        check=True, capture_output=True, timeout=60,
-    ).stdout
-    return decode_audio(wav)
+    with tempfile.TemporaryDirectory(prefix="chorus-espeak-") as tmp:
+        path = f"{tmp}/speech.wav"  # a file, not --stdout: its RIFF header then carries the real sizes
+        subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(wpm), "-w", path, text],
+                       check=True, capture_output=True, timeout=60)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def speak(text: str, voice: str = "en", pitch: int = 50, wpm: int = 175) -> np.ndarray:
+    """``text`` spoken by espeak-ng (see :func:`espeak_wav`) → float32 ``(n,)`` at 16 kHz."""
+    return decode_audio(espeak_wav(text, voice, pitch, wpm))
 
 
 def speech_span(samples: np.ndarray, floor_db: float = -45.0, hop: int = 160) -> tuple[int, int]:

@@ -106,6 +106,12 @@ def link_speakers(speakers: Sequence[LocalSpeaker], threshold: float) -> dict[tu
     With a single window there is nothing to link: every speaker keeps its own cluster at
     confidence 1. Speakers without a fingerprint stay unlinked (``Link(None, 0.0)``) unless there
     is only one window.
+
+    Written out rather than taken from a library: sklearn's ``AgglomerativeClustering`` has no
+    centroid linkage (average linkage over window-penalised cosine distances joins the two similar
+    voices of one window; complete linkage over-splits: ARI 0.48 against this on simulated 12-window
+    meetings), and scipy's ``linkage(method="centroid")`` takes neither speech weights nor the
+    window penalty, which grows with every merge (it joins those two voices too).
     """
     windows = {s.window for s in speakers}
     if len(windows) <= 1:
