@@ -1,4 +1,4 @@
-"""Whisper decoding on EasyDeL: one jitted loop per (batch, prefix) shape, plus the host-side rules.
+"""Whisper decoding (functional JAX or EasyDeL): one jitted loop per (batch, prefix) shape; host-side rules.
 
 The loop follows openai/whisper ``decoding.py``: the logit filters ``SuppressBlank``,
 ``SuppressTokens`` and ``ApplyTimestampRules`` run inside the loop, greedy or sampled at a
@@ -13,16 +13,90 @@ openai/whisper ``transcribe.py``), and timestamp tokens → segments.
 
 from __future__ import annotations
 
+import json
+import re
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from server.core.audio import TIME_PRECISION
 
 NEG_INF = -jnp.inf
+
+
+class WhisperTokenizer:
+    """Whisper's byte-level BPE tokenizer read from a ``tokenizer.json`` with the ``tokenizers``
+    library: the part of transformers' ``WhisperTokenizer`` the engine uses, without importing
+    transformers (its import took ~9 s of a server's start-up on a loaded 2-core machine,
+    bench/NOTES.md "Cold start").
+
+    ``decode`` gives transformers 5.5's text for the same ids (tests/test_engine.py compares
+    them): the ``tokenizers`` decode with special tokens kept, the optional clean-up of spaces
+    (``clean_up_tokenization_spaces`` of ``tokenizer_config.json``, false for Whisper), then the
+    ``<|1.23|>`` timestamp texts removed.
+
+    Args:
+        model_dir: a Hugging Face Whisper directory holding ``tokenizer.json`` (and usually
+            ``tokenizer_config.json``).
+
+    Raises:
+        OSError: no ``tokenizer.json``; ``Exception`` from ``tokenizers`` for a malformed one.
+    """
+
+    TIMESTAMP = re.compile(r"<\|(\d+\.\d+)\|>")  # transformers' WhisperTokenizer.timestamp_pat
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from tokenizers import Tokenizer
+
+        model_dir = Path(model_dir)
+        self._tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        config_path = model_dir / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+        self.clean_up_tokenization_spaces = bool(config.get("clean_up_tokenization_spaces", False))
+        def token_id(key: str) -> int | None:
+            tok = config.get(key)
+            tok = tok.get("content") if isinstance(tok, dict) else tok
+            return self._tok.token_to_id(tok) if tok else None
+
+        self.pad_token_id, self.unk_token_id = token_id("pad_token"), token_id("unk_token")
+
+    def __len__(self) -> int:
+        """Vocabulary size with the added (special) tokens."""
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text`` (no special tokens added unless asked)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids) -> str:
+        """Text of token ids (a sequence of ints); timestamp tokens give no text."""
+        text = self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+        if self.clean_up_tokenization_spaces:  # transformers' PreTrainedTokenizerBase.clean_up_tokenization
+            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                         (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+                text = text.replace(a, b)
+        return self.TIMESTAMP.sub("", text)
+
+    def convert_tokens_to_ids(self, tokens):
+        """The id of a token string, or a list of them for a list of strings; a string not in the
+        vocabulary gives the unknown token's id (``<|endoftext|>`` for Whisper), as transformers'."""
+        def one(tok: str) -> int | None:
+            i = self._tok.token_to_id(tok)
+            return self.unk_token_id if i is None else i
+
+        return one(tokens) if isinstance(tokens, str) else [one(t) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids):
+        """The token string of an id (``None`` outside the vocabulary), or a list of them for a
+        sequence of ids."""
+        if isinstance(ids, (int, np.integer)):
+            return self._tok.id_to_token(int(ids))
+        return [self._tok.id_to_token(int(i)) for i in ids]
 
 
 @dataclass(frozen=True)
@@ -44,7 +118,8 @@ class SpecialTokens:
 
     @classmethod
     def from_pretrained(cls, tokenizer, generation_config) -> SpecialTokens:
-        """Build from a Hugging Face ``WhisperTokenizer(Fast)`` and ``GenerationConfig``.
+        """Build from a ``WhisperTokenizer`` (this module's, or transformers') and a generation config
+        (transformers' ``GenerationConfig`` or any object with its attributes).
 
         Raises:
             ValueError: the tokenizer lacks Whisper's special tokens.
@@ -296,8 +371,9 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
     With ``kv_cache`` and plain-array weights, ``encode``, ``decode`` and ``detect_language`` run
     ``jax_models.functional`` on the model's weights (cross-attention K/V computed once per batch,
     a self-attention KV cache); otherwise (and for EasyDeL-quantized weights) EasyDeL's own
-    ``encode``/``decode`` modules. ``align`` always runs EasyDeL's decoder (it returns attention
-    weights). Each distinct ``(B, P)`` shape compiles once.
+    ``encode``/``decode`` modules. ``align`` runs EasyDeL's decoder (its ``output_attentions``;
+    ``functional_decoder`` has the EasyDeL-free equivalent). Each distinct ``(B, P)`` shape
+    compiles once.
     """
     from flax import nnx
 
@@ -355,14 +431,24 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
 
     if weights is None:
         return state, encode_easydel, decode_easydel, detect_easydel, align
-    return (state, *functional_decoder(ids, max_new_tokens, heads, enc_heads), align)
+    return (state, *functional_decoder(ids, max_new_tokens, heads, enc_heads)[:3], align)
 
 
-def functional_decoder(ids: SpecialTokens, max_new_tokens: int, heads: int, enc_heads: int):
-    """``(encode, decode, detect_language)`` of :func:`make_decoder` over ``jax_models.functional``:
-    each takes a state whose ``"fn"`` entry is the ``functional.whisper_weights`` pytree (the
-    only entry they read, so they run without EasyDeL)."""
+def functional_decoder(ids: SpecialTokens, max_new_tokens: int, heads: int, enc_heads: int, alignment_heads=()):
+    """``(encode, decode, detect_language, align)`` of :func:`make_decoder` over
+    ``jax_models.functional``: each takes a state whose ``"fn"`` entry is the
+    ``functional.whisper_weights`` pytree (the only entry they read, so they run without EasyDeL).
+    ``align`` returns the cross-attention of ``alignment_heads`` (``functional.alignment_weights``),
+    the same weights as EasyDeL's ``output_attentions`` (tests/test_engine.py compares them)."""
     from jax_models import functional as fn
+
+    align_heads = tuple((int(layer), int(head)) for layer, head in alignment_heads)
+
+    @jax.jit
+    def align_fn(state, enc, tokens):
+        if not align_heads:
+            raise ValueError("no alignment heads given")
+        return fn.alignment_weights(state["fn"]["decoder"], enc, tokens, heads, align_heads)
 
     @jax.jit
     def encode_fn(state, mel):
@@ -396,7 +482,7 @@ def functional_decoder(ids: SpecialTokens, max_new_tokens: int, heads: int, enc_
         return _sample_loop(ids, max_new_tokens, prefill, temperature, keys, suppress_mask, cache, step,
                             prefix_history(prefix, n_hist, ids))
 
-    return encode_fn, decode_fn, detect_fn
+    return encode_fn, decode_fn, detect_fn, align_fn
 
 
 def compression_ratio(text: str) -> float:

@@ -1,4 +1,4 @@
-"""The Whisper engine: EasyDeL model, dtype/quantization, warm-up, and a batch scheduler.
+"""The Whisper engine: model loading (functional JAX or EasyDeL), dtype/quantization, warm-up, and a batch scheduler.
 
 Scheduler threads (``workers``; one by default) own the device. Requests (any number of threads)
 split their audio into 30 s windows and submit them; the scheduler gathers windows from every
@@ -21,6 +21,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -28,6 +30,7 @@ from jax_models.alignment import TimedWord, fit_to_segment, median_word_duration
 from jax_models.decoding import (
     RawSegment,
     SpecialTokens,
+    WhisperTokenizer,
     compression_ratio,
     functional_decoder,
     make_decoder,
@@ -119,8 +122,73 @@ class EngineError(RuntimeError):
     """The engine failed to load or run a model."""
 
 
-def _no_alignment(state, enc, tokens):
-    raise EngineError("word timestamps need the easydel backend (its decoder returns attention weights)")
+WHISPER_CONFIG_DEFAULTS = {"tie_word_embeddings": True}
+"""``transformers.WhisperConfig`` defaults the engine relies on that ``config.json`` may omit."""
+
+
+class _JsonConfig(SimpleNamespace):
+    """A Hugging Face JSON config as attributes; a key it lacks reads as ``None`` (as an unset
+    ``GenerationConfig`` field does)."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+
+def _json_config(path: Path, defaults: dict | None = None) -> _JsonConfig:
+    """The JSON config at ``path`` over ``defaults``.
+
+    Raises:
+        OSError: the file is missing; ``json.JSONDecodeError``: it is not JSON.
+    """
+    import json
+
+    return _JsonConfig(**{**(defaults or {}), **json.loads(path.read_text(encoding="utf-8"))})
+
+
+def slaney_mel_filters(n_mels: int, n_fft: int = 400, sampling_rate: int = 16000) -> np.ndarray:
+    """Whisper's mel filterbank: float32 ``(n_mels, 1 + n_fft // 2)``, triangles evenly spaced on
+    the Slaney mel scale from 0 to 8000 Hz, each divided by its width in Hz (Slaney's area
+    normalisation). It is ``librosa.filters.mel(sr=16000, n_fft=400, n_mels=n_mels)``, which
+    openai/whisper's ``mel_filters.npz`` holds, and transformers' ``mel_filter_bank(norm="slaney",
+    mel_scale="slaney")`` that ``WhisperFeatureExtractor`` uses, computed here in numpy so loading
+    a model imports neither (tests/test_engine.py compares them)."""
+    logstep = np.log(6.4) / 27.0  # Slaney: linear below 1 kHz (200/3 Hz per mel), logarithmic above
+
+    def hz_to_mel(f):
+        f = np.asarray(f, np.float64)
+        return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1000.0) / 1000.0) / logstep, 3.0 * f / 200.0)
+
+    def mel_to_hz(m):
+        return np.where(m >= 15.0, 1000.0 * np.exp(logstep * (m - 15.0)), 200.0 * m / 3.0)
+
+    edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(8000.0), n_mels + 2))  # (n_mels + 2,) Hz
+    fft_freqs = np.linspace(0, sampling_rate // 2, 1 + n_fft // 2)
+    slopes = edges[None, :] - fft_freqs[:, None]
+    widths = np.diff(edges)
+    rising, falling = -slopes[:, :-2] / widths[:-1], slopes[:, 2:] / widths[1:]
+    bank = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (edges[2:] - edges[:-2]))[None, :]
+    return np.ascontiguousarray(bank.T, dtype=np.float32)
+
+
+def _load_text_and_features(model_path: str):
+    """``(tokenizer, generation config, mel filters (n_mels, n_freq) float32)`` of a model.
+
+    A local directory with ``tokenizer.json`` is read with ``tokenizers`` and ``json`` alone
+    (importing transformers took ~9 s of a server's start-up, bench/NOTES.md "Cold start");
+    anything else (a hub id) goes through transformers' loaders.
+    """
+    root = Path(model_path)
+    if (root / "tokenizer.json").is_file() and (root / "generation_config.json").is_file():
+        fe = _json_config(root / "preprocessor_config.json", {"feature_size": 80, "n_fft": 400, "sampling_rate": 16000})
+        filters = slaney_mel_filters(int(fe.feature_size), int(fe.n_fft), int(fe.sampling_rate))
+        return WhisperTokenizer(root), _json_config(root / "generation_config.json"), filters
+    from transformers import AutoTokenizer, GenerationConfig, WhisperFeatureExtractor
+
+    fe = WhisperFeatureExtractor.from_pretrained(model_path)
+    return (AutoTokenizer.from_pretrained(model_path), GenerationConfig.from_pretrained(model_path),
+            np.ascontiguousarray(np.asarray(fe.mel_filters, np.float32).T))
 
 
 @dataclass(frozen=True)
@@ -202,7 +270,7 @@ class WindowResult:
 
 
 class WhisperEngine:
-    """EasyDeL Whisper with batched, fixed-shape encode/decode.
+    """Whisper (``jax_models.functional`` or EasyDeL) with batched, fixed-shape encode/decode.
 
     Args:
         model_path: a local Hugging Face Whisper directory or a hub id (see
@@ -218,8 +286,11 @@ class WhisperEngine:
             self-attention KV cache); False runs EasyDeL's decode step (quantized weights always do).
         backend: ``easydel`` loads the model with EasyDeL (every option); ``functional`` reads
             ``*.safetensors`` of a local Hugging Face directory straight into
-            ``jax_models.functional`` and needs no EasyDeL (a machine with jax, flax and
-            transformers only, e.g. a GPU host): no quantization, no word timestamps.
+            ``jax_models.functional`` and imports neither EasyDeL nor transformers (jax, numpy,
+            ``safetensors`` and ``tokenizers``): no quantization, KV cache only. ``auto`` (the
+            default) picks ``functional`` where it can (unquantized, ``kv_cache``, a local
+            directory with safetensors weights), else ``easydel``; the two give the same
+            transcripts and word times (they run the same kernels; tests/test_engine.py).
 
     Raises:
         EngineError: the model could not be loaded.
@@ -235,27 +306,27 @@ class WhisperEngine:
         max_new_tokens: int = 224,
         kv_cache: bool = True,
         workers: int = 1,
-        backend: str = "easydel",
+        backend: str = "auto",
     ) -> None:
         import jax.numpy as jnp
-        from transformers import AutoTokenizer, GenerationConfig, WhisperFeatureExtractor
 
+        if backend not in ("auto", "easydel", "functional"):
+            raise ValueError(f"unknown backend {backend!r}")
+        if backend == "auto":
+            local = any(Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else False
+            backend = "functional" if quantization == "none" and kv_cache and local else "easydel"
         self.model_path = model_path
         self.dtype = dtype
         self.quantization = quantization
         self.max_new_tokens = max_new_tokens
         self.batch_buckets = batch_buckets(batch_size)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-            self.generation_config = GenerationConfig.from_pretrained(model_path)
-            fe = WhisperFeatureExtractor.from_pretrained(model_path)
+            self.tokenizer, self.generation_config, mel_filters = _load_text_and_features(model_path)
         except Exception as exc:
             raise EngineError(f"could not load tokenizer/config from {model_path!r}: {exc}") from exc
-        self.log_mel = LogMel(np.asarray(fe.mel_filters, dtype=np.float32).T)
+        self.log_mel = LogMel(mel_filters)
         self.ids = SpecialTokens.from_pretrained(self.tokenizer, self.generation_config)
         jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[dtype]
-        if backend not in ("easydel", "functional"):
-            raise ValueError(f"unknown backend {backend!r}")
         if backend == "functional" and (quantization != "none" or not kv_cache):
             raise EngineError("the functional backend runs unquantized weights with the KV cache only")
         self.backend = backend
@@ -266,9 +337,9 @@ class WhisperEngine:
             cfg = self.model.config
             self.alignment_heads = alignment_heads(cfg, self.generation_config)
             self._state = {"fn": weights}
-            self._encode, self._decode, self._detect = functional_decoder(
-                self.ids, max_new_tokens, int(cfg.decoder_attention_heads), int(cfg.encoder_attention_heads))
-            self._align = _no_alignment
+            self._encode, self._decode, self._detect, self._align = functional_decoder(
+                self.ids, max_new_tokens, int(cfg.decoder_attention_heads), int(cfg.encoder_attention_heads),
+                self.alignment_heads)
         else:
             self.model = self._load(model_path, jdtype, quantization)
             self.alignment_heads = alignment_heads(self.model.config, self.generation_config)
@@ -306,18 +377,16 @@ class WhisperEngine:
 
     @staticmethod
     def _load_functional(model_path: str, jdtype):
-        """``(namespace with .config, functional weights)`` from a local HF directory, without EasyDeL."""
-        from pathlib import Path
-        from types import SimpleNamespace
+        """``(namespace with .config, functional weights)`` from a local HF directory, without
+        EasyDeL or transformers."""
 
         from safetensors.numpy import load_file
-        from transformers import WhisperConfig
 
         from jax_models.functional import weights_from_hf
 
         files = sorted(Path(model_path).glob("*.safetensors"))
         try:
-            config = WhisperConfig.from_pretrained(model_path)
+            config = _json_config(Path(model_path) / "config.json", WHISPER_CONFIG_DEFAULTS)
             state = {k: v for f in files for k, v in load_file(f).items()}
         except Exception as exc:
             raise EngineError(f"could not load Whisper model {model_path!r}: {exc}") from exc
@@ -509,7 +578,7 @@ class WhisperEngine:
         import jax
 
         t0 = time.perf_counter()
-        ready, later = compile_plan(self.batch_buckets, align=self.backend == "easydel")
+        ready, later = compile_plan(self.batch_buckets)
         for shape in ready:
             self._compile(shape)
         jax.random.key_data(jax.random.PRNGKey(0))  # the per-row sampling keys' small executables
@@ -532,8 +601,8 @@ class WhisperEngine:
                 self._compile(shape)
             except Exception:  # the shape is then compiled on first use, as without warm-up
                 log.exception("compiling %s failed", shape)
-        if self.backend == "easydel":  # numba compiles librosa's DTW on first use (word timestamps)
-            word_timings(np.ones((1, 8, 1500), np.float32), [1, 2], SAMPLE_RATE, 4, self.tokenizer.decode, "en")
+        # numba compiles librosa's DTW on first use (word timestamps)
+        word_timings(np.ones((1, 8, 1500), np.float32), [1, 2], SAMPLE_RATE, 4, self.tokenizer.decode, "en")
         log.info("warm-up: all %d executables compiled (%.1f s after the ready set)",
                  len(self._compiled), time.perf_counter() - t0)
         self._compiling_in_background = False

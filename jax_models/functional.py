@@ -183,14 +183,16 @@ def _heads(x, heads):
     return x.reshape(B, T, heads, -1).transpose(0, 2, 1, 3)
 
 
-def _attend(q, k, v, mask):
-    """q ``(B, H, T, d)``, k/v ``(B, H, S, d)``, mask bool ``(B, T, S)`` or None → ``(B, T, H·d)``."""
+def _attend(q, k, v, mask, with_probs: bool = False):
+    """q ``(B, H, T, d)``, k/v ``(B, H, S, d)``, mask bool ``(B, T, S)`` or None → ``(B, T, H·d)``;
+    with ``with_probs`` also the float32 attention weights ``(B, H, T, S)`` (softmax over S)."""
     scores = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
     if mask is not None:
         scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhts,bhsd->bthd", probs, v)
-    return out.reshape(*out.shape[:2], -1)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bhts,bhsd->bthd", probs.astype(v.dtype), v)
+    out = out.reshape(*out.shape[:2], -1)
+    return (out, probs) if with_probs else out
 
 
 def _attend_tiled(q, k, v, heads_per_tile: int = 1, queries_per_tile: int = 500):
@@ -299,6 +301,37 @@ def forward(
     Returns:
         hidden states ``(B, T, d_model)`` after the final LayerNorm, and the updated cache.
     """
+    hidden, cache, _ = _decoder(weights, cache, tokens, positions, start, valid, heads, ())
+    return hidden, cache
+
+
+def alignment_weights(weights: dict, enc: jax.Array, tokens: jax.Array, heads: int,
+                      alignment_heads: tuple[tuple[int, int], ...]) -> jax.Array:
+    """Cross-attention weights of the alignment heads over a teacher-forced sequence, for word
+    timestamps (openai/whisper ``timing.find_alignment``: the decoder run once over the task
+    tokens, the text tokens and end-of-text, its cross-attention QK softmax recorded per head).
+
+    Args:
+        weights: ``whisper_weights(model)["decoder"]``.
+        enc: encoder states ``(B, 1500, d_model)``.
+        tokens: int32 ``(B, L)``, each row from position 0 (causal: right padding changes nothing
+            before it).
+        alignment_heads: ``((decoder layer, head), …)``, e.g. the generation config's.
+
+    Returns:
+        float32 ``(B, len(alignment_heads), L, 1500)``, each row a softmax over the encoder frames.
+    """
+    B, L = tokens.shape
+    cache = init_cache(weights, enc, heads, L)
+    positions = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    layers = tuple(sorted({layer for layer, _ in alignment_heads}))
+    _, _, probs = _decoder(weights, cache, tokens, positions, jnp.int32(0), jnp.ones((B, L), bool), heads, layers)
+    return jnp.stack([probs[layer][:, head] for layer, head in alignment_heads], axis=1)
+
+
+def _decoder(weights, cache, tokens, positions, start, valid, heads, cross_probs_of: tuple[int, ...]):
+    """:func:`forward`, plus the cross-attention weights ``{layer: (B, heads, T, 1500)}`` of the
+    layers in ``cross_probs_of`` (the computation a caller does not use is removed by XLA)."""
     dtype = weights["layers"][0]["fc1_w"].dtype
     B, T = tokens.shape
     S = cache.self_k[0].shape[2]
@@ -307,7 +340,7 @@ def forward(
     causal = jnp.arange(S)[None, :] <= (start + jnp.arange(T))[:, None]  # (T, S)
     mask = kv_valid[:, None, :] & causal[None]
 
-    new_k, new_v = [], []
+    new_k, new_v, probs = [], [], {}
     for i, w in enumerate(weights["layers"]):
         h = _layer_norm(x, w["sa_ln_s"], w["sa_ln_b"])
         q = _heads(_linear(h, w["sa_q_w"], w["sa_q_b"]), heads)
@@ -320,13 +353,17 @@ def forward(
         x = x + _linear(_attend(q, ks, vs, mask), w["sa_o_w"], w["sa_o_b"])
         h = _layer_norm(x, w["ca_ln_s"], w["ca_ln_b"])
         q = _heads(_linear(h, w["ca_q_w"], w["ca_q_b"]), heads)
-        x = x + _linear(_attend(q, cache.cross_k[i], cache.cross_v[i], None), w["ca_o_w"], w["ca_o_b"])
+        if i in cross_probs_of:
+            attn, probs[i] = _attend(q, cache.cross_k[i], cache.cross_v[i], None, with_probs=True)
+        else:
+            attn = _attend(q, cache.cross_k[i], cache.cross_v[i], None)
+        x = x + _linear(attn, w["ca_o_w"], w["ca_o_b"])
         h = _layer_norm(x, w["mlp_ln_s"], w["mlp_ln_b"])
         h = jax.nn.gelu(_linear(h, w["fc1_w"], w["fc1_b"]), approximate=False)
         x = x + _linear(h, w["fc2_w"], w["fc2_b"])
     x = _layer_norm(x, weights["ln_s"], weights["ln_b"])
     cache = cache._replace(self_k=tuple(new_k), self_v=tuple(new_v), valid=kv_valid)
-    return x, cache
+    return x, cache, probs
 
 
 def logits(weights: dict, hidden: jax.Array) -> jax.Array:

@@ -615,3 +615,120 @@ def test_large_v3_shaped_model_features_and_transcripts(tiny_v3_engine, speech_s
             assert all(0 <= w.start <= w.end <= duration + 0.02 for w in seg.words)
         if opts.word_timestamps:
             assert any(seg.words for seg in out.segments)
+
+
+# ---------------------------------------------------------------- the functional backend (no EasyDeL, no transformers)
+def test_tokenizer_without_transformers_matches_transformers(tiny_whisper_dir, tiny_v3_dir):
+    """``decoding.WhisperTokenizer`` (the ``tokenizers`` library alone) encodes and decodes as
+    transformers' Whisper tokenizer: text, multi-byte characters cut mid-way, special and
+    timestamp tokens, base's and large-v3's vocabularies."""
+    from transformers import AutoTokenizer
+
+    from jax_models.decoding import WhisperTokenizer
+
+    rng = np.random.default_rng(0)
+    texts = [" hello world", " Hello, world! It's 3.14 o'clock.", "  two  spaces", " 日本語のテキスト", " ¿Qué tal?",
+             " naïve café", " don't , stop .", ""]
+    for path in (tiny_whisper_dir, tiny_v3_dir):
+        ours, theirs = WhisperTokenizer(path), AutoTokenizer.from_pretrained(path)
+        assert len(ours) == len(theirs) and ours.pad_token_id == theirs.pad_token_id
+        for text in texts:
+            ids = theirs.encode(text, add_special_tokens=False)
+            assert ours.encode(text) == ids
+            assert ours.decode(ids) == theirs.decode(ids)
+            assert ours.decode(ids[:-1]) == theirs.decode(ids[:-1])  # may end inside a character
+        eot = theirs.convert_tokens_to_ids("<|endoftext|>")
+        sequences = [rng.integers(0, eot, size=n).tolist() for n in (1, 5, 40)]
+        sequences += [rng.integers(eot, len(theirs), size=6).tolist(),  # special and timestamp tokens
+                      [eot + 1, eot + 2, 400, len(theirs) - 1, 401, eot]]
+        for ids in sequences:
+            assert ours.decode(ids) == theirs.decode(ids), ids
+        for tok in ("<|startoftranscript|>", "<|notimestamps|>", "<|0.00|>", "<|nocaptions|>", "hello"):
+            assert ours.convert_tokens_to_ids(tok) == theirs.convert_tokens_to_ids(tok)
+        assert ours.convert_ids_to_tokens([eot, eot + 1, 400]) == theirs.convert_ids_to_tokens([eot, eot + 1, 400])
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_mel_filters_without_transformers_match_transformers(n_mels):
+    from transformers import WhisperFeatureExtractor
+
+    from jax_models.engine import slaney_mel_filters
+
+    theirs = np.asarray(WhisperFeatureExtractor(feature_size=n_mels).mel_filters, np.float32).T
+    ours = slaney_mel_filters(n_mels)
+    assert ours.shape == theirs.shape == (n_mels, 201)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-8)
+
+
+@pytest.fixture(scope="module")
+def tiny_v3_easydel(tiny_v3_dir):
+    """``tiny_v3_engine``'s model loaded through EasyDeL (the reference for the functional backend)."""
+    from jax_models.engine import WhisperEngine
+
+    engine = WhisperEngine(str(tiny_v3_dir), batch_size=2, max_new_tokens=16, backend="easydel")
+    yield engine
+    engine.close()
+
+
+def test_functional_alignment_weights_equal_transformers_and_easydel(tiny_v3_engine, tiny_v3_easydel):
+    """The functional backend's cross-attention of the alignment heads (layers 2 and 3 of a
+    4-layer decoder, generation config ``[[2, 0], [3, 1]]``) equals transformers' PyTorch Whisper
+    (``output_attentions``, the reference) to float32 rounding, and EasyDeL's within 1 %: EasyDeL
+    0.3.0's decoder itself is 0.3 % off the reference on this random model."""
+    import jax.numpy as jnp
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    fn_engine, ed_engine = tiny_v3_engine, tiny_v3_easydel
+    assert (fn_engine.backend, ed_engine.backend) == ("functional", "easydel")
+    assert fn_engine.alignment_heads == ed_engine.alignment_heads == [(2, 0), (3, 1)]
+    hf = WhisperForConditionalGeneration.from_pretrained(fn_engine.model_path, attn_implementation="eager").eval()
+    rng = np.random.default_rng(1)
+    mel = fn_engine.log_mel([rng.standard_normal(16000 * 4).astype(np.float32) * 0.1, np.zeros(1600, np.float32)])
+    with torch.no_grad():
+        ref_enc = hf.model.encoder(torch.tensor(mel)).last_hidden_state
+    enc = jnp.asarray(ref_enc.numpy())
+    tokens = np.full((2, 232), fn_engine.ids.eot, np.int32)
+    prefix = fn_engine.ids.task_tokens("en", "transcribe") + [fn_engine.ids.no_timestamps]
+    for row, text in enumerate(([400, 401, 402, 1000, 5000], list(range(300, 500)))):
+        seq = prefix + text + [fn_engine.ids.eot]
+        tokens[row, : len(seq)] = seq
+    ours = np.asarray(fn_engine._align(fn_engine._state, enc, jnp.asarray(tokens)))
+    easydel = np.asarray(ed_engine._align(ed_engine._state, enc, jnp.asarray(tokens)))
+    with torch.no_grad():
+        cross = hf(encoder_outputs=(ref_enc,), decoder_input_ids=torch.tensor(tokens, dtype=torch.long),
+                   output_attentions=True).cross_attentions
+    reference = np.stack([cross[layer][:, head].numpy() for layer, head in fn_engine.alignment_heads], axis=1)
+    assert ours.shape == easydel.shape == reference.shape == (2, 2, 232, 1500)
+    np.testing.assert_allclose(ours.sum(-1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(ours, easydel, rtol=1e-2, atol=1e-8)
+
+
+def test_functional_word_timestamps_equal_easydel(tiny_v3_engine, tiny_v3_easydel, speech_samples):
+    """Whole requests with word timestamps: the same words and times from both backends."""
+    opts = TranscribeOptions(language="en", word_timestamps=True)
+    ours, theirs = tiny_v3_engine.transcribe(speech_samples, opts), tiny_v3_easydel.transcribe(speech_samples, opts)
+    assert ours.text == theirs.text and ours.words, "no words: this test checks nothing"
+    assert [w.word for w in ours.words] == [w.word for w in theirs.words]
+    for a, b in zip(ours.words, theirs.words):  # one 20 ms frame (times are rounded to ms)
+        assert abs(a.start - b.start) <= 0.021 and abs(a.end - b.end) <= 0.021, (a, b)
+
+
+@pytest.mark.slow
+def test_base_model_functional_word_times_equal_easydel(base_model_dir, base_engine, speech_samples):
+    """The real base model on an espeak clip: the functional backend's word times are EasyDeL's
+    within 0.02 s (one 20 ms frame), every word."""
+    from jax_models.engine import WhisperEngine
+
+    assert base_engine.backend == "functional"
+    easydel = WhisperEngine(str(base_model_dir), batch_size=1, backend="easydel")
+    try:
+        opts = TranscribeOptions(language="en", word_timestamps=True)
+        ours, theirs = base_engine.transcribe(speech_samples, opts), easydel.transcribe(speech_samples, opts)
+    finally:
+        easydel.close()
+    assert ours.text == theirs.text and len(ours.words) >= 10
+    assert [w.word for w in ours.words] == [w.word for w in theirs.words]
+    worst = max(max(abs(a.start - b.start), abs(a.end - b.end)) for a, b in zip(ours.words, theirs.words))
+    assert worst <= 0.021, worst  # one 20 ms frame (times are rounded to ms)

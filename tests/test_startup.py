@@ -202,3 +202,26 @@ async def test_ready_before_large_batches_compile_and_requests_are_served_meanwh
         after = await asyncio.to_thread(engine.transcribe, long, options)
         assert after.text == during.text and 4 in engine.decode_batches
         await http.aclose()
+
+
+def test_whisper_server_loads_without_easydel_or_transformers(tiny_whisper_dir, tmp_path):
+    """``chorus serve whisper``'s imports and ``load_engine`` with the default (unquantized)
+    settings pick the functional backend and, in a fresh process, import neither EasyDeL nor
+    transformers, whose imports were most of a warm start (bench/NOTES.md "Cold start"); a
+    request with word timestamps imports neither either."""
+    script = f"""
+import sys
+import numpy as np
+import server.cli
+from jax_models.engine import TranscribeOptions
+from jax_models.whisper_app import create_app, load_engine
+from server.kit.settings import WhisperSettings
+engine = load_engine(WhisperSettings(model={str(tiny_whisper_dir)!r}, cache_dir={str(tmp_path)!r}, batch_size=1,
+                                     max_new_tokens=8))
+engine.transcribe(np.full(16000, 0.01, np.float32), TranscribeOptions(language="en", word_timestamps=True))
+engine.close()
+print(engine.backend, *sorted(m for m in ("easydel", "transformers", "flax") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "functional", out.stdout
