@@ -91,7 +91,7 @@ def tiny_server(tiny_whisper_dir, cache_dir):
 def test_throughput_against_live_server(tiny_server, cache_dir, tmp_path):
     url, proc = tiny_server
     invoke(["throughput", "--url", url, "--audio", "espeak:5", "--concurrency", "1,2", "--duration", "2",
-            "--warmup-requests", "2", "--ready-timeout", "120", "--cache-dir", str(cache_dir),
+            "--warmup-requests", "2", "--ready-timeout", "600", "--cache-dir", str(cache_dir),
             "--results-dir", str(tmp_path), "--name", "tp"])
     record = load(tmp_path, "tp")
     assert record["command"].startswith("chorus ") and record["machine"]["cpu_logical_cores"] >= 1
