@@ -14,6 +14,14 @@ from torch_models.synth import espeak_available
 SENTENCE = "The quick brown fox jumps over the lazy dog. I would like a cup of hot coffee, please."
 
 
+TINY_BATCH_SIZE, TINY_MAX_NEW_TOKENS = 2, 32
+"""The engine settings of ``tiny_engine`` and of every tiny-model whisper server a test starts as a
+process (``CHORUS_CACHE_DIR=cache_dir``): with one model and one set of settings, an executable one
+server process compiled is loaded from ``cache_dir``'s XLA cache by the next (the ready set in 12 s
+instead of 70 s under load), instead of each test compiling its own max_new_tokens/batch variant.
+(An in-process engine's executables do not match a server process's cache keys, jax 0.9.2.)"""
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One Chorus cache for the session (imported models, XLA cache)."""
@@ -116,7 +124,7 @@ def tiny_engine(tiny_whisper_dir):
     """A warmed-up engine on the tiny model, batch buckets 1 and 2."""
     from jax_models.engine import WhisperEngine
 
-    engine = WhisperEngine(str(tiny_whisper_dir), batch_size=2, max_new_tokens=32)
+    engine = WhisperEngine(str(tiny_whisper_dir), batch_size=TINY_BATCH_SIZE, max_new_tokens=TINY_MAX_NEW_TOKENS)
     engine.warmup()
     yield engine
     engine.close()

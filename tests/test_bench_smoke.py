@@ -64,9 +64,11 @@ def tiny_ct2_dir(tiny_whisper_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_server(tiny_whisper_dir, cache_dir):
-    """``chorus serve whisper`` on the tiny model, no warm-up, on a free local port."""
+    """``chorus serve whisper`` on the tiny model, no warm-up, on a free local port (the settings
+    of every tiny server in the suite, ``conftest.TINY_*``: one set of executables in the session's
+    compile cache)."""
     port = free_port()
-    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_MAX_NEW_TOKENS": "8"}
+    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_MAX_NEW_TOKENS": "32"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "whisper", "--model", str(tiny_whisper_dir),
          "--no-warmup", "--port", str(port), "--batch-size", "2"],
@@ -79,7 +81,7 @@ def tiny_server(tiny_whisper_dir, cache_dir):
 def test_throughput_against_live_server(tiny_server, cache_dir, tmp_path):
     url, proc = tiny_server
     invoke(["throughput", "--url", url, "--audio", "espeak:5", "--concurrency", "1,2", "--duration", "2",
-            "--warmup-requests", "2", "--ready-timeout", "120", "--cache-dir", str(cache_dir),
+            "--warmup-requests", "2", "--ready-timeout", "600", "--cache-dir", str(cache_dir),
             "--results-dir", str(tmp_path), "--name", "tp"])
     record = load(tmp_path, "tp")
     assert record["command"].startswith("chorus ") and record["machine"]["cpu_logical_cores"] >= 1
@@ -113,7 +115,9 @@ def test_quant_one_setting(tiny_whisper_dir, cache_dir, tmp_path):
 
 def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir, tmp_path):
     """Every engine kind once (the fp32 twins of the int8 CTranslate2 rows differ only in compute_type;
-    left out to keep the suite short), two files at once."""
+    left out to keep the suite short), two files at once. With ``--compile-cache`` the two Chorus rows
+    share Chorus's XLA cache (the second loads what the first compiled; ``test_quant_one_setting``
+    covers the cold-compile default)."""
     from bench.peers import PEERS, Weights, peer_specs
 
     every, _ = peer_specs(list(PEERS), Weights(str(tiny_whisper_dir), str(tiny_ct2_dir), "tiny"), batch_size=1,
@@ -123,7 +127,7 @@ def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir
               "transformers-fp32,easydel-vwhisper"
     invoke(["peers", "--model", str(tiny_whisper_dir), "--ct2-dir", str(tiny_ct2_dir), "--engines", engines,
             "--audio", "espeak:5,6", "--max-new-tokens", "8", "--batch-size", "1", "--concurrency", "2",
-            "--cache-dir", str(cache_dir), "--results-dir", str(tmp_path), "--name", "p"])
+            "--compile-cache", "--cache-dir", str(cache_dir), "--results-dir", str(tmp_path), "--name", "p"])
     record = load(tmp_path, "p")
     check_engine_rows(record)
     kinds = [e["kind"] for e in record["engines"]]
@@ -131,6 +135,7 @@ def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir
                      "transformers", "easydel"]
     assert [e["params"]["without_timestamps"] for e in record["engines"][:2]] == [False, True]
     assert record["engines"][4]["params"]["num_workers"] == 2
+    assert [r["jax_compilation_cache_dir"] for r in record["results"][:2]] == [str(cache_dir / "xla")] * 2
     for result, row in zip(record["results"], record["summary"]):
         # two files at once: aggregate RTFx over the timed wall time, not over the summed latencies
         assert result["concurrency"] == 2 and len(result["records"]) == 2

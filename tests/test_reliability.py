@@ -292,7 +292,7 @@ async def test_a_slow_backend_times_out_with_a_clear_504_and_leaks_nothing():
 
 
 def whisper_process(model_dir: Path, port: int, cache_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_MAX_NEW_TOKENS": "16",
+    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_MAX_NEW_TOKENS": "32",
            "CHORUS_WHISPER_SHUTDOWN_TIMEOUT_S": "60"}
     return subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "whisper", "--model", str(model_dir), "--port", str(port),

@@ -66,7 +66,7 @@ def test_soak_smoke_on_the_tiny_model(tiny_whisper_dir, cache_dir, tmp_path):
     """The real command for 12 s: starts the server, mixes in the whole corpus' first entries, stops
     the server (exit 0), and writes a result whose figures are its raw records'."""
     args = ["bench", "soak", "--minutes", "0.2", "--model", str(tiny_whisper_dir), "--reference", "baseline",
-            "--max-new-tokens", "8", "--batch-size", "2", "--concurrency", "3", "--bad-clients", "2",
+            "--max-new-tokens", "32", "--batch-size", "2", "--concurrency", "3", "--bad-clients", "2",
             "--max-concurrent", "2", "--max-queue", "1",
             "--audio", "espeak:3,5", "--max-upload-mb", "2", "--warmup-minutes", "0.05", "--sample-s", "0.5",
             "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--name", "smoke"]

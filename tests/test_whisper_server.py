@@ -196,8 +196,9 @@ def test_live_uvicorn_process(tiny_whisper_dir, cache_dir, speech_wav, tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_BATCH_SIZE": "1",
-           "CHORUS_WHISPER_MAX_NEW_TOKENS": "16"}
+    # tiny_engine's settings (conftest.TINY_*): the warm-up loads the session's compiled executables
+    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_BATCH_SIZE": "2",
+           "CHORUS_WHISPER_MAX_NEW_TOKENS": "32"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "whisper", "--model", str(tiny_whisper_dir),
          "--port", str(port), "--api-key", "secret"],
