@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE, decode_audio, duration_s, to_wav_bytes
+from server.core.audio import SAMPLE_RATE, decode_audio, duration_s, to_wav_bytes
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".m4a", ".webm", ".mp4", ".opus", ".mpga"})
 ESPEAK_VOICE = "en-us"
@@ -143,7 +143,7 @@ class AudioItem:
     """One benchmark file.
 
     Attributes:
-        path: the audio file (any format ``server.audio.decode_audio`` reads).
+        path: the audio file (any format ``server.core.audio.decode_audio`` reads).
         duration_s: its length after decoding (seconds).
         reference: the reference transcript, or ``None`` when there is none (no WER then).
     """

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE, to_wav_bytes
+from server.core.audio import SAMPLE_RATE, to_wav_bytes
 
 MODEL = "whisper-1"
 

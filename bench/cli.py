@@ -69,7 +69,7 @@ def engine_options(fn):
 
 def _setup(cache_dir: Path | None, audio: tuple[str, ...], default_audio: tuple[str, ...]):
     from bench.audio_sets import resolve_audio
-    from server.settings import default_cache_dir
+    from server.kit.settings import default_cache_dir
 
     cache = cache_dir or default_cache_dir()
     try:

@@ -60,8 +60,8 @@ def synthetic_meeting(name: str):
     """``(samples, reference turns, uem)`` of one of ``MEETINGS`` (needs espeak-ng): lines spoken
     in turn with the listed gaps (negative: overlapped, the voices mixed), peak-normalised to 0.5;
     each reference turn is its line's span above an energy floor (``torch_models.synth.speech_span``)."""
-    from server.router_eval import LONG_DIALOGUE
-    from server.transcript import SpeakerTurn
+    from bench.router_eval import LONG_DIALOGUE
+    from server.core.transcript import SpeakerTurn
     from torch_models.synth import speak, speech_span
 
     rate = 16000
@@ -87,14 +87,14 @@ def synthetic_meeting(name: str):
 
 def load_case(name: str, data: Path):
     """``(samples, reference turns, uem)`` of an AMI clip name or ``espeak305``."""
-    from server.audio import decode_audio
+    from bench.eval_der import read_uem
+    from server.core.audio import decode_audio
     from torch_models.diarization import parse_rttm
-    from torch_models.eval_der import read_uem
 
     if name in MEETINGS:
         return synthetic_meeting(name)
     if name == ESPEAK:
-        from server.router_eval import long_conversation
+        from bench.router_eval import long_conversation
 
         samples, ref = long_conversation()
         return samples, list(ref.turns), (0.0, len(samples) / 16000)
@@ -105,7 +105,7 @@ def load_case(name: str, data: Path):
 
 def speech_for(minutes: float) -> np.ndarray:
     """About ``minutes`` of two-voice espeak-ng speech (the 305 s conversation repeated)."""
-    from server.router_eval import long_conversation
+    from bench.router_eval import long_conversation
 
     samples, _ = long_conversation()
     reps = max(1, int(round(minutes * 60 / (len(samples) / 16000))))
@@ -132,9 +132,9 @@ def main(clips, data, thresholds, min_cluster_sizes, min_cluster_fractions, step
 
     if threads:
         torch.set_num_threads(threads)
+    from bench.eval_der import der
     from bench.machine import cpu_model
     from torch_models.diarization import DiarizationOptions
-    from torch_models.eval_der import der
     from torch_models.service import build_diarizer
     from torch_models.settings import SidecarSettings
 

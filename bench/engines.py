@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE
+from server.core.audio import SAMPLE_RATE
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 KINDS = ("chorus", "faster-whisper", "faster-whisper-batched", "transformers", "easydel")

@@ -17,7 +17,7 @@ from bench.machine import machine_info
 from bench.metrics import english_spelling_map, fmt
 from bench.plots import tradeoff_figure
 from bench.worker import run_engines
-from server.settings import WhisperSettings
+from server.kit.settings import WhisperSettings
 
 CHORUS = "chorus"
 PEERS = (

@@ -519,7 +519,7 @@ def run_soak(
     """
     from bench.machine import pid_listening_on
     from bench.throughput import server_command, wait_ready
-    from server.audio import decode_audio
+    from server.core.audio import decode_audio
 
     duration_s = minutes * 60.0
     if warmup_s is None:

@@ -24,7 +24,7 @@ import numpy as np
 from bench.audio_sets import AudioItem
 from bench.engines import EngineSpec, make_runner
 from bench.machine import cpu_busy_s, tree_cpu_s
-from server.audio import SAMPLE_RATE, decode_audio
+from server.core.audio import SAMPLE_RATE, decode_audio
 
 WARMUP_MAX_S = 10.0  # the warm-up clip: the start of the shortest item, at most this long (seconds)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.audio import HOP_LENGTH, TOKENS_PER_SECOND
+from server.core.audio import HOP_LENGTH, TOKENS_PER_SECOND
 
 MEDFILT_WIDTH = 7  # frames, openai/whisper's default
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"

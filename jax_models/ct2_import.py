@@ -888,7 +888,7 @@ def resolve_model(name_or_path: str, cache_dir: Path, *, progress: bool = True) 
 
     Args:
         name_or_path: the model as a user gives it.
-        cache_dir: Chorus's cache directory (``server.settings.default_cache_dir()``).
+        cache_dir: Chorus's cache directory (``server.kit.settings.default_cache_dir()``).
         progress: show tqdm bars while importing.
 
     Returns:

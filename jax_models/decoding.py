@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from server.audio import TIME_PRECISION
+from server.core.audio import TIME_PRECISION
 
 NEG_INF = -jnp.inf
 

@@ -36,9 +36,9 @@ from jax_models.decoding import (
     split_segments,
 )
 from jax_models.features import LogMel
-from jax_models.longform import plan_windows
-from server.audio import SAMPLE_RATE, duration_s
-from server.transcript import Segment, Transcript, Word
+from server.core.audio import SAMPLE_RATE, duration_s
+from server.core.transcript import Segment, Transcript, Word
+from server.core.windows import plan_windows
 
 log = logging.getLogger("chorus.engine")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from server.audio import HOP_LENGTH, N_SAMPLES
+from server.core.audio import HOP_LENGTH, N_SAMPLES
 
 N_FFT = 400  # samples per STFT frame (25 ms at 16 kHz)
 

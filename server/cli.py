@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from server.settings import WhisperSettings, default_cache_dir
+from server.kit.settings import WhisperSettings, default_cache_dir
 
 
 def _logging(level: str) -> None:
@@ -59,8 +59,8 @@ def _whisper_settings(**overrides) -> WhisperSettings:
 @whisper_options
 def serve_whisper(host, port, api_keys, no_warmup, compile_all_first, model, dtype, quantization, batch_size) -> None:
     """The whisper server (default 127.0.0.1:8001). SIGTERM drains requests in flight, then exits 0."""
-    from server.http import serve
-    from server.whisper_app import create_app, enable_compilation_cache
+    from jax_models.whisper_app import create_app, enable_compilation_cache
+    from server.kit.app import serve
 
     settings = _whisper_settings(
         host=host, port=port, api_keys=list(api_keys) or None, model=model, dtype=dtype,
@@ -84,9 +84,9 @@ def serve_whisper(host, port, api_keys, no_warmup, compile_all_first, model, dty
               "[the sidecar's, else 30]")
 def serve_router(host, port, whisper_url, sidecar_url, api_keys, backend_api_key, diarization_window_s) -> None:
     """The router, the public entry point (default 127.0.0.1:8000). SIGTERM drains, then exits 0."""
-    from server.http import serve
-    from server.router_app import create_app
-    from server.settings import RouterSettings
+    from server.kit.app import serve
+    from server.kit.settings import RouterSettings
+    from server.router.app import create_app
 
     overrides = dict(host=host, port=port, whisper_url=whisper_url, sidecar_url=sidecar_url,
                      api_keys=list(api_keys) or None, backend_api_key=backend_api_key,
@@ -149,9 +149,9 @@ def transcribe(file, fmt, task, language, prompt, temperature, output, url, api_
     from tqdm import tqdm
 
     from jax_models.engine import TranscribeOptions
-    from server.audio import decode_audio, duration_s
-    from server.formats import RENDERERS, TIMELESS_FORMATS
-    from server.whisper_app import enable_compilation_cache, load_engine
+    from jax_models.whisper_app import enable_compilation_cache, load_engine
+    from server.core.audio import decode_audio, duration_s
+    from server.core.formats import RENDERERS, TIMELESS_FORMATS
 
     settings = _whisper_settings(model=model, dtype=dtype, quantization=quantization, batch_size=batch_size)
     enable_compilation_cache(settings.cache_dir)

@@ -150,7 +150,7 @@ def speech_wav(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def speech_samples(speech_wav) -> np.ndarray:
-    from server.audio import decode_audio
+    from server.core.audio import decode_audio
 
     return decode_audio(speech_wav.read_bytes())
 

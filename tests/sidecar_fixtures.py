@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE, to_wav_bytes
+from server.core.audio import SAMPLE_RATE, to_wav_bytes
 
 # Phi chat markers. Ids of the real Phi-4-multimodal tokenizer (checked against its added tokens:
 # <|endoftext|> 199999, <|assistant|> 200019, <|end|> 200020, <|user|> 200021, <|system|> 200022;

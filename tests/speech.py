@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE, decode_audio
+from server.core.audio import SAMPLE_RATE, decode_audio
 
 
 def have_espeak() -> bool:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from bench.bad_inputs import NAMES, bad_inputs, silence_aac
-from server.audio import SAMPLE_RATE, to_wav_bytes
+from server.core.audio import SAMPLE_RATE, to_wav_bytes
 
 MAX_AUDIO_S = 600.0
 MAX_UPLOAD_MB = 8.0
@@ -28,8 +28,8 @@ def corpus(speech_samples) -> dict:
 
 @pytest.fixture(scope="module")
 def whisper_app(tiny_engine, tiny_whisper_dir, cache_dir):
-    from server.settings import WhisperSettings
-    from server.whisper_app import create_app
+    from jax_models.whisper_app import create_app
+    from server.kit.settings import WhisperSettings
 
     settings = WhisperSettings(model=str(tiny_whisper_dir), warmup=False, cache_dir=cache_dir,
                                max_audio_s=MAX_AUDIO_S, max_upload_mb=MAX_UPLOAD_MB)
@@ -100,8 +100,8 @@ async def test_the_whisper_server_keeps_serving_through_the_whole_corpus(whisper
 async def test_decode_timeout_stops_a_pathological_file(tiny_engine, cache_dir):
     """Two hours of AAC with a generous duration limit but a 50 ms decode deadline: 400 in well under
     the ~1-4 s a full decode takes, with its own code."""
-    from server.settings import WhisperSettings
-    from server.whisper_app import create_app
+    from jax_models.whisper_app import create_app
+    from server.kit.settings import WhisperSettings
 
     app = create_app(WhisperSettings(model="tiny", warmup=False, cache_dir=cache_dir, max_audio_s=4 * 3600,
                                      decode_timeout_s=0.05), engine=tiny_engine)
@@ -117,7 +117,7 @@ async def test_decode_timeout_stops_a_pathological_file(tiny_engine, cache_dir):
 
 
 def test_decode_audio_limits():
-    from server.audio import (
+    from server.core.audio import (
         AudioDecodeError,
         AudioDecodeTimeoutError,
         AudioTooLongError,
@@ -163,7 +163,7 @@ class FakeDiarizer:
         return {"backend": self.backend, "diarizer": "fake", "embedder": "fake", "embedding_dim": "2"}
 
     def diarize(self, samples, options=None, *, include_probabilities=False):
-        from server.transcript import SpeakerTurn
+        from server.core.transcript import SpeakerTurn
         from torch_models.diarization import DiarizationResult
 
         self.calls += 1

@@ -24,7 +24,7 @@ from bench.metrics import (
 from bench.quant import QuantSetting
 from bench.report import engine_summary, invocation, markdown_table, update_index
 from bench.throughput import Target
-from server.audio import SAMPLE_RATE, decode_audio, to_wav_bytes
+from server.core.audio import SAMPLE_RATE, decode_audio, to_wav_bytes
 
 
 def test_rtfx_is_audio_over_wall():

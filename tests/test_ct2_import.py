@@ -51,7 +51,7 @@ def ct2_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """SENTENCE spoken by espeak-ng (~6 s), float32 mono 16 kHz."""
-    from server.audio import decode_audio
+    from server.core.audio import decode_audio
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")

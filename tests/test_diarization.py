@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.audio import SAMPLE_RATE
-from server.transcript import SpeakerTurn
+from server.core.audio import SAMPLE_RATE
+from server.core.transcript import SpeakerTurn
 from torch_models.diarization import (
     DiarizationOptions,
     DiarizationResult,

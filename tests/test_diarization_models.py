@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from server.audio import SAMPLE_RATE
+from bench.eval_der import der
+from server.core.audio import SAMPLE_RATE
 from tests.sidecar_fixtures import espeak_conversation, pyannote_backend, tone
 from torch_models.diarization import DiarizationOptions
-from torch_models.eval_der import der
 from torch_models.synth import DIALOGUE, VOICES, espeak_available, speak, speech_span
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
@@ -178,7 +178,7 @@ def test_two_voices_at_once_give_two_overlapping_turns(backend):
 
 @needs_espeak
 def test_known_speaker_references_pick_the_right_names(backend, talk, talk_result):
-    from server.speakers import KnownSpeaker, name_speakers
+    from server.router.speakers import KnownSpeaker, name_speakers
 
     result = talk_result
     refs = {"alice": speak("This is my voice, recorded for the reference clip.", *VOICES["A"]),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.audio import SAMPLE_RATE, to_wav_bytes
+from server.core.audio import SAMPLE_RATE, to_wav_bytes
 from tests.sidecar_fixtures import tiny_nemo, tone
 from torch_models.diarization import DiarizationOptions, OptionError
 

@@ -11,8 +11,8 @@ import pytest
 from jax_models.decoding import compression_ratio, split_segments
 from jax_models.engine import TranscribeOptions
 from jax_models.features import LogMel
-from jax_models.longform import plan_windows
-from server.audio import SAMPLE_RATE
+from server.core.audio import SAMPLE_RATE
+from server.core.windows import plan_windows
 from tests.conftest import SENTENCE
 from tests.speech import espeak_samples, silence
 

@@ -34,7 +34,7 @@ def test_pack_round_trip(tmp_path, tiny_whisper_dir):
     data = tmp_path / "data"
     data.mkdir()
     rng = np.random.default_rng(0)
-    from server.audio import to_wav_bytes
+    from server.core.audio import to_wav_bytes
 
     clips = {name: (0.3 * rng.standard_normal(16000)).astype(np.float32) for name in pack.CLIPS}
     for name, samples in clips.items():
@@ -53,7 +53,7 @@ def test_pack_round_trip(tmp_path, tiny_whisper_dir):
     assert json.loads((tmp_path / "out" / "config.json").read_text()) == json.loads(
         (tiny_whisper_dir / "config.json").read_text())
     assert set(audio) == set(clips)
-    from server.audio import decode_audio
+    from server.core.audio import decode_audio
 
     for name, samples in clips.items():
         want = decode_audio(to_wav_bytes(samples))

@@ -18,21 +18,21 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.routing import Route
 
-from server.audio import to_wav_bytes
-from server.settings import RouterSettings, WhisperSettings
+from server.core.audio import to_wav_bytes
+from server.kit.settings import RouterSettings, WhisperSettings
 
 CHECKS = [schemathesis.checks.not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
 
 
 def whisper(engine=None, **overrides):
-    from server.whisper_app import create_app
+    from jax_models.whisper_app import create_app
 
     return create_app(WhisperSettings(model="tiny", warmup=False, **overrides), engine=engine or object())
 
 
 def router(**overrides):
-    from server.router_app import create_app
+    from server.router.app import create_app
     from tests.test_router import EnergyVad
 
     return create_app(RouterSettings(**overrides), vad=EnergyVad())
@@ -91,8 +91,8 @@ def _values(obj, key):
 
 
 def test_the_audio_endpoints_are_multipart_with_the_form_fields_the_server_validates():
-    from server.router_app import api_doc as router_doc
-    from server.whisper_app import api_doc as whisper_doc
+    from jax_models.whisper_app import api_doc as whisper_doc
+    from server.router.app import api_doc as router_doc
 
     def form(doc) -> dict:
         op = doc.document(secured=False)["paths"]["/v1/audio/transcriptions"]["post"]
@@ -113,8 +113,8 @@ def test_the_audio_endpoints_are_multipart_with_the_form_fields_the_server_valid
 
 
 def test_an_undocumented_route_is_refused_at_build_time():
-    from server.http import ServerState, build_app
-    from server.openapi import ApiDoc
+    from server.kit.app import ServerState, build_app
+    from server.kit.openapi import ApiDoc
 
     async def extra(request):
         return None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from server.audio import SAMPLE_RATE, to_wav_bytes
+from server.core.audio import SAMPLE_RATE, to_wav_bytes
 from tests.sidecar_fixtures import build_tiny_phi4, tone
 from torch_models import prompts as P
 from torch_models.phi4 import (

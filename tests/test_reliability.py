@@ -1,6 +1,6 @@
 """Graceful shutdown, deadlines and faults.
 
-- ``server.http.serve`` as a real process: SIGTERM refuses new connections, lets the request in
+- ``server.kit.app.serve`` as a real process: SIGTERM refuses new connections, lets the request in
   flight finish, exits 0; past ``shutdown_timeout_s`` it cancels and still exits 0.
 - The whisper server's own deadline (504 at once, the engine's worker stops at its next window)
   and its 429, on a fake engine in-process.
@@ -28,8 +28,8 @@ import httpx
 import numpy as np
 import pytest
 
-from server.audio import SAMPLE_RATE, to_wav_bytes
-from server.transcript import Segment, Transcript
+from server.core.audio import SAMPLE_RATE, to_wav_bytes
+from server.core.transcript import Segment, Transcript
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,8 +85,8 @@ SLOW_APP = textwrap.dedent("""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
     from starlette.routing import Route
-    from server.http import serve
-    from server.settings import ServerSettings
+    from server.kit.app import serve
+    from server.kit.settings import ServerSettings
 
     async def slow(request):
         seconds = float(request.query_params["s"])
@@ -180,8 +180,8 @@ class SlowEngine:
 
 
 def whisper_app(engine, **overrides):
-    from server.settings import WhisperSettings
-    from server.whisper_app import create_app
+    from jax_models.whisper_app import create_app
+    from server.kit.settings import WhisperSettings
 
     return create_app(WhisperSettings(model="fake", warmup=False, **overrides), engine=engine)
 
@@ -276,8 +276,8 @@ def slow_whisper(control: dict):
 
 
 async def test_a_slow_backend_times_out_with_a_clear_504_and_leaks_nothing():
-    from server.router_app import create_app
-    from server.settings import RouterSettings
+    from server.kit.settings import RouterSettings
+    from server.router.app import create_app
     from tests.test_router import EnergyVad
 
     control = {"delay": 5.0}

@@ -22,14 +22,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from server.audio import SAMPLE_RATE, decode_audio, to_wav_bytes
-from server.chunking import Chunk, VadOptions, group_windows, plan_chunks
-from server.clients import BackendFailed, BackendUnavailable, SidecarClient, WhisperClient
-from server.merge import assign_speakers, split_segment
-from server.router import delta_event, done_event, encode_sse, segment_event
-from server.router_app import chunking_fields, create_app
-from server.settings import RouterSettings
-from server.speakers import (
+from server.core.audio import SAMPLE_RATE, decode_audio, to_wav_bytes
+from server.core.formats import delta_event, done_event, encode_sse, segment_event
+from server.core.transcript import Segment, SpeakerTurn, Word
+from server.core.vad import VadOptions
+from server.kit.settings import RouterSettings
+from server.router.app import chunking_fields, create_app
+from server.router.chunking import Chunk, group_windows, plan_chunks
+from server.router.clients import BackendFailed, BackendUnavailable, SidecarClient, WhisperClient
+from server.router.merge import assign_speakers, split_segment
+from server.router.speakers import (
     KnownSpeaker,
     LocalSpeaker,
     OnlineLinker,
@@ -37,7 +39,6 @@ from server.speakers import (
     name_speakers,
     speaker_letter,
 )
-from server.transcript import Segment, SpeakerTurn, Word
 from tests.conftest import make_client
 
 FREQ = {"A": 300.0, "B": 800.0}
@@ -374,7 +375,7 @@ def test_online_linker_matches_one_to_one():
 
 
 def test_embedder_families_pick_their_thresholds():
-    from server.speakers import KNOWN_THRESHOLDS, default_threshold, embedder_family
+    from server.router.speakers import KNOWN_THRESHOLDS, default_threshold, embedder_family
 
     assert embedder_family("CAM++ 3D-Speaker campplus_cn_en_common.pt (192-d)") == "campplus"
     assert embedder_family("resemblyzer-0.1.4/pretrained.pt (GE2E, 256-d)") == "resemblyzer"
@@ -719,8 +720,8 @@ async def test_silence_gives_an_empty_transcript():
 
 
 def test_words_outside_every_turn_take_the_segments_speaker():
-    from server.merge import assign_speakers
-    from server.transcript import Segment, SpeakerTurn, Word
+    from server.core.transcript import Segment, SpeakerTurn, Word
+    from server.router.merge import assign_speakers
 
     # the segment overlaps B's turn, but its words' times (a poor alignment) fall in a gap
     words = (Word(" hello", 0.0, 0.0), Word(" there", 0.0, 0.1))

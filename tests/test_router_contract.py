@@ -27,10 +27,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from server.audio import SAMPLE_RATE, to_wav_bytes
-from server.merge import assign_speakers, cover_turns, fit_times, split_by_words
-from server.router import text_pieces
-from server.transcript import Segment, SpeakerTurn, Word
+from server.core.audio import SAMPLE_RATE, to_wav_bytes
+from server.core.transcript import Segment, SpeakerTurn, Word
+from server.router.merge import assign_speakers, cover_turns, fit_times, split_by_words
+from server.router.pipeline import text_pieces
 from tests.conftest import make_client
 from tests.test_router import CONVERSATION, dialogue, fake_whisper, router_app, tone
 
@@ -218,7 +218,7 @@ def float_wav(samples: np.ndarray) -> bytes:
 def test_chunks_carry_exactly_the_decoded_samples():
     """The router re-encodes what it decoded for the backends; decoding that again gives the same
     samples (a float32 upload too), so the whisper server sees what it would see directly."""
-    from server.audio import decode_audio
+    from server.core.audio import decode_audio
 
     rng = np.random.default_rng(0)
     x = np.clip(0.3 * rng.standard_normal(SAMPLE_RATE), -1, 1).astype(np.float32)
@@ -232,8 +232,8 @@ async def test_the_router_text_is_the_real_whisper_servers(base_engine, base_mod
     """With the real Whisper base (the tiny random model falls back to sampling, so its text is
     not repeatable): the same file through the router and straight to the whisper server gives
     the same text, segments and statistics, in json and verbose_json."""
-    from server.settings import WhisperSettings
-    from server.whisper_app import create_app as whisper_app
+    from jax_models.whisper_app import create_app as whisper_app
+    from server.kit.settings import WhisperSettings
 
     app = whisper_app(WhisperSettings(model=str(base_model_dir), warmup=False, cache_dir=cache_dir), engine=base_engine)
     silence = np.zeros(int(1.5 * SAMPLE_RATE), np.float32)
@@ -403,7 +403,7 @@ TURN_TURNS = [(0.2, 4.8, "spk0", 0.9), (5.0, 8.9, "spk1", 0.8), (9.0, 9.9, "spk0
 
 
 async def test_diarized_json_segments_cover_their_speakers_turns():
-    from server.router_eval import Reference, score
+    from bench.router_eval import Reference, score
 
     client = make_client(canned_router(TURN_WORDS, TURN_TURNS))
     data = ("s.wav", to_wav_bytes(TEN_SECONDS))
@@ -462,8 +462,8 @@ def test_fit_times():
 async def test_sidecar_deadline_grows_with_the_window():
     """A diarization call may take its audio's duration on top of the configured deadline (CPU
     diarization runs at 1-3x real time), so a long window is not cut off at a fixed 300 s."""
-    from server.audio import to_wav_bytes
-    from server.clients import BackendTimeout, SidecarClient
+    from server.core.audio import to_wav_bytes
+    from server.router.clients import BackendTimeout, SidecarClient
 
     seen: dict = {}
 
@@ -481,3 +481,38 @@ async def test_sidecar_deadline_grows_with_the_window():
             await client.diarize(to_wav_bytes(np.zeros(2 * 16000, np.float32)))
     finally:
         await client.aclose()
+
+
+def test_cover_turns_matches_a_plain_scan_on_many_segments():
+    # the bisect over each speaker's stretches gives what checking every stretch gives
+    rng = np.random.default_rng(0)
+    turns, segs = [], []
+    for i in range(400):
+        a = float(i) + float(rng.uniform(0, 0.3))
+        turns.append(SpeakerTurn(a, a + float(rng.uniform(0.2, 1.4)), "AB"[int(rng.integers(2))], 0.9))
+    for i in range(300):
+        a = round(float(rng.uniform(0, 400)), 3)  # times in ms, as the whisper server gives them
+        segs.append(Segment(i, a, round(a + float(rng.uniform(0.05, 0.8)), 3), " x", speaker="AB"[int(rng.integers(2))]))
+    segs.sort(key=lambda s: s.start)
+    got = cover_turns(segs, turns)
+
+    def plain(segments):
+        from server.router.merge import _stretches
+        st = _stretches(turns)
+        out = []
+        for s in segments:
+            hits = [(a, b) for a, b in st[s.speaker] if a < max(s.end, s.start + 1e-3) and b > s.start]
+            out.append((min(s.start, min(a for a, _ in hits)), max(s.end, max(b for _, b in hits))) if hits else None)
+        return out
+
+    for s, g, p in zip(segs, got, plain(segs)):
+        assert g.start <= s.start and g.end >= s.end  # never shrinks
+        if p is None:
+            assert (g.start, g.end) == (s.start, s.end)
+        else:
+            assert p[0] - 1e-3 <= g.start and g.end <= p[1] + 1e-3  # inside the stretches it overlaps
+    for spk in "AB":  # one speaker's segments never overlap each other (unless their words did)
+        mine = sorted((g for g in got if g.speaker == spk), key=lambda g: g.start)
+        orig = {s.id: s for s in segs}
+        for x, y in zip(mine, mine[1:]):
+            assert x.end <= y.start + 1e-9 or orig[x.id].end > orig[y.id].start

@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from server.audio import to_wav_bytes
+from server.core.audio import to_wav_bytes
 from server.launcher import Launcher, UpOptions, plan_services
 from tests.speech import have_espeak
 

@@ -13,11 +13,11 @@ import time
 import httpx
 import pytest
 
-from server.audio import to_wav_bytes
-from server.router_app import create_app as router_app
-from server.router_eval import long_conversation, score
-from server.settings import RouterSettings, WhisperSettings
-from server.whisper_app import create_app as whisper_app
+from bench.router_eval import long_conversation, score
+from jax_models.whisper_app import create_app as whisper_app
+from server.core.audio import to_wav_bytes
+from server.kit.settings import RouterSettings, WhisperSettings
+from server.router.app import create_app as router_app
 from tests.conftest import make_client
 from tests.speech import have_espeak
 

@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from server.audio import SAMPLE_RATE
-from server.transcript import SpeakerTurn
+from server.core.audio import SAMPLE_RATE
+from server.core.transcript import SpeakerTurn
 from tests.sidecar_fixtures import (
     assert_openai_error,
     assert_turns_schema,

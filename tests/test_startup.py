@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from server import compile_cache
+from jax_models import compile_cache
 from tests.conftest import make_client
 
 CPUINFO = """processor\t: 0
@@ -53,7 +53,7 @@ def test_enable_points_jax_at_this_cpus_directory(tmp_path):
     script = f"""
 import jax
 from pathlib import Path
-from server import compile_cache
+from jax_models import compile_cache
 path = compile_cache.enable(Path({str(tmp_path)!r}))
 assert path == compile_cache.cache_dir_for(Path({str(tmp_path)!r}))
 assert jax.config.jax_compilation_cache_dir == str(path)
@@ -80,7 +80,7 @@ def test_spurious_aot_warning_is_filtered_from_stderr_and_nothing_else():
     """XLA writes to fd 2 from C++: a child process writes lines there the same way."""
     script = f"""
 import os, sys
-from server.compile_cache import filter_spurious_xla_warnings
+from jax_models.compile_cache import filter_spurious_xla_warnings
 filter_spurious_xla_warnings()
 line = {XLA_LINE!r}
 os.write(2, (line.format(feature="+prefer-no-gather") + "\\n").encode())
@@ -156,9 +156,9 @@ async def test_ready_before_large_batches_compile_and_requests_are_served_meanwh
     gated_engine, tiny_engine, tiny_whisper_dir, cache_dir, speech_samples
 ):
     from jax_models.engine import CompiledShape, TranscribeOptions, compile_plan
-    from server.audio import decode_audio, to_wav_bytes
-    from server.settings import WhisperSettings
-    from server.whisper_app import create_app
+    from jax_models.whisper_app import create_app
+    from server.core.audio import decode_audio, to_wav_bytes
+    from server.kit.settings import WhisperSettings
 
     engine, gate, held = gated_engine
     settings = WhisperSettings(model=str(tiny_whisper_dir), cache_dir=cache_dir)  # warm-up on, background

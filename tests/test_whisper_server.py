@@ -12,9 +12,9 @@ import numpy as np
 import openai
 import pytest
 
-from server.audio import to_wav_bytes
-from server.settings import WhisperSettings
-from server.whisper_app import create_app
+from jax_models.whisper_app import create_app
+from server.core.audio import to_wav_bytes
+from server.kit.settings import WhisperSettings
 from tests.conftest import make_client
 
 
@@ -95,7 +95,7 @@ async def test_language_detected_when_absent(client, speech_samples):
     out = await client.audio.transcriptions.create(
         model="whisper-1", file=("a.wav", wav(speech_samples)), response_format="verbose_json"
     )
-    from server.protocol import WHISPER_LANGUAGES
+    from server.kit.protocol import WHISPER_LANGUAGES
 
     assert out.language in WHISPER_LANGUAGES
 
@@ -249,14 +249,14 @@ def test_compilation_cache_survives_easydel_import(tmp_path):
 
     code = (
         "from pathlib import Path; import sys\n"
-        "from server.whisper_app import enable_compilation_cache\n"
+        "from jax_models.whisper_app import enable_compilation_cache\n"
         "enable_compilation_cache(Path(sys.argv[1]))\n"
         "import easydel, jax\n"
         "print(jax.config.jax_compilation_cache_dir)\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    from server.compile_cache import cache_dir_for
+    from jax_models.compile_cache import cache_dir_for
 
     assert out.stdout.strip().splitlines()[-1] == str(cache_dir_for(tmp_path))  # <cache>/xla/<this CPU>
 

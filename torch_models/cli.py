@@ -1,6 +1,6 @@
 """Click commands of the sidecar, registered by ``server/cli.py``:
 
-- ``sidecar_command`` → ``chorus serve sidecar``: run the sidecar app with uvicorn (``server.http.serve``).
+- ``sidecar_command`` → ``chorus serve sidecar``: run the sidecar app with uvicorn (``server.kit.app.serve``).
 - ``prompts`` → ``chorus prompts list`` and ``chorus prompts run DIR --task diarize --templates all
   --out OUTDIR``: every audio file × every chosen template through Phi-4-multimodal, one JSON result
   file per audio (the Phi-4 diarization notebook's workflow as a command).
@@ -48,7 +48,7 @@ def sidecar_command(**flags) -> None:
     """Serve diarization, speaker fingerprints and Phi-4-multimodal (default port 8002).
 
     SIGTERM drains requests in flight (up to ``shutdown_timeout_s``), then exits 0."""
-    from server.http import serve
+    from server.kit.app import serve
     from torch_models.settings import SidecarSettings
     from torch_models.sidecar_app import create_app
 
@@ -101,7 +101,7 @@ def run(folder: Path, task: str, templates: str, out_dir: Path, model: str | Non
     """Run every audio file in FOLDER through every chosen template; write OUT/<file>.json each."""
     from tqdm import tqdm
 
-    from server.audio import SAMPLE_RATE, decode_audio
+    from server.core.audio import SAMPLE_RATE, decode_audio
     from torch_models import prompts as P
     from torch_models.phi4 import GenerationOptions, load_phi4
 

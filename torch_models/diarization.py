@@ -14,8 +14,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE
-from server.transcript import SpeakerTurn
+from server.core.audio import SAMPLE_RATE
+from server.core.transcript import SpeakerTurn
 
 MIN_FINGERPRINT_S = 0.5  # seconds of a speaker's own (non-overlapped) speech needed for a fingerprint
 

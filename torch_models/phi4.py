@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE
+from server.core.audio import SAMPLE_RATE
 from torch_models.prompts import AUDIO_PLACEHOLDER
 
 log = logging.getLogger("chorus.sidecar.phi4")

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.errors import InvalidRequestError
-from server.protocol import validate
+from server.kit.errors import InvalidRequestError
+from server.kit.protocol import validate
 from torch_models.diarization import DiarizationOptions, DiarizationResult, OptionError
 from torch_models.phi4 import Generation
 from torch_models.prompts import TASKS

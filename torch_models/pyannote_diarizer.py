@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE
-from server.transcript import SpeakerTurn
+from server.core.audio import SAMPLE_RATE
+from server.core.transcript import SpeakerTurn
 from torch_models.diarization import (
     DiarizationOptions,
     DiarizationResult,

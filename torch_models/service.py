@@ -7,7 +7,7 @@ import functools
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE
+from server.core.audio import SAMPLE_RATE
 from torch_models.diarization import DiarizationOptions, Diarizer, SpeakerEmbedder
 from torch_models.phi4 import Phi4Manager, load_phi4
 from torch_models.settings import SidecarSettings

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from server.settings import ServerSettings
+from server.kit.settings import ServerSettings
 
 SORTFORMER_V1 = "nvidia/diar_sortformer_4spk-v1"
 SORTFORMER_STREAMING_V2 = "nvidia/diar_streaming_sortformer_4spk-v2"

@@ -34,17 +34,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from server import openapi
-from server.audio import SAMPLE_RATE, AudioDecodeError, AudioTooLongError, decode_audio
-from server.errors import (
+from server.core.audio import SAMPLE_RATE, AudioDecodeError, AudioTooLongError, decode_audio
+from server.kit import openapi
+from server.kit.app import Admission, ServerState, build_app, timed
+from server.kit.errors import (
     InvalidAudioError,
     InvalidRequestError,
     NotFoundError,
     NotReadyError,
     TimeoutError_,
 )
-from server.http import Admission, ServerState, build_app, read_upload, timed
-from server.protocol import parse_form
+from server.kit.protocol import parse_form
+from server.kit.uploads import read_upload
 from torch_models.diarization import Diarizer, OptionError
 from torch_models.phi4 import GenerationOptions, Phi4LoadError, Phi4Manager, Phi4NotConfiguredError
 from torch_models.prompts import get_task, max_new_tokens, user_prompt
@@ -294,7 +295,7 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[Route]:
         limit = int(settings.max_upload_bytes * MAX_JSON_BODY_FACTOR)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            from server.errors import PayloadTooLargeError
+            from server.kit.errors import PayloadTooLargeError
 
             raise PayloadTooLargeError(f"Maximum content size limit ({limit} bytes) exceeded.", param="messages")
         try:

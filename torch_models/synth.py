@@ -1,6 +1,6 @@
 """Synthetic conversations with exactly known speaker turns, spoken by espeak-ng.
 
-Used by the diarization tests and ``torch_models.eval_der --espeak``: two (or more) clearly
+Used by the diarization tests and ``bench.eval_der --espeak``: two (or more) clearly
 different synthetic voices alternate lines with pauses between them; the reference turns are the
 spans where each line's waveform is above a small energy floor.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE, decode_audio
-from server.transcript import SpeakerTurn
+from server.core.audio import SAMPLE_RATE, decode_audio
+from server.core.transcript import SpeakerTurn
 
 # (espeak-ng voice, pitch 0-99, words per minute): a low male US voice and a high female variant.
 VOICES: dict[str, tuple[str, int, int]] = {

@@ -16,7 +16,7 @@ import time
 import click
 import numpy as np
 
-from server.audio import SAMPLE_RATE
+from server.core.audio import SAMPLE_RATE
 
 
 def synthetic(seconds: float, seed: int = 0) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE
+from server.core.audio import SAMPLE_RATE
 from torch_models.diarization import l2_normalize
 from torch_models.nemo_io import import_nemo_asr, load_nemo_model
 

@@ -51,7 +51,7 @@ def device_facts() -> dict:
     d = jax.devices()[0]
     facts = {"platform": d.platform, "device": getattr(d, "device_kind", str(d)), "jax": jax.__version__,
              "python": platform.python_version(), "host": platform.node()}
-    from server.compile_cache import cpu_description
+    from jax_models.compile_cache import cpu_description
 
     facts["cpu"] = cpu_description()  # machine | model | flags, as every bench result records
     return facts
@@ -174,7 +174,7 @@ def rtfx_by_batch(engine, windows: list[np.ndarray], batches, repeats: int, dead
 
 def windows_of(audio: dict[str, np.ndarray], names) -> list[np.ndarray]:
     """30 s windows (the engine's plan) of the named clips."""
-    from jax_models.longform import plan_windows
+    from server.core.windows import plan_windows
 
     return [audio[n][a:b] for n in names for a, b in plan_windows(audio[n])]
 

@@ -52,7 +52,7 @@ def pack(model_dir: Path, out: Path, data_dir: Path = Path("/work/shared/data"))
     """
     from safetensors.numpy import load_file
 
-    from server.audio import decode_audio
+    from server.core.audio import decode_audio
 
     arrays: dict[str, np.ndarray] = {}
     state = {k: v for f in sorted(model_dir.glob("*.safetensors")) for k, v in load_file(f).items()}

@@ -113,7 +113,7 @@ def decode_audio(
         raise AudioDecodeError(f"The audio file could not be decoded ({str(reason).rstrip('.').lower()}).") from exc
     if not pieces:
         raise AudioDecodeError("The audio file contains no samples.")
-    samples = np.concatenate(pieces).astype(np.float32) / 32768.0
+    samples: np.ndarray = np.concatenate(pieces).astype(np.float32) / 32768.0
     if samples.size == 0:
         raise AudioDecodeError("The audio file contains no samples.")
     if samples.size < min_duration_s * SAMPLE_RATE:

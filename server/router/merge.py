@@ -14,13 +14,14 @@ every segment ordered and inside the audio.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
-from server.transcript import Segment, SpeakerTurn, Word
+from server.core.transcript import Segment, SpeakerTurn, Word
 
 MIN_SPLIT_S = 0.6  # a second speaker must talk this long inside a segment to split it
 WORD_RE = re.compile(r"\s*\S+")
@@ -337,13 +338,18 @@ def cover_turns(segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *, st
         the segments in their input order, ``start ≤ end`` each.
     """
     stretches = _stretches(turns)
+    starts = {k: [a for a, _ in v] for k, v in stretches.items()}
+    ends = {k: [b for _, b in v] for k, v in stretches.items()}
     span: dict[int, tuple[float, float]] = {}
     for i, s in enumerate(segments):
         mine = stretches.get(s.speaker) if s.speaker is not None else None
         if not mine:
             continue
         hi = max(s.end, s.start + 1e-3)
-        hits = [(a, b) for a, b in mine if a < hi and b > s.start]
+        # stretches are sorted and disjoint: those overlapping [start, hi) are a contiguous run
+        lo_i = bisect.bisect_right(ends[s.speaker], s.start)
+        hi_i = bisect.bisect_left(starts[s.speaker], hi)
+        hits = mine[lo_i:hi_i]
         if hits:
             span[i] = (min(s.start, max(start, min(a for a, _ in hits))), max(s.end, min(end, max(b for _, b in hits))))
     by_speaker: dict[str, list[int]] = {}

@@ -26,10 +26,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from server import openapi
-from server.audio import AudioDecodeError, AudioTooLongError, decode_audio, duration_s, to_wav_bytes
-from server.chunking import SileroVad, VadOptions
-from server.clients import (
+from server.core.audio import AudioDecodeError, AudioTooLongError, decode_audio, duration_s, to_wav_bytes
+from server.core.formats import RENDERERS, TIMELESS_FORMATS, encode_sse
+from server.core.vad import SileroVad, VadOptions
+from server.kit import openapi
+from server.kit.app import Admission, ServerState, build_app, model_routes, timed
+from server.kit.errors import (
+    ApiError,
+    InvalidRequestError,
+    NotFoundError,
+    NotReadyError,
+    TimeoutError_,
+)
+from server.kit.protocol import WHISPER_LANGUAGES, TranscriptionRequest, TranslationRequest, parse_form
+from server.kit.settings import RouterSettings
+from server.kit.uploads import Upload, decode_upload, read_upload
+from server.router.clients import (
     BackendError,
     BackendRejected,
     BackendTimeout,
@@ -37,18 +49,7 @@ from server.clients import (
     SidecarClient,
     WhisperClient,
 )
-from server.errors import (
-    ApiError,
-    InvalidRequestError,
-    NotFoundError,
-    NotReadyError,
-    TimeoutError_,
-)
-from server.formats import RENDERERS, TIMELESS_FORMATS
-from server.http import Admission, ServerState, Upload, build_app, decode_upload, model_routes, read_upload, timed
-from server.protocol import WHISPER_LANGUAGES, TranscriptionRequest, parse_form
-from server.router import Job, Router, encode_sse
-from server.settings import RouterSettings
+from server.router.pipeline import Job, Router
 
 log = logging.getLogger("chorus.router")
 
@@ -382,8 +383,6 @@ def create_app(
 
 def api_doc(settings: RouterSettings) -> openapi.ApiDoc:
     """The router's routes for ``/openapi.json``."""
-    from server.protocol import TranslationRequest
-
     doc = openapi.ApiDoc(
         "Chorus router",
         description="OpenAI-compatible transcription with speaker diarization (diarized_json, SSE), in front of the "

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from server.errors import InvalidRequestError
+from server.kit.errors import InvalidRequestError
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]
 TimestampGranularity = Literal["word", "segment"]

@@ -1,6 +1,6 @@
 """OpenAPI 3.1 documents of the Chorus servers, served at ``GET /openapi.json``.
 
-Request bodies come from the same pydantic models the routes validate with (``server.protocol``,
+Request bodies come from the same pydantic models the routes validate with (``server.kit.protocol``,
 ``torch_models.protocol``), so a field added there shows up here. Every route of an app must be
 described: ``build_app`` refuses to build an app with an undocumented route (``ApiDoc.check``).
 Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, for every 4xx/5xx
@@ -350,11 +350,11 @@ def standard_operations(doc: ApiDoc) -> None:
 
 
 def model_operations(doc: ApiDoc) -> None:
-    """``GET /v1/models`` and ``GET /v1/models/{model}`` (``server.http.model_routes``)."""
+    """``GET /v1/models`` and ``GET /v1/models/{model}`` (``server.kit.app.model_routes``)."""
     doc.add("GET", "/v1/models", summary="The models this server serves.", ok=json_content(ref("ModelList")))
     doc.add("GET", "/v1/models/{model}", summary="One model.", ok=json_content(ref("Model")), errors=(404,),
             parameters=[{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}])
 
 
 TRANSCRIPTION_TEXT_TYPES = ("text/plain", "application/x-subrip", "text/vtt")
-"""Media types of ``response_format`` text, srt and vtt (``server.formats``)."""
+"""Media types of ``response_format`` text, srt and vtt (``server.core.formats``)."""

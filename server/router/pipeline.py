@@ -1,21 +1,21 @@
 """The router's pipeline: chunk → fan out → link speakers → merge → render, each step a function.
 
-1. **chunk** (``server.chunking``): audio up to one chunk long (30 s) goes whole, so the text is
+1. **chunk** (``server.router.chunking``): audio up to one chunk long (30 s) goes whole, so the text is
    the whisper server's own for that file; longer audio is cut at silero-vad regions into chunks of
    at most 30 s. Chunks are grouped into diarization windows as long as the sidecar takes in one
    call (its ``max_window_s``), so a file that fits is diarized whole.
 2. **fan out** (``Router`` here): every chunk to the whisper server, every window to the sidecar,
    concurrently and bounded; the first chunk's detected language is pinned for the others.
-3. **link** (``server.speakers``): window-local speakers → global speakers by clustering their
+3. **link** (``server.router.speakers``): window-local speakers → global speakers by clustering their
    fingerprints (cosine similarity); each link carries a margin confidence; names ``A, B, …`` or
    the known speakers'. One window needs no linking.
-4. **merge** (``server.merge``): transcript segments × speaker turns, word by word, split where
+4. **merge** (``server.router.merge``): transcript segments × speaker turns, word by word, split where
    the speaker changes (overlapping turns give overlapping segments); for ``diarized_json``
    (``Job.turn_spans``) each segment then covers its speaker's turn around its words
    (``cover_turns``); ``fit_times`` keeps every segment ordered, inside the audio and spanning (or,
    with turn spans, holding) its words. The text is the whisper server's,
    chunk texts joined; the speaker segments never rewrite it.
-5. **render**: ``server.formats`` for whole responses, the SSE events below for streams.
+5. **render**: ``server.core.formats`` for whole responses, the SSE events below for streams.
 
 The sidecar's failures cost speakers (``warnings``), never the transcript. Nothing here knows
 HTTP; ``router_app`` turns requests into ``Job`` and events into responses.
@@ -24,7 +24,6 @@ HTTP; ``router_app`` turns requests into ``Job`` and events into responses.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -32,12 +31,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from server.audio import SAMPLE_RATE, to_wav_bytes
-from server.chunking import Chunk, SileroVad, VadOptions, Window, group_windows, plan_chunks
-from server.clients import BackendError, Diarization, SidecarClient, WhisperClient
-from server.formats import usage
-from server.merge import assign_speakers, cover_turns, fit_times
-from server.speakers import (
+from server.core.audio import SAMPLE_RATE, to_wav_bytes
+from server.core.formats import delta_event, done_event, segment_event, usage
+from server.core.transcript import Segment, SpeakerTurn, Transcript
+from server.core.vad import SileroVad, VadOptions
+from server.router.chunking import Chunk, Window, group_windows, plan_chunks
+from server.router.clients import BackendError, Diarization, SidecarClient, WhisperClient
+from server.router.merge import assign_speakers, cover_turns, fit_times
+from server.router.speakers import (
     KNOWN_THRESHOLDS,
     KnownSpeaker,
     Link,
@@ -49,7 +50,6 @@ from server.speakers import (
     local_speakers,
     name_speakers,
 )
-from server.transcript import Segment, SpeakerTurn, Transcript
 
 log = logging.getLogger("chorus.router")
 
@@ -438,36 +438,3 @@ def assemble(segments: Sequence[Segment], text: str, language: str, duration: fl
                                                                   key=lambda s: s.start)))
     return Transcript(text=text, segments=segs, language=language, duration=duration, task=task,
                       warnings=tuple(dict.fromkeys(warnings)))
-
-
-# ---------------------------------------------------------------------------------------------
-# SSE events (OpenAI's transcription stream)
-
-
-def delta_event(delta: str, segment_id: str | None = None) -> dict:
-    ev = {"type": "transcript.text.delta", "delta": delta}
-    if segment_id is not None:
-        ev["segment_id"] = segment_id
-    return ev
-
-
-def segment_event(s: Segment) -> dict:
-    ev = {"type": "transcript.text.segment", "id": f"seg_{s.id}", "start": round(s.start, 3),
-          "end": round(s.end, 3), "speaker": s.speaker, "text": s.text.strip()}
-    if s.confidence is not None:
-        ev["confidence"] = s.confidence
-    return ev
-
-
-def done_event(text: str, warnings: Sequence[str] = (), usage: dict | None = None) -> dict:
-    ev: dict = {"type": "transcript.text.done", "text": text}
-    if usage is not None:
-        ev["usage"] = usage
-    if warnings:
-        ev["warnings"] = list(dict.fromkeys(warnings))
-    return ev
-
-
-def encode_sse(event: dict) -> bytes:
-    """One server-sent event: ``data: <json>`` and a blank line."""
-    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()

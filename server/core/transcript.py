@@ -1,6 +1,6 @@
 """The one contract between engines and HTTP: plain frozen dataclasses, times in seconds.
 
-Engines return these; ``server.formats`` renders them. No tensors or pydantic here.
+Engines return these; ``server.core.formats`` renders them. No tensors or pydantic here.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Diarization error rate of a sidecar backend on recordings with RTTM references.
 
-    python -m torch_models.eval_der ../shared/data/pyannote_ami_dev00.wav ../shared/data/pyannote_ami_dev01.wav
-    python -m torch_models.eval_der --espeak              # the synthetic two-voice conversation
-    python -m torch_models.eval_der --diarizer sortformer --sortformer-model path/to/model.nemo X.wav
+    python -m bench.eval_der ../shared/data/pyannote_ami_dev00.wav ../shared/data/pyannote_ami_dev01.wav
+    python -m bench.eval_der --espeak              # the synthetic two-voice conversation
+    python -m bench.eval_der --diarizer sortformer --sortformer-model path/to/model.nemo X.wav
 
 For ``X.wav`` the reference is ``X.rttm`` and the scored region ``X.uem`` (whole file when absent).
 The per-clip table of the default backend (AMI clips and the 305 s espeak conversation, collar 0 and
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from server.transcript import SpeakerTurn
+from server.core.transcript import SpeakerTurn
 
 
 def der(
@@ -92,7 +92,7 @@ def build_diarizer(diarizer: str, sortformer_model: str | None, titanet_model: s
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def main(files, espeak, diarizer, sortformer_model, titanet_model, num_speakers, collar, json_out) -> None:
     """Print the DER of each file and of all files together (time-weighted)."""
-    from server.audio import decode_audio
+    from server.core.audio import decode_audio
     from torch_models.diarization import DiarizationOptions, parse_rttm
 
     if not files and not espeak:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from server.transcript import Segment, SpeakerTurn, Transcript
+from server.core.transcript import Segment, SpeakerTurn, Transcript, Word
 
 log = logging.getLogger("chorus.clients")
 
@@ -216,8 +216,6 @@ class WhisperClient(_Backend):
 
 def transcript_from_verbose(body: dict, *, task: str = "transcribe") -> Transcript:
     """An OpenAI ``verbose_json`` body → ``Transcript`` (segments and words, if any)."""
-    from server.transcript import Word
-
     segments = []
     for i, s in enumerate(body.get("segments") or []):
         words = tuple(

@@ -16,17 +16,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from server import openapi
-from server.errors import (
+from jax_models import compile_cache
+from server.core.formats import RENDERERS, TIMELESS_FORMATS
+from server.kit import openapi
+from server.kit.app import Admission, ServerState, build_app, model_routes, timed
+from server.kit.errors import (
     ApiError,
     InvalidRequestError,
     NotFoundError,
     TimeoutError_,
 )
-from server.formats import RENDERERS, TIMELESS_FORMATS
-from server.http import Admission, ServerState, build_app, decode_upload, model_routes, read_upload, timed
-from server.protocol import WHISPER_LANGUAGES, TranscriptionRequest, TranslationRequest, parse_form
-from server.settings import WhisperSettings
+from server.kit.protocol import WHISPER_LANGUAGES, TranscriptionRequest, TranslationRequest, parse_form
+from server.kit.settings import WhisperSettings
+from server.kit.uploads import decode_upload, read_upload
 
 log = logging.getLogger("chorus.whisper")
 
@@ -39,11 +41,9 @@ def enable_compilation_cache(cache_dir: Path) -> Path:
     """Keep XLA executables on disk so a restart skips most of the warm-up compile.
 
     The directory is ``cache_dir/xla/<machine>-<digest of the CPU model and flags>``
-    (``server.compile_cache``), so another CPU compiles afresh instead of loading executables
+    (``jax_models.compile_cache``), so another CPU compiles afresh instead of loading executables
     built for different instructions. Call before EasyDeL is imported. Returns the directory.
     """
-    from server import compile_cache
-
     return compile_cache.enable(cache_dir)
 
 

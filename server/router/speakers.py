@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from server.clients import Diarization
-from server.transcript import SpeakerTurn
+from server.core.transcript import SpeakerTurn
+from server.router.clients import Diarization
 
 # CAM++ (the sidecar's pyannote-style backend): 0.66 is the cosine of its own clustering threshold
 # (centroid distance 0.825 between unit vectors: 1 - 0.825²/2), so windows are linked as the sidecar

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.audio import N_SAMPLES, SAMPLE_RATE
+from server.core.audio import N_SAMPLES, SAMPLE_RATE
 
 FRAME = SAMPLE_RATE // 50  # 20 ms energy frames
 SMOOTH = 15  # frames in the moving average (300 ms)

@@ -1,7 +1,7 @@
 """Score the router's speaker-attributed transcripts: DER, WER and cpWER.
 
     chorus up &                                   # or any running router
-    python -m server.router_eval --url http://127.0.0.1:8000 --collar 0 --collar 0.25 \\
+    python -m bench.router_eval --url http://127.0.0.1:8000 --collar 0 --collar 0.25 \\
         ../shared/data/pyannote_ami_dev00.wav ../shared/data/pyannote_ami_dev01.wav --espeak-long
 
 For ``X.wav`` the diarization reference is ``X.rttm`` and the scored region ``X.uem``; with
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from server.transcript import SpeakerTurn
+from server.core.transcript import SpeakerTurn
 
 # Two colleagues planning their week: 62 alternating lines, about 5 minutes with the pauses below.
 LONG_DIALOGUE: tuple[str, ...] = (
@@ -127,7 +127,7 @@ def score(segments: Sequence[dict], ref: Reference, *, collar: float = 0.0) -> d
     """
     from meeteval.wer.wer.cp import cp_word_error_rate
 
-    from torch_models.eval_der import der
+    from bench.eval_der import der
 
     hyp = [SpeakerTurn(float(s["start"]), float(s["end"]), str(s.get("speaker"))) for s in segments
            if s.get("speaker") is not None and float(s["end"]) > float(s["start"])]
@@ -155,8 +155,8 @@ def score(segments: Sequence[dict], ref: Reference, *, collar: float = 0.0) -> d
 
 def read_reference(wav: Path) -> Reference:
     """``X.rttm`` (required), ``X.uem`` and ``X.txt`` beside ``X.wav``."""
+    from bench.eval_der import read_uem
     from torch_models.diarization import parse_rttm
-    from torch_models.eval_der import read_uem
 
     rttm = wav.with_suffix(".rttm")
     if not rttm.exists():
@@ -187,7 +187,7 @@ def main(files, url, model, espeak_long, collars, json_out) -> None:
     """Print DER (and WER / cpWER where a script exists) of the router on each recording, at each
     ``--collar`` (one request per recording; the row's ``der*`` keys are the first collar's,
     ``by_collar`` holds every collar's)."""
-    from server.audio import to_wav_bytes
+    from server.core.audio import to_wav_bytes
 
     cases: list[tuple[str, bytes, Reference]] = [(p.name, p.read_bytes(), read_reference(p)) for p in files]
     if espeak_long:

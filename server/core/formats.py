@@ -1,34 +1,40 @@
 """Render a ``Transcript`` as each OpenAI ``response_format``: a table of pure functions.
 
-Each renderer returns ``(body, media_type)`` where ``body`` is a ``dict`` (JSON) or ``str``.
+Each renderer returns ``(body, media_type)`` where ``body`` is a ``dict`` (JSON) or ``str``. The
+events of OpenAI's transcription stream (server-sent events) are built here too, so a diarized
+segment has one shape in ``diarized_json`` and in the stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from server.transcript import Segment, Transcript
+from server.core.transcript import Segment, Transcript, Word
+
+Body = dict[str, Any]
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 
 
-def usage(duration: float) -> dict:
+def usage(duration: float) -> Body:
     """OpenAI's ``UsageDuration``: ``{"type": "duration", "seconds"}``, the audio's length in
     seconds rounded up to a whole second."""
     return {"type": "duration", "seconds": int(round(duration + 0.4999))}
 
 
-def _usage(t: Transcript) -> dict:
+def _usage(t: Transcript) -> Body:
     return usage(t.duration)
 
 
-def _word_dict(w) -> dict:
+def _word_dict(w: Word) -> Body:
     return {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)}
 
 
-def _segment_dict(s: Segment, *, words: bool = False) -> dict:
-    out = {
+def _segment_dict(s: Segment, *, words: bool = False) -> Body:
+    out: Body = {
         "id": s.id,
         "seek": s.seek,
         "start": round(s.start, 3),
@@ -49,9 +55,25 @@ def _segment_dict(s: Segment, *, words: bool = False) -> dict:
     return out
 
 
-def render_json(t: Transcript, *, words: bool = False) -> tuple[dict, str]:
+def diarized_segment(s: Segment) -> Body:
+    """OpenAI's ``TranscriptionDiarizedSegment`` (``type: "transcript.text.segment"``), plus the
+    segment's ``confidence`` when it has one: the same object in ``diarized_json`` and in the stream."""
+    out: Body = {
+        "id": f"seg_{s.id}",
+        "start": round(s.start, 3),
+        "end": round(s.end, 3),
+        "speaker": s.speaker,
+        "text": s.text.strip(),
+        "type": "transcript.text.segment",
+    }
+    if s.confidence is not None:
+        out["confidence"] = s.confidence
+    return out
+
+
+def render_json(t: Transcript, *, words: bool = False) -> tuple[Body, str]:
     """``{"text", "usage"}`` (plus ``warnings`` when there are any)."""
-    body: dict = {"text": t.text, "usage": _usage(t)}
+    body: Body = {"text": t.text, "usage": _usage(t)}
     if t.warnings:
         body["warnings"] = list(t.warnings)
     return body, JSON
@@ -62,9 +84,9 @@ def render_text(t: Transcript, *, words: bool = False) -> tuple[str, str]:
     return t.text + "\n", TEXT
 
 
-def render_verbose_json(t: Transcript, *, words: bool = False) -> tuple[dict, str]:
+def render_verbose_json(t: Transcript, *, words: bool = False) -> tuple[Body, str]:
     """OpenAI ``TranscriptionVerbose``: task, language, duration, text, segments, words, usage."""
-    body: dict = {
+    body: Body = {
         "task": t.task,
         "language": t.language,
         "duration": round(t.duration, 3),
@@ -79,22 +101,10 @@ def render_verbose_json(t: Transcript, *, words: bool = False) -> tuple[dict, st
     return body, JSON
 
 
-def render_diarized_json(t: Transcript, *, words: bool = False) -> tuple[dict, str]:
+def render_diarized_json(t: Transcript, *, words: bool = False) -> tuple[Body, str]:
     """OpenAI ``TranscriptionDiarized``, each segment also carrying its ``confidence``."""
-    segments = []
-    for s in t.segments:
-        seg = {
-            "id": f"seg_{s.id}",
-            "start": round(s.start, 3),
-            "end": round(s.end, 3),
-            "speaker": s.speaker,
-            "text": s.text.strip(),
-            "type": "transcript.text.segment",
-        }
-        if s.confidence is not None:
-            seg["confidence"] = s.confidence
-        segments.append(seg)
-    body: dict = {
+    segments = [diarized_segment(s) for s in t.segments]
+    body: Body = {
         "duration": round(t.duration, 3),
         "task": t.task,
         "text": t.text,
@@ -140,7 +150,7 @@ def render_vtt(t: Transcript, *, words: bool = False) -> tuple[str, str]:
     return "\n".join(cues), "text/vtt; charset=utf-8"
 
 
-RENDERERS: dict[str, Callable[..., tuple[dict | str, str]]] = {
+RENDERERS: dict[str, Callable[..., tuple[Body | str, str]]] = {
     "json": render_json,
     "text": render_text,
     "srt": render_srt,
@@ -153,3 +163,35 @@ RENDERERS: dict[str, Callable[..., tuple[dict | str, str]]] = {
 TIMELESS_FORMATS = frozenset({"json", "text"})
 """response_formats whose body carries no times: the engine can decode text tokens only for them
 (``TranscribeOptions.without_timestamps``)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Events of OpenAI's transcription stream (``stream=true``: server-sent events)
+
+
+def delta_event(delta: str, segment_id: str | None = None) -> Body:
+    """``transcript.text.delta``: a piece of text, with the ``segment_id`` it belongs to if any."""
+    ev: Body = {"type": "transcript.text.delta", "delta": delta}
+    if segment_id is not None:
+        ev["segment_id"] = segment_id
+    return ev
+
+
+def segment_event(s: Segment) -> Body:
+    """``transcript.text.segment``: one diarized segment, the shape of ``diarized_json``'s segments."""
+    return diarized_segment(s)
+
+
+def done_event(text: str, warnings: Sequence[str] = (), usage: Body | None = None) -> Body:
+    """``transcript.text.done``: the whole text, the ``usage`` and the warnings (each once)."""
+    ev: Body = {"type": "transcript.text.done", "text": text}
+    if usage is not None:
+        ev["usage"] = usage
+    if warnings:
+        ev["warnings"] = list(dict.fromkeys(warnings))
+    return ev
+
+
+def encode_sse(event: Body) -> bytes:
+    """One server-sent event: ``data: <json>`` and a blank line, UTF-8."""
+    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
