@@ -198,13 +198,3 @@ def test_silence_gives_no_turns(backend):
     assert silent.segments == () and silent.speakers == () and silent.fingerprints == {}
     assert silent.probabilities.values.shape[1] == 0
 
-
-@needs_espeak
-def test_a_third_voice_that_says_one_line_is_found(backend):
-    # syn3a of the tuning set: 3 voices, the third says one 3 s line among 31 s of the other two
-    from bench.diarization_der import synthetic_meeting
-
-    samples, ref, uem = synthetic_meeting("syn3a")
-    result = backend.diarize(samples)
-    assert len(result.speakers) == 3, result.segments
-    assert der(ref, result.segments, uem=uem)["der"] < 0.2

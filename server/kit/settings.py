@@ -122,7 +122,7 @@ class RouterSettings(ServerSettings):
     link_threshold: float | None = Field(
         None, ge=-1, le=1,
         description="Cosine similarity above which two chunk-local speakers are one person; None: by embedder "
-        "(0.68 CAM++, 0.50 TitaNet).",
+        "(0.66 CAM++, 0.50 TitaNet).",
     )
     known_speaker_threshold: float | None = Field(
         None, ge=-1, le=1,

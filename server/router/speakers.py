@@ -17,12 +17,12 @@ import numpy as np
 from server.core.transcript import SpeakerTurn
 from server.router.clients import Diarization
 
-# CAM++ (the sidecar's pyannote-style backend): 0.68 is the cosine of its own clustering threshold
-# (centroid distance 0.8 between unit vectors: 1 - 0.8²/2), so windows are linked as the sidecar
+# CAM++ (the sidecar's pyannote-style backend): 0.66 is the cosine of its own clustering threshold
+# (centroid distance 0.825 between unit vectors: 1 - 0.825²/2), so windows are linked as the sidecar
 # clusters inside one. Known speakers (a 2-10 s reference against a speaker's fingerprint) at 0.45:
 # CAM++ cosines measured on stretches of one speaker talking alone were 0.58-0.76 for the same AMI
 # speaker and 0.01-0.12 for different ones (espeak voices: >= 0.82 same, <= 0.26 different).
-LINK_THRESHOLDS = {"titanet": 0.50, "resemblyzer": 0.80, "campplus": 0.68}
+LINK_THRESHOLDS = {"titanet": 0.50, "resemblyzer": 0.80, "campplus": 0.66}
 KNOWN_THRESHOLDS = {"titanet": 0.40, "resemblyzer": 0.75, "campplus": 0.45}
 DEFAULT_LINK_THRESHOLD = 0.75
 MARGIN_SCALE = 0.05  # cosine-similarity margin that moves a link's confidence from 0.5 to 0.73
