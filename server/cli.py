@@ -96,6 +96,47 @@ def serve_router(host, port, whisper_url, sidecar_url, api_keys, backend_api_key
     sys.exit(serve(create_app(settings), settings))
 
 
+@serve.command("ray")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address of Serve's HTTP proxy.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port of the OpenAI API.")
+@click.option("--address", default=None,
+              help="Ray cluster: none starts a local one; 'auto' joins this machine's; ray://HOST:10001.")
+@click.option("--whisper-replicas", type=int, default=1, show_default=True)
+@click.option("--sidecar-replicas", type=int, default=1, show_default=True)
+@click.option("--whisper-gpus", type=float, default=0.0, show_default=True, help="GPUs per whisper replica.")
+@click.option("--sidecar-gpus", type=float, default=0.0, show_default=True, help="GPUs per sidecar replica.")
+@click.option("--whisper-cpus", type=float, default=1.0, show_default=True, help="CPUs per whisper replica.")
+@click.option("--autoscale-whisper", "autoscale_max", type=int, default=None,
+              help="autoscale the whisper deployment from 1 to this many replicas (replaces --whisper-replicas)")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="a Serve config file (server/deploy/serve_config.yaml): its application args are the settings")
+@whisper_options
+def serve_ray(host, port, address, whisper_replicas, sidecar_replicas, whisper_gpus, sidecar_gpus, whisper_cpus,
+              autoscale_max, config_file, model, dtype, quantization, batch_size) -> None:
+    """The router's OpenAI API on Ray Serve, with replicas of the whisper server and the sidecar.
+
+    Ready when GET /ready answers 200 (every backend replica loaded and warmed up)."""
+    from server.ray_app import Autoscaling, DeploymentSettings, RayServeSettings, run
+
+    if config_file:
+        import yaml
+
+        doc = yaml.safe_load(Path(config_file).read_text())
+        settings = RayServeSettings(**(doc["applications"][0].get("args") or {}))
+    else:
+        whisper = {k: v for k, v in dict(model=model, dtype=dtype, quantization=quantization,
+                                          batch_size=batch_size).items() if v is not None}
+        autoscaling = Autoscaling(max_replicas=autoscale_max) if autoscale_max else None
+        settings = RayServeSettings(
+            whisper=whisper,
+            whisper_deployment=DeploymentSettings(replicas=whisper_replicas, num_cpus=whisper_cpus,
+                                                  num_gpus=whisper_gpus, autoscaling=autoscaling),
+            sidecar_deployment=DeploymentSettings(replicas=sidecar_replicas, num_gpus=sidecar_gpus),
+        )
+    _logging("info")
+    sys.exit(run(settings, host=host, port=port, address=address))
+
+
 @main.command("up")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address of all three servers.")
 @click.option("--port", "router_port", type=int, default=8000, show_default=True, help="Router port.")
