@@ -13,6 +13,7 @@ Each clip ``X`` is ``../shared/data/pyannote_ami_X.wav`` with ``.rttm`` (referen
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -27,12 +28,70 @@ CLIPS = ("dev00", "dev01", "trn00", "trn08")
 ESPEAK = "espeak305"
 COLLARS = (0.0, 0.25)
 
+# Synthetic 3- and 4-voice meetings of ~30 s (the AMI clips' length) for choosing thresholds: the two
+# AMI dev clips have 2 speakers each, so they cannot tell whether a setting keeps a third or fourth
+# (small) speaker. Each line is (voice, line of LONG_DIALOGUE, gap before it in seconds; negative: it
+# starts that long before the previous line ends, both voices at once). One voice per meeting says
+# little (a "small" speaker, as in a real meeting). trn00/trn08 are never used to choose anything.
+# The voices were picked by CAM++ cosine (one embedding of two lines against another of a third line,
+# 16 espeak-ng voice/variant settings): self 0.86-0.94, each pair of these four 0.09-0.48 (on AMI dev00 /
+# dev01 the two speakers' centroids are at 0.22 / 0.29). The voices of torch_models.synth other than
+# en+f3 are 0.73-0.87 apart, as alike to CAM++ as one person, so no threshold can separate them.
+MEETING_VOICES: dict[str, tuple[str, int, int]] = {
+    "A": ("en+klatt2", 50, 160), "B": ("en+f3", 80, 150), "C": ("en+m7", 40, 150), "D": ("en-us+f2", 60, 160),
+}
+MEETINGS: dict[str, tuple[tuple[str, int, float], ...]] = {
+    # 3 voices, C says one short line
+    "syn3a": (("A", 0, 0.5), ("B", 1, 0.4), ("A", 2, 0.3), ("C", 16, 0.5), ("B", 3, -0.6), ("A", 4, 0.3),
+              ("B", 5, 0.3), ("A", 6, 0.4)),
+    # 3 voices, balanced-ish, two overlaps
+    "syn3b": (("B", 8, 0.4), ("C", 9, -0.5), ("A", 10, 0.4), ("C", 11, 0.3), ("B", 12, -0.7), ("A", 13, 0.5),
+              ("C", 16, 0.3)),
+    # 4 voices, D says one short line
+    "syn4a": (("A", 20, 0.4), ("B", 21, 0.3), ("C", 22, 0.5), ("A", 23, -0.5), ("D", 59, 0.4), ("B", 24, 0.3),
+              ("C", 25, 0.4)),
+    # 4 voices, each twice, overlaps
+    "syn4b": (("C", 30, 0.4), ("D", 31, 0.3), ("A", 32, -0.6), ("B", 33, 0.4), ("D", 34, 0.3), ("C", 35, -0.5),
+              ("A", 36, 0.4), ("B", 37, 0.3)),
+}
+
+
+def synthetic_meeting(name: str):
+    """``(samples, reference turns, uem)`` of one of ``MEETINGS`` (needs espeak-ng): lines spoken
+    in turn with the listed gaps (negative: overlapped, the voices mixed), peak-normalised to 0.5;
+    each reference turn is its line's span above an energy floor (``torch_models.synth.speech_span``)."""
+    from bench.router_eval import LONG_DIALOGUE
+    from server.core.transcript import SpeakerTurn
+    from torch_models.synth import speak, speech_span
+
+    rate = 16000
+    parts: list[tuple[int, np.ndarray]] = []
+    turns = []
+    end = 0
+    for who, line, gap in MEETINGS[name]:
+        voice, pitch, wpm = MEETING_VOICES[who]
+        audio = speak(LONG_DIALOGUE[line], voice, pitch, wpm)
+        a, b = speech_span(audio)
+        audio = audio[a:b]
+        start = max(0, end + int(gap * rate))
+        parts.append((start, audio))
+        turns.append(SpeakerTurn(start / rate, (start + audio.shape[0]) / rate, who))
+        end = start + audio.shape[0]
+    total = max(s + a.shape[0] for s, a in parts) + rate // 2
+    mix = np.zeros(total, np.float32)
+    for start, audio in parts:
+        mix[start: start + audio.shape[0]] += audio
+    mix *= 0.5 / max(1e-6, float(np.abs(mix).max()))
+    return mix, turns, (0.0, total / rate)
+
 
 def load_case(name: str, data: Path):
     """``(samples, reference turns, scored region)`` of an AMI clip name or ``espeak305``."""
     from bench.eval_der import read_reference
     from server.core.audio import decode_audio
 
+    if name in MEETINGS:
+        return synthetic_meeting(name)
     if name == ESPEAK:
         from bench.router_eval import long_conversation
 
@@ -56,13 +115,16 @@ def speech_for(minutes: float) -> np.ndarray:
               help="AMI clip names (dev00, …) and/or espeak305.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=DATA, show_default=True)
 @click.option("--thresholds", default=None, help="Comma-separated clustering thresholds to compare (sweep).")
+@click.option("--min-cluster-sizes", default=None, help="Comma-separated min_cluster_size values (sweep).")
+@click.option("--min-cluster-fractions", default=None, help="Comma-separated min_cluster_fraction values (sweep).")
 @click.option("--step", type=float, default=None, help="Segmentation step (s); default: the sidecar's.")
 @click.option("--piece", type=float, default=None, help="Piece length (s) of local speakers; 0: whole (pyannote 3.1).")
 @click.option("--rtfx-minutes", type=float, default=0.0, help="Also time the diarizer on this much speech.")
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's own choice).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Result folder (default bench/results/diarization-der-<date>).")
-def main(clips, data, thresholds, step, piece, rtfx_minutes, threads, out) -> None:
+def main(clips, data, thresholds, min_cluster_sizes, min_cluster_fractions, step, piece, rtfx_minutes, threads,
+         out) -> None:
     """Print per-clip DER (collar 0 and 0.25 s) and write result.json + table.md."""
     import torch
 
@@ -80,19 +142,29 @@ def main(clips, data, thresholds, step, piece, rtfx_minutes, threads, out) -> No
         diarizer.config = replace(diarizer.config, step_s=step)
     if piece is not None:
         diarizer.config = replace(diarizer.config, piece_s=piece or None)
-    values = [float(x) for x in thresholds.split(",")] if thresholds else [diarizer.config.threshold]
+    c0 = diarizer.config
+    grid = {"threshold": [float(x) for x in thresholds.split(",")] if thresholds else [c0.threshold],
+            "min_cluster_size": [int(x) for x in min_cluster_sizes.split(",")] if min_cluster_sizes
+            else [c0.min_cluster_size],
+            "min_cluster_fraction": [float(x) for x in min_cluster_fractions.split(",")] if min_cluster_fractions
+            else [c0.min_cluster_fraction]}
+    values = [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
+    swept = [k for k, v in grid.items() if len(v) > 1] or ["threshold"]
+
+    def label(v: dict) -> str:
+        return ", ".join(f"{k} {v[k]:g}" for k in swept)
     names = [c.strip() for c in clips.split(",") if c.strip()]
     rows = []
     for name in names:
         samples, ref, uem = load_case(name, data)
         t0 = time.perf_counter()
         analysis = diarizer.analyse(samples)
-        for thr in values:
-            config = replace(diarizer.config, threshold=thr)
+        for v in values:
+            config = replace(diarizer.config, **v)
             t1 = time.perf_counter()
             result = diarizer.finish(samples, analysis, DiarizationOptions(), config=config)
             wall = (t1 - t0) + (time.perf_counter() - t1)
-            row = {"clip": name, "threshold": thr, "seconds": round(len(samples) / 16000, 2),
+            row = {"clip": name, **v, "setting": label(v), "seconds": round(len(samples) / 16000, 2),
                    "speakers_ref": len({t.speaker for t in ref}), "speakers_hyp": len(result.speakers),
                    "wall_s": round(wall, 2)}
             for collar in COLLARS:
@@ -100,18 +172,22 @@ def main(clips, data, thresholds, step, piece, rtfx_minutes, threads, out) -> No
                 row[f"der_c{collar:g}"] = round(score["der"], 4)
                 row[f"parts_c{collar:g}"] = {k: round(score[k], 4) for k in ("missed", "false_alarm", "confusion")}
             rows.append(row)
-            click.echo(f"{name:10s} thr {thr:5.3f}  DER {row['der_c0']:6.1%} (collar 0)  {row['der_c0.25']:6.1%} "
+            click.echo(f"{name:10s} {label(v)}  DER {row['der_c0']:6.1%} (collar 0)  {row['der_c0.25']:6.1%} "
                        f"(collar 0.25: miss {row['parts_c0.25']['missed']:.1%}, FA "
                        f"{row['parts_c0.25']['false_alarm']:.1%}, conf {row['parts_c0.25']['confusion']:.1%})  "
                        f"speakers {row['speakers_hyp']}/{row['speakers_ref']}  {wall:.1f} s")
     summary = {}
-    for thr in values:
-        ami = [r for r in rows if r["threshold"] == thr and r["clip"] != ESPEAK]
-        if ami:
-            summary[str(thr)] = {f"mean_ami_der_c{c:g}": round(float(np.mean([r[f"der_c{c:g}"] for r in ami])), 4)
-                                 for c in COLLARS}
-            click.echo(f"threshold {thr:5.3f}: mean AMI DER {summary[str(thr)]['mean_ami_der_c0']:.1%} (collar 0), "
-                       f"{summary[str(thr)]['mean_ami_der_c0.25']:.1%} (collar 0.25) over {len(ami)} clips")
+    for v in values:
+        for group, members in (("ami", CLIPS), ("synthetic", tuple(MEETINGS))):
+            sel = [r for r in rows if r["setting"] == label(v) and r["clip"] in members]
+            if not sel:
+                continue
+            summary.setdefault(label(v), {}).update(
+                {f"mean_{group}_der_c{c:g}": round(float(np.mean([r[f"der_c{c:g}"] for r in sel])), 4) for c in COLLARS})
+            summary[label(v)][f"{group}_clips"] = [r["clip"] for r in sel]
+            s = summary[label(v)]
+            click.echo(f"{label(v)}: mean {group} DER {s[f'mean_{group}_der_c0']:.1%} (collar 0), "
+                       f"{s[f'mean_{group}_der_c0.25']:.1%} (collar 0.25) over {len(sel)} clips")
     rtfx = None
     if rtfx_minutes > 0:
         speech = speech_for(rtfx_minutes)
@@ -133,12 +209,14 @@ def main(clips, data, thresholds, step, piece, rtfx_minutes, threads, out) -> No
                                                 indent=2))
     lines = ["| clip | speakers (found/ref) | DER collar 0 | DER collar 0.25 s |", "|---|---|---|---|"]
     for r in rows:
-        tag = f" (thr {r['threshold']:g})" if len(values) > 1 else ""
+        tag = f" ({r['setting']})" if len(values) > 1 else ""
         lines.append(f"| {r['clip']}{tag} | {r['speakers_hyp']}/{r['speakers_ref']} | {r['der_c0']:.1%} | "
                      f"{r['der_c0.25']:.1%} |")
-    for thr, s in summary.items():
-        lines.append(f"| mean of the AMI clips (thr {float(thr):g}) | | {s['mean_ami_der_c0']:.1%} | "
-                     f"{s['mean_ami_der_c0.25']:.1%} |")
+    for setting, s in summary.items():
+        for group in ("ami", "synthetic"):
+            if f"mean_{group}_der_c0" in s:
+                lines.append(f"| mean of the {group} clips {', '.join(s[f'{group}_clips'])} ({setting}) | | "
+                             f"{s[f'mean_{group}_der_c0']:.1%} | {s[f'mean_{group}_der_c0.25']:.1%} |")
     if rtfx:
         lines.append(f"\nRTFx: {rtfx['audio_s']:.0f} s of two-voice espeak speech in {rtfx['wall_s']:.1f} s = "
                      f"{rtfx['rtfx']:.1f}x real time ({rtfx['torch_threads']} torch threads).")

@@ -1,7 +1,7 @@
 """Score the router's speaker-attributed transcripts: DER, WER and cpWER.
 
     chorus up &                                   # or any running router
-    python -m bench.router_eval --url http://127.0.0.1:8000 \\
+    python -m bench.router_eval --url http://127.0.0.1:8000 --collar 0 --collar 0.25 \\
         ../shared/data/pyannote_ami_dev00.wav ../shared/data/pyannote_ami_dev01.wav --espeak-long
 
 For ``X.wav`` the diarization reference is ``X.rttm`` and the scored region ``X.uem``; with
@@ -182,10 +182,13 @@ async def transcribe(url: str, name: str, data: bytes, model: str) -> dict:
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="A running router.")
 @click.option("--model", default="gpt-4o-transcribe-diarize", show_default=True)
 @click.option("--espeak-long", is_flag=True, help="Also score the 5-minute two-voice espeak-ng conversation.")
-@click.option("--collar", type=float, default=0.0, show_default=True)
+@click.option("--collar", "collars", type=float, multiple=True, default=(0.0,), show_default=True,
+              help="Forgiveness collar (seconds) around reference boundaries; repeat to score one answer at several.")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def main(files, url, model, espeak_long, collar, json_out) -> None:
-    """Print DER (and WER / cpWER where a script exists) of the router on each recording."""
+def main(files, url, model, espeak_long, collars, json_out) -> None:
+    """Print DER (and WER / cpWER where a script exists) of the router on each recording, at each
+    ``--collar`` (one request per recording; the row's ``der*`` keys are the first collar's,
+    ``by_collar`` holds every collar's)."""
     from server.core.audio import to_wav_bytes
 
     cases: list[tuple[str, bytes, Reference]] = [(p.name, p.read_bytes(), read_reference(p)) for p in files]
@@ -199,15 +202,17 @@ def main(files, url, model, espeak_long, collar, json_out) -> None:
         t0 = time.perf_counter()
         body = asyncio.run(transcribe(url, name, data, model))
         wall = time.perf_counter() - t0
-        row = {"file": name, "duration": body["duration"], "wall_s": round(wall, 2), **score(body["segments"], ref, collar=collar),
-               "warnings": body.get("warnings", [])}
+        scores = {c: score(body["segments"], ref, collar=c) for c in collars}
+        row = {"file": name, "duration": body["duration"], "wall_s": round(wall, 2), **scores[collars[0]],
+               "by_collar": {str(c): v for c, v in scores.items()}, "warnings": body.get("warnings", [])}
         rows.append(row)
-        extra = "".join(f"  {k} {row[k]:.1%}" for k in ("wer", "cpwer") if k in row)
-        click.echo(f"{name:28s} DER {row['der']:6.1%} (miss {row['der_missed']:.1%}, FA {row['der_false_alarm']:.1%}, "
-                   f"conf {row['der_confusion']:.1%}){extra}  speakers {row['speakers_hyp']}/{row['speakers_ref']}  "
-                   f"{row['duration']:.0f}s audio in {wall:.1f}s")
+        for c, sc in scores.items():
+            extra = "".join(f"  {k} {sc[k]:.1%}" for k in ("wer", "cpwer") if k in sc)
+            click.echo(f"{name:28s} collar {c:g}: DER {sc['der']:6.1%} (miss {sc['der_missed']:.1%}, "
+                       f"FA {sc['der_false_alarm']:.1%}, conf {sc['der_confusion']:.1%}){extra}  "
+                       f"speakers {sc['speakers_hyp']}/{sc['speakers_ref']}  {row['duration']:.0f}s audio in {wall:.1f}s")
     if json_out:
-        json_out.write_text(json.dumps({"url": url, "collar": collar, "files": rows}, indent=2))
+        json_out.write_text(json.dumps({"url": url, "collars": list(collars), "files": rows}, indent=2))
 
 
 if __name__ == "__main__":

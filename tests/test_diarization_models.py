@@ -197,3 +197,4 @@ def test_silence_gives_no_turns(backend):
     silent = backend.diarize(np.zeros(3 * SAMPLE_RATE, np.float32), include_probabilities=True)
     assert silent.segments == () and silent.speakers == () and silent.fingerprints == {}
     assert silent.probabilities.values.shape[1] == 0
+

@@ -101,6 +101,14 @@ def test_agglomerative_finds_the_count_and_honours_bounds():
     assert len(set(agglomerative(x, 1.9, 12, lo=1, hi=10))) == 1  # a huge threshold merges all
 
 
+def test_a_small_cluster_is_kept_only_above_the_minimum_size():
+    # 3 speakers, the third with 6 of 86 embeddings (a voice that says little in a short clip)
+    x = np.concatenate([_blobs(40, np.eye(4)[:2] * 3, 0.3), _blobs(6, [np.eye(4)[2] * 3], 0.3, seed=1)])
+    assert len(set(agglomerative(x, 0.7, 12, lo=1, hi=10, min_cluster_fraction=0.1))) == 2  # 6 < min(12, 8.6)
+    assert len(set(agglomerative(x, 0.7, 12, lo=1, hi=10, min_cluster_fraction=0.05))) == 3  # 6 >= min(12, 4.3)
+    assert len(set(agglomerative(x, 0.7, 6, lo=1, hi=10))) == 3
+
+
 def test_assign_is_one_to_one_within_a_chunk_when_constrained():
     cents = np.eye(2)
     emb = np.array([[[1.0, 0.1], [0.9, 0.2]], [[0.0, 1.0], [np.nan, np.nan]]])

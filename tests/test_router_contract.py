@@ -1,7 +1,8 @@
 """What a client of the router can rely on (issue 14's router defects), with fake backends:
 
-- segment times are ordered and inside the audio in every response format, and a segment with
-  words spans exactly its words;
+- segment times are ordered and inside the audio in every response format; a segment with words
+  spans exactly its words (verbose_json, srt, vtt), or in ``diarized_json`` (speaker turns) covers
+  its speaker's turn around them;
 - for a file the router sends whole, its text, segments and decoding statistics are the whisper
   server's own;
 - the stream's ``transcript.text.done`` carries OpenAI's duration usage;
@@ -16,6 +17,7 @@ import asyncio
 import json
 import re
 import struct
+from dataclasses import replace
 
 import httpx
 import numpy as np
@@ -27,7 +29,7 @@ from starlette.routing import Route
 
 from server.core.audio import SAMPLE_RATE, to_wav_bytes
 from server.core.transcript import Segment, SpeakerTurn, Word
-from server.router.merge import assign_speakers, fit_times, split_by_words
+from server.router.merge import assign_speakers, cover_turns, fit_times, split_by_words
 from server.router.pipeline import text_pieces
 from tests.conftest import make_client
 from tests.test_router import CONVERSATION, dialogue, fake_whisper, router_app, tone
@@ -146,11 +148,14 @@ async def test_segment_times_are_ordered_and_inside_the_audio_in_every_format(mo
     assert all(s.model_extra.get("confidence") is not None for s in out.segments)
     assert [(s.speaker, s.text) for s in out.segments] == [
         ("A", "Hello there."), ("B", "Yeah,"), ("A", "I see."), ("B", "The end.")]
-    assert (out.segments[1].start, out.segments[1].end) == (3.0, 3.5)  # the word's own times
+    # diarized_json segments are speaker turns: each covers its speaker's turn around its words
+    # (B's "Yeah," is said at 3.0-3.5 inside B's turn 2.9-3.6; the last turn is cut at the audio's end)
+    assert [(s.start, s.end) for s in out.segments] == [(0.3, 1.6), (2.9, 3.6), (4.2, 5.3), (8.0, 10.0)]
     stream = await client.audio.transcriptions.create(model=model, file=data, response_format="diarized_json",
                                                       stream=True)
     segments = [ev for ev in [ev async for ev in stream] if ev.type == "transcript.text.segment"]
     check_spans([(s.start, s.end) for s in segments], duration, "stream")
+    assert [(s.start, s.end) for s in segments] == [(s.start, s.end) for s in out.segments]
     assert all(s.model_extra.get("confidence") is not None for s in segments)
 
 
@@ -354,7 +359,8 @@ async def test_overlapping_turns_give_overlapping_segments():
     out = await client.audio.transcriptions.create(model=DIARIZE, file=("s.wav", to_wav_bytes(TEN_SECONDS)),
                                                    response_format="diarized_json")
     got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
-    assert got == [("A", 0.6, 7.0, "I think we should ship it Monday."), ("B", 3.2, 4.2, "yeah, right")]
+    # each covers its speaker's turn: A's 0.5-7.2 around B's 3.0-4.5
+    assert got == [("A", 0.5, 7.2, "I think we should ship it Monday."), ("B", 3.0, 4.5, "yeah, right")]
     assert out.text == "I think we should yeah, right ship it Monday."  # the whisper server's text
     words = sorted(w for s in out.segments for w in s.text.split())
     assert words == sorted(out.text.split())  # every word in exactly one segment
@@ -380,6 +386,59 @@ def test_split_by_words_keeps_a_speaker_through_anothers_words():
     pieces = split_by_words(seg, tree)
     assert [p.speaker for p in pieces] == ["spk0", "spk1", "spk0"]
     assert all(a.end <= b.start for a, b in zip(pieces, pieces[1:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# diarized_json segments cover their speaker's turn (the pauses inside it are not missed speech)
+
+# A talks 0.2-4.8 with a long pause inside (two sentences, two whisper segments); B answers 5.0-8.9,
+# one sentence with a pause mid-way; A's last word at 9.4-9.8 inside A's turn 9.0-9.9
+TURN_WORDS = [
+    {"start": 0.4, "end": 1.6, "words": words_of((" We", 0.4, 0.7), (" start.", 0.8, 1.6))},
+    {"start": 3.0, "end": 4.4, "words": words_of((" Any", 3.0, 3.4), (" news?", 3.5, 4.4))},
+    {"start": 5.3, "end": 8.5, "words": words_of((" Not", 5.3, 5.6), (" yet,", 5.6, 6.0), (" sorry.", 7.6, 8.5))},
+    {"start": 9.4, "end": 9.8, "words": words_of((" Fine.", 9.4, 9.8))},
+]
+TURN_TURNS = [(0.2, 4.8, "spk0", 0.9), (5.0, 8.9, "spk1", 0.8), (9.0, 9.9, "spk0", 0.9)]
+
+
+async def test_diarized_json_segments_cover_their_speakers_turns():
+    from bench.router_eval import Reference, score
+
+    client = make_client(canned_router(TURN_WORDS, TURN_TURNS))
+    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
+    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
+    # A's two segments in one turn meet at the second one's first word; no segment overlaps its
+    # own speaker's; the text is the whisper server's, unchanged
+    assert got == [("A", 0.2, 3.0, "We start."), ("A", 3.0, 4.8, "Any news?"), ("B", 5.0, 8.9, "Not yet, sorry."),
+                   ("A", 9.0, 9.9, "Fine.")]
+    # so the DER of what a client gets is the diarizer's own (0 here), not the words' (the pauses missed)
+    ref = Reference(tuple(SpeakerTurn(a, b, s) for a, b, s, _ in TURN_TURNS), uem=(0.0, 10.0))
+    assert score([s.model_dump() for s in out.segments], ref)["der"] == pytest.approx(0.0, abs=1e-6)
+    # subtitles and verbose_json keep openai/whisper's timing: a segment spans exactly its words
+    verbose = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="verbose_json")
+    assert [(s.start, s.end) for s in verbose.segments] == [(0.4, 1.6), (3.0, 4.4), (5.3, 8.5), (9.4, 9.8)]
+    stream = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json",
+                                                      stream=True)
+    events = [ev for ev in [ev async for ev in stream] if ev.type == "transcript.text.segment"]
+    assert [(e.speaker, e.start, e.end) for e in events] == [g[:3] for g in got]
+
+
+def test_cover_turns_bounds():
+    words = (Word(" a", 2.0, 2.5),)
+    seg = Segment(0, 2.0, 2.5, " a", words=words, speaker="A", confidence=0.9, avg_logprob=-0.4)
+    turns = [SpeakerTurn(1.0, 3.0, "A", 0.9), SpeakerTurn(3.1, 4.0, "A", 0.9),  # joined: 0.1 s apart
+             SpeakerTurn(0.0, 6.0, "B", 0.5)]
+    (out,) = cover_turns([seg], turns)
+    assert (out.start, out.end) == (1.0, 4.0) and out.avg_logprob == -0.4 and out.words == words
+    (out,) = cover_turns([seg], turns, start=1.5, end=3.5)  # the audio (or the chunk) bounds it
+    assert (out.start, out.end) == (1.5, 3.5)
+    # a segment outside its speaker's turns, or without a speaker, is left as it is; none shrinks
+    far = replace(seg, start=5.0, end=5.5, words=(Word(" a", 5.0, 5.5),))
+    assert cover_turns([far, replace(seg, speaker=None)], turns) == [far, replace(seg, speaker=None)]
+    (out,) = cover_turns([seg], [SpeakerTurn(2.1, 2.2, "A", 0.9)])
+    assert (out.start, out.end) == (2.0, 2.5)
 
 
 def test_words_that_do_not_spell_the_text_are_not_used_to_cut_it():
@@ -422,3 +481,38 @@ async def test_sidecar_deadline_grows_with_the_window():
             await client.diarize(to_wav_bytes(np.zeros(2 * 16000, np.float32)))
     finally:
         await client.aclose()
+
+
+def test_cover_turns_matches_a_plain_scan_on_many_segments():
+    # the bisect over each speaker's stretches gives what checking every stretch gives
+    rng = np.random.default_rng(0)
+    turns, segs = [], []
+    for i in range(400):
+        a = float(i) + float(rng.uniform(0, 0.3))
+        turns.append(SpeakerTurn(a, a + float(rng.uniform(0.2, 1.4)), "AB"[int(rng.integers(2))], 0.9))
+    for i in range(300):
+        a = round(float(rng.uniform(0, 400)), 3)  # times in ms, as the whisper server gives them
+        segs.append(Segment(i, a, round(a + float(rng.uniform(0.05, 0.8)), 3), " x", speaker="AB"[int(rng.integers(2))]))
+    segs.sort(key=lambda s: s.start)
+    got = cover_turns(segs, turns)
+
+    def plain(segments):
+        from server.router.merge import _stretches
+        st = _stretches(turns)
+        out = []
+        for s in segments:
+            hits = [(a, b) for a, b in st[s.speaker] if a < max(s.end, s.start + 1e-3) and b > s.start]
+            out.append((min(s.start, min(a for a, _ in hits)), max(s.end, max(b for _, b in hits))) if hits else None)
+        return out
+
+    for s, g, p in zip(segs, got, plain(segs)):
+        assert g.start <= s.start and g.end >= s.end  # never shrinks
+        if p is None:
+            assert (g.start, g.end) == (s.start, s.end)
+        else:
+            assert p[0] - 1e-3 <= g.start and g.end <= p[1] + 1e-3  # inside the stretches it overlaps
+    for spk in "AB":  # one speaker's segments never overlap each other (unless their words did)
+        mine = sorted((g for g in got if g.speaker == spk), key=lambda g: g.start)
+        orig = {s.id: s for s in segs}
+        for x, y in zip(mine, mine[1:]):
+            assert x.end <= y.start + 1e-9 or orig[x.id].end > orig[y.id].start

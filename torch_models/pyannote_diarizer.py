@@ -65,12 +65,17 @@ class PyannoteConfig:
     the two AMI dev clips (pyannote_ami_dev00/dev01) with ``python -m bench.diarization_der``:
     ``piece_s`` (local speakers cut into ~2 s pieces, see ``split_local_speakers``) and
     ``threshold`` 0.825 for CAM++ pieces (3.1: 0.7045 for WeSpeaker ResNet34 on whole local
-    speakers; 0.8–0.85 gave the same result on the dev clips, 0.9 lost a speaker).
+    speakers; 0.8–0.85 gave the same result on the dev clips, 0.9 lost a speaker). Rechecked on
+    four synthetic 3-4 voice espeak-ng meetings (``bench.diarization_der.MEETINGS``), which kept
+    min_cluster_size 12 and the threshold; 1.5 s pieces at 0.8 scored better there but split one
+    voice into two speakers across the router's windows (tests/test_router_e2e.py), so they were not
+    adopted (bench/results/cpu-diarization-der-2026-11-30/tuning). AMI trn00/trn08 are never tuned on.
     """
 
     step_s: float = 1.0  # hop between 10 s segmentation chunks
     threshold: float = 0.825  # centroid-linkage distance between unit-norm embeddings
     min_cluster_size: int = 12
+    min_cluster_fraction: float = 0.1  # ... or this share of the clustered embeddings when that is fewer
     min_active_ratio: float = 0.2  # clustered only if alone for this share of the chunk (or of the piece)
     piece_s: float | None = 2.0  # local speakers cut into pieces of about this much speech (None: whole)
     min_clean_s: float = 0.25  # fewer own (non-overlapped) seconds: embed all the speaker's frames
@@ -228,10 +233,11 @@ def _large_clusters(dendrogram: np.ndarray, cut: float, min_size: int) -> tuple[
 
 def agglomerative(
     embeddings: np.ndarray, threshold: float, min_cluster_size: int, lo: int, hi: int,
+    min_cluster_fraction: float = 0.1,
 ) -> np.ndarray:
     """Cluster ids ``(n,)`` of unit-norm float ``(n, D)`` embeddings (pyannote 3.1
     ``AgglomerativeClustering``: centroid linkage, distance ``threshold``; clusters smaller than
-    ``min_cluster_size`` (scaled down for few embeddings) join the nearest large one; when the
+    ``min(min_cluster_size, min_cluster_fraction · n)`` (at least 1) join the nearest large one; when the
     number of large clusters falls outside ``[lo, hi]``, the dendrogram cut that gives the count
     nearest to the bound is used instead)."""
     from scipy.cluster.hierarchy import linkage
@@ -240,7 +246,7 @@ def agglomerative(
     n = embeddings.shape[0]
     if n < 2:
         return np.zeros(n, dtype=np.int64)
-    min_size = min(min_cluster_size, max(1, round(0.1 * n)))
+    min_size = min(min_cluster_size, max(1, round(min_cluster_fraction * n)))
     dendrogram = linkage(embeddings, method="centroid", metric="euclidean")
     clusters, large = _large_clusters(dendrogram, threshold, min_size)
     target = lo if len(large) < lo else hi if len(large) > hi else None
@@ -514,7 +520,8 @@ def cluster_chunks(
     if options.num_speakers and options.num_speakers > train.sum():
         warnings.append(f"too little speech to find {options.num_speakers} speakers")
     x = a.embeddings[train].astype(np.float64)
-    labels = np.zeros(len(x), dtype=np.int64) if hi < 2 else agglomerative(x, c.threshold, c.min_cluster_size, lo, hi)
+    labels = np.zeros(len(x), dtype=np.int64) if hi < 2 else agglomerative(x, c.threshold, c.min_cluster_size, lo, hi,
+                                                                               c.min_cluster_fraction)
     k = int(labels.max()) + 1
     centroids = np.stack([x[labels == j].mean(0) for j in range(k)])
     clusters = assign(a.embeddings, centroids, c.constrained_assignment)

@@ -256,7 +256,8 @@ def create_app(
         job = Job(model=whisper_model(req.model), task="transcribe", language=req.language, prompt=req.prompt,
                   temperature=req.temperature, diarize=diarize, vad=vad_options, known=tuple(zip(names, refs)),
                   words="word" in req.timestamp_granularities and req.response_format == "verbose_json",
-                  timestamps=diarize or req.response_format not in TIMELESS_FORMATS)
+                  timestamps=diarize or req.response_format not in TIMELESS_FORMATS,
+                  turn_spans=diarize and req.response_format == "diarized_json")
         return job
 
     async def cut(router: Router, samples: np.ndarray, job: Job) -> Plan:

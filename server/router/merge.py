@@ -6,12 +6,15 @@ each word goes to one speaker and a segment is cut where the speaker changes; it
 exactly their words, and a speaker who talks on through someone else's words (overlapping turns)
 keeps one piece, so overlapping speech gives overlapping segments. Segments without usable words
 are split proportionally to their characters over each speaker's speech time, the cut snapped to a
-nearby sentence end, and their edges pulled in to the speech inside them. ``fit_times`` keeps every
-segment ordered and inside the audio.
+nearby sentence end, and their edges pulled in to the speech inside them. For ``diarized_json``
+(speaker turns, not subtitles) ``cover_turns`` then widens every piece to its speaker's turn around
+its words, so the pauses inside a turn and its edges belong to the speaker. ``fit_times`` keeps
+every segment ordered and inside the audio.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 from dataclasses import replace
@@ -297,7 +300,76 @@ def split_by_words(seg: Segment, tree, nearest_s: float = 2.0) -> list[Segment]:
     return out
 
 
-def fit_times(segments: Sequence[Segment], duration: float) -> list[Segment]:
+def _stretches(turns: Sequence[SpeakerTurn]) -> dict[str, list[tuple[float, float]]]:
+    """Each speaker's turns, sorted and joined where they are at most ``GAP_S`` apart (seconds)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for t in sorted(turns, key=lambda t: t.start):
+        if t.end <= t.start:
+            continue
+        spans = out.setdefault(t.speaker, [])
+        if spans and t.start - spans[-1][1] <= GAP_S:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], t.end))
+        else:
+            spans.append((t.start, t.end))
+    return out
+
+
+def cover_turns(segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *, start: float = 0.0,
+                end: float = float("inf")) -> list[Segment]:
+    """Widen every speaker-attributed segment to its speaker's turn around its words.
+
+    ``diarized_json`` segments are speaker turns (OpenAI's ``TranscriptionDiarized``), so the
+    pauses between a speaker's words and the edges of the turn the diarizer found belong to that
+    speaker; a segment spanning only its words leaves them as missed speech. A segment of speaker
+    X grows to the stretch of X's turns (joined over gaps ≤ ``GAP_S``) that overlaps it, but never
+    over X's own neighbouring segments (X's consecutive segments in one turn meet at the next
+    one's first word, so they never overlap each other), never outside ``[start, end]``, and never
+    shrinks: it always holds its words. Another speaker's segment bounds it only where the
+    diarizer's turns say so (X's turn ends where Y's begins); where the turns overlap (two people
+    at once) the segments overlap too. Text, words, speakers and statistics are unchanged.
+
+    Args:
+        segments: speaker-attributed segments (``assign_speakers``), absolute seconds; segments
+            without a speaker, or whose speaker has no turn overlapping them, are left as they are.
+        turns: the speaker turns the segments were attributed from (same speaker names).
+        start, end: bounds in seconds (the audio, or the chunk a stream emits).
+
+    Returns:
+        the segments in their input order, ``start ≤ end`` each.
+    """
+    stretches = _stretches(turns)
+    starts = {k: [a for a, _ in v] for k, v in stretches.items()}
+    ends = {k: [b for _, b in v] for k, v in stretches.items()}
+    span: dict[int, tuple[float, float]] = {}
+    for i, s in enumerate(segments):
+        mine = stretches.get(s.speaker) if s.speaker is not None else None
+        if not mine:
+            continue
+        hi = max(s.end, s.start + 1e-3)
+        # stretches are sorted and disjoint: those overlapping [start, hi) are a contiguous run
+        lo_i = bisect.bisect_right(ends[s.speaker], s.start)
+        hi_i = bisect.bisect_left(starts[s.speaker], hi)
+        hits = mine[lo_i:hi_i]
+        if hits:
+            span[i] = (min(s.start, max(start, min(a for a, _ in hits))), max(s.end, min(end, max(b for _, b in hits))))
+    by_speaker: dict[str, list[int]] = {}
+    for i in sorted(span, key=lambda i: (segments[i].start, segments[i].end)):
+        by_speaker.setdefault(segments[i].speaker, []).append(i)
+    out = list(segments)
+    for order in by_speaker.values():
+        prev_end = -float("inf")
+        for k, i in enumerate(order):
+            s = segments[i]
+            lo, hi = span[i]
+            lo = min(s.start, max(lo, prev_end))
+            if k + 1 < len(order):
+                hi = max(s.end, min(hi, segments[order[k + 1]].start))
+            out[i] = replace(s, start=round(lo, 3), end=round(max(hi, lo), 3))
+            prev_end = max(prev_end, out[i].end)
+    return out
+
+
+def fit_times(segments: Sequence[Segment], duration: float, *, spans_words: bool = True) -> list[Segment]:
     """Every segment's (and word's) times inside ``[0, duration]`` and ordered (start ≤ end); a
     segment whose words spell its text spans exactly its words, as openai/whisper sets a segment's
     times from its word timestamps (``add_word_timestamps``); one with only some words (the
@@ -306,6 +378,8 @@ def fit_times(segments: Sequence[Segment], duration: float) -> list[Segment]:
     Args:
         segments: absolute times in seconds.
         duration: the audio's length in seconds.
+        spans_words: False (``diarized_json``, whose segments ``cover_turns`` widened to their
+            speaker's turn): every segment keeps its own times, widened to hold its words.
     """
     def clamp(x: float) -> float:
         return round(min(max(x, 0.0), duration), 3)
@@ -314,7 +388,7 @@ def fit_times(segments: Sequence[Segment], duration: float) -> list[Segment]:
     for s in segments:
         words = tuple(replace(w, start=clamp(w.start), end=max(clamp(w.end), clamp(w.start))) for w in s.words)
         start, end = clamp(s.start), clamp(s.end)
-        if words and words_spell_text(s):
+        if words and words_spell_text(s) and spans_words:
             start, end = min(w.start for w in words), max(w.end for w in words)
         elif words:
             start, end = min(start, *(w.start for w in words)), max(end, *(w.end for w in words))

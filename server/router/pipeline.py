@@ -10,8 +10,10 @@
    fingerprints (cosine similarity); each link carries a margin confidence; names ``A, B, …`` or
    the known speakers'. One window needs no linking.
 4. **merge** (``server.router.merge``): transcript segments × speaker turns, word by word, split where
-   the speaker changes (overlapping turns give overlapping segments); ``fit_times`` keeps every
-   segment ordered, inside the audio and spanning its words. The text is the whisper server's,
+   the speaker changes (overlapping turns give overlapping segments); for ``diarized_json``
+   (``Job.turn_spans``) each segment then covers its speaker's turn around its words
+   (``cover_turns``); ``fit_times`` keeps every segment ordered, inside the audio and spanning (or,
+   with turn spans, holding) its words. The text is the whisper server's,
    chunk texts joined; the speaker segments never rewrite it.
 5. **render**: ``server.core.formats`` for whole responses, the SSE events below for streams.
 
@@ -35,7 +37,7 @@ from server.core.transcript import Segment, SpeakerTurn, Transcript
 from server.core.vad import SileroVad, VadOptions
 from server.router.chunking import Chunk, Window, group_windows, plan_chunks
 from server.router.clients import BackendError, Diarization, SidecarClient, WhisperClient
-from server.router.merge import assign_speakers, fit_times
+from server.router.merge import assign_speakers, cover_turns, fit_times
 from server.router.speakers import (
     KNOWN_THRESHOLDS,
     KnownSpeaker,
@@ -67,7 +69,9 @@ class Job:
 
     ``diarize``: speakers are wanted (the request named a diarize model and a format that carries
     speakers). ``timestamps=False``: the answer carries no times (json/text without speakers), so
-    chunks are decoded text-only by the whisper server.
+    chunks are decoded text-only by the whisper server. ``turn_spans``: segments cover their
+    speaker's turn around their words (``diarized_json``, whose segments are speaker turns), not
+    only their words (verbose_json, srt, vtt: subtitle and word timing).
     """
 
     model: str
@@ -80,6 +84,7 @@ class Job:
     known: tuple[tuple[str, bytes], ...] = ()  # (name, reference audio as WAV bytes)
     words: bool = False  # the client asked for timestamp_granularities[]=word
     timestamps: bool = True
+    turn_spans: bool = False
 
 
 @dataclass
@@ -270,14 +275,17 @@ class Router:
             results = await asyncio.gather(*sidecar_tasks, return_exceptions=True)
             known, known_warnings = await known_task
             warnings += known_warnings
-            segments, w = self._attribute(segments, results, known)
+            segments, w = self._attribute(segments, results, known, turn_spans=job.turn_spans,
+                                          duration=plan.duration)
             warnings += w
         text = join_texts([p.text for p in parts], language)
-        return assemble(segments, text, language, plan.duration, job.task, warnings)
+        return assemble(segments, text, language, plan.duration, job.task, warnings,
+                        spans_words=not job.turn_spans)
 
-    def _attribute(self, segments: list[Segment], results: list, known: list[KnownSpeaker]
-                   ) -> tuple[list[Segment], list[str]]:
-        """Offline link + name + merge; failures of the sidecar become warnings."""
+    def _attribute(self, segments: list[Segment], results: list, known: list[KnownSpeaker], *,
+                   turn_spans: bool = False, duration: float = float("inf")) -> tuple[list[Segment], list[str]]:
+        """Offline link + name + merge (and with ``turn_spans``, ``cover_turns`` inside
+        ``[0, duration]``); failures of the sidecar become warnings."""
         warnings = []
         failed = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
         for i, r in failed:
@@ -306,7 +314,10 @@ class Router:
         order = list(dict.fromkeys(t.speaker for t in sorted(turns, key=lambda t: t.start)))
         names = name_speakers([int(c) for c in order], centroids, known, known_thr)
         turns = [replace(t, speaker=names[int(t.speaker)]) for t in turns]
-        return assign_speakers(segments, turns), warnings
+        segments = assign_speakers(segments, turns)
+        if turn_spans:
+            segments = cover_turns(segments, turns, end=duration)
+        return segments, warnings
 
     async def stream(self, samples: np.ndarray, plan: Plan, job: Job, *, segments_events: bool) -> AsyncIterator[dict]:
         """Events as chunks complete, in order: ``transcript.text.delta`` per segment (with its
@@ -353,7 +364,11 @@ class Router:
                             window_turns[w] = speakers.add(w, d)
                     if window_turns[w] is not None:
                         segs = assign_speakers(segs, window_turns[w])
-                segs = [s for s in fit_times(segs, plan.duration) if s.text.strip()]
+                        if job.turn_spans:  # inside this chunk: the next chunk's segments are not known yet
+                            chunk = plan.chunks[ci]
+                            segs = cover_turns(segs, window_turns[w], start=chunk.offset,
+                                               end=chunk.offset + chunk.duration)
+                segs = [s for s in fit_times(segs, plan.duration, spans_words=not job.turn_spans) if s.text.strip()]
                 if not part.text.strip() and not segs:
                     continue
                 sep = joiner(language) if texts else ""
@@ -416,9 +431,10 @@ def text_pieces(texts: Sequence[str], sep: str) -> list[str]:
 
 
 def assemble(segments: Sequence[Segment], text: str, language: str, duration: float, task: str,
-             warnings: Sequence[str]) -> Transcript:
-    """The response's ``Transcript``: segments with times fitted (``fit_times``) and renumbered, in
-    order of their start."""
-    segs = tuple(replace(s, id=i) for i, s in enumerate(sorted(fit_times(segments, duration), key=lambda s: s.start)))
+             warnings: Sequence[str], *, spans_words: bool = True) -> Transcript:
+    """The response's ``Transcript``: segments with times fitted (``fit_times``, ``spans_words``
+    passed on) and renumbered, in order of their start."""
+    segs = tuple(replace(s, id=i) for i, s in enumerate(sorted(fit_times(segments, duration, spans_words=spans_words),
+                                                                  key=lambda s: s.start)))
     return Transcript(text=text, segments=segs, language=language, duration=duration, task=task,
                       warnings=tuple(dict.fromkeys(warnings)))
