@@ -451,15 +451,13 @@ def test_words_are_assigned_one_by_one():
     assert [(p.speaker, p.text) for p in out] == [("A", " hi there."), ("B", " Hello back.")]
 
 
-def test_merge_uses_an_interval_tree_not_a_quadratic_loop():
+def test_merge_of_a_long_file_attributes_every_segment():
+    """20,000 segments against 20,000 turns (an interval tree keeps this to seconds; no timed assertion:
+    performance lives in bench/)."""
     turns = [SpeakerTurn(i, i + 0.9, "AB"[i % 2]) for i in range(20000)]
     segs = [seg(i, i + 0.1, i + 0.8, " x") for i in range(20000)]
-    import time
-
-    t0 = time.perf_counter()
     out = assign_speakers(segs, turns)
-    assert time.perf_counter() - t0 < 10
-    assert [s.speaker for s in out[:4]] == ["A", "B", "A", "B"]
+    assert [s.speaker for s in out] == ["AB"[i % 2] for i in range(20000)]
 
 
 # ---------------------------------------------------------------------------------------------
