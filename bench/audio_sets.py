@@ -238,7 +238,10 @@ def espeak_item(
     target = int(round(length_s * SAMPLE_RATE))
     gap = np.zeros(int(SENTENCE_GAP_S * SAMPLE_RATE), np.float32)
     pieces, chosen, used = _fill(
-        len(sentences), int(length_s) % len(sentences), target, gap,
+        len(sentences),
+        int(length_s) % len(sentences),
+        target,
+        gap,
         lambda k: speak(sentences[k], voice, wpm=speed),
         stop_below=SAMPLE_RATE,  # no sentence is shorter than a second
     )
@@ -254,8 +257,9 @@ def espeak_item(
     return AudioItem(wav, duration_s(samples), " ".join(words))
 
 
-def _fill(count: int, start: int, target: int, gap: np.ndarray, get: Callable[[int], np.ndarray],
-          stop_below: int = 0) -> tuple[list[np.ndarray], list[int], int]:
+def _fill(
+    count: int, start: int, target: int, gap: np.ndarray, get: Callable[[int], np.ndarray], stop_below: int = 0
+) -> tuple[list[np.ndarray], list[int], int]:
     """Pack items ``get(k)`` (float32 16 kHz samples), taken in turn from ``start`` and cycling, into at
     most ``target`` samples with ``gap`` between them; an item that would overrun is skipped, and the
     packing ends once every item in a row was skipped or fewer than ``stop_below`` samples are left.
@@ -390,7 +394,9 @@ def resolve_audio(specs: Iterable[str], cache_dir: Path) -> list[AudioItem]:
     seen: set[Path] = set()
     unique = [it for it in items if not (it.path.resolve() in seen or seen.add(it.path.resolve()))]
     if not unique:
-        raise ValueError("no audio: pass --audio espeak:5,30 | varied | repeated | real | meeting | shared | DIR | FILE")
+        raise ValueError(
+            "no audio: pass --audio espeak:5,30 | varied | repeated | real | meeting | shared | DIR | FILE"
+        )
     return unique
 
 

@@ -77,8 +77,9 @@ def _form_dict(fields: tuple[tuple[str, str], ...]) -> dict:
     return out
 
 
-def encode(samples: np.ndarray, rate: int, *, codec: str, fmt: str, layout: str = "mono",
-           bit_rate: int | None = None) -> bytes:
+def encode(
+    samples: np.ndarray, rate: int, *, codec: str, fmt: str, layout: str = "mono", bit_rate: int | None = None
+) -> bytes:
     """Encode ``samples`` (``(n,)`` mono or ``(channels, n)``, float32 in [-1, 1]) with libav.
 
     Args:
@@ -100,7 +101,7 @@ def encode(samples: np.ndarray, rate: int, *, codec: str, fmt: str, layout: str 
         frame_size = stream.codec_context.frame_size or step
         step = max(frame_size, (step // frame_size) * frame_size)
         for start in range(0, planar.shape[1], step):
-            chunk = np.ascontiguousarray(planar[:, start:start + step].T.reshape(1, -1))  # interleaved
+            chunk = np.ascontiguousarray(planar[:, start : start + step].T.reshape(1, -1))  # interleaved
             frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout=layout)
             frame.sample_rate = rate
             for packet in stream.encode(frame):
@@ -150,69 +151,210 @@ def bad_inputs(speech: np.ndarray, *, max_audio_s: float, max_upload_mb: float, 
     accepted = {"status": 200}
     entries = [
         BadInput("empty-file", "empty.wav", b"", code="invalid_file_format", param="file"),
-        BadInput("zero-length-wav", "zero.wav", to_wav_bytes(np.zeros(0, np.float32)), code="invalid_file_format",
-                 param="file"),
-        BadInput("8ms-wav", "blip.wav", wav16[:300], code="audio_too_short", param="file",
-                 notes="the first 300 bytes of a WAV: 8 ms of audio (OpenAI's minimum is 0.1 s)"),
-        BadInput("50ms-wav", "short.wav", to_wav_bytes(speech[: SAMPLE_RATE // 20]), code="audio_too_short",
-                 param="file"),
+        BadInput(
+            "zero-length-wav",
+            "zero.wav",
+            to_wav_bytes(np.zeros(0, np.float32)),
+            code="invalid_file_format",
+            param="file",
+        ),
+        BadInput(
+            "8ms-wav",
+            "blip.wav",
+            wav16[:300],
+            code="audio_too_short",
+            param="file",
+            notes="the first 300 bytes of a WAV: 8 ms of audio (OpenAI's minimum is 0.1 s)",
+        ),
+        BadInput(
+            "50ms-wav", "short.wav", to_wav_bytes(speech[: SAMPLE_RATE // 20]), code="audio_too_short", param="file"
+        ),
         BadInput("truncated-mp3-header", "cut.mp3", mp3[:200], code="invalid_file_format", param="file"),
-        BadInput("truncated-mp3-half", "half.mp3", mp3[: len(mp3) // 2], **accepted,
-                 notes="what libav can decode of a cut file is transcribed, as ffmpeg would"),
+        BadInput(
+            "truncated-mp3-half",
+            "half.mp3",
+            mp3[: len(mp3) // 2],
+            **accepted,
+            notes="what libav can decode of a cut file is transcribed, as ffmpeg would",
+        ),
         BadInput("random-bytes-wav", "noise.wav", random_bytes, code="invalid_file_format", param="file"),
-        BadInput("random-bytes-mp3", "noise.mp3", random_bytes, content_type="audio/mpeg",
-                 code="invalid_file_format", param="file"),
-        BadInput("text-file", "notes.txt", b"Meeting notes: nothing to hear here.\n" * 50,
-                 content_type="text/plain", code="invalid_file_format", param="file"),
-        BadInput("json-body", None, body=json.dumps({"model": MODEL, "file": "x"}).encode(),
-                 body_type="application/json", status=415, code="unsupported_media_type"),
-        BadInput("urlencoded-body", None, body=b"model=whisper-1&file=x", body_type="application/x-www-form-urlencoded",
-                 status=415, code="unsupported_media_type"),
-        BadInput("wrong-part-content-type", "speech.wav", wav16, content_type="image/png", **accepted,
-                 duration_s=seconds, notes="the bytes decide, not the declared type"),
+        BadInput(
+            "random-bytes-mp3",
+            "noise.mp3",
+            random_bytes,
+            content_type="audio/mpeg",
+            code="invalid_file_format",
+            param="file",
+        ),
+        BadInput(
+            "text-file",
+            "notes.txt",
+            b"Meeting notes: nothing to hear here.\n" * 50,
+            content_type="text/plain",
+            code="invalid_file_format",
+            param="file",
+        ),
+        BadInput(
+            "json-body",
+            None,
+            body=json.dumps({"model": MODEL, "file": "x"}).encode(),
+            body_type="application/json",
+            status=415,
+            code="unsupported_media_type",
+        ),
+        BadInput(
+            "urlencoded-body",
+            None,
+            body=b"model=whisper-1&file=x",
+            body_type="application/x-www-form-urlencoded",
+            status=415,
+            code="unsupported_media_type",
+        ),
+        BadInput(
+            "wrong-part-content-type",
+            "speech.wav",
+            wav16,
+            content_type="image/png",
+            **accepted,
+            duration_s=seconds,
+            notes="the bytes decide, not the declared type",
+        ),
         BadInput("missing-file-part", None, param="file"),
-        BadInput("8ch-192khz-wav", "surround.wav",
-                 encode(eight, hi_rate, codec="pcm_s16le", fmt="wav", layout="7.1"), **accepted, duration_s=1.0),
-        BadInput("24bit-wav", "s24.wav", encode(speech, SAMPLE_RATE, codec="pcm_s24le", fmt="wav"), **accepted,
-                 duration_s=seconds),
-        BadInput("float32-wav", "f32.wav", encode(speech, SAMPLE_RATE, codec="pcm_f32le", fmt="wav"), **accepted,
-                 duration_s=seconds),
-        BadInput("2h-silence", "silence.aac", silence_aac(two_hours), content_type="audio/aac",
-                 **({"status": 400, "code": "audio_too_long", "param": "file"} if max_audio_s < two_hours
-                    else {"status": 200, "duration_s": two_hours})),
+        BadInput(
+            "8ch-192khz-wav",
+            "surround.wav",
+            encode(eight, hi_rate, codec="pcm_s16le", fmt="wav", layout="7.1"),
+            **accepted,
+            duration_s=1.0,
+        ),
+        BadInput(
+            "24bit-wav",
+            "s24.wav",
+            encode(speech, SAMPLE_RATE, codec="pcm_s24le", fmt="wav"),
+            **accepted,
+            duration_s=seconds,
+        ),
+        BadInput(
+            "float32-wav",
+            "f32.wav",
+            encode(speech, SAMPLE_RATE, codec="pcm_f32le", fmt="wav"),
+            **accepted,
+            duration_s=seconds,
+        ),
+        BadInput(
+            "2h-silence",
+            "silence.aac",
+            silence_aac(two_hours),
+            content_type="audio/aac",
+            **(
+                {"status": 400, "code": "audio_too_long", "param": "file"}
+                if max_audio_s < two_hours
+                else {"status": 200, "duration_s": two_hours}
+            ),
+        ),
         BadInput("over-upload-limit", "big.wav", bytes(limit_bytes + 1), status=413, code="file_too_large"),
-        BadInput("unicode-prompt", "speech.wav", wav16, fields=(("model", MODEL), ("prompt", "Zoë’s café — 東京, "
-                 "Ελληνικά, emoji 🎙️ \u202e RTL \u0000 nul")), **accepted, duration_s=seconds),
-        BadInput("long-prompt", "speech.wav", wav16, fields=(("model", MODEL), ("prompt", "word " * 2000)),
-                 param="prompt"),
-        BadInput("huge-prompt", "speech.wav", wav16, fields=(("model", MODEL), ("prompt", "x" * 3_000_000)),
-                 code="field_too_large", notes="over every server's per-field limit (64 kB; the router's 2 MB)"),
-        BadInput("too-many-fields", "speech.wav", wav16,
-                 fields=(("model", MODEL), *((f"x{i}", "1") for i in range(100))), code="too_many_fields"),
-        BadInput("invalid-language", "speech.wav", wav16, fields=(("model", MODEL), ("language", "klingon")),
-                 param="language"),
-        BadInput("unknown-response-format", "speech.wav", wav16, fields=(("model", MODEL), ("response_format", "xml")),
-                 param="response_format"),
-        BadInput("negative-temperature", "speech.wav", wav16, fields=(("model", MODEL), ("temperature", "-0.5")),
-                 param="temperature"),
-        BadInput("nan-temperature", "speech.wav", wav16, fields=(("model", MODEL), ("temperature", "nan")),
-                 param="temperature"),
-        BadInput("unknown-model", "speech.wav", wav16, fields=(("model", "gpt-5-ultra"),), status=404,
-                 code="model_not_found", param="model"),
+        BadInput(
+            "unicode-prompt",
+            "speech.wav",
+            wav16,
+            fields=(("model", MODEL), ("prompt", "Zoë’s café — 東京, Ελληνικά, emoji 🎙️ \u202e RTL \u0000 nul")),
+            **accepted,
+            duration_s=seconds,
+        ),
+        BadInput(
+            "long-prompt", "speech.wav", wav16, fields=(("model", MODEL), ("prompt", "word " * 2000)), param="prompt"
+        ),
+        BadInput(
+            "huge-prompt",
+            "speech.wav",
+            wav16,
+            fields=(("model", MODEL), ("prompt", "x" * 3_000_000)),
+            code="field_too_large",
+            notes="over every server's per-field limit (64 kB; the router's 2 MB)",
+        ),
+        BadInput(
+            "too-many-fields",
+            "speech.wav",
+            wav16,
+            fields=(("model", MODEL), *((f"x{i}", "1") for i in range(100))),
+            code="too_many_fields",
+        ),
+        BadInput(
+            "invalid-language",
+            "speech.wav",
+            wav16,
+            fields=(("model", MODEL), ("language", "klingon")),
+            param="language",
+        ),
+        BadInput(
+            "unknown-response-format",
+            "speech.wav",
+            wav16,
+            fields=(("model", MODEL), ("response_format", "xml")),
+            param="response_format",
+        ),
+        BadInput(
+            "negative-temperature",
+            "speech.wav",
+            wav16,
+            fields=(("model", MODEL), ("temperature", "-0.5")),
+            param="temperature",
+        ),
+        BadInput(
+            "nan-temperature",
+            "speech.wav",
+            wav16,
+            fields=(("model", MODEL), ("temperature", "nan")),
+            param="temperature",
+        ),
+        BadInput(
+            "unknown-model",
+            "speech.wav",
+            wav16,
+            fields=(("model", "gpt-5-ultra"),),
+            status=404,
+            code="model_not_found",
+            param="model",
+        ),
         BadInput("missing-model", "speech.wav", wav16, fields=(), param="model"),
         BadInput("unknown-field", "speech.wav", wav16, fields=(("model", MODEL), ("colour", "blue")), param="colour"),
     ]
     # with a small upload limit, a large request is refused for its size before anything else is looked at
     too_big = {"status": 413, "code": "file_too_large", "param": "file", "duration_s": None}
-    return [replace(e, **too_big) if len(e.data) > limit_bytes or e.size() > limit_bytes + 64 * 1024 else e
-            for e in entries]
+    return [
+        replace(e, **too_big) if len(e.data) > limit_bytes or e.size() > limit_bytes + 64 * 1024 else e for e in entries
+    ]
 
 
 NAMES = (
-    "empty-file", "zero-length-wav", "8ms-wav", "50ms-wav", "truncated-mp3-header", "truncated-mp3-half", "random-bytes-wav",
-    "random-bytes-mp3", "text-file", "json-body", "urlencoded-body", "wrong-part-content-type", "missing-file-part",
-    "8ch-192khz-wav", "24bit-wav", "float32-wav", "2h-silence", "over-upload-limit", "unicode-prompt", "long-prompt",
-    "huge-prompt", "too-many-fields", "invalid-language", "unknown-response-format", "negative-temperature",
-    "nan-temperature", "unknown-model", "missing-model", "unknown-field",
+    "empty-file",
+    "zero-length-wav",
+    "8ms-wav",
+    "50ms-wav",
+    "truncated-mp3-header",
+    "truncated-mp3-half",
+    "random-bytes-wav",
+    "random-bytes-mp3",
+    "text-file",
+    "json-body",
+    "urlencoded-body",
+    "wrong-part-content-type",
+    "missing-file-part",
+    "8ch-192khz-wav",
+    "24bit-wav",
+    "float32-wav",
+    "2h-silence",
+    "over-upload-limit",
+    "unicode-prompt",
+    "long-prompt",
+    "huge-prompt",
+    "too-many-fields",
+    "invalid-language",
+    "unknown-response-format",
+    "negative-temperature",
+    "nan-temperature",
+    "unknown-model",
+    "missing-model",
+    "unknown-field",
 )
 """Entry names in corpus order (for test parametrization without building the corpus)."""

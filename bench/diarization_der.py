@@ -38,21 +38,54 @@ COLLARS = (0.0, 0.25)
 # dev01 the two speakers' centroids are at 0.22 / 0.29). The voices of torch_models.synth other than
 # en+f3 are 0.73-0.87 apart, as alike to CAM++ as one person, so no threshold can separate them.
 MEETING_VOICES: dict[str, tuple[str, int, int]] = {
-    "A": ("en+klatt2", 50, 160), "B": ("en+f3", 80, 150), "C": ("en+m7", 40, 150), "D": ("en-us+f2", 60, 160),
+    "A": ("en+klatt2", 50, 160),
+    "B": ("en+f3", 80, 150),
+    "C": ("en+m7", 40, 150),
+    "D": ("en-us+f2", 60, 160),
 }
 MEETINGS: dict[str, tuple[tuple[str, int, float], ...]] = {
     # 3 voices, C says one short line
-    "syn3a": (("A", 0, 0.5), ("B", 1, 0.4), ("A", 2, 0.3), ("C", 16, 0.5), ("B", 3, -0.6), ("A", 4, 0.3),
-              ("B", 5, 0.3), ("A", 6, 0.4)),
+    "syn3a": (
+        ("A", 0, 0.5),
+        ("B", 1, 0.4),
+        ("A", 2, 0.3),
+        ("C", 16, 0.5),
+        ("B", 3, -0.6),
+        ("A", 4, 0.3),
+        ("B", 5, 0.3),
+        ("A", 6, 0.4),
+    ),
     # 3 voices, balanced-ish, two overlaps
-    "syn3b": (("B", 8, 0.4), ("C", 9, -0.5), ("A", 10, 0.4), ("C", 11, 0.3), ("B", 12, -0.7), ("A", 13, 0.5),
-              ("C", 16, 0.3)),
+    "syn3b": (
+        ("B", 8, 0.4),
+        ("C", 9, -0.5),
+        ("A", 10, 0.4),
+        ("C", 11, 0.3),
+        ("B", 12, -0.7),
+        ("A", 13, 0.5),
+        ("C", 16, 0.3),
+    ),
     # 4 voices, D says one short line
-    "syn4a": (("A", 20, 0.4), ("B", 21, 0.3), ("C", 22, 0.5), ("A", 23, -0.5), ("D", 59, 0.4), ("B", 24, 0.3),
-              ("C", 25, 0.4)),
+    "syn4a": (
+        ("A", 20, 0.4),
+        ("B", 21, 0.3),
+        ("C", 22, 0.5),
+        ("A", 23, -0.5),
+        ("D", 59, 0.4),
+        ("B", 24, 0.3),
+        ("C", 25, 0.4),
+    ),
     # 4 voices, each twice, overlaps
-    "syn4b": (("C", 30, 0.4), ("D", 31, 0.3), ("A", 32, -0.6), ("B", 33, 0.4), ("D", 34, 0.3), ("C", 35, -0.5),
-              ("A", 36, 0.4), ("B", 37, 0.3)),
+    "syn4b": (
+        ("C", 30, 0.4),
+        ("D", 31, 0.3),
+        ("A", 32, -0.6),
+        ("B", 33, 0.4),
+        ("D", 34, 0.3),
+        ("C", 35, -0.5),
+        ("A", 36, 0.4),
+        ("B", 37, 0.3),
+    ),
 }
 
 
@@ -80,7 +113,7 @@ def synthetic_meeting(name: str):
     total = max(s + a.shape[0] for s, a in parts) + rate // 2
     mix = np.zeros(total, np.float32)
     for start, audio in parts:
-        mix[start: start + audio.shape[0]] += audio
+        mix[start : start + audio.shape[0]] += audio
     mix *= 0.5 / max(1e-6, float(np.abs(mix).max()))
     return mix, turns, (0.0, total / rate)
 
@@ -111,8 +144,12 @@ def speech_for(minutes: float) -> np.ndarray:
 
 
 @click.command()
-@click.option("--clips", default=",".join(CLIPS + (ESPEAK,)), show_default=True,
-              help="AMI clip names (dev00, …) and/or espeak305.")
+@click.option(
+    "--clips",
+    default=",".join(CLIPS + (ESPEAK,)),
+    show_default=True,
+    help="AMI clip names (dev00, …) and/or espeak305.",
+)
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=DATA, show_default=True)
 @click.option("--thresholds", default=None, help="Comma-separated clustering thresholds to compare (sweep).")
 @click.option("--min-cluster-sizes", default=None, help="Comma-separated min_cluster_size values (sweep).")
@@ -121,10 +158,15 @@ def speech_for(minutes: float) -> np.ndarray:
 @click.option("--piece", type=float, default=None, help="Piece length (s) of local speakers; 0: whole (pyannote 3.1).")
 @click.option("--rtfx-minutes", type=float, default=0.0, help="Also time the diarizer on this much speech.")
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's own choice).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Result folder (default bench/results/diarization-der-<date>).")
-def main(clips, data, thresholds, min_cluster_sizes, min_cluster_fractions, step, piece, rtfx_minutes, threads,
-         out) -> None:
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Result folder (default bench/results/diarization-der-<date>).",
+)
+def main(
+    clips, data, thresholds, min_cluster_sizes, min_cluster_fractions, step, piece, rtfx_minutes, threads, out
+) -> None:
     """Print per-clip DER (collar 0 and 0.25 s) and write result.json + table.md."""
     import torch
 
@@ -143,16 +185,21 @@ def main(clips, data, thresholds, min_cluster_sizes, min_cluster_fractions, step
     if piece is not None:
         diarizer.config = replace(diarizer.config, piece_s=piece or None)
     c0 = diarizer.config
-    grid = {"threshold": [float(x) for x in thresholds.split(",")] if thresholds else [c0.threshold],
-            "min_cluster_size": [int(x) for x in min_cluster_sizes.split(",")] if min_cluster_sizes
-            else [c0.min_cluster_size],
-            "min_cluster_fraction": [float(x) for x in min_cluster_fractions.split(",")] if min_cluster_fractions
-            else [c0.min_cluster_fraction]}
+    grid = {
+        "threshold": [float(x) for x in thresholds.split(",")] if thresholds else [c0.threshold],
+        "min_cluster_size": [int(x) for x in min_cluster_sizes.split(",")]
+        if min_cluster_sizes
+        else [c0.min_cluster_size],
+        "min_cluster_fraction": [float(x) for x in min_cluster_fractions.split(",")]
+        if min_cluster_fractions
+        else [c0.min_cluster_fraction],
+    }
     values = [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
     swept = [k for k, v in grid.items() if len(v) > 1] or ["threshold"]
 
     def label(v: dict) -> str:
         return ", ".join(f"{k} {v[k]:g}" for k in swept)
+
     names = [c.strip() for c in clips.split(",") if c.strip()]
     rows = []
     for name in names:
@@ -164,18 +211,26 @@ def main(clips, data, thresholds, min_cluster_sizes, min_cluster_fractions, step
             t1 = time.perf_counter()
             result = diarizer.finish(samples, analysis, DiarizationOptions(), config=config)
             wall = (t1 - t0) + (time.perf_counter() - t1)
-            row = {"clip": name, **v, "setting": label(v), "seconds": round(len(samples) / 16000, 2),
-                   "speakers_ref": len({t.speaker for t in ref}), "speakers_hyp": len(result.speakers),
-                   "wall_s": round(wall, 2)}
+            row = {
+                "clip": name,
+                **v,
+                "setting": label(v),
+                "seconds": round(len(samples) / 16000, 2),
+                "speakers_ref": len({t.speaker for t in ref}),
+                "speakers_hyp": len(result.speakers),
+                "wall_s": round(wall, 2),
+            }
             for collar in COLLARS:
                 score = der(ref, result.segments, uem=uem, collar=collar)
                 row[f"der_c{collar:g}"] = round(score["der"], 4)
                 row[f"parts_c{collar:g}"] = {k: round(score[k], 4) for k in ("missed", "false_alarm", "confusion")}
             rows.append(row)
-            click.echo(f"{name:10s} {label(v)}  DER {row['der_c0']:6.1%} (collar 0)  {row['der_c0.25']:6.1%} "
-                       f"(collar 0.25: miss {row['parts_c0.25']['missed']:.1%}, FA "
-                       f"{row['parts_c0.25']['false_alarm']:.1%}, conf {row['parts_c0.25']['confusion']:.1%})  "
-                       f"speakers {row['speakers_hyp']}/{row['speakers_ref']}  {wall:.1f} s")
+            click.echo(
+                f"{name:10s} {label(v)}  DER {row['der_c0']:6.1%} (collar 0)  {row['der_c0.25']:6.1%} "
+                f"(collar 0.25: miss {row['parts_c0.25']['missed']:.1%}, FA "
+                f"{row['parts_c0.25']['false_alarm']:.1%}, conf {row['parts_c0.25']['confusion']:.1%})  "
+                f"speakers {row['speakers_hyp']}/{row['speakers_ref']}  {wall:.1f} s"
+            )
     summary = {}
     for v in values:
         for group, members in (("ami", CLIPS), ("synthetic", tuple(MEETINGS))):
@@ -183,11 +238,14 @@ def main(clips, data, thresholds, min_cluster_sizes, min_cluster_fractions, step
             if not sel:
                 continue
             summary.setdefault(label(v), {}).update(
-                {f"mean_{group}_der_c{c:g}": round(float(np.mean([r[f"der_c{c:g}"] for r in sel])), 4) for c in COLLARS})
+                {f"mean_{group}_der_c{c:g}": round(float(np.mean([r[f"der_c{c:g}"] for r in sel])), 4) for c in COLLARS}
+            )
             summary[label(v)][f"{group}_clips"] = [r["clip"] for r in sel]
             s = summary[label(v)]
-            click.echo(f"{label(v)}: mean {group} DER {s[f'mean_{group}_der_c0']:.1%} (collar 0), "
-                       f"{s[f'mean_{group}_der_c0.25']:.1%} (collar 0.25) over {len(sel)} clips")
+            click.echo(
+                f"{label(v)}: mean {group} DER {s[f'mean_{group}_der_c0']:.1%} (collar 0), "
+                f"{s[f'mean_{group}_der_c0.25']:.1%} (collar 0.25) over {len(sel)} clips"
+            )
     rtfx = None
     if rtfx_minutes > 0:
         speech = speech_for(rtfx_minutes)
@@ -195,31 +253,46 @@ def main(clips, data, thresholds, min_cluster_sizes, min_cluster_fractions, step
         t0 = time.perf_counter()
         result = diarizer.diarize(speech)
         wall = time.perf_counter() - t0
-        rtfx = {"audio_s": round(len(speech) / 16000, 1), "wall_s": round(wall, 2),
-                "rtfx": round(len(speech) / 16000 / wall, 2), "speakers": len(result.speakers),
-                "torch_threads": torch.get_num_threads()}
+        rtfx = {
+            "audio_s": round(len(speech) / 16000, 1),
+            "wall_s": round(wall, 2),
+            "rtfx": round(len(speech) / 16000 / wall, 2),
+            "speakers": len(result.speakers),
+            "torch_threads": torch.get_num_threads(),
+        }
         click.echo(f"RTFx: {rtfx['audio_s']:.0f} s of speech in {wall:.1f} s = {rtfx['rtfx']:.1f}x real time")
     out = out or Path(__file__).resolve().parent / "results" / f"diarization-der-{time.strftime('%Y-%m-%d')}"
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"cpu": cpu_model(), "device": settings.device, "backend": diarizer.describe(),
-            "config": {k: getattr(diarizer.config, k) for k in diarizer.config.__dataclass_fields__},
-            "torch": torch.__version__, "command": "python -m bench.diarization_der " + " ".join(sys.argv[1:]),
-            "note": "2-core CPU shared with other jobs (load average ~7-11): timings are pessimistic"}
-    (out / "result.json").write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary, "rtfx": rtfx},
-                                                indent=2))
+    meta = {
+        "cpu": cpu_model(),
+        "device": settings.device,
+        "backend": diarizer.describe(),
+        "config": {k: getattr(diarizer.config, k) for k in diarizer.config.__dataclass_fields__},
+        "torch": torch.__version__,
+        "command": "python -m bench.diarization_der " + " ".join(sys.argv[1:]),
+        "note": "2-core CPU shared with other jobs (load average ~7-11): timings are pessimistic",
+    }
+    (out / "result.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "summary": summary, "rtfx": rtfx}, indent=2)
+    )
     lines = ["| clip | speakers (found/ref) | DER collar 0 | DER collar 0.25 s |", "|---|---|---|---|"]
     for r in rows:
         tag = f" ({r['setting']})" if len(values) > 1 else ""
-        lines.append(f"| {r['clip']}{tag} | {r['speakers_hyp']}/{r['speakers_ref']} | {r['der_c0']:.1%} | "
-                     f"{r['der_c0.25']:.1%} |")
+        lines.append(
+            f"| {r['clip']}{tag} | {r['speakers_hyp']}/{r['speakers_ref']} | {r['der_c0']:.1%} | {r['der_c0.25']:.1%} |"
+        )
     for setting, s in summary.items():
         for group in ("ami", "synthetic"):
             if f"mean_{group}_der_c0" in s:
-                lines.append(f"| mean of the {group} clips {', '.join(s[f'{group}_clips'])} ({setting}) | | "
-                             f"{s[f'mean_{group}_der_c0']:.1%} | {s[f'mean_{group}_der_c0.25']:.1%} |")
+                lines.append(
+                    f"| mean of the {group} clips {', '.join(s[f'{group}_clips'])} ({setting}) | | "
+                    f"{s[f'mean_{group}_der_c0']:.1%} | {s[f'mean_{group}_der_c0.25']:.1%} |"
+                )
     if rtfx:
-        lines.append(f"\nRTFx: {rtfx['audio_s']:.0f} s of two-voice espeak speech in {rtfx['wall_s']:.1f} s = "
-                     f"{rtfx['rtfx']:.1f}x real time ({rtfx['torch_threads']} torch threads).")
+        lines.append(
+            f"\nRTFx: {rtfx['audio_s']:.0f} s of two-voice espeak speech in {rtfx['wall_s']:.1f} s = "
+            f"{rtfx['rtfx']:.1f}x real time ({rtfx['torch_threads']} torch threads)."
+        )
     lines.append(f"\nCPU: {meta['cpu']}; device {meta['device']}.")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     click.echo(f"wrote {out}/result.json and table.md")

@@ -132,8 +132,9 @@ class ChorusRunner:
         from jax_models.engine import TranscribeOptions
 
         text_only = bool(self.spec.params.get("without_timestamps"))
-        return self.engine.transcribe(samples, TranscribeOptions(language=self.language,
-                                                                 without_timestamps=text_only)).text
+        return self.engine.transcribe(
+            samples, TranscribeOptions(language=self.language, without_timestamps=text_only)
+        ).text
 
     def close(self) -> None:
         if self.engine is not None:
@@ -154,8 +155,12 @@ class FasterWhisperRunner:
 
         workers = int(self.spec.params.get("num_workers", 1))
         self.model = WhisperModel(
-            self.spec.model, device="cpu", compute_type=self.spec.params.get("compute_type", "int8"),
-            cpu_threads=max(1, self.threads // workers), num_workers=workers, local_files_only=True,
+            self.spec.model,
+            device="cpu",
+            compute_type=self.spec.params.get("compute_type", "int8"),
+            cpu_threads=max(1, self.threads // workers),
+            num_workers=workers,
+            local_files_only=True,
         )
         if self.batched:
             self.pipeline = BatchedInferencePipeline(model=self.model)
@@ -165,7 +170,10 @@ class FasterWhisperRunner:
 
     def transcribe(self, samples: np.ndarray) -> str:
         common = dict(
-            language=self.language, beam_size=1, best_of=1, temperature=list(TEMPERATURES),
+            language=self.language,
+            beam_size=1,
+            best_of=1,
+            temperature=list(TEMPERATURES),
             max_new_tokens=self.spec.params.get("max_new_tokens"),
         )
         if self.batched:
@@ -173,9 +181,7 @@ class FasterWhisperRunner:
                 samples, batch_size=int(self.spec.params.get("batch_size", 4)), **common
             )
         else:
-            segments, _ = self.model.transcribe(
-                samples, condition_on_previous_text=False, vad_filter=False, **common
-            )
+            segments, _ = self.model.transcribe(samples, condition_on_previous_text=False, vad_filter=False, **common)
         return "".join(s.text for s in segments).strip()  # the iterator is lazy: this runs the decode
 
     def close(self) -> None:
@@ -211,9 +217,13 @@ class TransformersRunner:
         import torch
 
         kwargs = dict(
-            task="transcribe", num_beams=1, temperature=TEMPERATURES, logprob_threshold=-1.0,
+            task="transcribe",
+            num_beams=1,
+            temperature=TEMPERATURES,
+            logprob_threshold=-1.0,
             compression_ratio_threshold=1.35,  # transformers measures it on tokens; 1.35 ≈ 2.4 on text
-            no_speech_threshold=0.6, condition_on_prev_tokens=False,
+            no_speech_threshold=0.6,
+            condition_on_prev_tokens=False,
         )
         if self.language:
             kwargs["language"] = self.language
@@ -253,21 +263,28 @@ class EasyDeLRunner:
 
         jax.config.update("jax_compilation_cache_dir", self._tmp.name)
         model = ed.AutoEasyDeLModelForSpeechSeq2Seq.from_pretrained(
-            self.spec.model, dtype=jnp.float32, param_dtype=jnp.float32, auto_shard_model=False)
+            self.spec.model, dtype=jnp.float32, param_dtype=jnp.float32, auto_shard_model=False
+        )
         tokenizer = WhisperTokenizer.from_pretrained(self.spec.model)
         processor = WhisperProcessor.from_pretrained(self.spec.model)
         new_tokens = self.spec.params.get("max_new_tokens") or 444
-        config = ed.vWhisperInferenceConfig(batch_size=int(self.spec.params.get("batch_size", 8)),
-                                            max_length=int(new_tokens) + 4)  # + <|sot|><|en|><|transcribe|><|notimestamps|>
-        self.engine = ed.vWhisperInference(model=model, tokenizer=tokenizer, processor=processor,
-                                           inference_config=config, dtype=jnp.float32)
+        config = ed.vWhisperInferenceConfig(
+            batch_size=int(self.spec.params.get("batch_size", 8)), max_length=int(new_tokens) + 4
+        )  # + <|sot|><|en|><|transcribe|><|notimestamps|>
+        self.engine = ed.vWhisperInference(
+            model=model, tokenizer=tokenizer, processor=processor, inference_config=config, dtype=jnp.float32
+        )
 
     def warmup(self, samples: np.ndarray) -> None:
         self.transcribe(samples)
 
     def transcribe(self, samples: np.ndarray) -> str:
-        out = self.engine.generate({"array": samples.astype(np.float32), "sampling_rate": SAMPLE_RATE},
-                                   language=self.language, task="transcribe", return_timestamps=False)
+        out = self.engine.generate(
+            {"array": samples.astype(np.float32), "sampling_rate": SAMPLE_RATE},
+            language=self.language,
+            task="transcribe",
+            return_timestamps=False,
+        )
         return out["text"]
 
     def close(self) -> None:

@@ -51,8 +51,11 @@ def read_reference(wav: Path) -> tuple[list[SpeakerTurn], Timeline | None]:
     rttm, uem = wav.with_suffix(".rttm"), wav.with_suffix(".uem")
     if not rttm.is_file():
         raise FileNotFoundError(f"no reference {rttm}")
-    turns = [SpeakerTurn(seg.start, seg.end, str(label)) for ann in load_rttm(str(rttm)).values()
-             for seg, _, label in ann.itertracks(yield_label=True)]
+    turns = [
+        SpeakerTurn(seg.start, seg.end, str(label))
+        for ann in load_rttm(str(rttm)).values()
+        for seg, _, label in ann.itertracks(yield_label=True)
+    ]
     region = None
     if uem.is_file():
         from pyannote.core import Timeline
@@ -142,17 +145,30 @@ def main(files, espeak, diarizer, sortformer_model, titanet_model, num_speakers,
         result = backend.diarize(samples, options)
         wall = time.perf_counter() - t0
         score = der(ref, result.segments, uem=uem, collar=collar)
-        rows.append({"file": name, **score, "speakers_ref": len({t.speaker for t in ref}),
-                     "speakers_hyp": len(result.speakers), "seconds": len(samples) / 16000, "wall_s": wall})
-        click.echo(f"{name:28s} DER {score['der']:6.1%}  (miss {score['missed']:.1%}, FA {score['false_alarm']:.1%}, "
-                   f"conf {score['confusion']:.1%})  speakers {len(result.speakers)}/{rows[-1]['speakers_ref']}  "
-                   f"{wall:.1f}s")
+        rows.append(
+            {
+                "file": name,
+                **score,
+                "speakers_ref": len({t.speaker for t in ref}),
+                "speakers_hyp": len(result.speakers),
+                "seconds": len(samples) / 16000,
+                "wall_s": wall,
+            }
+        )
+        click.echo(
+            f"{name:28s} DER {score['der']:6.1%}  (miss {score['missed']:.1%}, FA {score['false_alarm']:.1%}, "
+            f"conf {score['confusion']:.1%})  speakers {len(result.speakers)}/{rows[-1]['speakers_ref']}  "
+            f"{wall:.1f}s"
+        )
     total = sum(r["total"] for r in rows)
     overall = sum(r["der"] * r["total"] for r in rows) / max(total, 1e-9)
     click.echo(f"{'overall (speech-weighted)':28s} DER {overall:6.1%}  backend={diarizer} collar={collar:g}")
     if json_out:
-        json_out.write_text(json.dumps({"backend": backend.describe(), "collar": collar, "files": rows,
-                                        "overall_der": overall}, indent=2))
+        json_out.write_text(
+            json.dumps(
+                {"backend": backend.describe(), "collar": collar, "files": rows, "overall_der": overall}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,18 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 PACKAGES = (
-    "chorus", "jax", "jaxlib", "easydel", "flax", "transformers", "torch", "ctranslate2",
-    "faster-whisper", "openai", "numpy", "jiwer",
+    "chorus",
+    "jax",
+    "jaxlib",
+    "easydel",
+    "flax",
+    "transformers",
+    "torch",
+    "ctranslate2",
+    "faster-whisper",
+    "openai",
+    "numpy",
+    "jiwer",
 )
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "::1", "::"})
 
@@ -37,7 +47,10 @@ def gpus() -> list[dict]:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -52,7 +65,10 @@ def gpu_memory_used_mib() -> float | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
         return sum(float(x) for x in out.split())
     except (OSError, subprocess.SubprocessError, ValueError):
@@ -92,7 +108,9 @@ def git_commit() -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -208,8 +226,9 @@ class MemorySampler:
         trace: keep every sample in ``samples`` (the soak's memory series), not only the peaks.
     """
 
-    def __init__(self, pid: int | None, interval_s: float = 0.2, *, gpu: bool | None = None,
-                 trace: bool = False) -> None:
+    def __init__(
+        self, pid: int | None, interval_s: float = 0.2, *, gpu: bool | None = None, trace: bool = False
+    ) -> None:
         self.pid = pid
         self.interval_s = interval_s
         self.trace = trace
@@ -241,8 +260,14 @@ class MemorySampler:
                     threads, fds = proc.num_threads(), proc.num_fds()
                 except psutil.Error:
                     threads = fds = None
-                self.samples.append({"t_s": round(time.monotonic() - self._t0, 3), "rss_mib": round(rss / 2**20, 2),
-                                     "threads": threads, "fds": fds})
+                self.samples.append(
+                    {
+                        "t_s": round(time.monotonic() - self._t0, 3),
+                        "rss_mib": round(rss / 2**20, 2),
+                        "threads": threads,
+                        "fds": fds,
+                    }
+                )
         if self._gpu:
             used = gpu_memory_used_mib()
             if used is not None:
@@ -305,8 +330,10 @@ def wait_for_idle(max_cores: float, timeout_s: float = 600.0, window_s: float = 
     busy = busy_cores(window_s)
     while busy > max_cores and time.monotonic() - t0 < timeout_s:
         if log:
-            log(f"waiting for a quiet machine: {busy:.2f} cores busy > {max_cores:g} "
-                f"({time.monotonic() - t0:.0f}/{timeout_s:.0f} s)")
+            log(
+                f"waiting for a quiet machine: {busy:.2f} cores busy > {max_cores:g} "
+                f"({time.monotonic() - t0:.0f}/{timeout_s:.0f} s)"
+            )
         time.sleep(max(0.0, 10.0 - window_s))
         busy = busy_cores(window_s)
     return time.monotonic() - t0, busy

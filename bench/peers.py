@@ -21,8 +21,15 @@ from server.kit.settings import WhisperSettings
 
 CHORUS = "chorus"
 PEERS = (
-    "chorus", "chorus-text", "faster-whisper-int8", "faster-whisper-fp32", "faster-whisper-batched-int8",
-    "faster-whisper-batched-fp32", "faster-whisper-batched-int8-w2", "transformers-fp32", "easydel-vwhisper",
+    "chorus",
+    "chorus-text",
+    "faster-whisper-int8",
+    "faster-whisper-fp32",
+    "faster-whisper-batched-int8",
+    "faster-whisper-batched-fp32",
+    "faster-whisper-batched-int8-w2",
+    "transformers-fp32",
+    "easydel-vwhisper",
 )
 """``easydel-vwhisper``: EasyDeL's stock ``vWhisperInference`` (fp32, greedy, text only, ``--batch-size``
 chunks per call): what Chorus's own engine adds over its seed design. ``chorus-text``: Chorus decoding text only (``<|notimestamps|>``), as the whisper server does
@@ -30,7 +37,12 @@ for ``response_format`` ``json`` and ``text``, and as faster-whisper's batched p
 default (``without_timestamps=True``). ``…-w2``: two CTranslate2 workers (``num_workers=2``) with the threads split between them, so two
 concurrent requests run in parallel (faster-whisper's advice for multi-threaded callers)."""
 DEFAULT_PEERS = (
-    "chorus", "chorus-text", "faster-whisper-int8", "faster-whisper-fp32", "faster-whisper-batched-int8", "transformers-fp32",
+    "chorus",
+    "chorus-text",
+    "faster-whisper-int8",
+    "faster-whisper-fp32",
+    "faster-whisper-batched-int8",
+    "transformers-fp32",
 )
 
 
@@ -85,8 +97,9 @@ def resolve_weights(model: str, cache_dir: Path, ct2_dir: str | None = None) -> 
     return Weights(hf, None, str(path))
 
 
-def peer_specs(names: list[str], weights: Weights, *, batch_size: int, max_new_tokens: int | None,
-               compile_cache_dir: str | None) -> tuple[list[EngineSpec], list[str]]:
+def peer_specs(
+    names: list[str], weights: Weights, *, batch_size: int, max_new_tokens: int | None, compile_cache_dir: str | None
+) -> tuple[list[EngineSpec], list[str]]:
     """Engine specs for the peer names (see :data:`PEERS`), and notes on those skipped.
 
     faster-whisper engines are skipped (with a note) when ``weights.ct2_dir`` is ``None``.
@@ -102,15 +115,31 @@ def peer_specs(names: list[str], weights: Weights, *, batch_size: int, max_new_t
         if name in ("chorus", "chorus-text"):
             workers = WhisperSettings.model_fields["engine_workers"].default  # as `chorus serve whisper` runs
             text_only = name == "chorus-text"
-            specs.append(EngineSpec(
-                f"chorus fp32{' text-only' if text_only else ''} (batch {batch_size}, {workers} workers)", "chorus",
-                weights.hf_dir,
-                {"dtype": "float32", "quantization": "none", "batch_size": batch_size, "workers": workers,
-                 "compile_cache_dir": compile_cache_dir, "without_timestamps": text_only, **common},
-            ))
+            specs.append(
+                EngineSpec(
+                    f"chorus fp32{' text-only' if text_only else ''} (batch {batch_size}, {workers} workers)",
+                    "chorus",
+                    weights.hf_dir,
+                    {
+                        "dtype": "float32",
+                        "quantization": "none",
+                        "batch_size": batch_size,
+                        "workers": workers,
+                        "compile_cache_dir": compile_cache_dir,
+                        "without_timestamps": text_only,
+                        **common,
+                    },
+                )
+            )
         elif name == "easydel-vwhisper":
-            specs.append(EngineSpec(f"easydel vWhisperInference fp32 (batch {batch_size})", "easydel",
-                                    weights.hf_dir, {"batch_size": batch_size, **common}))
+            specs.append(
+                EngineSpec(
+                    f"easydel vWhisperInference fp32 (batch {batch_size})",
+                    "easydel",
+                    weights.hf_dir,
+                    {"batch_size": batch_size, **common},
+                )
+            )
         elif name == "transformers-fp32":
             specs.append(
                 EngineSpec("transformers fp32", "transformers", weights.hf_dir, {"dtype": "float32", **common})
@@ -132,27 +161,52 @@ def peer_specs(names: list[str], weights: Weights, *, batch_size: int, max_new_t
             if workers > 1:
                 params["num_workers"] = workers
                 label += f" ×{workers} workers"
-            specs.append(EngineSpec(label, "faster-whisper-batched" if batched else "faster-whisper",
-                                    weights.ct2_dir, params))
+            specs.append(
+                EngineSpec(label, "faster-whisper-batched" if batched else "faster-whisper", weights.ct2_dir, params)
+            )
     return specs, notes
 
 
 def table(rows: list[dict], baseline_label: str | None) -> str:
     """The peers Markdown table: one row per engine, speed also as a ratio to Chorus."""
     base = next((r["rtfx"] for r in rows if r["label"] == baseline_label), None)
-    headers = ["engine", "RTFx", "× Chorus", "WER %", "p50 s/file", "p95 s/file", "load s", "warm-up s",
-               "RSS after load MiB", "peak RSS MiB", "audio s", "wall s", "CPU cores own / other"]
+    headers = [
+        "engine",
+        "RTFx",
+        "× Chorus",
+        "WER %",
+        "p50 s/file",
+        "p95 s/file",
+        "load s",
+        "warm-up s",
+        "RSS after load MiB",
+        "peak RSS MiB",
+        "audio s",
+        "wall s",
+        "CPU cores own / other",
+    ]
     out = []
     for r in rows:
         if r.get("error"):
             out.append([r["label"], "failed", *["—"] * 11])
             continue
-        out.append([
-            r["label"], fmt(r["rtfx"]), report.ratio_text(r["rtfx"], base) if base else "—",
-            fmt(r["wer"], 1, percent=True), fmt(r["latency_p50_s"]), fmt(r["latency_p95_s"]),
-            fmt(r["load_s"], 1), fmt(r["warmup_s"], 1), fmt(r["rss_after_load_mib"], 0),
-            fmt(r["peak_rss_mib"], 0), fmt(r["audio_s"], 1), fmt(r["wall_s"], 1), report.cores_text(r),
-        ])
+        out.append(
+            [
+                r["label"],
+                fmt(r["rtfx"]),
+                report.ratio_text(r["rtfx"], base) if base else "—",
+                fmt(r["wer"], 1, percent=True),
+                fmt(r["latency_p50_s"]),
+                fmt(r["latency_p95_s"]),
+                fmt(r["load_s"], 1),
+                fmt(r["warmup_s"], 1),
+                fmt(r["rss_after_load_mib"], 0),
+                fmt(r["peak_rss_mib"], 0),
+                fmt(r["audio_s"], 1),
+                fmt(r["wall_s"], 1),
+                report.cores_text(r),
+            ]
+        )
     return report.markdown_table(headers, out)
 
 
@@ -172,8 +226,11 @@ def render(record: dict, out_dir: Path) -> None:
     notes += [f"- {r['label']}: stopped after {r['files']} files (--max-seconds)" for r in rows if r.get("truncated")]
     notes.append(report.CPU_NOTE)
     concurrency = int(settings.get("concurrency") or 1)
-    how = ("files one after another" if concurrency == 1 else
-           f"{concurrency} files at once from {concurrency} threads (aggregate: all audio over the wall time)")
+    how = (
+        "files one after another"
+        if concurrency == 1
+        else f"{concurrency} files at once from {concurrency} threads (aggregate: all audio over the wall time)"
+    )
     notes.append(
         f"- RTFx = audio seconds / transcription seconds, {how}, after a warm-up "
         "(decoding the file is not timed); × Chorus = RTFx ÷ Chorus's RTFx (above 1 is faster than Chorus). "
@@ -236,12 +293,24 @@ def run_peers(
     """
     weights = resolve_weights(model, cache_dir, ct2_dir)
     specs, notes = peer_specs(
-        names, weights, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        names,
+        weights,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
         compile_cache_dir=str(cache_dir) if compile_cache else None,
     )
     machine = machine_info()
-    results = run_engines(specs, items, language=language, repeats=repeats, max_seconds=max_seconds,
-                          threads=threads, concurrency=concurrency, timeout_s=timeout_s, wait_idle_cores=wait_idle_cores)
+    results = run_engines(
+        specs,
+        items,
+        language=language,
+        repeats=repeats,
+        max_seconds=max_seconds,
+        threads=threads,
+        concurrency=concurrency,
+        timeout_s=timeout_s,
+        wait_idle_cores=wait_idle_cores,
+    )
     record = {
         "kind": "peers",
         "name": name,
@@ -249,11 +318,21 @@ def run_peers(
         "command": command,
         "machine": machine,
         "settings": {
-            "model": model, "hf_dir": weights.hf_dir, "ct2_dir": weights.ct2_dir, "engines": names,
-            "language": language, "batch_size": batch_size, "max_new_tokens": max_new_tokens, "repeats": repeats,
-            "max_seconds": max_seconds, "threads": threads, "concurrency": concurrency,
+            "model": model,
+            "hf_dir": weights.hf_dir,
+            "ct2_dir": weights.ct2_dir,
+            "engines": names,
+            "language": language,
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "repeats": repeats,
+            "max_seconds": max_seconds,
+            "threads": threads,
+            "concurrency": concurrency,
             "compile_cache": compile_cache,
-            "normalizer": normalizer, "spelling_map": english_spelling_map()[1], "wait_idle_cores": wait_idle_cores,
+            "normalizer": normalizer,
+            "spelling_map": english_spelling_map()[1],
+            "wait_idle_cores": wait_idle_cores,
             "skipped": notes,
         },
         "audio": describe(items),

@@ -73,8 +73,14 @@ def tradeoff_figure(rows: Sequence[dict], title: str, baseline: str | None = Non
     ax_b.set_xlim(0, max(speeds + [1e-9]) * 1.35)
     for r, color in zip(rows, colors):
         if _finite(r.get("rtfx")) and _finite(r.get("wer")):
-            ax_s.scatter(r["rtfx"], r["wer"] * 100, s=70 if r["label"] == baseline else 40, color=color,
-                         marker="*" if r["label"] == baseline else "o", label=r["label"])
+            ax_s.scatter(
+                r["rtfx"],
+                r["wer"] * 100,
+                s=70 if r["label"] == baseline else 40,
+                color=color,
+                marker="*" if r["label"] == baseline else "o",
+                label=r["label"],
+            )
     if ax_s.collections:
         ax_s.legend(fontsize=7, loc="best")
     ax_s.set_xlabel("RTFx (higher is faster)")
@@ -108,8 +114,13 @@ def soak_figure(samples: list[dict], records: list[dict], warmup_s: float, memor
     ax_m.axvspan(0, warmup_s / 60, color="0.85", label="warm-up (not measured)")
     for key, style in (("start_mib", ":"), ("end_mib", "--")):
         if not math.isnan(memory.get(key, math.nan)):
-            ax_m.axhline(memory[key], color="tab:gray", ls=style, lw=1,
-                         label=f"window {key.split('_')[0]} median {memory[key]:.0f} MiB")
+            ax_m.axhline(
+                memory[key],
+                color="tab:gray",
+                ls=style,
+                lw=1,
+                label=f"window {key.split('_')[0]} median {memory[key]:.0f} MiB",
+            )
     ax_m.set_ylabel("RSS (MiB)")
     growth = memory.get("growth", math.nan)
     ax_m.set_title(f"{title}: RSS growth {growth * 100:+.1f} % over the window" if not math.isnan(growth) else title)
@@ -129,8 +140,15 @@ def soak_figure(samples: list[dict], records: list[dict], warmup_s: float, memor
             for r in records:
                 if pick(r):
                     counts[min(int((r["t_s"] + r["latency_s"]) // 10), len(counts) - 1)] += 1
-            ax_r.bar([e / 60 for e in edges[:-1]], counts, width=10 / 60, align="edge", bottom=bottom, color=color,
-                     label=label)
+            ax_r.bar(
+                [e / 60 for e in edges[:-1]],
+                counts,
+                width=10 / 60,
+                align="edge",
+                bottom=bottom,
+                color=color,
+                label=label,
+            )
             bottom = [b + c for b, c in zip(bottom, counts)]
         ax_r.legend(fontsize=8, loc="upper right")
     ax_r.set_xlabel("minutes since the load started")

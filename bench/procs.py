@@ -92,5 +92,9 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     """
     from prometheus_client.parser import text_string_to_metric_families
 
-    return [(dict(s.labels), float(s.value)) for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name == name]
+    return [
+        (dict(s.labels), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]

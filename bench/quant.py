@@ -56,19 +56,41 @@ class QuantSetting:
 def table(rows: list[dict], baseline_label: str | None) -> str:
     """The quantization Markdown table, speed also as a ratio to the ``fp32`` setting."""
     base = next((r["rtfx"] for r in rows if r["label"] == baseline_label), None)
-    headers = ["setting", "RTFx", "× fp32", "WER %", "≠ fp32 %", "p50 s/file", "p95 s/file", "load s",
-               "warm-up s", "RSS after load MiB", "peak RSS MiB", "CPU cores own / other"]
+    headers = [
+        "setting",
+        "RTFx",
+        "× fp32",
+        "WER %",
+        "≠ fp32 %",
+        "p50 s/file",
+        "p95 s/file",
+        "load s",
+        "warm-up s",
+        "RSS after load MiB",
+        "peak RSS MiB",
+        "CPU cores own / other",
+    ]
     out = []
     for r in rows:
         if r.get("error"):
             out.append([r["label"], "failed", *["—"] * 10])
             continue
-        out.append([
-            r["label"], fmt(r["rtfx"]), report.ratio_text(r["rtfx"], base) if base else "—",
-            fmt(r["wer"], 1, percent=True), fmt(r.get("disagreement"), 1, percent=True),
-            fmt(r["latency_p50_s"]), fmt(r["latency_p95_s"]), fmt(r["load_s"], 1), fmt(r["warmup_s"], 1),
-            fmt(r["rss_after_load_mib"], 0), fmt(r["peak_rss_mib"], 0), report.cores_text(r),
-        ])
+        out.append(
+            [
+                r["label"],
+                fmt(r["rtfx"]),
+                report.ratio_text(r["rtfx"], base) if base else "—",
+                fmt(r["wer"], 1, percent=True),
+                fmt(r.get("disagreement"), 1, percent=True),
+                fmt(r["latency_p50_s"]),
+                fmt(r["latency_p95_s"]),
+                fmt(r["load_s"], 1),
+                fmt(r["warmup_s"], 1),
+                fmt(r["rss_after_load_mib"], 0),
+                fmt(r["peak_rss_mib"], 0),
+                report.cores_text(r),
+            ]
+        )
     return report.markdown_table(headers, out)
 
 
@@ -82,8 +104,9 @@ def render(record: dict, out_dir: Path) -> None:
     items = [AudioItem.from_json(d) for d in record["audio"]["items"]]
     base_label = record.get("baseline")
     base_result = next((r for r in record["results"] if (r.get("engine") or {}).get("label") == base_label), None)
-    rows = [report.engine_summary(res, items, settings["normalizer"], baseline=base_result)
-            for res in record["results"]]
+    rows = [
+        report.engine_summary(res, items, settings["normalizer"], baseline=base_result) for res in record["results"]
+    ]
     record["summary"] = rows
     notes = [f"- {r['label']} failed: `{r['error']}`" for r in rows if r.get("error")]
     notes += [f"- {r['label']}: stopped after {r['files']} files (--max-seconds)" for r in rows if r.get("truncated")]
@@ -147,15 +170,30 @@ def run_quant(
     parsed = [QuantSetting.parse(s) for s in settings]
     hf_dir = resolve_model(model, cache_dir, progress=True)
     specs = [
-        EngineSpec(s.name, "chorus", hf_dir, {
-            "dtype": s.dtype, "quantization": s.quantization, "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens, "compile_cache_dir": str(cache_dir) if compile_cache else None,
-        })
+        EngineSpec(
+            s.name,
+            "chorus",
+            hf_dir,
+            {
+                "dtype": s.dtype,
+                "quantization": s.quantization,
+                "batch_size": batch_size,
+                "max_new_tokens": max_new_tokens,
+                "compile_cache_dir": str(cache_dir) if compile_cache else None,
+            },
+        )
         for s in parsed
     ]
     machine = machine_info()
-    results = run_engines(specs, items, language=language, repeats=repeats, max_seconds=max_seconds,
-                          timeout_s=timeout_s, wait_idle_cores=wait_idle_cores)
+    results = run_engines(
+        specs,
+        items,
+        language=language,
+        repeats=repeats,
+        max_seconds=max_seconds,
+        timeout_s=timeout_s,
+        wait_idle_cores=wait_idle_cores,
+    )
     record = {
         "kind": "quant",
         "name": name,
@@ -163,10 +201,18 @@ def run_quant(
         "command": command,
         "machine": machine,
         "settings": {
-            "model": model, "hf_dir": hf_dir, "settings": [s.__dict__ for s in parsed], "language": language,
-            "batch_size": batch_size, "max_new_tokens": max_new_tokens, "repeats": repeats,
-            "max_seconds": max_seconds, "compile_cache": compile_cache, "normalizer": normalizer,
-            "spelling_map": english_spelling_map()[1], "wait_idle_cores": wait_idle_cores,
+            "model": model,
+            "hf_dir": hf_dir,
+            "settings": [s.__dict__ for s in parsed],
+            "language": language,
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "repeats": repeats,
+            "max_seconds": max_seconds,
+            "compile_cache": compile_cache,
+            "normalizer": normalizer,
+            "spelling_map": english_spelling_map()[1],
+            "wait_idle_cores": wait_idle_cores,
         },
         "audio": describe(items),
         "engines": [s.to_json() for s in specs],

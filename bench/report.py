@@ -218,12 +218,19 @@ def update_index(results_dir: Path = RESULTS_DIR) -> Path:
         if kind in seen:
             continue
         seen.add(kind)
-        lines.append(f"- **{kind}**: [{name}/table.md]({name}/table.md)"
-                     + (f", ![{kind} plot]({name}/plot.png)" if (results_dir / name / "plot.png").exists() else ""))
+        lines.append(
+            f"- **{kind}**: [{name}/table.md]({name}/table.md)"
+            + (f", ![{kind} plot]({name}/plot.png)" if (results_dir / name / "plot.png").exists() else "")
+        )
     lines += ["", "## All results", ""]
     rows = [
-        (f"[{name}]({name}/table.md)", rec.get("kind", "?"), rec.get("created", "")[:19],
-         machine_line(rec.get("machine", {})).split(";")[0], f"`{rec.get('command', '')}`")
+        (
+            f"[{name}]({name}/table.md)",
+            rec.get("kind", "?"),
+            rec.get("created", "")[:19],
+            machine_line(rec.get("machine", {})).split(";")[0],
+            f"`{rec.get('command', '')}`",
+        )
         for _, name, rec in records
     ]
     lines.append(markdown_table(["result", "kind", "when", "machine", "command"], rows, "lllll"))
@@ -250,6 +257,11 @@ def ratio_text(value: float, base: float) -> str:
 
 
 __all__ = [
-    "engine_summary", "markdown_table", "write_result", "update_index", "invocation", "fmt", "ratio_text",
+    "engine_summary",
+    "markdown_table",
+    "write_result",
+    "update_index",
+    "invocation",
+    "fmt",
+    "ratio_text",
 ]
-

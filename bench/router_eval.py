@@ -133,8 +133,11 @@ def score(segments: Sequence[dict], ref: Reference, *, collar: float = 0.0) -> d
 
     from bench.eval_der import der
 
-    hyp = [SpeakerTurn(float(s["start"]), float(s["end"]), str(s.get("speaker"))) for s in segments
-           if s.get("speaker") is not None and float(s["end"]) > float(s["start"])]
+    hyp = [
+        SpeakerTurn(float(s["start"]), float(s["end"]), str(s.get("speaker")))
+        for s in segments
+        if s.get("speaker") is not None and float(s["end"]) > float(s["start"])
+    ]
     out = {f"der_{k}" if k != "der" else "der": v for k, v in der(ref.turns, hyp, uem=ref.uem, collar=collar).items()}
     out["speakers_ref"] = len({t.speaker for t in ref.turns})
     out["speakers_hyp"] = len({s.get("speaker") for s in segments if s.get("speaker") is not None})
@@ -151,8 +154,9 @@ def score(segments: Sequence[dict], ref: Reference, *, collar: float = 0.0) -> d
         by_hyp: dict[str, list[str]] = {}
         for s in segments:
             by_hyp.setdefault(str(s.get("speaker")), []).append(norm(s["text"]))
-        cp = cp_word_error_rate({k: " ".join(v) for k, v in by_ref.items()},
-                                {k: " ".join(v) for k, v in by_hyp.items()})
+        cp = cp_word_error_rate(
+            {k: " ".join(v) for k, v in by_ref.items()}, {k: " ".join(v) for k, v in by_hyp.items()}
+        )
         out["cpwer"] = cp.error_rate
     return out
 
@@ -182,8 +186,15 @@ async def transcribe(url: str, name: str, data: bytes, model: str) -> dict:
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="A running router.")
 @click.option("--model", default="gpt-4o-transcribe-diarize", show_default=True)
 @click.option("--espeak-long", is_flag=True, help="Also score the 5-minute two-voice espeak-ng conversation.")
-@click.option("--collar", "collars", type=float, multiple=True, default=(0.0,), show_default=True,
-              help="Forgiveness collar (seconds) around reference boundaries; repeat to score one answer at several.")
+@click.option(
+    "--collar",
+    "collars",
+    type=float,
+    multiple=True,
+    default=(0.0,),
+    show_default=True,
+    help="Forgiveness collar (seconds) around reference boundaries; repeat to score one answer at several.",
+)
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def main(files, url, model, espeak_long, collars, json_out) -> None:
     """Print DER (and WER / cpWER where a script exists) of the router on each recording, at each
@@ -203,14 +214,22 @@ def main(files, url, model, espeak_long, collars, json_out) -> None:
         body = asyncio.run(transcribe(url, name, data, model))
         wall = time.perf_counter() - t0
         scores = {c: score(body["segments"], ref, collar=c) for c in collars}
-        row = {"file": name, "duration": body["duration"], "wall_s": round(wall, 2), **scores[collars[0]],
-               "by_collar": {str(c): v for c, v in scores.items()}, "warnings": body.get("warnings", [])}
+        row = {
+            "file": name,
+            "duration": body["duration"],
+            "wall_s": round(wall, 2),
+            **scores[collars[0]],
+            "by_collar": {str(c): v for c, v in scores.items()},
+            "warnings": body.get("warnings", []),
+        }
         rows.append(row)
         for c, sc in scores.items():
             extra = "".join(f"  {k} {sc[k]:.1%}" for k in ("wer", "cpwer") if k in sc)
-            click.echo(f"{name:28s} collar {c:g}: DER {sc['der']:6.1%} (miss {sc['der_missed']:.1%}, "
-                       f"FA {sc['der_false_alarm']:.1%}, conf {sc['der_confusion']:.1%}){extra}  "
-                       f"speakers {sc['speakers_hyp']}/{sc['speakers_ref']}  {row['duration']:.0f}s audio in {wall:.1f}s")
+            click.echo(
+                f"{name:28s} collar {c:g}: DER {sc['der']:6.1%} (miss {sc['der_missed']:.1%}, "
+                f"FA {sc['der_false_alarm']:.1%}, conf {sc['der_confusion']:.1%}){extra}  "
+                f"speakers {sc['speakers_hyp']}/{sc['speakers_ref']}  {row['duration']:.0f}s audio in {wall:.1f}s"
+            )
     if json_out:
         json_out.write_text(json.dumps({"url": url, "collars": list(collars), "files": rows}, indent=2))
 

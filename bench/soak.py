@@ -44,8 +44,15 @@ MAX_GROWTH = 0.10
 # --------------------------------------------------------------------------------------------- server
 
 
-def start_whisper(model: str, port: int, *, cache_dir: Path, log_path: Path, batch_size: int | None = None,
-                  env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_whisper(
+    model: str,
+    port: int,
+    *,
+    cache_dir: Path,
+    log_path: Path,
+    batch_size: int | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
     """``chorus serve whisper --model MODEL --port PORT --compile-all-first`` as a child process, its log
     in ``log_path``. Every executable is compiled before ``/ready``, so the soak's memory window sees the
     serving process, not the background compilation (which grew RSS 13 % in a 12 s soak).
@@ -53,15 +60,26 @@ def start_whisper(model: str, port: int, *, cache_dir: Path, log_path: Path, bat
     Args:
         env: extra ``CHORUS_WHISPER_*`` settings (limits, max new tokens).
     """
-    argv = [sys.executable, "-m", "server.cli", "serve", "whisper", "--model", model, "--port", str(port),
-            "--compile-all-first"]
+    argv = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        "whisper",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--compile-all-first",
+    ]
     if batch_size:
         argv += ["--batch-size", str(batch_size)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("w")
     full_env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), **(env or {})}
-    return subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[1])
+    return subprocess.Popen(
+        argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1]
+    )
 
 
 async def metrics_counts(url: str, api_key: str) -> dict[str, float]:
@@ -177,20 +195,24 @@ async def run_load(
                 progress(records, time.monotonic() - start)
 
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits, headers=headers) as http:
-        await asyncio.gather(*(worker(http, False) for _ in range(concurrency)),
-                             *(worker(http, True) for _ in range(bad_clients if bads else 0)))
+        await asyncio.gather(
+            *(worker(http, False) for _ in range(concurrency)),
+            *(worker(http, True) for _ in range(bad_clients if bads else 0)),
+        )
     return records
 
 
-async def baseline_texts(url: str, goods: list[Good], *, api_key: str, language: str | None,
-                         timeout_s: float) -> list[str]:
+async def baseline_texts(
+    url: str, goods: list[Good], *, api_key: str, language: str | None, timeout_s: float
+) -> list[str]:
     """Each good clip transcribed alone, one after another (the ``baseline`` references)."""
     import httpx
 
     fields = {"model": "whisper-1", "response_format": "json", **({"language": language} if language else {})}
     out = []
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s,
-                                 headers={"Authorization": f"Bearer {api_key}"}) as http:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}"}
+    ) as http:
         for g in goods:
             r = await http.post("/v1/audio/transcriptions", data=fields, files={"file": (g.item.name, g.data)})
             r.raise_for_status()
@@ -214,8 +236,14 @@ def memory_growth(samples: list[dict], warmup_s: float) -> dict:
     """
     window = [s for s in samples if s["t_s"] >= warmup_s and s.get("rss_mib")]
     if len(window) < 2:
-        return {"start_mib": math.nan, "end_mib": math.nan, "max_mib": math.nan, "growth": math.nan,
-                "slope_mib_per_h": math.nan, "samples": len(window)}
+        return {
+            "start_mib": math.nan,
+            "end_mib": math.nan,
+            "max_mib": math.nan,
+            "growth": math.nan,
+            "slope_mib_per_h": math.nan,
+            "samples": len(window),
+        }
     k = max(1, len(window) // 10)
     start = statistics.median(s["rss_mib"] for s in window[:k])
     end = statistics.median(s["rss_mib"] for s in window[-k:])
@@ -224,8 +252,14 @@ def memory_growth(samples: list[dict], warmup_s: float) -> dict:
     mt, my = sum(ts) / len(ts), sum(ys) / len(ys)
     var = sum((t - mt) ** 2 for t in ts)
     slope = sum((t - mt) * (y - my) for t, y in zip(ts, ys)) / var if var else 0.0
-    return {"start_mib": start, "end_mib": end, "max_mib": max(ys), "growth": end / start - 1,
-            "slope_mib_per_h": slope * 3600, "samples": len(window)}
+    return {
+        "start_mib": start,
+        "end_mib": end,
+        "max_mib": max(ys),
+        "growth": end / start - 1,
+        "slope_mib_per_h": slope * 3600,
+        "samples": len(window),
+    }
 
 
 def score(records: list[dict], references: dict[str, str], *, max_wer: float, normalizer: str) -> None:
@@ -301,8 +335,13 @@ def summarize_soak(records: list[dict], samples: list[dict], *, wall_s: float, w
         "fds": [window[0]["fds"], window[-1]["fds"]] if window else None,
     }
     growth = memory["growth"]
-    summary["passed"] = (summary["unexpected_5xx"] == 0 and lost == 0 and len(ok_good) > 0
-                         and not math.isnan(growth) and growth < MAX_GROWTH)
+    summary["passed"] = (
+        summary["unexpected_5xx"] == 0
+        and lost == 0
+        and len(ok_good) > 0
+        and not math.isnan(growth)
+        and growth < MAX_GROWTH
+    )
     return summary
 
 
@@ -314,8 +353,11 @@ def table(s: dict, settings: dict) -> str:
     m = s["memory"]
     rows = [
         ("verdict", "**PASS**" if s["passed"] else "**FAIL**"),
-        ("load", f"{settings['minutes']:g} min, {settings['concurrency']} clients of good speech, "
-                 f"{settings['bad_clients']} of bad input"),
+        (
+            "load",
+            f"{settings['minutes']:g} min, {settings['concurrency']} clients of good speech, "
+            f"{settings['bad_clients']} of bad input",
+        ),
         ("requests (good / bad)", f"{s['requests']} ({s['good']} / {s['bad']})"),
         ("answers by status", ", ".join(f"{k}: {v}" for k, v in s["status_counts"].items())),
         ("unexpected 5xx", str(s["unexpected_5xx"])),
@@ -325,17 +367,30 @@ def table(s: dict, settings: dict) -> str:
         ("429 retries", str(s["retries_429"])),
         ("good answers / s", fmt(s["good_per_s"])),
         ("audio s answered / s", fmt(s["audio_per_s"])),
-        ("good latency p50 / p95 / max (s)", f"{fmt(s['latency_p50_s'])} / {fmt(s['latency_p95_s'])} / "
-                                             f"{fmt(s['latency_max_s'])}"),
+        (
+            "good latency p50 / p95 / max (s)",
+            f"{fmt(s['latency_p50_s'])} / {fmt(s['latency_p95_s'])} / {fmt(s['latency_max_s'])}",
+        ),
         ("WER mean / max (good, %)", f"{fmt(s['wer_mean'], 1, percent=True)} / {fmt(s['wer_max'], 1, percent=True)}"),
-        ("RSS window start → end (MiB)", f"{fmt(m['start_mib'], 0)} → {fmt(m['end_mib'], 0)} "
-                                         f"(max {fmt(m['max_mib'], 0)})"),
-        ("RSS growth after warm-up", f"{fmt(m['growth'], 1, percent=True)} % (limit {MAX_GROWTH * 100:.0f} %); "
-                                     f"trend {fmt(m['slope_mib_per_h'], 0)} MiB/h"),
-        ("server threads / open files (window start → end)",
-         f"{s['threads'][0]} → {s['threads'][1]} / {s['fds'][0]} → {s['fds'][1]}" if s["threads"] else "—"),
-        ("server exit after SIGTERM", "—" if settings.get("server_exit") is None else
-         f"code {settings['server_exit']['code']} in {settings['server_exit']['seconds']:.1f} s"),
+        (
+            "RSS window start → end (MiB)",
+            f"{fmt(m['start_mib'], 0)} → {fmt(m['end_mib'], 0)} (max {fmt(m['max_mib'], 0)})",
+        ),
+        (
+            "RSS growth after warm-up",
+            f"{fmt(m['growth'], 1, percent=True)} % (limit {MAX_GROWTH * 100:.0f} %); "
+            f"trend {fmt(m['slope_mib_per_h'], 0)} MiB/h",
+        ),
+        (
+            "server threads / open files (window start → end)",
+            f"{s['threads'][0]} → {s['threads'][1]} / {s['fds'][0]} → {s['fds'][1]}" if s["threads"] else "—",
+        ),
+        (
+            "server exit after SIGTERM",
+            "—"
+            if settings.get("server_exit") is None
+            else f"code {settings['server_exit']['code']} in {settings['server_exit']['seconds']:.1f} s",
+        ),
     ]
     return report.markdown_table(["figure", "value"], rows, "ll")
 
@@ -345,8 +400,9 @@ def render(record: dict, out_dir: Path) -> None:
     settings = record["settings"]
     references = record["references"]
     score(record["records"], references, max_wer=settings["max_wer"], normalizer=settings["normalizer"])
-    summary = summarize_soak(record["records"], record["samples"], wall_s=record["wall_s"],
-                             warmup_s=settings["warmup_s"])
+    summary = summarize_soak(
+        record["records"], record["samples"], wall_s=record["wall_s"], warmup_s=settings["warmup_s"]
+    )
     record["summary"] = summary
     server = record.get("server_counts")
     notes = [
@@ -357,20 +413,33 @@ def render(record: dict, out_dir: Path) -> None:
         f"against the {settings['reference']} ({'the clip’s script' if settings['reference'] == 'script' else 'the server’s own answer for the clip alone, before the load'}); "
         "a 429 is waited out (`Retry-After`) and sent again.",
         "- Bad requests, round-robin with the status each must get: "
-        + ", ".join(f"`{n}` {s}" for n, s in settings["corpus"].items()) + ".",
+        + ", ".join(f"`{n}` {s}" for n, s in settings["corpus"].items())
+        + ".",
     ]
     if server is not None:
-        notes.append(f"- The server's own count of answers on the route during the run: {server} "
-                     f"(client: {sum(r.get('attempts', 1) for r in record['records'] if r.get('status') is not None)} "
-                     "answers received, 429 retries included).")
+        notes.append(
+            f"- The server's own count of answers on the route during the run: {server} "
+            f"(client: {sum(r.get('attempts', 1) for r in record['records'] if r.get('status') is not None)} "
+            "answers received, 429 retries included)."
+        )
     if settings.get("server_command"):
         notes.append(f"- Server: `{settings['server_command']}` with {settings.get('server_env') or 'its defaults'}.")
     if summary["unexpected"]:
-        samples = list(dict.fromkeys(f"{r['name']}: {r.get('status')} {r.get('error') or ''}"[:200]
-                                     for r in record["records"] if r["unexpected"]))[:5]
+        samples = list(
+            dict.fromkeys(
+                f"{r['name']}: {r.get('status')} {r.get('error') or ''}"[:200]
+                for r in record["records"]
+                if r["unexpected"]
+            )
+        )[:5]
         notes.append("- Unexpected answers (first 5): " + "; ".join(samples))
-    fig = soak_figure(record["samples"], record["records"], settings["warmup_s"], summary["memory"],
-                      f"Soak, {record['machine'].get('cpu')}")
+    fig = soak_figure(
+        record["samples"],
+        record["records"],
+        settings["warmup_s"],
+        summary["memory"],
+        f"Soak, {record['machine'].get('cpu')}",
+    )
     report.write_result(out_dir, record, table(summary, settings), fig, notes)
 
 
@@ -447,15 +516,19 @@ def run_soak(
         warmup_s = min(max(60.0, 0.1 * duration_s), 0.5 * duration_s)
     proc = None
     server_env = {"CHORUS_WHISPER_MAX_AUDIO_S": str(max_audio_s), "CHORUS_WHISPER_MAX_UPLOAD_MB": str(max_upload_mb)}
-    for key, value in (("MAX_NEW_TOKENS", max_new_tokens), ("MAX_CONCURRENT", max_concurrent),
-                       ("MAX_QUEUE", max_queue)):
+    for key, value in (
+        ("MAX_NEW_TOKENS", max_new_tokens),
+        ("MAX_CONCURRENT", max_concurrent),
+        ("MAX_QUEUE", max_queue),
+    ):
         if value is not None:
             server_env[f"CHORUS_WHISPER_{key}"] = str(value)
     if url is None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = start_whisper(model, port, cache_dir=cache_dir, log_path=out_dir / "server.log",
-                             batch_size=batch_size, env=server_env)
+        proc = start_whisper(
+            model, port, cache_dir=cache_dir, log_path=out_dir / "server.log", batch_size=batch_size, env=server_env
+        )
         pid = proc.pid
         echo(f"started the whisper server (pid {pid}) at {url}; log in {out_dir / 'server.log'}")
     url = url.rstrip("/").removesuffix("/v1")
@@ -468,8 +541,15 @@ def run_soak(
         corpus = bad_inputs(speech, max_audio_s=max_audio_s, max_upload_mb=max_upload_mb)
         if reference == "baseline":
             echo("baseline: each clip alone")
-            texts = asyncio.run(baseline_texts(url, [Good(it, d, "") for it, d in goods_raw], api_key=api_key,
-                                               language=language, timeout_s=timeout_s))
+            texts = asyncio.run(
+                baseline_texts(
+                    url,
+                    [Good(it, d, "") for it, d in goods_raw],
+                    api_key=api_key,
+                    language=language,
+                    timeout_s=timeout_s,
+                )
+            )
         else:
             missing = [it.name for it in items if not it.reference]
             if missing:
@@ -492,9 +572,20 @@ def run_soak(
         trace.start()
         t0 = time.monotonic()
         try:
-            records = asyncio.run(run_load(url, goods, corpus, concurrency=concurrency, duration_s=duration_s,
-                                           bad_clients=bad_clients, api_key=api_key, timeout_s=timeout_s,
-                                           language=language, progress=progress))
+            records = asyncio.run(
+                run_load(
+                    url,
+                    goods,
+                    corpus,
+                    concurrency=concurrency,
+                    duration_s=duration_s,
+                    bad_clients=bad_clients,
+                    api_key=api_key,
+                    timeout_s=timeout_s,
+                    language=language,
+                    progress=progress,
+                )
+            )
         finally:
             wall_s = time.monotonic() - t0
             trace.stop()
@@ -513,19 +604,36 @@ def run_soak(
         "command": command,
         "machine": machine,
         "settings": {
-            "minutes": minutes, "url": url, "model": model if proc is not None else None, "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens, "concurrency": concurrency, "bad_clients": bad_clients,
-            "max_concurrent": max_concurrent, "max_queue": max_queue, "reference": reference, "max_wer": max_wer, "warmup_s": warmup_s, "sample_s": sample_s,
-            "max_audio_s": max_audio_s, "max_upload_mb": max_upload_mb, "language": language,
-            "timeout_s": timeout_s, "normalizer": normalizer, "spelling_map": english_spelling_map()[1],
-            "corpus": {b.name: b.status for b in corpus}, "server_command": command_line,
-            "server_env": server_env if proc is not None else None, "server_exit": server_exit,
+            "minutes": minutes,
+            "url": url,
+            "model": model if proc is not None else None,
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "concurrency": concurrency,
+            "bad_clients": bad_clients,
+            "max_concurrent": max_concurrent,
+            "max_queue": max_queue,
+            "reference": reference,
+            "max_wer": max_wer,
+            "warmup_s": warmup_s,
+            "sample_s": sample_s,
+            "max_audio_s": max_audio_s,
+            "max_upload_mb": max_upload_mb,
+            "language": language,
+            "timeout_s": timeout_s,
+            "normalizer": normalizer,
+            "spelling_map": english_spelling_map()[1],
+            "corpus": {b.name: b.status for b in corpus},
+            "server_command": command_line,
+            "server_env": server_env if proc is not None else None,
+            "server_exit": server_exit,
         },
         "audio": describe(items),
         "references": {g.item.name: g.reference for g in goods},
         "wall_s": wall_s,
         "server_counts": {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(after) | set(before))}
-        if after else None,
+        if after
+        else None,
         "samples": trace.samples,
         "records": records,
     }

@@ -143,8 +143,13 @@ async def run_level(
             resp = await client.audio.transcriptions.create(file=(item.name, data), **request_kwargs)
             return RequestRecord(item.duration_s, time.perf_counter() - t, item=i % len(payloads), text=_text(resp))
         except Exception as exc:  # every failure is a measured error, never a crash of the run
-            return RequestRecord(item.duration_s, time.perf_counter() - t, ok=False,
-                                 error=f"{type(exc).__name__}: {exc}"[:300], item=i % len(payloads))
+            return RequestRecord(
+                item.duration_s,
+                time.perf_counter() - t,
+                ok=False,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                item=i % len(payloads),
+            )
 
     t0 = time.perf_counter()
     for start in range(0, warmup_requests, concurrency):
@@ -163,8 +168,11 @@ async def run_level(
             rec = await one(n)
             records.append(rec)
             ok = [r for r in records if r.ok]
-            bar.set_postfix(ok=len(ok), errors=len(records) - len(ok),
-                            rtfx=f"{sum(r.audio_s for r in ok) / (time.perf_counter() - start):.2f}")
+            bar.set_postfix(
+                ok=len(ok),
+                errors=len(records) - len(ok),
+                rtfx=f"{sum(r.audio_s for r in ok) / (time.perf_counter() - start):.2f}",
+            )
 
     async def ticker(start: float) -> None:
         while True:
@@ -203,20 +211,55 @@ async def run_level(
 
 def table(rows: list[dict]) -> str:
     """The throughput Markdown table: one row per (server, concurrency)."""
-    headers = ["server", "concurrency", "RTFx", "req/s", "p50 s", "p95 s", "p99 s", "requests", "errors",
-               "WER %", "peak RSS MiB", "peak GPU MiB", "CPU cores server / other"]
+    headers = [
+        "server",
+        "concurrency",
+        "RTFx",
+        "req/s",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "requests",
+        "errors",
+        "WER %",
+        "peak RSS MiB",
+        "peak GPU MiB",
+        "CPU cores server / other",
+    ]
     out = [
-        [r["label"], str(r["concurrency"]), fmt(r["rtfx"]), fmt(r["requests_per_s"]), fmt(r["latency_p50_s"]),
-         fmt(r["latency_p95_s"]), fmt(r["latency_p99_s"]), str(r["requests"]), str(r["errors"]),
-         fmt(r.get("wer"), 1, percent=True), fmt(r.get("peak_rss_mib"), 0), fmt(r.get("peak_gpu_mib"), 0),
-         report.cores_text(r)]
+        [
+            r["label"],
+            str(r["concurrency"]),
+            fmt(r["rtfx"]),
+            fmt(r["requests_per_s"]),
+            fmt(r["latency_p50_s"]),
+            fmt(r["latency_p95_s"]),
+            fmt(r["latency_p99_s"]),
+            str(r["requests"]),
+            str(r["errors"]),
+            fmt(r.get("wer"), 1, percent=True),
+            fmt(r.get("peak_rss_mib"), 0),
+            fmt(r.get("peak_gpu_mib"), 0),
+            report.cores_text(r),
+        ]
         for r in rows
     ]
     return report.markdown_table(headers, out, "llrrrrrrrrrrr")
 
 
-async def _run(targets, payloads, *, concurrencies, duration_s, warmup_requests, request_kwargs,
-               api_key, timeout_s, ready_timeout_s, max_requests) -> list[dict]:
+async def _run(
+    targets,
+    payloads,
+    *,
+    concurrencies,
+    duration_s,
+    warmup_requests,
+    request_kwargs,
+    api_key,
+    timeout_s,
+    ready_timeout_s,
+    max_requests,
+) -> list[dict]:
     import httpx
     from openai import AsyncOpenAI
 
@@ -232,19 +275,44 @@ async def _run(targets, payloads, *, concurrencies, duration_s, warmup_requests,
         try:
             for c in concurrencies:
                 level = await run_level(
-                    client, payloads, concurrency=c, duration_s=duration_s, warmup_requests=warmup_requests,
-                    request_kwargs=request_kwargs, max_requests=max_requests, pid=target.pid,
+                    client,
+                    payloads,
+                    concurrency=c,
+                    duration_s=duration_s,
+                    warmup_requests=warmup_requests,
+                    request_kwargs=request_kwargs,
+                    max_requests=max_requests,
+                    pid=target.pid,
                     desc=f"{target.label} c={c}",
                 )
-                rows.append({"label": target.label, "url": target.url, "pid": target.pid, "server": server,
-                             "server_command": server_command(target.pid), **level})
+                rows.append(
+                    {
+                        "label": target.label,
+                        "url": target.url,
+                        "pid": target.pid,
+                        "server": server,
+                        "server_command": server_command(target.pid),
+                        **level,
+                    }
+                )
         finally:
             await http.aclose()
     return rows
 
 
-LEVEL_FIELDS = ("label", "url", "pid", "concurrency", "warmup_s", "warmup_requests", "peak_rss_mib", "peak_gpu_mib",
-                "cpu_own_cores", "cpu_other_cores", "error_samples")
+LEVEL_FIELDS = (
+    "label",
+    "url",
+    "pid",
+    "concurrency",
+    "warmup_s",
+    "warmup_requests",
+    "peak_rss_mib",
+    "peak_gpu_mib",
+    "cpu_own_cores",
+    "cpu_other_cores",
+    "error_samples",
+)
 
 
 def summarize_level(level: dict, items: list[AudioItem], normalizer: str) -> dict:
@@ -258,8 +326,12 @@ def summarize_level(level: dict, items: list[AudioItem], normalizer: str) -> dic
     records = [RequestRecord(**r) for r in level["records"]]
     scored = [r for r in records if r.ok and items[r.item].reference is not None]
     wer = word_error_rate([items[r.item].reference for r in scored], [r.text for r in scored], normalizer)
-    return {**{k: level.get(k) for k in LEVEL_FIELDS}, **summarize(records, level["wall_s"]),
-            "wer": wer["wer"], "wer_detail": wer}
+    return {
+        **{k: level.get(k) for k in LEVEL_FIELDS},
+        **summarize(records, level["wall_s"]),
+        "wer": wer["wer"],
+        "wer_detail": wer,
+    }
 
 
 def render(record: dict, out_dir: Path) -> None:
@@ -334,12 +406,20 @@ def run_throughput(
     if language:
         request_kwargs["language"] = language
     machine = machine_info()
-    rows = asyncio.run(_run(
-        targets, payloads, concurrencies=concurrencies, duration_s=duration_s,
-        warmup_requests=warmup_requests if warmup_requests is not None else max(2, max(concurrencies)),
-        request_kwargs=request_kwargs, api_key=api_key, timeout_s=timeout_s, ready_timeout_s=ready_timeout_s,
-        max_requests=max_requests,
-    ))
+    rows = asyncio.run(
+        _run(
+            targets,
+            payloads,
+            concurrencies=concurrencies,
+            duration_s=duration_s,
+            warmup_requests=warmup_requests if warmup_requests is not None else max(2, max(concurrencies)),
+            request_kwargs=request_kwargs,
+            api_key=api_key,
+            timeout_s=timeout_s,
+            ready_timeout_s=ready_timeout_s,
+            max_requests=max_requests,
+        )
+    )
     record = {
         "kind": "throughput",
         "name": name,
@@ -347,10 +427,17 @@ def run_throughput(
         "command": command,
         "machine": machine,
         "settings": {
-            "urls": urls, "concurrency": concurrencies,
-            "duration_s": duration_s, "model": model, "response_format": response_format, "language": language,
-            "warmup_requests": warmup_requests, "timeout_s": timeout_s, "max_requests": max_requests,
-            "normalizer": normalizer, "spelling_map": english_spelling_map()[1],
+            "urls": urls,
+            "concurrency": concurrencies,
+            "duration_s": duration_s,
+            "model": model,
+            "response_format": response_format,
+            "language": language,
+            "warmup_requests": warmup_requests,
+            "timeout_s": timeout_s,
+            "max_requests": max_requests,
+            "normalizer": normalizer,
+            "spelling_map": english_spelling_map()[1],
         },
         "audio": describe(items),
         "results": rows,

@@ -174,8 +174,10 @@ def run_isolated(job: dict, *, timeout_s: float = 3600.0, env: dict | None = Non
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.worker", str(job_path), str(out_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            cwd=str(Path(__file__).resolve().parents[1]), env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=str(Path(__file__).resolve().parents[1]),
+            env={**os.environ, **(env or {})},
         )
         tail: list[bytes] = []
         reader = threading.Thread(target=_tee, args=(proc.stderr, sys.stderr, tail), daemon=True)
@@ -242,12 +244,18 @@ def run_engines(
     for n, spec in enumerate(specs, 1):
         waited = None
         if wait_idle_cores is not None:
-            waited = wait_for_idle(wait_idle_cores, wait_idle_max_s,
-                                   log=lambda m: print(m, file=sys.stderr, flush=True))
+            waited = wait_for_idle(
+                wait_idle_cores, wait_idle_max_s, log=lambda m: print(m, file=sys.stderr, flush=True)
+            )
         print(f"[{n}/{len(specs)}] {spec.label}: {spec.kind} on {spec.model}", file=sys.stderr, flush=True)
         job = {
-            "engine": spec.to_json(), "items": [it.to_json() for it in items], "language": language,
-            "repeats": repeats, "max_seconds": max_seconds, "threads": threads, "concurrency": concurrency,
+            "engine": spec.to_json(),
+            "items": [it.to_json() for it in items],
+            "language": language,
+            "repeats": repeats,
+            "max_seconds": max_seconds,
+            "threads": threads,
+            "concurrency": concurrency,
         }
         started = time.time()
         result = run_isolated(job, timeout_s=timeout_s)

@@ -131,15 +131,17 @@ def merge_punctuation(words: list[TimedWord]) -> list[TimedWord]:
         bare = w.word.strip()
         if bare and all(c in APPEND_PUNCTUATIONS for c in bare) and out:
             prev = out[-1]
-            out[-1] = TimedWord(prev.word + w.word.strip(), prev.tokens + w.tokens, prev.start, prev.end,
-                                prev.first_token)
+            out[-1] = TimedWord(
+                prev.word + w.word.strip(), prev.tokens + w.tokens, prev.start, prev.end, prev.first_token
+            )
             continue
         if bare and all(c in PREPEND_PUNCTUATIONS for c in bare):
             pending = w if pending is None else pending
             continue
         if pending is not None:
-            w = TimedWord(pending.word + w.word.lstrip(), pending.tokens + w.tokens, w.start, w.end,
-                          pending.first_token)
+            w = TimedWord(
+                pending.word + w.word.lstrip(), pending.tokens + w.tokens, w.start, w.end, pending.first_token
+            )
             pending = None
         out.append(w)
     if pending is not None:

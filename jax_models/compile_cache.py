@@ -104,7 +104,7 @@ def is_spurious(line: bytes) -> bool:
     at = line.find(_AOT_WARNING)
     if at < 0:
         return False
-    feature = line[at + len(_AOT_WARNING):].split(b" ", 1)[0]
+    feature = line[at + len(_AOT_WARNING) :].split(b" ", 1)[0]
     return feature in SPURIOUS_FEATURES
 
 

@@ -183,8 +183,7 @@ def embedded_ct2_dirs(name: str) -> list[Path]:
     dirs = [_embedded_package_dir(name, part) for part in _EMBEDDED_PARTS]
     if any(d is None for d in dirs):
         raise ModelNotInstalledError(
-            f"The embedded Whisper {name} model is not installed. Install it with:\n"
-            f"    pip install {dists}"
+            f"The embedded Whisper {name} model is not installed. Install it with:\n    pip install {dists}"
         )
     return [d for d in dirs if d is not None]
 
@@ -640,9 +639,7 @@ def _hf_config(dims: WhisperDims, tokens: _SpecialTokens, ct2_config: dict, tied
     )
 
 
-def _generation_config(
-    dims: WhisperDims, tokens: _SpecialTokens, ct2_config: dict, vocab: list[str]
-) -> Any:
+def _generation_config(dims: WhisperDims, tokens: _SpecialTokens, ct2_config: dict, vocab: list[str]) -> Any:
     from transformers import GenerationConfig
 
     lang_ids = [int(i) for i in ct2_config.get("lang_ids", [])]
@@ -789,8 +786,9 @@ def import_ct2(
     return out_dir
 
 
-def _write_configs(files: CT2Files, ct2_config: dict, dims: WhisperDims, vocab: list[str], tied: bool,
-                   out_dir: Path) -> None:
+def _write_configs(
+    files: CT2Files, ct2_config: dict, dims: WhisperDims, vocab: list[str], tied: bool, out_dir: Path
+) -> None:
     from transformers import WhisperFeatureExtractor
 
     tokens = _special_tokens(vocab)

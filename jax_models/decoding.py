@@ -58,6 +58,7 @@ class WhisperTokenizer:
         config_path = model_dir / "tokenizer_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
         self.clean_up_tokenization_spaces = bool(config.get("clean_up_tokenization_spaces", False))
+
         def token_id(key: str) -> int | None:
             tok = config.get(key)
             tok = tok.get("content") if isinstance(tok, dict) else tok
@@ -77,14 +78,25 @@ class WhisperTokenizer:
         """Text of token ids (a sequence of ints); timestamp tokens give no text."""
         text = self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
         if self.clean_up_tokenization_spaces:  # transformers' PreTrainedTokenizerBase.clean_up_tokenization
-            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                         (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+            for a, b in (
+                (" .", "."),
+                (" ?", "?"),
+                (" !", "!"),
+                (" ,", ","),
+                (" ' ", "'"),
+                (" n't", "n't"),
+                (" 'm", "'m"),
+                (" 's", "'s"),
+                (" 've", "'ve"),
+                (" 're", "'re"),
+            ):
                 text = text.replace(a, b)
         return self.TIMESTAMP.sub("", text)
 
     def convert_tokens_to_ids(self, tokens):
         """The id of a token string, or a list of them for a list of strings; a string not in the
         vocabulary gives the unknown token's id (``<|endoftext|>`` for Whisper), as transformers'."""
+
         def one(tok: str) -> int | None:
             i = self._tok.token_to_id(tok)
             return self.unk_token_id if i is None else i
@@ -124,6 +136,7 @@ class SpecialTokens:
         Raises:
             ValueError: the tokenizer lacks Whisper's special tokens.
         """
+
         def tid(tok: str) -> int:
             i = tokenizer.convert_tokens_to_ids(tok)
             if i is None or tokenizer.convert_ids_to_tokens(int(i)) != tok:
@@ -212,13 +225,17 @@ def prefix_history(prefix: jax.Array, n_hist: jax.Array, ids: SpecialTokens) -> 
     pen = jnp.where(n_hist >= 2, prefix[:, P - 2], -1)
     last_ts = jnp.max(jnp.where(in_hist & (prefix >= ids.timestamp_begin), prefix, -1), axis=1)
     timestamps = (n_hist > 0) | (prefix[:, P - 1] != ids.no_timestamps)
-    return History(last.astype(jnp.int32), pen.astype(jnp.int32), last_ts.astype(jnp.int32), n_hist > 0,
-                   timestamps)
+    return History(last.astype(jnp.int32), pen.astype(jnp.int32), last_ts.astype(jnp.int32), n_hist > 0, timestamps)
 
 
 def apply_logit_filters(
-    logits: jax.Array, generated: jax.Array, step: jax.Array, ids: SpecialTokens, suppress_mask: jax.Array,
-    max_initial_timestamp_index: int = 50, history: History | None = None,
+    logits: jax.Array,
+    generated: jax.Array,
+    step: jax.Array,
+    ids: SpecialTokens,
+    suppress_mask: jax.Array,
+    max_initial_timestamp_index: int = 50,
+    history: History | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """openai/whisper's SuppressBlank, SuppressTokens and ApplyTimestampRules, batched.
 
@@ -250,6 +267,7 @@ def apply_logit_filters(
 
     M = generated.shape[1]
     pos = jnp.arange(M)
+
     def sampled(back: int) -> jax.Array:  # the token sampled ``back`` steps ago, (B,)
         return jnp.take_along_axis(generated, jnp.clip(step - back, 0, M - 1)[None, None].repeat(B, 0), 1)[:, 0]
 
@@ -296,8 +314,17 @@ class LoopState(NamedTuple):
     carry: object
 
 
-def _sample_loop(ids: SpecialTokens, max_new_tokens: int, prefill_logits, temperature, keys,
-                 suppress_mask, carry, step_fn, history: History | None = None) -> DecodeResult:
+def _sample_loop(
+    ids: SpecialTokens,
+    max_new_tokens: int,
+    prefill_logits,
+    temperature,
+    keys,
+    suppress_mask,
+    carry,
+    step_fn,
+    history: History | None = None,
+) -> DecodeResult:
     """The token loop shared by both decoders: filters, greedy/sampled choice, per-row stop.
 
     ``prefill_logits``: a pair ``(sot_logits, last_logits)``, float32 ``(B, V)`` each, the prefix's logits at
@@ -347,8 +374,9 @@ def _sample_loop(ids: SpecialTokens, max_new_tokens: int, prefill_logits, temper
     return DecodeResult(final.tokens, final.sum_logprob, n_tokens.astype(jnp.int32), no_speech)
 
 
-def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: int, alignment_heads=(),
-                 kv_cache: bool = True):
+def make_decoder(
+    model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: int, alignment_heads=(), kv_cache: bool = True
+):
     """Build jitted ``encode`` and ``decode`` functions for an EasyDeL Whisper model.
 
     Returns ``(state, encode, decode, detect_language, align)`` where ``state`` is the pytree of
@@ -414,8 +442,11 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
         P = prefix.shape[1]
         with m.mesh:
             kwargs = m.prepare_inputs_for_generation(
-                prefix, max_length=P + max_new_tokens, pad_token_id=pad_token_id,
-                encoder_outputs=(enc,), decoder_attention_mask=prefix_mask,
+                prefix,
+                max_length=P + max_new_tokens,
+                pad_token_id=pad_token_id,
+                encoder_outputs=(enc,),
+                decoder_attention_mask=prefix_mask,
             )
             out = m._call_generation_model_step(m.decode, prefix, dict(kwargs))
             kwargs = m.update_inputs_for_generation(out, kwargs)
@@ -426,8 +457,17 @@ def make_decoder(model, ids: SpecialTokens, max_new_tokens: int, pad_token_id: i
                 o = m._call_generation_model_step(m.decode, nxt[:, None], dict(kw))
                 return o.logits[:, -1].astype(jnp.float32), m.update_inputs_for_generation(o, kw)
 
-            return _sample_loop(ids, max_new_tokens, prefill, temperature, keys, suppress_mask,
-                                kwargs, step, prefix_history(prefix, n_hist, ids))
+            return _sample_loop(
+                ids,
+                max_new_tokens,
+                prefill,
+                temperature,
+                keys,
+                suppress_mask,
+                kwargs,
+                step,
+                prefix_history(prefix, n_hist, ids),
+            )
 
     if weights is None:
         return state, encode_easydel, decode_easydel, detect_easydel, align
@@ -479,8 +519,17 @@ def functional_decoder(ids: SpecialTokens, max_new_tokens: int, heads: int, enc_
             h, cache = fn.forward(w, cache, nxt[:, None], (n_real + i)[:, None], P + i, ones, heads)
             return fn.logits(w, h[:, 0]), cache
 
-        return _sample_loop(ids, max_new_tokens, prefill, temperature, keys, suppress_mask, cache, step,
-                            prefix_history(prefix, n_hist, ids))
+        return _sample_loop(
+            ids,
+            max_new_tokens,
+            prefill,
+            temperature,
+            keys,
+            suppress_mask,
+            cache,
+            step,
+            prefix_history(prefix, n_hist, ids),
+        )
 
     return encode_fn, decode_fn, detect_fn, align_fn
 
@@ -491,9 +540,15 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-def needs_fallback(ratio: float, avg_logprob: float, no_speech_prob: float, *,
-                   compression_ratio_threshold: float = 2.4, logprob_threshold: float = -1.0,
-                   no_speech_threshold: float = 0.6) -> bool:
+def needs_fallback(
+    ratio: float,
+    avg_logprob: float,
+    no_speech_prob: float,
+    *,
+    compression_ratio_threshold: float = 2.4,
+    logprob_threshold: float = -1.0,
+    no_speech_threshold: float = 0.6,
+) -> bool:
     """Whether a window's decode fails Whisper's thresholds and is decoded again hotter.
 
     openai/whisper ``transcribe.py`` (``decode_with_fallback``): a gzip compression ratio above
@@ -539,6 +594,7 @@ def split_segments(tokens: list[int], timestamp_begin: int, window_s: float) -> 
     window's end); text after the last pair, never closed, runs to the window's end.
     Times are clamped to ``[0, window_s]``.
     """
+
     def t(tok: int) -> float:
         return min((tok - timestamp_begin) * TIME_PRECISION, window_s)
 

@@ -110,8 +110,11 @@ def compile_plan(buckets: tuple[int, ...], align: bool = True) -> tuple[list[Com
     """
     small, rest = buckets[0], sorted(buckets[1:], reverse=True)
     common = PREFIX_BUCKETS[:2]
-    ready = [CompiledShape("encode", 1), CompiledShape("detect", small),
-             *(CompiledShape("decode", small, p) for p in common)]
+    ready = [
+        CompiledShape("encode", 1),
+        CompiledShape("detect", small),
+        *(CompiledShape("decode", small, p) for p in common),
+    ]
     later = [s for b in rest for s in (*(CompiledShape("decode", b, p) for p in common), CompiledShape("detect", b))]
     later += [CompiledShape("decode", b, p) for p in PREFIX_BUCKETS[2:] for b in buckets]
     later += [CompiledShape("align", b, ALIGN_LENGTH) for b in buckets] if align else []
@@ -187,8 +190,11 @@ def _load_text_and_features(model_path: str):
     from transformers import AutoTokenizer, GenerationConfig, WhisperFeatureExtractor
 
     fe = WhisperFeatureExtractor.from_pretrained(model_path)
-    return (AutoTokenizer.from_pretrained(model_path), GenerationConfig.from_pretrained(model_path),
-            np.ascontiguousarray(np.asarray(fe.mel_filters, np.float32).T))
+    return (
+        AutoTokenizer.from_pretrained(model_path),
+        GenerationConfig.from_pretrained(model_path),
+        np.ascontiguousarray(np.asarray(fe.mel_filters, np.float32).T),
+    )
 
 
 @dataclass(frozen=True)
@@ -338,8 +344,12 @@ class WhisperEngine:
             self.alignment_heads = alignment_heads(cfg, self.generation_config)
             self._state = {"fn": weights}
             self._encode, self._decode, self._detect, self._align = functional_decoder(
-                self.ids, max_new_tokens, int(cfg.decoder_attention_heads), int(cfg.encoder_attention_heads),
-                self.alignment_heads)
+                self.ids,
+                max_new_tokens,
+                int(cfg.decoder_attention_heads),
+                int(cfg.encoder_attention_heads),
+                self.alignment_heads,
+            )
         else:
             self.model = self._load(model_path, jdtype, quantization)
             self.alignment_heads = alignment_heads(self.model.config, self.generation_config)
@@ -453,8 +463,11 @@ class WhisperEngine:
         order = sorted(owners, key=lambda o: self._served.get(o, -1))  # stable: ties keep queue order
         first = owners[order[0]][0]
         lanes = [[j for j in owners[o] if j.kind == first.kind and j.bucket == first.bucket] for o in order]
-        limit = (max(self._compiled_sizes(first) or self.batch_buckets[:1]) if self._compiling_in_background
-                 else self.batch_buckets[-1])
+        limit = (
+            max(self._compiled_sizes(first) or self.batch_buckets[:1])
+            if self._compiling_in_background
+            else self.batch_buckets[-1]
+        )
         batch: list[_Job] = []
         depth = 0
         while len(batch) < limit and any(depth < len(lane) for lane in lanes):
@@ -515,8 +528,10 @@ class WhisperEngine:
         # batched (B, heads, 1500, 1500) attention falls out of cache (1.1 s per window at B=4-8 vs
         # 0.5-0.6 s alone, bench/NOTES.md), and padding rows reuse the first window's states
         # instead of paying for an encoder pass.
-        states = [j.encoded if j.encoded is not None else self._encode(self._state, jnp.asarray(j.features[None]))
-                  for j in batch]
+        states = [
+            j.encoded if j.encoded is not None else self._encode(self._state, jnp.asarray(j.features[None]))
+            for j in batch
+        ]
         enc = jnp.concatenate(states + [states[0]] * (size - n), axis=0)
         with self._cv:
             self.batches_run += 1
@@ -542,8 +557,15 @@ class WhisperEngine:
         keys = np.stack([np.asarray(jax.random.key_data(jax.random.PRNGKey(j.seed))) for j in rows])
         n_hist = np.array([j.history for j in rows], np.int32)
         out = self._decode(
-            self._state, enc, jnp.asarray(prefix), jnp.asarray(mask), jnp.asarray(sot),
-            jnp.asarray(temps), jnp.asarray(keys), self._suppress, jnp.asarray(n_hist),
+            self._state,
+            enc,
+            jnp.asarray(prefix),
+            jnp.asarray(mask),
+            jnp.asarray(sot),
+            jnp.asarray(temps),
+            jnp.asarray(keys),
+            self._suppress,
+            jnp.asarray(n_hist),
         )
         tokens, sum_lp, n_tok, no_speech = (np.asarray(x) for x in jax.device_get(out))
         results = []
@@ -582,12 +604,18 @@ class WhisperEngine:
         for shape in ready:
             self._compile(shape)
         jax.random.key_data(jax.random.PRNGKey(0))  # the per-row sampling keys' small executables
-        log.info("warm-up: %d executables ready in %.1f s; %d more %s", len(ready), time.perf_counter() - t0,
-                 len(later), "in the background" if background else "now")
+        log.info(
+            "warm-up: %d executables ready in %.1f s; %d more %s",
+            len(ready),
+            time.perf_counter() - t0,
+            len(later),
+            "in the background" if background else "now",
+        )
         if background:
             self._compiling_in_background = True
-            threading.Thread(target=self._compile_rest, args=(later,), name="chorus-whisper-compile",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._compile_rest, args=(later,), name="chorus-whisper-compile", daemon=True
+            ).start()
         else:
             self._compile_rest(later)
         return time.perf_counter() - t0
@@ -603,8 +631,11 @@ class WhisperEngine:
                 log.exception("compiling %s failed", shape)
         # numba compiles librosa's DTW on first use (word timestamps)
         word_timings(np.ones((1, 8, 1500), np.float32), [1, 2], SAMPLE_RATE, 4, self.tokenizer.decode, "en")
-        log.info("warm-up: all %d executables compiled (%.1f s after the ready set)",
-                 len(self._compiled), time.perf_counter() - t0)
+        log.info(
+            "warm-up: all %d executables compiled (%.1f s after the ready set)",
+            len(self._compiled),
+            time.perf_counter() - t0,
+        )
         self._compiling_in_background = False
         self.compiled_all.set()
 
@@ -629,8 +660,15 @@ class WhisperEngine:
             else:
                 P = shape.length
                 lowered = self._decode.lower(
-                    self._state, enc, sds((B, P), i32), sds((B, P), jnp.bool_), sds((B,), i32),
-                    sds((B,), jnp.float32), sds((B, 2), jnp.uint32), self._suppress, sds((B,), i32),
+                    self._state,
+                    enc,
+                    sds((B, P), i32),
+                    sds((B, P), jnp.bool_),
+                    sds((B,), i32),
+                    sds((B,), jnp.float32),
+                    sds((B, 2), jnp.uint32),
+                    self._suppress,
+                    sds((B,), i32),
                 )
         t1 = time.perf_counter()
         lowered.compile()
@@ -641,8 +679,13 @@ class WhisperEngine:
         with self._cv:
             self._compiled = self._compiled | {shape}
             self.compile_log.append((shape, seconds))
-        log.info("compiled %s in %.2f s (trace+lower %.2f s, XLA or cache %.2f s)", shape, seconds, t1 - t0,
-                 seconds - (t1 - t0))
+        log.info(
+            "compiled %s in %.2f s (trace+lower %.2f s, XLA or cache %.2f s)",
+            shape,
+            seconds,
+            t1 - t0,
+            seconds - (t1 - t0),
+        )
         return seconds
 
     def _align_prefix(self, language: str) -> list[int]:
@@ -720,8 +763,10 @@ class WhisperEngine:
                 if i not in fell_back and judged[0][2] and len(temperatures) > 1:
                     # Fallback: every hotter temperature at once, rows of one batch on the encoder
                     # states already computed, instead of one temperature after another.
-                    retry[i] = [_Job("decode", feats[i], prefix, t, Future(), owner, encoded=decodes[0].encoded)
-                                for t in temperatures[1:]]
+                    retry[i] = [
+                        _Job("decode", feats[i], prefix, t, Future(), owner, encoded=decodes[0].encoded)
+                        for t in temperatures[1:]
+                    ]
                     self._count_fallback(temperatures[1:])
                     fell_back.add(i)
                     continue
@@ -755,9 +800,12 @@ class WhisperEngine:
         text = self.tokenizer.decode([t for t in res.tokens if t < self.ids.eot]).strip()
         silent = res.no_speech_prob > options.no_speech_threshold and res.avg_logprob < options.logprob_threshold
         failed = needs_fallback(
-            compression_ratio(text), res.avg_logprob, res.no_speech_prob,
+            compression_ratio(text),
+            res.avg_logprob,
+            res.no_speech_prob,
             compression_ratio_threshold=options.compression_ratio_threshold,
-            logprob_threshold=options.logprob_threshold, no_speech_threshold=options.no_speech_threshold,
+            logprob_threshold=options.logprob_threshold,
+            no_speech_threshold=options.no_speech_threshold,
         )
         return res, "" if silent else text, failed
 
@@ -797,12 +845,14 @@ class WhisperEngine:
             futures[i] = (text, self._submit(_Job("align", f, prefix + text + [self.ids.eot], 0.0, Future(), owner)))
         out = {}
         for i, (text, fut) in futures.items():
-            out[i] = word_timings(fut.result(), text, windows[i][1] - windows[i][0], len(prefix),
-                                  self.tokenizer.decode, language)
+            out[i] = word_timings(
+                fut.result(), text, windows[i][1] - windows[i][0], len(prefix), self.tokenizer.decode, language
+            )
         return out
 
-    def _tail_job(self, samples, window, result, encoded, features, language: str, options: TranscribeOptions,
-                  owner: int) -> _Job | None:
+    def _tail_job(
+        self, samples, window, result, encoded, features, language: str, options: TranscribeOptions, owner: int
+    ) -> _Job | None:
         """A continuation for a window whose transcript stops early while speech goes on, or None.
 
         Whisper often leaves the last sentence of a 30 s window untranscribed (openai's sequential
@@ -826,7 +876,7 @@ class WhisperEngine:
         if float(np.sqrt(np.mean(samples[covered:b] ** 2))) <= 0.1 * window_rms:
             return None
         task = self.ids.task_tokens(language, options.task)
-        sampled = res.tokens[-(CONTINUE_BUCKET - len(task)):]
+        sampled = res.tokens[-(CONTINUE_BUCKET - len(task)) :]
         return _Job("decode", features, task + sampled, 0.0, Future(), owner, encoded=encoded, history=len(sampled))
 
     def _merge_tail(self, result: tuple[WindowResult, str], cont: WindowResult, options: TranscribeOptions):

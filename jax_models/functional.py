@@ -23,9 +23,16 @@ import jax.numpy as jnp
 
 LN_EPS = 1e-5
 _LAYER_PARTS = {
-    "sa_q": ("self_attn", "q_proj"), "sa_k": ("self_attn", "k_proj"), "sa_v": ("self_attn", "v_proj"),
-    "sa_o": ("self_attn", "out_proj"), "ca_q": ("encoder_attn", "q_proj"), "ca_k": ("encoder_attn", "k_proj"),
-    "ca_v": ("encoder_attn", "v_proj"), "ca_o": ("encoder_attn", "out_proj"), "fc1": ("fc1",), "fc2": ("fc2",),
+    "sa_q": ("self_attn", "q_proj"),
+    "sa_k": ("self_attn", "k_proj"),
+    "sa_v": ("self_attn", "v_proj"),
+    "sa_o": ("self_attn", "out_proj"),
+    "ca_q": ("encoder_attn", "q_proj"),
+    "ca_k": ("encoder_attn", "k_proj"),
+    "ca_v": ("encoder_attn", "v_proj"),
+    "ca_o": ("encoder_attn", "out_proj"),
+    "fc1": ("fc1",),
+    "fc2": ("fc2",),
 }
 _LAYER_NORMS = {"sa_ln": "self_attn_layer_norm", "ca_ln": "encoder_attn_layer_norm", "mlp_ln": "final_layer_norm"}
 _ENC_PARTS = {k: v for k, v in _LAYER_PARTS.items() if not k.startswith("ca_")}
@@ -141,15 +148,19 @@ def _weights_from_flat(flat: dict, cfg) -> dict | None:
     enc_layers = _layers(flat, enc, int(cfg.encoder_layers), _ENC_PARTS, _ENC_NORMS)
     dec_layers = _layers(flat, dec, int(cfg.decoder_layers), _LAYER_PARTS, _LAYER_NORMS)
     encoder = {
-        "conv1_w": _get(flat, f"{enc}.conv1.kernel"), "conv1_b": _get(flat, f"{enc}.conv1.bias"),
-        "conv2_w": _get(flat, f"{enc}.conv2.kernel"), "conv2_b": _get(flat, f"{enc}.conv2.bias"),
+        "conv1_w": _get(flat, f"{enc}.conv1.kernel"),
+        "conv1_b": _get(flat, f"{enc}.conv1.bias"),
+        "conv2_w": _get(flat, f"{enc}.conv2.kernel"),
+        "conv2_b": _get(flat, f"{enc}.conv2.bias"),
         "pos": _get(flat, f"{enc}.embed_positions.embedding"),
-        "ln_s": _get(flat, f"{enc}.layer_norm.scale"), "ln_b": _get(flat, f"{enc}.layer_norm.bias"),
+        "ln_s": _get(flat, f"{enc}.layer_norm.scale"),
+        "ln_b": _get(flat, f"{enc}.layer_norm.bias"),
     }
     decoder = {
         "embed": _get(flat, f"{dec}.embed_tokens.embedding"),
         "pos": _get(flat, f"{dec}.embed_positions.embedding"),
-        "ln_s": _get(flat, f"{dec}.layer_norm.scale"), "ln_b": _get(flat, f"{dec}.layer_norm.bias"),
+        "ln_s": _get(flat, f"{dec}.layer_norm.scale"),
+        "ln_b": _get(flat, f"{dec}.layer_norm.bias"),
     }
     if enc_layers is None or dec_layers is None or any(v is None for v in [*encoder.values(), *decoder.values()]):
         return None
@@ -287,7 +298,12 @@ def init_cache(weights: dict, enc: jax.Array, heads: int, length: int) -> KVCach
 
 
 def forward(
-    weights: dict, cache: KVCache, tokens: jax.Array, positions: jax.Array, start: jax.Array, valid: jax.Array,
+    weights: dict,
+    cache: KVCache,
+    tokens: jax.Array,
+    positions: jax.Array,
+    start: jax.Array,
+    valid: jax.Array,
     heads: int,
 ) -> tuple[jax.Array, KVCache]:
     """Run ``T`` new tokens through the decoder, writing their keys/values at ``start``.
@@ -305,8 +321,9 @@ def forward(
     return hidden, cache
 
 
-def alignment_weights(weights: dict, enc: jax.Array, tokens: jax.Array, heads: int,
-                      alignment_heads: tuple[tuple[int, int], ...]) -> jax.Array:
+def alignment_weights(
+    weights: dict, enc: jax.Array, tokens: jax.Array, heads: int, alignment_heads: tuple[tuple[int, int], ...]
+) -> jax.Array:
     """Cross-attention weights of the alignment heads over a teacher-forced sequence, for word
     timestamps (openai/whisper ``timing.find_alignment``: the decoder run once over the task
     tokens, the text tokens and end-of-text, its cross-attention QK softmax recorded per head).

@@ -89,11 +89,13 @@ class FallbackMetrics:
         engine = self._engine()
         stats = engine.fallback_stats() if hasattr(engine, "fallback_stats") else {"decoded": {}, "kept": {}}
         decoded = CounterMetricFamily(
-            "chorus_whisper_fallback", "Window decodes at a fallback temperature (after failing at T=0)",
+            "chorus_whisper_fallback",
+            "Window decodes at a fallback temperature (after failing at T=0)",
             labels=["temperature"],
         )
         kept = CounterMetricFamily(
-            "chorus_whisper_fallback_kept", "Windows that fell back, by the temperature whose decode was kept",
+            "chorus_whisper_fallback_kept",
+            "Windows that fell back, by the temperature whose decode was kept",
             labels=["temperature"],
         )
         for family, counts in ((decoded, stats["decoded"]), (kept, stats["kept"])):
@@ -163,7 +165,8 @@ def create_app(settings: WhisperSettings, engine: Any = None) -> FastAPI:
         engine = holder["engine"]
         try:
             return await run_with_deadline(
-                lambda stop: engine.transcribe(samples, options, progress=stopper(stop)), settings.request_timeout_s)
+                lambda stop: engine.transcribe(samples, options, progress=stopper(stop)), settings.request_timeout_s
+            )
         except ValueError as exc:
             raise InvalidRequestError(str(exc), param="language") from None
 
@@ -180,8 +183,12 @@ def create_app(settings: WhisperSettings, engine: Any = None) -> FastAPI:
         want_words = "word" in granularities and form.response_format == "verbose_json"
         language = form.language if isinstance(form, WhisperTranscriptionForm) else None
         options = TranscribeOptions(
-            task=task, language=language, prompt=form.prompt, temperature=form.temperature,
-            word_timestamps=want_words, without_timestamps=form.response_format in TIMELESS_FORMATS,
+            task=task,
+            language=language,
+            prompt=form.prompt,
+            temperature=form.temperature,
+            word_timestamps=want_words,
+            without_timestamps=form.response_format in TIMELESS_FORMATS,
         )
         async with admission:
             samples = await decode_upload(form.file, settings, request)
@@ -192,17 +199,25 @@ def create_app(settings: WhisperSettings, engine: Any = None) -> FastAPI:
         return PlainTextResponse(body, media_type=media_type)
 
     audio = APIRouter(route_class=upload_route(settings), tags=["audio"])
-    ok = {200: {"model": Transcription | TranscriptionVerbose,
-                "content": text_responses(*TRANSCRIPTION_TEXT_TYPES)}}
+    ok = {200: {"model": Transcription | TranscriptionVerbose, "content": text_responses(*TRANSCRIPTION_TEXT_TYPES)}}
 
-    @audio.post("/v1/audio/transcriptions", summary="Transcribe audio (OpenAI audio.transcriptions).",
-                response_class=JSONResponse, responses={**ok, **error_responses(*AUDIO_ERRORS)})
-    async def transcriptions(request: Request, form: Annotated[WhisperTranscriptionForm, Form(media_type=FORM)]
-                             ) -> Response:
+    @audio.post(
+        "/v1/audio/transcriptions",
+        summary="Transcribe audio (OpenAI audio.transcriptions).",
+        response_class=JSONResponse,
+        responses={**ok, **error_responses(*AUDIO_ERRORS)},
+    )
+    async def transcriptions(
+        request: Request, form: Annotated[WhisperTranscriptionForm, Form(media_type=FORM)]
+    ) -> Response:
         return await handle(request, form, "transcribe")
 
-    @audio.post("/v1/audio/translations", summary="Translate audio to English text (OpenAI audio.translations).",
-                response_class=JSONResponse, responses={**ok, **error_responses(*AUDIO_ERRORS)})
+    @audio.post(
+        "/v1/audio/translations",
+        summary="Translate audio to English text (OpenAI audio.translations).",
+        response_class=JSONResponse,
+        responses={**ok, **error_responses(*AUDIO_ERRORS)},
+    )
     async def translations(request: Request, form: Annotated[TranslationForm, Form(media_type=FORM)]) -> Response:
         return await handle(request, form, "translate")
 
@@ -213,9 +228,12 @@ def create_app(settings: WhisperSettings, engine: Any = None) -> FastAPI:
         return card
 
     return build_app(
-        state, settings, title="Chorus whisper server",
+        state,
+        settings,
+        title="Chorus whisper server",
         description="OpenAI-compatible transcription and translation (Whisper on JAX). Errors are OpenAI's shape.",
-        lifespan=lifespan, routers=[audio, model_router(lambda: names, model_card)],
+        lifespan=lifespan,
+        routers=[audio, model_router(lambda: names, model_card)],
     )
 
 

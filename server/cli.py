@@ -37,9 +37,9 @@ def whisper_options(fn):
     """Options shared by ``serve whisper`` and ``transcribe`` (defaults from CHORUS_WHISPER_*)."""
     fn = click.option("--model", default=None, help="base | small | local HF/CT2 directory | hub id")(fn)
     fn = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None)(fn)
-    fn = click.option(
-        "--quantization", type=click.Choice(["none", "int8", "nf4", "affine4", "mxfp8"]), default=None
-    )(fn)
+    fn = click.option("--quantization", type=click.Choice(["none", "int8", "nf4", "affine4", "mxfp8"]), default=None)(
+        fn
+    )
     fn = click.option("--batch-size", type=int, default=None, help="largest batch of 30 s windows")(fn)
     return fn
 
@@ -53,9 +53,12 @@ def _whisper_settings(**overrides) -> WhisperSettings:
 @click.option("--port", type=int, default=None)
 @click.option("--api-key", "api_keys", multiple=True, help="accepted bearer token (repeatable)")
 @click.option("--no-warmup", is_flag=True, help="skip compiling at start-up (first requests compile)")
-@click.option("--compile-all-first", is_flag=True,
-              help="ready only once every batch size is compiled (default: ready after the smallest, "
-                   "the rest compile in the background)")
+@click.option(
+    "--compile-all-first",
+    is_flag=True,
+    help="ready only once every batch size is compiled (default: ready after the smallest, "
+    "the rest compile in the background)",
+)
 @whisper_options
 def serve_whisper(host, port, api_keys, no_warmup, compile_all_first, model, dtype, quantization, batch_size) -> None:
     """The whisper server (default 127.0.0.1:8001). SIGTERM drains requests in flight, then exits 0."""
@@ -63,8 +66,14 @@ def serve_whisper(host, port, api_keys, no_warmup, compile_all_first, model, dty
     from server.kit.app import serve
 
     settings = _whisper_settings(
-        host=host, port=port, api_keys=list(api_keys) or None, model=model, dtype=dtype,
-        quantization=quantization, batch_size=batch_size, warmup=False if no_warmup else None,
+        host=host,
+        port=port,
+        api_keys=list(api_keys) or None,
+        model=model,
+        dtype=dtype,
+        quantization=quantization,
+        batch_size=batch_size,
+        warmup=False if no_warmup else None,
         background_compile=False if compile_all_first else None,
     )
     _logging(settings.log_level)
@@ -79,18 +88,28 @@ def serve_whisper(host, port, api_keys, no_warmup, compile_all_first, model, dty
 @click.option("--sidecar-url", default=None, help="Sidecar base URL [http://127.0.0.1:8002].")
 @click.option("--api-key", "api_keys", multiple=True, help="accepted bearer token (repeatable)")
 @click.option("--backend-api-key", default=None, help="bearer token sent to both backends")
-@click.option("--diarization-window", "diarization_window_s", type=float, default=None,
-              help="longest audio (s) diarized in one sidecar call; caps the sidecar's max_window_s "
-              "[the sidecar's, else 30]")
+@click.option(
+    "--diarization-window",
+    "diarization_window_s",
+    type=float,
+    default=None,
+    help="longest audio (s) diarized in one sidecar call; caps the sidecar's max_window_s [the sidecar's, else 30]",
+)
 def serve_router(host, port, whisper_url, sidecar_url, api_keys, backend_api_key, diarization_window_s) -> None:
     """The router, the public entry point (default 127.0.0.1:8000). SIGTERM drains, then exits 0."""
     from server.kit.app import serve
     from server.kit.settings import RouterSettings
     from server.router.app import create_app
 
-    overrides = dict(host=host, port=port, whisper_url=whisper_url, sidecar_url=sidecar_url,
-                     api_keys=list(api_keys) or None, backend_api_key=backend_api_key,
-                     diarization_window_s=diarization_window_s)
+    overrides = dict(
+        host=host,
+        port=port,
+        whisper_url=whisper_url,
+        sidecar_url=sidecar_url,
+        api_keys=list(api_keys) or None,
+        backend_api_key=backend_api_key,
+        diarization_window_s=diarization_window_s,
+    )
     settings = RouterSettings(**{k: v for k, v in overrides.items() if v is not None})
     _logging(settings.log_level)
     sys.exit(serve(create_app(settings), settings))
@@ -99,20 +118,47 @@ def serve_router(host, port, whisper_url, sidecar_url, api_keys, backend_api_key
 @serve.command("ray")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address of Serve's HTTP proxy.")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port of the OpenAI API.")
-@click.option("--address", default=None,
-              help="Ray cluster: none starts a local one; 'auto' joins this machine's; ray://HOST:10001.")
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster: none starts a local one; 'auto' joins this machine's; ray://HOST:10001.",
+)
 @click.option("--whisper-replicas", type=int, default=1, show_default=True)
 @click.option("--sidecar-replicas", type=int, default=1, show_default=True)
 @click.option("--whisper-gpus", type=float, default=0.0, show_default=True, help="GPUs per whisper replica.")
 @click.option("--sidecar-gpus", type=float, default=0.0, show_default=True, help="GPUs per sidecar replica.")
 @click.option("--whisper-cpus", type=float, default=1.0, show_default=True, help="CPUs per whisper replica.")
-@click.option("--autoscale-whisper", "autoscale_max", type=int, default=None,
-              help="autoscale the whisper deployment from 1 to this many replicas (replaces --whisper-replicas)")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="a Serve config file (server/deploy/serve_config.yaml): its application args are the settings")
+@click.option(
+    "--autoscale-whisper",
+    "autoscale_max",
+    type=int,
+    default=None,
+    help="autoscale the whisper deployment from 1 to this many replicas (replaces --whisper-replicas)",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="a Serve config file (server/deploy/serve_config.yaml): its application args are the settings",
+)
 @whisper_options
-def serve_ray(host, port, address, whisper_replicas, sidecar_replicas, whisper_gpus, sidecar_gpus, whisper_cpus,
-              autoscale_max, config_file, model, dtype, quantization, batch_size) -> None:
+def serve_ray(
+    host,
+    port,
+    address,
+    whisper_replicas,
+    sidecar_replicas,
+    whisper_gpus,
+    sidecar_gpus,
+    whisper_cpus,
+    autoscale_max,
+    config_file,
+    model,
+    dtype,
+    quantization,
+    batch_size,
+) -> None:
     """The router's OpenAI API on Ray Serve, with replicas of the whisper server and the sidecar.
 
     Ready when GET /ready answers 200 (every backend replica loaded and warmed up)."""
@@ -124,13 +170,17 @@ def serve_ray(host, port, address, whisper_replicas, sidecar_replicas, whisper_g
         doc = yaml.safe_load(Path(config_file).read_text())
         settings = RayServeSettings(**(doc["applications"][0].get("args") or {}))
     else:
-        whisper = {k: v for k, v in dict(model=model, dtype=dtype, quantization=quantization,
-                                          batch_size=batch_size).items() if v is not None}
+        whisper = {
+            k: v
+            for k, v in dict(model=model, dtype=dtype, quantization=quantization, batch_size=batch_size).items()
+            if v is not None
+        }
         autoscaling = Autoscaling(max_replicas=autoscale_max) if autoscale_max else None
         settings = RayServeSettings(
             whisper=whisper,
-            whisper_deployment=DeploymentSettings(replicas=whisper_replicas, num_cpus=whisper_cpus,
-                                                  num_gpus=whisper_gpus, autoscaling=autoscaling),
+            whisper_deployment=DeploymentSettings(
+                replicas=whisper_replicas, num_cpus=whisper_cpus, num_gpus=whisper_gpus, autoscaling=autoscaling
+            ),
             sidecar_deployment=DeploymentSettings(replicas=sidecar_replicas, num_gpus=sidecar_gpus),
         )
     _logging("info")
@@ -146,19 +196,45 @@ def serve_ray(host, port, address, whisper_replicas, sidecar_replicas, whisper_g
 @click.option("--sidecar-url", default=None, help="Use a sidecar running elsewhere (not started here).")
 @click.option("--model", default=None, help="Whisper model: base | small | a directory | a hub id.")
 @click.option("--batch-size", type=int, default=None, help="Whisper batch of 30 s windows.")
-@click.option("--diarizer", type=click.Choice(["pyannote", "cluster", "sortformer"]), default=None,
-              help="pyannote: segmentation-3.0 + CAM++ offline (the default; cluster is its old name)")
+@click.option(
+    "--diarizer",
+    type=click.Choice(["pyannote", "cluster", "sortformer"]),
+    default=None,
+    help="pyannote: segmentation-3.0 + CAM++ offline (the default; cluster is its old name)",
+)
 @click.option("--no-warmup", is_flag=True, help="Skip the backends' warm-up.")
 @click.option("--api-key", "api_keys", multiple=True, help="Bearer token required by all three (repeatable).")
 @click.option("--ready-timeout", type=float, default=900.0, show_default=True, help="Seconds to wait for /ready.")
-def up(host, router_port, whisper_port, sidecar_port, whisper_url, sidecar_url, model, batch_size, diarizer,
-       no_warmup, api_keys, ready_timeout) -> None:
+def up(
+    host,
+    router_port,
+    whisper_port,
+    sidecar_port,
+    whisper_url,
+    sidecar_url,
+    model,
+    batch_size,
+    diarizer,
+    no_warmup,
+    api_keys,
+    ready_timeout,
+) -> None:
     """Start the whisper server, the sidecar and the router; Ctrl-C stops all three."""
     from server.launcher import Launcher, UpOptions, plan_services
 
-    options = UpOptions(host=host, router_port=router_port, whisper_port=whisper_port, sidecar_port=sidecar_port,
-                        whisper_url=whisper_url, sidecar_url=sidecar_url, model=model, batch_size=batch_size,
-                        diarizer=diarizer, warmup=not no_warmup, api_keys=tuple(api_keys))
+    options = UpOptions(
+        host=host,
+        router_port=router_port,
+        whisper_port=whisper_port,
+        sidecar_port=sidecar_port,
+        whisper_url=whisper_url,
+        sidecar_url=sidecar_url,
+        model=model,
+        batch_size=batch_size,
+        diarizer=diarizer,
+        warmup=not no_warmup,
+        api_keys=tuple(api_keys),
+    )
     code = Launcher(plan_services(options), echo=lambda m: click.echo(f"chorus up: {m}", err=True)).run(ready_timeout)
     sys.exit(code)
 
@@ -171,17 +247,30 @@ def up(host, router_port, whisper_port, sidecar_port, whisper_url, sidecar_url, 
 @click.option("--prompt", default=None)
 @click.option("--temperature", type=float, default=0.0)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--url", default=None,
-              help="A running Chorus whisper server or router (http://127.0.0.1:8000): send FILE there "
-                   "instead of loading a model in this process.")
+@click.option(
+    "--url",
+    default=None,
+    help="A running Chorus whisper server or router (http://127.0.0.1:8000): send FILE there "
+    "instead of loading a model in this process.",
+)
 @click.option("--api-key", default=None, envvar="OPENAI_API_KEY", help="Bearer token for --url.")
 @whisper_options
-def transcribe(file, fmt, task, language, prompt, temperature, output, url, api_key, model, dtype, quantization,
-               batch_size):
+def transcribe(
+    file, fmt, task, language, prompt, temperature, output, url, api_key, model, dtype, quantization, batch_size
+):
     """Transcribe FILE locally with a progress bar, or through a running server with --url."""
     if url:
-        text = _transcribe_remote(url, file, fmt=fmt, task=task, language=language, prompt=prompt,
-                                  temperature=temperature, model=model, api_key=api_key)
+        text = _transcribe_remote(
+            url,
+            file,
+            fmt=fmt,
+            task=task,
+            language=language,
+            prompt=prompt,
+            temperature=temperature,
+            model=model,
+            api_key=api_key,
+        )
         if output:
             output.write_text(text, encoding="utf-8")
         else:
@@ -200,14 +289,20 @@ def transcribe(file, fmt, task, language, prompt, temperature, output, url, api_
     engine = load_engine(settings)
     try:
         with tqdm(total=round(duration_s(samples), 1), unit="audio s", file=sys.stderr) as bar:
+
             def progress(done: float) -> None:
                 bar.n = round(done, 1)
                 bar.refresh()
 
             transcript = engine.transcribe(
                 samples,
-                TranscribeOptions(task=task, language=language, prompt=prompt, temperature=temperature,
-                                  without_timestamps=fmt in TIMELESS_FORMATS),
+                TranscribeOptions(
+                    task=task,
+                    language=language,
+                    prompt=prompt,
+                    temperature=temperature,
+                    without_timestamps=fmt in TIMELESS_FORMATS,
+                ),
                 progress=progress,
             )
     finally:
@@ -220,8 +315,18 @@ def transcribe(file, fmt, task, language, prompt, temperature, output, url, api_
         click.echo(text)
 
 
-def _transcribe_remote(url: str, file: Path, *, fmt: str, task: str, language: str | None, prompt: str | None,
-                       temperature: float, model: str | None, api_key: str | None) -> str:
+def _transcribe_remote(
+    url: str,
+    file: Path,
+    *,
+    fmt: str,
+    task: str,
+    language: str | None,
+    prompt: str | None,
+    temperature: float,
+    model: str | None,
+    api_key: str | None,
+) -> str:
     """POST ``file`` to ``{url}/v1/audio/transcriptions`` (or ``translations``) and return the body as text.
 
     Raises:
@@ -238,8 +343,13 @@ def _transcribe_remote(url: str, file: Path, *, fmt: str, task: str, language: s
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         with file.open("rb") as f:
-            r = httpx.post(f"{url.rstrip('/')}/v1/audio/{route}", data=fields, files={"file": (file.name, f)},
-                           headers=headers, timeout=httpx.Timeout(10.0, read=3600.0))
+            r = httpx.post(
+                f"{url.rstrip('/')}/v1/audio/{route}",
+                data=fields,
+                files={"file": (file.name, f)},
+                headers=headers,
+                timeout=httpx.Timeout(10.0, read=3600.0),
+            )
     except httpx.HTTPError as exc:
         raise click.ClickException(f"{url}: {exc}") from None
     if r.status_code >= 400:

@@ -79,24 +79,42 @@ def plan_services(o: UpOptions, python: str = sys.executable) -> list[Service]:
         if not o.warmup:
             argv.append("--no-warmup")
         services.append(Service("sidecar", tuple(argv), sidecar_url))
-    argv = [*base, "router", "--host", o.host, "--port", str(o.router_port),
-            "--whisper-url", whisper_url, "--sidecar-url", sidecar_url, *common]
+    argv = [
+        *base,
+        "router",
+        "--host",
+        o.host,
+        "--port",
+        str(o.router_port),
+        "--whisper-url",
+        whisper_url,
+        "--sidecar-url",
+        sidecar_url,
+        *common,
+    ]
     env = {}
     if o.api_keys:  # the backends require a key too: the router sends the first one
         env["CHORUS_ROUTER_BACKEND_API_KEY"] = o.api_keys[0]
     services.append(Service("router", tuple(argv), _local_url(o.host, o.router_port), env))
     if o.log_level:
-        services = [Service(s.name, s.argv, s.url, {**s.env, "CHORUS_LOG_LEVEL": o.log_level,
-                                                      f"CHORUS_{s.name.upper()}_LOG_LEVEL": o.log_level})
-                    for s in services]
+        services = [
+            Service(
+                s.name,
+                s.argv,
+                s.url,
+                {**s.env, "CHORUS_LOG_LEVEL": o.log_level, f"CHORUS_{s.name.upper()}_LOG_LEVEL": o.log_level},
+            )
+            for s in services
+        ]
     return services
 
 
 class Launcher:
     """Starts ``services``, waits for readiness, supervises, and stops them all."""
 
-    def __init__(self, services: Sequence[Service], *, echo: Callable[[str], None] = print,
-                 grace_s: float = 45.0) -> None:
+    def __init__(
+        self, services: Sequence[Service], *, echo: Callable[[str], None] = print, grace_s: float = 45.0
+    ) -> None:
         self.services = list(services)
         self.echo = echo
         self.grace_s = grace_s

@@ -156,8 +156,9 @@ class BackendReplica:
         self.app = _build_backend_app(kind, fields)
         self._lifespan = self.app.router.lifespan_context(self.app)
         await self._lifespan.__aenter__()
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=f"http://{kind}",
-                                      timeout=None)
+        self.http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url=f"http://{kind}", timeout=None
+        )
         self.replica = _replica_tag()
         deadline = time.monotonic() + ready_timeout_s
         while True:
@@ -169,8 +170,9 @@ class BackendReplica:
             await asyncio.sleep(0.5)
         log.info("%s replica %s ready", kind, self.replica)
 
-    async def request(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes
-                      ) -> tuple[int, list[tuple[str, str]], bytes]:
+    async def request(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         """Serve one HTTP request in-process.
 
         Args:
@@ -244,11 +246,20 @@ class HandleTransport(httpx.AsyncBaseTransport):
             response.cancel()
             raise httpx.ReadTimeout(f"{self.name}: no answer in {timeout:g} s", request=request) from None
         except serve_exceptions.BackPressureError as exc:
-            body_ = {"error": {"message": f"The {self.name} deployment is at capacity: {exc}", "type": "server_error",
-                               "param": None, "code": "overloaded"}}
+            body_ = {
+                "error": {
+                    "message": f"The {self.name} deployment is at capacity: {exc}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": "overloaded",
+                }
+            }
             return httpx.Response(503, json=body_, headers={"Retry-After": "1"}, request=request)
-        except (ray_exceptions.RayActorError, ray_exceptions.ActorUnavailableError,
-                serve_exceptions.DeploymentUnavailableError) as exc:
+        except (
+            ray_exceptions.RayActorError,
+            ray_exceptions.ActorUnavailableError,
+            serve_exceptions.DeploymentUnavailableError,
+        ) as exc:
             raise httpx.ConnectError(f"{self.name} replica unavailable: {type(exc).__name__}", request=request) from exc
         if self.on_response is not None and request.method != "GET":  # not the /ready and /v1/models polls
             self.on_response(self.name, dict(out_headers).get("x-chorus-replica", "?"))
@@ -274,10 +285,16 @@ def _router_builder(settings: RayServeSettings):
             name: HandleTransport(serve.get_deployment_handle(name, app_name=APP_NAME), name, on_response=count)
             for name in (WHISPER, SIDECAR)
         }
-        app = create_app(RouterSettings(**{"whisper_url": "http://whisper", "sidecar_url": "http://sidecar",
-                                           **fields}), transports=transports)
-        app_holder["counts"] = Counter("chorus_ray_backend_requests", "Backend requests by deployment and replica",
-                                       ["deployment", "replica"], registry=app.state.chorus.registry)
+        app = create_app(
+            RouterSettings(**{"whisper_url": "http://whisper", "sidecar_url": "http://sidecar", **fields}),
+            transports=transports,
+        )
+        app_holder["counts"] = Counter(
+            "chorus_ray_backend_requests",
+            "Backend requests by deployment and replica",
+            ["deployment", "replica"],
+            registry=app.state.chorus.registry,
+        )
         return app
 
     return build
@@ -304,7 +321,9 @@ def build_app(args: dict[str, Any] | RayServeSettings | None = None) -> Any:
         **settings.sidecar_deployment.options(max_ongoing_requests=16)
     )
     ingress = serve.deployment(serve.ingress(_router_builder(settings))(), name="router", **pinned).options(
-        num_replicas=settings.router_replicas, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256,
+        num_replicas=settings.router_replicas,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=256,
     )
     return ingress.bind(
         whisper.bind(WHISPER, settings.whisper, settings.ready_timeout_s),
@@ -317,8 +336,14 @@ def settings_json(settings: RayServeSettings) -> str:
     return json.dumps(settings.model_dump(mode="json"))
 
 
-def run(settings: RayServeSettings, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
-        stop: Callable[[], bool] | None = None) -> int:
+def run(
+    settings: RayServeSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> int:
     """Start (or join) a Ray cluster, run the application on ``host:port`` and block until SIGTERM/SIGINT.
 
     Args:

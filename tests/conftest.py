@@ -49,9 +49,19 @@ def tiny_whisper_dir(tmp_path_factory) -> Path:
     from jax_models.ct2_import import WhisperDims, embedded_ct2_dirs, write_configs
 
     out = tmp_path_factory.mktemp("tiny-whisper")
-    dims = WhisperDims(n_mels=80, d_model=64, encoder_layers=1, decoder_layers=1, encoder_heads=2, decoder_heads=2,
-                       encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=51865, max_source_positions=1500,
-                       max_target_positions=448)
+    dims = WhisperDims(
+        n_mels=80,
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_heads=2,
+        decoder_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        vocab_size=51865,
+        max_source_positions=1500,
+        max_target_positions=448,
+    )
     write_configs(embedded_ct2_dirs("base"), out, dims)
     torch.manual_seed(0)
     WhisperForConditionalGeneration(WhisperConfig.from_pretrained(out)).save_pretrained(out)
@@ -99,9 +109,19 @@ def tiny_v3_dir(tmp_path_factory) -> Path:
     (src / "model.bin").write_bytes(b"")
 
     out = tmp_path_factory.mktemp("tiny-v3")
-    dims = WhisperDims(n_mels=128, d_model=64, encoder_layers=1, decoder_layers=4, encoder_heads=2, decoder_heads=2,
-                       encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=51866, max_source_positions=1500,
-                       max_target_positions=448)
+    dims = WhisperDims(
+        n_mels=128,
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=4,
+        encoder_heads=2,
+        decoder_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        vocab_size=51866,
+        max_source_positions=1500,
+        max_target_positions=448,
+    )
     write_configs(src, out, dims)
     torch.manual_seed(0)
     WhisperForConditionalGeneration(WhisperConfig.from_pretrained(out)).save_pretrained(out)

@@ -51,25 +51,52 @@ def build_tiny_phi4(out: Path, *, adapter: bool = True, seed: int = 0) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=PHI_SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=PHI_SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(PHI_CORPUS * 4, trainer)
     ids = {t: tok.token_to_id(t) for t in PHI_SPECIAL_TOKENS}
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>", extra_special_tokens={"audio_token": "<|audio|>", "image_token": "<|image|>"},
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        extra_special_tokens={"audio_token": "<|audio|>", "image_token": "<|image|>"},
     )
     fast.save_pretrained(out)
     cfg = Phi4MultimodalConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-        original_max_position_embeddings=4096, bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|endoftext|>"], ids["<|end|>"]], pad_token_id=ids["<|endoftext|>"],
-        audio_config=dict(hidden_size=16, intermediate_size=24, num_blocks=1, num_attention_heads=2,
-                          ext_pw_out_channel=16, depthwise_separable_out_channel=16, nemo_conv_channels=16,
-                          audio_token_id=ids["<|audio|>"]),
-        vision_config=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=28, patch_size=14, crop_size=28, image_token_id=ids["<|image|>"]),
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        original_max_position_embeddings=4096,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|endoftext|>"], ids["<|end|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        audio_config=dict(
+            hidden_size=16,
+            intermediate_size=24,
+            num_blocks=1,
+            num_attention_heads=2,
+            ext_pw_out_channel=16,
+            depthwise_separable_out_channel=16,
+            nemo_conv_channels=16,
+            audio_token_id=ids["<|audio|>"],
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            crop_size=28,
+            image_token_id=ids["<|image|>"],
+        ),
     )
     torch.manual_seed(seed)
     Phi4MultimodalForCausalLM(cfg).save_pretrained(out)

@@ -31,8 +31,13 @@ def whisper_app(tiny_engine, tiny_whisper_dir, cache_dir):
     from jax_models.whisper_app import create_app
     from server.kit.settings import WhisperSettings
 
-    settings = WhisperSettings(model=str(tiny_whisper_dir), warmup=False, cache_dir=cache_dir,
-                               max_audio_s=MAX_AUDIO_S, max_upload_mb=MAX_UPLOAD_MB)
+    settings = WhisperSettings(
+        model=str(tiny_whisper_dir),
+        warmup=False,
+        cache_dir=cache_dir,
+        max_audio_s=MAX_AUDIO_S,
+        max_upload_mb=MAX_UPLOAD_MB,
+    )
     return create_app(settings, engine=tiny_engine)
 
 
@@ -76,8 +81,10 @@ async def test_router_answers_each_bad_input(router_app, corpus, name):
 async def test_the_whisper_server_keeps_serving_through_the_whole_corpus(whisper_app, corpus, speech_samples):
     """Good requests interleaved with every bad one, all at once: the good answers are what they are
     alone, and no file descriptor (spooled upload) is left open."""
-    good = {"files": {"file": ("a.wav", to_wav_bytes(speech_samples))},
-            "data": {"model": "whisper-1", "language": "en"}}
+    good = {
+        "files": {"file": ("a.wav", to_wav_bytes(speech_samples))},
+        "data": {"model": "whisper-1", "language": "en"},
+    }
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=whisper_app), base_url="http://t") as http:
         alone = (await http.post("/v1/audio/transcriptions", **good)).json()["text"]
         fds = psutil.Process().num_fds()
@@ -103,13 +110,16 @@ async def test_decode_timeout_stops_a_pathological_file(tiny_engine, cache_dir):
     from jax_models.whisper_app import create_app
     from server.kit.settings import WhisperSettings
 
-    app = create_app(WhisperSettings(model="tiny", warmup=False, cache_dir=cache_dir, max_audio_s=4 * 3600,
-                                     decode_timeout_s=0.05), engine=tiny_engine)
+    app = create_app(
+        WhisperSettings(model="tiny", warmup=False, cache_dir=cache_dir, max_audio_s=4 * 3600, decode_timeout_s=0.05),
+        engine=tiny_engine,
+    )
     data = silence_aac(7200)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
         t0 = time.monotonic()
-        r = await http.post("/v1/audio/transcriptions", data={"model": "whisper-1"},
-                            files={"file": ("silence.aac", data)})
+        r = await http.post(
+            "/v1/audio/transcriptions", data={"model": "whisper-1"}, files={"file": ("silence.aac", data)}
+        )
         assert time.monotonic() - t0 < 1.0
     assert r.status_code == 400
     err = r.json()["error"]
@@ -143,10 +153,24 @@ def test_decode_audio_limits():
 
 # --- the sidecar -------------------------------------------------------------------------------------
 
-SIDECAR_NAMES = tuple(n for n in NAMES if n not in (
-    "unicode-prompt", "long-prompt", "huge-prompt", "too-many-fields", "invalid-language", "unknown-response-format",
-    "negative-temperature", "nan-temperature", "unknown-model", "missing-model", "unknown-field",
-))
+SIDECAR_NAMES = tuple(
+    n
+    for n in NAMES
+    if n
+    not in (
+        "unicode-prompt",
+        "long-prompt",
+        "huge-prompt",
+        "too-many-fields",
+        "invalid-language",
+        "unknown-response-format",
+        "negative-temperature",
+        "nan-temperature",
+        "unknown-model",
+        "missing-model",
+        "unknown-field",
+    )
+)
 """The corpus entries about the upload itself (the others are transcription fields the sidecar does not take)."""
 
 
@@ -168,7 +192,9 @@ class FakeDiarizer:
 
         self.calls += 1
         duration = len(samples) / SAMPLE_RATE
-        return DiarizationResult((SpeakerTurn(0.0, duration, "speaker_0"),), ("speaker_0",), duration, {"backend": "fake"})
+        return DiarizationResult(
+            (SpeakerTurn(0.0, duration, "speaker_0"),), ("speaker_0",), duration, {"backend": "fake"}
+        )
 
 
 @pytest.mark.parametrize("name", SIDECAR_NAMES)
@@ -180,8 +206,10 @@ async def test_sidecar_answers_each_bad_input(corpus, name):
 
     entry = corpus[name]
     fake = FakeDiarizer()
-    app = create_app(SidecarSettings(warmup=False, max_audio_s=MAX_AUDIO_S, max_window_s=MAX_AUDIO_S,
-                                     max_upload_mb=MAX_UPLOAD_MB), diarizer=fake)
+    app = create_app(
+        SidecarSettings(warmup=False, max_audio_s=MAX_AUDIO_S, max_window_s=MAX_AUDIO_S, max_upload_mb=MAX_UPLOAD_MB),
+        diarizer=fake,
+    )
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
             r = await http.post("/v1/diarize", **entry.httpx_kwargs())

@@ -165,10 +165,21 @@ def test_engine_summary_recomputes_from_records():
         {"item": 1, "repeat": 0, "audio_s": 30.0, "latency_s": 5.0, "text": "whatever"},
         {"item": 0, "repeat": 1, "audio_s": 10.0, "latency_s": 3.0, "text": "one two three four"},
     ]
-    result = {"engine": {"label": "x"}, "load_s": 1.0, "warmup_s": 2.0, "rss_after_load_mib": 100.0,
-              "peak_rss_mib": 200.0, "records": records, "error": None}
-    base = {"records": [{"item": 0, "repeat": 0, "text": "one two three four"},
-                        {"item": 1, "repeat": 0, "text": "whatever"}]}
+    result = {
+        "engine": {"label": "x"},
+        "load_s": 1.0,
+        "warmup_s": 2.0,
+        "rss_after_load_mib": 100.0,
+        "peak_rss_mib": 200.0,
+        "records": records,
+        "error": None,
+    }
+    base = {
+        "records": [
+            {"item": 0, "repeat": 0, "text": "one two three four"},
+            {"item": 1, "repeat": 0, "text": "whatever"},
+        ]
+    }
     row = engine_summary(result, items, "none", baseline=base)
     assert row["rtfx"] == pytest.approx(sum(r["audio_s"] for r in records) / sum(r["latency_s"] for r in records))
     assert row["latency_p50_s"] == pytest.approx(float(np.percentile([2.0, 5.0, 3.0], 50)))
@@ -179,13 +190,22 @@ def test_engine_summary_recomputes_from_records():
 
 
 def test_update_index_lists_latest_per_kind(tmp_path):
-    for name, kind, created in [("cpu-peers-a", "peers", "2025-01-01T00:00:00"),
-                                ("cpu-peers-b", "peers", "2025-02-01T00:00:00"),
-                                ("cpu-quant-a", "quant", "2025-01-15T00:00:00")]:
+    for name, kind, created in [
+        ("cpu-peers-a", "peers", "2025-01-01T00:00:00"),
+        ("cpu-peers-b", "peers", "2025-02-01T00:00:00"),
+        ("cpu-quant-a", "quant", "2025-01-15T00:00:00"),
+    ]:
         (tmp_path / name).mkdir()
-        (tmp_path / name / "result.json").write_text(json.dumps(
-            {"kind": kind, "created": created, "command": f"chorus bench {kind} --name {name}",
-             "machine": {"cpu": "CPU", "cpu_logical_cores": 2, "memory_gib": 1}}))
+        (tmp_path / name / "result.json").write_text(
+            json.dumps(
+                {
+                    "kind": kind,
+                    "created": created,
+                    "command": f"chorus bench {kind} --name {name}",
+                    "machine": {"cpu": "CPU", "cpu_logical_cores": 2, "memory_gib": 1},
+                }
+            )
+        )
     text = update_index(tmp_path).read_text()
     latest = text.split("## All results")[0]
     assert "cpu-peers-b/table.md" in latest and "cpu-peers-a" not in latest and "cpu-quant-a" in latest
@@ -265,8 +285,8 @@ def test_joined_real_clips_have_exact_length_and_joined_references(tmp_path, mon
     assert real[0].reference == "three one two three"
     assert real[1].reference == "one two three"  # 4 s starts at a: a, b = 3.5 s
     samples = decode_audio(real[1].path.read_bytes())
-    assert np.abs(samples[int(1.1 * SAMPLE_RATE): int(1.4 * SAMPLE_RATE)]).max() == 0  # the gap
-    assert np.abs(samples[int(3.6 * SAMPLE_RATE):]).max() == 0  # padded to the length
+    assert np.abs(samples[int(1.1 * SAMPLE_RATE) : int(1.4 * SAMPLE_RATE)]).max() == 0  # the gap
+    assert np.abs(samples[int(3.6 * SAMPLE_RATE) :]).max() == 0  # padded to the length
     meeting = resolve_audio(["meeting:5"], tmp_path)
     assert meeting[0].reference is None and meeting[0].duration_s == pytest.approx(5.0)
     assert np.abs(decode_audio(meeting[0].path.read_bytes())[: 3 * SAMPLE_RATE]).max() > 0
@@ -292,8 +312,9 @@ def test_read_reference_reads_every_uem_segment_and_der_scores_inside_them(tmp_p
     wav = tmp_path / "m.wav"
     with pytest.raises(FileNotFoundError):
         read_reference(wav)
-    (tmp_path / "m.rttm").write_text("SPEAKER m 1 5.000 2.000 <NA> <NA> B <NA> <NA>\n"
-                                     "SPEAKER m 1 0.500 3.000 <NA> <NA> A <NA> <NA>\n")
+    (tmp_path / "m.rttm").write_text(
+        "SPEAKER m 1 5.000 2.000 <NA> <NA> B <NA> <NA>\nSPEAKER m 1 0.500 3.000 <NA> <NA> A <NA> <NA>\n"
+    )
     (tmp_path / "m.uem").write_text("m 1 0.000 4.000\nm 1 6.000 10.000\n")
     turns, uem = read_reference(wav)
     assert [(t.start, t.end, t.speaker) for t in turns] == [(0.5, 3.5, "A"), (5.0, 7.0, "B")]

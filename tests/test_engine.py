@@ -51,9 +51,7 @@ def test_split_segments_follows_timestamp_pairs():
     ts = lambda s: tsb + int(round(s / 0.02))  # noqa: E731
     tokens = [ts(0.0), 1, 2, ts(1.5), ts(1.5), 3, ts(3.0), ts(3.2), 4, 5]
     segs = split_segments(tokens, tsb, window_s=10.0)
-    assert [(s.start, s.end, s.tokens) for s in segs] == [
-        (0.0, 1.5, (1, 2)), (1.5, 3.0, (3,)), (3.2, 10.0, (4, 5))
-    ]
+    assert [(s.start, s.end, s.tokens) for s in segs] == [(0.0, 1.5, (1, 2)), (1.5, 3.0, (3,)), (3.2, 10.0, (4, 5))]
     single_end = split_segments([ts(0.4), 7, 8, ts(2.0)], tsb, window_s=10.0)
     assert [(s.start, s.end, s.tokens) for s in single_end] == [(0.4, 2.0, (7, 8))]
     no_stamps = split_segments([7, 8], tsb, window_s=4.0)
@@ -99,8 +97,10 @@ def test_text_only_rows_batch_with_timestamp_rows(tiny_engine, speech_samples):
     task = tiny_engine.ids.task_tokens("en", "transcribe")
 
     def jobs():
-        return [_Job("decode", feats, task + [tiny_engine.ids.no_timestamps], 0.0, Future(), owner=1),
-                _Job("decode", feats, task, 0.0, Future(), owner=2)]
+        return [
+            _Job("decode", feats, task + [tiny_engine.ids.no_timestamps], 0.0, Future(), owner=1),
+            _Job("decode", feats, task, 0.0, Future(), owner=2),
+        ]
 
     alone = [tiny_engine._submit(job).result() for job in jobs()]
     start = tiny_engine.batches_run
@@ -166,8 +166,15 @@ def test_kv_cache_decoder_matches_transformers(tiny_engine):
     hidden, cache = fn.forward(state["decoder"], cache, padded, jnp.cumsum(mask, -1) - 1, jnp.int32(0), mask, heads)
     got = [np.asarray(fn.logits(state["decoder"], hidden[:, -1]))[0]]
     for i, tok in enumerate(rest):  # one token at a time through the KV cache
-        hidden, cache = fn.forward(state["decoder"], cache, jnp.asarray([[tok]]), jnp.asarray([[3 + i]]),
-                                   jnp.int32(P + i), jnp.ones((1, 1), bool), heads)
+        hidden, cache = fn.forward(
+            state["decoder"],
+            cache,
+            jnp.asarray([[tok]]),
+            jnp.asarray([[3 + i]]),
+            jnp.int32(P + i),
+            jnp.ones((1, 1), bool),
+            heads,
+        )
         got.append(np.asarray(fn.logits(state["decoder"], hidden[:, 0]))[0])
     np.testing.assert_allclose(np.stack(got), ref[2:], atol=2e-3, rtol=1e-3)
 
@@ -183,8 +190,10 @@ def test_two_workers_give_the_same_transcripts(tiny_whisper_dir, tiny_engine, sp
     try:
         assert len(engine._threads) == 2
         results: dict[int, str] = {}
-        threads = [threading.Thread(target=lambda i=i, x=x: results.__setitem__(i, engine.transcribe(x, opts).text))
-                   for i, x in enumerate(inputs)]
+        threads = [
+            threading.Thread(target=lambda i=i, x=x: results.__setitem__(i, engine.transcribe(x, opts).text))
+            for i, x in enumerate(inputs)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -278,8 +287,11 @@ def test_base_model_word_timestamps_follow_the_audio(base_engine, speech_samples
     import difflib  # the two decodes may differ by a word; compare the words they share
 
     a_words, b_words = [w.word for w in plain.words], [w.word for w in shifted.words]
-    pairs = [(plain.words[m.a + k], shifted.words[m.b + k])
-             for m in difflib.SequenceMatcher(a=a_words, b=b_words).get_matching_blocks() for k in range(m.size)]
+    pairs = [
+        (plain.words[m.a + k], shifted.words[m.b + k])
+        for m in difflib.SequenceMatcher(a=a_words, b=b_words).get_matching_blocks()
+        for k in range(m.size)
+    ]
     assert len(pairs) >= 0.8 * len(a_words)
     offsets = [b.start - a.start for a, b in pairs]
     assert np.median(offsets) == pytest.approx(3.0, abs=0.3)
@@ -294,8 +306,9 @@ def test_tiled_attention_equals_plain():
     rng = np.random.default_rng(0)
     for shape in ((2, 8, 1500, 16), (1, 6, 50, 8)):
         q, k, v = (jnp.asarray(rng.standard_normal(shape).astype(np.float32)) for _ in range(3))
-        np.testing.assert_allclose(np.asarray(fn._attend_tiled(q, k, v)), np.asarray(fn._attend(q, k, v, None)),
-                                   atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(fn._attend_tiled(q, k, v)), np.asarray(fn._attend(q, k, v, None)), atol=1e-5, rtol=1e-5
+        )
 
 
 def toy_ids():
@@ -303,8 +316,20 @@ def toy_ids():
     filter tests that need no model."""
     from jax_models.decoding import SpecialTokens
 
-    return SpecialTokens(eot=40, sot=41, sot_prev=42, no_speech=43, no_timestamps=44, timestamp_begin=45,
-                         transcribe=46, translate=47, lang_to_id={}, blank=(1,), suppress=(), multilingual=False)
+    return SpecialTokens(
+        eot=40,
+        sot=41,
+        sot_prev=42,
+        no_speech=43,
+        no_timestamps=44,
+        timestamp_begin=45,
+        transcribe=46,
+        translate=47,
+        lang_to_id={},
+        blank=(1,),
+        suppress=(),
+        multilingual=False,
+    )
 
 
 def test_timestamp_rules_see_the_history():
@@ -320,9 +345,11 @@ def test_timestamp_rules_see_the_history():
     ids = toy_ids()
     V, M, P = 120, 16, 12
     ts = lambda k: ids.timestamp_begin + k  # noqa: E731
-    seqs = [[ts(0), 5, 6, ts(20), ts(20), 7, 8, ts(40)],  # ends on a closing timestamp
-            [ts(0), 5, 6, ts(20), ts(20), 7, 8],  # ends inside a segment
-            [ts(3), 9, ts(10), ts(10)]]  # ends on a timestamp pair
+    seqs = [
+        [ts(0), 5, 6, ts(20), ts(20), 7, 8, ts(40)],  # ends on a closing timestamp
+        [ts(0), 5, 6, ts(20), ts(20), 7, 8],  # ends inside a segment
+        [ts(3), 9, ts(10), ts(10)],
+    ]  # ends on a timestamp pair
     rng = np.random.default_rng(0)
     suppress = jnp.zeros((V,), bool)
     for seq in seqs:
@@ -334,22 +361,23 @@ def test_timestamp_rules_see_the_history():
             history = prefix_history(jnp.asarray(prefix), jnp.asarray([h], jnp.int32), ids)
             buf = np.full((1, M), ids.eot, np.int32)
             buf[0, : len(gen)] = gen
-            got, got_lp = apply_logit_filters(logits, jnp.asarray(buf), jnp.int32(len(gen)), ids, suppress,
-                                              history=history)
+            got, got_lp = apply_logit_filters(
+                logits, jnp.asarray(buf), jnp.int32(len(gen)), ids, suppress, history=history
+            )
             full = np.full((1, M), ids.eot, np.int32)
             full[0, : len(seq)] = seq
             want, _ = apply_logit_filters(logits, jnp.asarray(full), jnp.int32(len(seq)), ids, suppress)
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-            np.testing.assert_allclose(np.asarray(got_lp), np.asarray(jax.nn.log_softmax(got, axis=-1)),
-                                       atol=1e-5)
+            np.testing.assert_allclose(np.asarray(got_lp), np.asarray(jax.nn.log_softmax(got, axis=-1)), atol=1e-5)
         # the first continued step: nothing sampled yet after the whole sequence
         prefix = np.full((1, P), 0, np.int32)
         prefix[0, P - len(seq) - 1 :] = [ids.sot] + seq
         history = prefix_history(jnp.asarray(prefix), jnp.asarray([len(seq)], jnp.int32), ids)
         logits = rng.standard_normal((1, V)).astype(np.float32) * 3
         logits[0, [ids.eot, 1]] = -np.inf  # what the first continued step bars, so both sides see the same
-        got, _ = apply_logit_filters(jnp.asarray(logits), jnp.full((1, M), ids.eot, jnp.int32), jnp.int32(0), ids,
-                                     suppress, history=history)
+        got, _ = apply_logit_filters(
+            jnp.asarray(logits), jnp.full((1, M), ids.eot, jnp.int32), jnp.int32(0), ids, suppress, history=history
+        )
         full = np.full((1, M), ids.eot, np.int32)
         full[0, : len(seq)] = seq
         want, _ = apply_logit_filters(jnp.asarray(logits), jnp.asarray(full), jnp.int32(len(seq)), ids, suppress)
@@ -357,8 +385,9 @@ def test_timestamp_rules_see_the_history():
         # and end-of-text is barred there even when its logit is the largest
         top = np.zeros((1, V), np.float32)
         top[0, ids.eot] = 50.0
-        got, _ = apply_logit_filters(jnp.asarray(top), jnp.full((1, M), ids.eot, jnp.int32), jnp.int32(0), ids,
-                                     suppress, history=history)
+        got, _ = apply_logit_filters(
+            jnp.asarray(top), jnp.full((1, M), ids.eot, jnp.int32), jnp.int32(0), ids, suppress, history=history
+        )
         assert np.isneginf(np.asarray(got)[0, ids.eot])
 
 
@@ -379,17 +408,17 @@ def test_rows_without_timestamps_sample_text_only():
     generated = jnp.asarray([[5, 6, 7, 8, 9, 10, 11, 12]] * 2, jnp.int32)
     for step in range(4):
         logits = rng.standard_normal((2, V)).astype(np.float32)
-        logits[:, ids.timestamp_begin:] += 5.0  # timestamps would win if allowed
-        got, lp = apply_logit_filters(jnp.asarray(logits), generated, jnp.int32(step), ids, jnp.zeros((V,), bool),
-                                      history=history)
+        logits[:, ids.timestamp_begin :] += 5.0  # timestamps would win if allowed
+        got, lp = apply_logit_filters(
+            jnp.asarray(logits), generated, jnp.int32(step), ids, jnp.zeros((V,), bool), history=history
+        )
         got = np.asarray(got)
-        assert np.isneginf(got[0, ids.timestamp_begin:]).all()
+        assert np.isneginf(got[0, ids.timestamp_begin :]).all()
         text = np.arange(ids.eot)
         allowed = text[text != 1] if step == 0 else text  # the blank is barred at the first step only
         np.testing.assert_array_equal(got[0, allowed], logits[0, allowed])
-        assert np.isfinite(got[1, ids.timestamp_begin:]).any()  # the other row samples a timestamp
-        np.testing.assert_allclose(np.asarray(lp), np.asarray(jax.nn.log_softmax(jnp.asarray(got), axis=-1)),
-                                   atol=1e-5)
+        assert np.isfinite(got[1, ids.timestamp_begin :]).any()  # the other row samples a timestamp
+        np.testing.assert_allclose(np.asarray(lp), np.asarray(jax.nn.log_softmax(jnp.asarray(got), axis=-1)), atol=1e-5)
 
 
 def test_window_that_stops_early_is_continued_on_its_encoder_states(tiny_engine, speech_samples):
@@ -409,7 +438,7 @@ def test_window_that_stops_early_is_continued_on_its_encoder_states(tiny_engine,
     opts = TranscribeOptions(language="en")
     job = eng._tail_job(window, (0, len(window)), (res, "hello there"), encoded, feats, "en", opts, owner=7)
     assert job is not None and job.encoded is encoded and job.history == len(res.tokens)
-    assert job.prefix[-job.history:] == res.tokens and job.prefix[0] == eng.ids.sot
+    assert job.prefix[-job.history :] == res.tokens and job.prefix[0] == eng.ids.sot
     quiet = np.concatenate([window[: 3 * SAMPLE_RATE], np.zeros(5 * SAMPLE_RATE, np.float32)])
     assert eng._tail_job(quiet, (0, len(quiet)), (res, "hello there"), encoded, feats, "en", opts, 7) is None
 
@@ -459,10 +488,15 @@ class ScriptedDecodes:
         for job in batch:
             got = self.outcome[job.temperature]
             text = self.engine.tokenizer.encode(" " + WORDS[job.temperature], add_special_tokens=False)
-            out.append(WindowResult(
-                tokens=[tsb, *text, tsb + 1500], avg_logprob=-2.0 if got == SILENT else got,
-                no_speech_prob=0.9 if got == SILENT else 0.0, temperature=job.temperature, encoded=self.ENCODED,
-            ))
+            out.append(
+                WindowResult(
+                    tokens=[tsb, *text, tsb + 1500],
+                    avg_logprob=-2.0 if got == SILENT else got,
+                    no_speech_prob=0.9 if got == SILENT else 0.0,
+                    temperature=job.temperature,
+                    encoded=self.ENCODED,
+                )
+            )
         return out
 
 
@@ -597,13 +631,17 @@ def test_large_v3_shaped_model_features_and_transcripts(tiny_v3_engine, speech_s
 
     eng = tiny_v3_engine
     ours = eng.log_mel([speech_samples])[0]
-    theirs = WhisperFeatureExtractor(feature_size=128)(speech_samples, sampling_rate=SAMPLE_RATE,
-                                                       return_tensors="np").input_features[0]
+    theirs = WhisperFeatureExtractor(feature_size=128)(
+        speech_samples, sampling_rate=SAMPLE_RATE, return_tensors="np"
+    ).input_features[0]
     assert ours.shape == theirs.shape == (128, 3000)
     assert np.abs(ours - theirs).max() < 2e-3
     duration = len(speech_samples) / SAMPLE_RATE
-    for opts in (TranscribeOptions(language="yue"), TranscribeOptions(),
-                 TranscribeOptions(task="translate", word_timestamps=True)):
+    for opts in (
+        TranscribeOptions(language="yue"),
+        TranscribeOptions(),
+        TranscribeOptions(task="translate", word_timestamps=True),
+    ):
         out = eng.transcribe(speech_samples, opts)
         assert out.language in eng.ids.lang_to_id and out.duration == pytest.approx(duration, abs=0.01)
         if opts.language:
@@ -627,8 +665,16 @@ def test_tokenizer_without_transformers_matches_transformers(tiny_whisper_dir, t
     from jax_models.decoding import WhisperTokenizer
 
     rng = np.random.default_rng(0)
-    texts = [" hello world", " Hello, world! It's 3.14 o'clock.", "  two  spaces", " 日本語のテキスト", " ¿Qué tal?",
-             " naïve café", " don't , stop .", ""]
+    texts = [
+        " hello world",
+        " Hello, world! It's 3.14 o'clock.",
+        "  two  spaces",
+        " 日本語のテキスト",
+        " ¿Qué tal?",
+        " naïve café",
+        " don't , stop .",
+        "",
+    ]
     for path in (tiny_whisper_dir, tiny_v3_dir):
         ours, theirs = WhisperTokenizer(path), AutoTokenizer.from_pretrained(path)
         assert len(ours) == len(theirs) and ours.pad_token_id == theirs.pad_token_id
@@ -639,8 +685,10 @@ def test_tokenizer_without_transformers_matches_transformers(tiny_whisper_dir, t
             assert ours.decode(ids[:-1]) == theirs.decode(ids[:-1])  # may end inside a character
         eot = theirs.convert_tokens_to_ids("<|endoftext|>")
         sequences = [rng.integers(0, eot, size=n).tolist() for n in (1, 5, 40)]
-        sequences += [rng.integers(eot, len(theirs), size=6).tolist(),  # special and timestamp tokens
-                      [eot + 1, eot + 2, 400, len(theirs) - 1, 401, eot]]
+        sequences += [
+            rng.integers(eot, len(theirs), size=6).tolist(),  # special and timestamp tokens
+            [eot + 1, eot + 2, 400, len(theirs) - 1, 401, eot],
+        ]
         for ids in sequences:
             assert ours.decode(ids) == theirs.decode(ids), ids
         for tok in ("<|startoftranscript|>", "<|notimestamps|>", "<|0.00|>", "<|nocaptions|>", "hello"):
@@ -696,8 +744,9 @@ def test_functional_alignment_weights_equal_transformers_and_easydel(tiny_v3_eng
     ours = np.asarray(fn_engine._align(fn_engine._state, enc, jnp.asarray(tokens)))
     easydel = np.asarray(ed_engine._align(ed_engine._state, enc, jnp.asarray(tokens)))
     with torch.no_grad():
-        cross = hf(encoder_outputs=(ref_enc,), decoder_input_ids=torch.tensor(tokens, dtype=torch.long),
-                   output_attentions=True).cross_attentions
+        cross = hf(
+            encoder_outputs=(ref_enc,), decoder_input_ids=torch.tensor(tokens, dtype=torch.long), output_attentions=True
+        ).cross_attentions
     reference = np.stack([cross[layer][:, head].numpy() for layer, head in fn_engine.alignment_heads], axis=1)
     assert ours.shape == easydel.shape == reference.shape == (2, 2, 232, 1500)
     np.testing.assert_allclose(ours.sum(-1), 1.0, atol=1e-4)

@@ -20,8 +20,9 @@ def test_functional_backend_transcribes_like_the_easydel_one(tiny_whisper_dir, s
             got = engine.transcribe(speech_samples, options)
             want = reference.transcribe(speech_samples, options)
             assert got.text == want.text
-            assert [(s.start, s.end, s.tokens) for s in got.segments] == [(s.start, s.end, s.tokens)
-                                                                         for s in want.segments]
+            assert [(s.start, s.end, s.tokens) for s in got.segments] == [
+                (s.start, s.end, s.tokens) for s in want.segments
+            ]
         assert engine.describe()["backend"] == "functional"
     finally:
         engine.close()
@@ -54,7 +55,8 @@ def test_pack_round_trip(tmp_path, tiny_whisper_dir):
         err = np.abs(after[name].reshape(rows.shape) - rows)
         assert np.all(err <= step / 2 + 1e-7), name
     assert json.loads((tmp_path / "out" / "config.json").read_text()) == json.loads(
-        (tiny_whisper_dir / "config.json").read_text())
+        (tiny_whisper_dir / "config.json").read_text()
+    )
     assert set(audio) == set(clips)
     from server.core.audio import decode_audio
 

@@ -52,8 +52,9 @@ def test_plan_services_defaults_and_remote_backends():
 
 def test_waits_for_ready_then_stops_everything_when_one_dies():
     messages: list[str] = []
-    launcher = Launcher([standin("whisper", 1.0), standin("sidecar"), standin("router", 0.5)],
-                        echo=messages.append, grace_s=5)
+    launcher = Launcher(
+        [standin("whisper", 1.0), standin("sidecar"), standin("router", 0.5)], echo=messages.append, grace_s=5
+    )
     launcher.start()
     try:
         t0 = time.monotonic()

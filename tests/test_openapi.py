@@ -29,8 +29,13 @@ from server.core.audio import SAMPLE_RATE, to_wav_bytes
 from server.kit import protocol
 from server.kit.settings import WhisperSettings
 
-CHECKS = [schemathesis.checks.not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, response_headers_conformance]
+CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 OPEN = ("/health", "/ready", "/metrics")
 
 
@@ -73,8 +78,13 @@ class FakeDiarizer:
 
         time.sleep(self.delay_s)
         duration = len(samples) / SAMPLE_RATE
-        return DiarizationResult((SpeakerTurn(0.0, duration, "speaker_0", 0.9),), ("speaker_0",), duration,
-                                 {"backend": "fake"}, fingerprints={"speaker_0": (0.6, 0.8)})
+        return DiarizationResult(
+            (SpeakerTurn(0.0, duration, "speaker_0", 0.9),),
+            ("speaker_0",),
+            duration,
+            {"backend": "fake"},
+            fingerprints={"speaker_0": (0.6, 0.8)},
+        )
 
 
 def sidecar(diarizer=None, **overrides):
@@ -126,7 +136,8 @@ async def test_the_document_describes_exactly_the_routes_served(factory):
             for status, resp in op["responses"].items():
                 if int(status) >= 400 and not (path == "/ready" and status == "503"):
                     assert resp["content"]["application/json"]["schema"] == {
-                        "$ref": "#/components/schemas/ErrorResponse"}, (path, status)
+                        "$ref": "#/components/schemas/ErrorResponse"
+                    }, (path, status)
                 if status in ("429", "503", "504"):
                     assert "Retry-After" in resp["headers"], (path, status)
     assert "HTTPValidationError" not in doc["components"]["schemas"]
@@ -158,8 +169,15 @@ def test_the_audio_endpoints_are_multipart_with_the_form_fields_the_server_valid
     whisper_form = _form(whisper())
     assert whisper_form["required"] == ["file", "model"]
     assert whisper_form["properties"]["file"]["format"] == "binary"
-    assert set(whisper_form["properties"]) == {"file", "model", "language", "prompt", "response_format",
-                                               "temperature", "timestamp_granularities[]"}
+    assert set(whisper_form["properties"]) == {
+        "file",
+        "model",
+        "language",
+        "prompt",
+        "response_format",
+        "temperature",
+        "timestamp_granularities[]",
+    }
     props = whisper_form["properties"]
     assert props["response_format"]["enum"] == ["json", "text", "srt", "verbose_json", "vtt"]
     assert props["temperature"]["minimum"] == 0 and props["temperature"]["maximum"] == 1
@@ -169,17 +187,25 @@ def test_the_audio_endpoints_are_multipart_with_the_form_fields_the_server_valid
     assert "diarized_json" in router_props["response_format"]["enum"]
     assert {"stream", "chunking_strategy", "known_speaker_names[]", "known_speaker_references[]"} <= set(router_props)
     assert set(_form(router(), "/v1/audio/translations")["properties"]) == {
-        "file", "model", "prompt", "response_format", "temperature"}
+        "file",
+        "model",
+        "prompt",
+        "response_format",
+        "temperature",
+    }
     diarize = _form(sidecar(), "/v1/diarize")
     assert diarize["required"] == ["file"] and "num_speakers" in diarize["properties"]
 
 
-@pytest.mark.parametrize("fields, param, message", [
-    ({"model": "whisper-1", "temperature": "warm"}, "temperature", "Invalid value for 'temperature'"),
-    ({"model": "whisper-1", "colour": "blue"}, "colour", "Unrecognized request argument supplied: 'colour'"),
-    ({"model": "whisper-1", "timestamp_granularities[]": "sentence"}, "timestamp_granularities.0", "Invalid value"),
-    ({}, "model", "Missing required parameter: 'model'"),
-])
+@pytest.mark.parametrize(
+    "fields, param, message",
+    [
+        ({"model": "whisper-1", "temperature": "warm"}, "temperature", "Invalid value for 'temperature'"),
+        ({"model": "whisper-1", "colour": "blue"}, "colour", "Unrecognized request argument supplied: 'colour'"),
+        ({"model": "whisper-1", "timestamp_granularities[]": "sentence"}, "timestamp_granularities.0", "Invalid value"),
+        ({}, "model", "Missing required parameter: 'model'"),
+    ],
+)
 async def test_validation_errors_are_openai_400s_naming_the_field(fields, param, message):
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=whisper()), base_url="http://t") as http:
         r = await http.post("/v1/audio/transcriptions", data=fields, files={"file": ("a.wav", b"RIFF")})
@@ -228,10 +254,16 @@ async def test_router_bodies_are_openai_audio_types():
     data = to_wav_bytes(dialogue(CONVERSATION[:4])[0])
     bodies = {}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=router()), base_url="http://t") as http:
-        for fmt, model in (("json", "whisper-1"), ("verbose_json", "whisper-1"),
-                           ("diarized_json", "gpt-4o-transcribe-diarize")):
-            r = await http.post("/v1/audio/transcriptions", data={"model": model, "response_format": fmt},
-                                files={"file": ("a.wav", data)})
+        for fmt, model in (
+            ("json", "whisper-1"),
+            ("verbose_json", "whisper-1"),
+            ("diarized_json", "gpt-4o-transcribe-diarize"),
+        ):
+            r = await http.post(
+                "/v1/audio/transcriptions",
+                data={"model": model, "response_format": fmt},
+                files={"file": ("a.wav", data)},
+            )
             assert r.status_code == 200, r.text
             bodies[fmt] = r.json()
     _check_openai_types(bodies)
@@ -242,9 +274,11 @@ async def test_whisper_bodies_are_openai_audio_types(tiny_engine, speech_samples
     bodies = {}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=whisper(tiny_engine)), base_url="http://t") as http:
         for fmt in ("json", "verbose_json"):
-            r = await http.post("/v1/audio/transcriptions", files={"file": ("a.wav", data)},
-                                data={"model": "whisper-1", "response_format": fmt,
-                                      "timestamp_granularities[]": ["word", "segment"]})
+            r = await http.post(
+                "/v1/audio/transcriptions",
+                files={"file": ("a.wav", data)},
+                data={"model": "whisper-1", "response_format": fmt, "timestamp_granularities[]": ["word", "segment"]},
+            )
             assert r.status_code == 200, r.text
             bodies[fmt] = r.json()
     assert bodies["verbose_json"]["words"]
@@ -278,13 +312,21 @@ def fuzz(app, wav: bytes, examples: dict[str, int], *, model: str | None) -> dic
 
     operations = [result.ok() for result in schema.get_all_operations()]
     for operation in operations:
+
         @given(case=operation.as_strategy())
-        @settings(max_examples=examples.get(operation.path, 5), deadline=None, derandomize=True, database=None,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=examples.get(operation.path, 5),
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case):
             response = case.call_and_validate(checks=CHECKS)
             seen.setdefault(f"{operation.method.upper()} {operation.path}", set()).add(  # noqa: B023 (run now)
-                response.status_code)
+                response.status_code
+            )
 
         run()
     return seen
@@ -292,8 +334,12 @@ def fuzz(app, wav: bytes, examples: dict[str, int], *, model: str | None) -> dic
 
 def test_schemathesis_whisper_server(tiny_engine, speech_samples):
     app = whisper(tiny_engine, max_upload_mb=2.0)
-    seen = fuzz(app, to_wav_bytes(speech_samples[: SAMPLE_RATE * 3]),
-                {"/v1/audio/transcriptions": 40, "/v1/audio/translations": 15}, model="whisper-1")
+    seen = fuzz(
+        app,
+        to_wav_bytes(speech_samples[: SAMPLE_RATE * 3]),
+        {"/v1/audio/transcriptions": 40, "/v1/audio/translations": 15},
+        model="whisper-1",
+    )
     assert {"POST /v1/audio/transcriptions", "POST /v1/audio/translations", "GET /v1/models/{model}"} <= set(seen)
     audio = seen["POST /v1/audio/transcriptions"]
     assert 200 in audio and 400 in audio, seen  # both real speech and rejected input were exercised
@@ -303,8 +349,12 @@ def test_schemathesis_router():
     from tests.test_router import CONVERSATION, dialogue
 
     app = router(max_upload_mb=2.0)
-    seen = fuzz(app, to_wav_bytes(dialogue(CONVERSATION[:2])[0]),
-                {"/v1/audio/transcriptions": 30, "/v1/audio/translations": 10}, model="whisper-1")
+    seen = fuzz(
+        app,
+        to_wav_bytes(dialogue(CONVERSATION[:2])[0]),
+        {"/v1/audio/transcriptions": 30, "/v1/audio/translations": 10},
+        model="whisper-1",
+    )
     assert {"POST /v1/audio/transcriptions", "GET /v1/backends"} <= set(seen)
     audio = seen["POST /v1/audio/transcriptions"]
     assert 200 in audio and 400 in audio, seen
@@ -314,6 +364,8 @@ def test_schemathesis_sidecar():
     app = sidecar(max_upload_mb=2.0)
     tone = (0.3 * np.sin(np.arange(SAMPLE_RATE * 3) / 7)).astype(np.float32)
     seen = fuzz(app, to_wav_bytes(tone), {"/v1/diarize": 25, "/v1/speaker-embeddings": 10}, model=None)
-    assert {"POST /v1/diarize", "POST /v1/speaker-embeddings", "POST /v1/chat/completions", "GET /v1/models"} <= set(seen)
+    assert {"POST /v1/diarize", "POST /v1/speaker-embeddings", "POST /v1/chat/completions", "GET /v1/models"} <= set(
+        seen
+    )
     diarize = seen["POST /v1/diarize"]
     assert 200 in diarize and 400 in diarize, seen

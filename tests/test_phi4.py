@@ -46,8 +46,9 @@ def test_every_task_renders_its_templates():
 
 def test_user_prompt_uses_native_audio_placeholder():
     prompt = P.user_prompt("Transcribe the audio clip into text.", system="Be brief.")
-    assert prompt == ("<|system|>Be brief.<|end|><|user|><|audio|>Transcribe the audio clip into text."
-                      "<|end|><|assistant|>")
+    assert prompt == (
+        "<|system|>Be brief.<|end|><|user|><|audio|>Transcribe the audio clip into text.<|end|><|assistant|>"
+    )
     assert "<|audio_1|>" not in prompt
 
 
@@ -65,11 +66,15 @@ def test_max_new_tokens_grows_with_duration_and_respects_caps():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[0.0 - 2.5] Speaker 1: Hello there.\n[2.5 - 4.0] Speaker 2: Hi!",
-         [(0.0, 2.5, "Speaker 1", "Hello there."), (2.5, 4.0, "Speaker 2", "Hi!")]),
+        (
+            "[0.0 - 2.5] Speaker 1: Hello there.\n[2.5 - 4.0] Speaker 2: Hi!",
+            [(0.0, 2.5, "Speaker 1", "Hello there."), (2.5, 4.0, "Speaker 2", "Hi!")],
+        ),
         ("Speakers: 2\n(00:01.5 – 00:03) speaker_2: yes\n", [(1.5, 3.0, "Speaker 2", "yes")]),
-        ("Speaker A: first\nSpeaker B: second",
-         [(None, None, "Speaker A", "first"), (None, None, "Speaker B", "second")]),
+        (
+            "Speaker A: first\nSpeaker B: second",
+            [(None, None, "Speaker A", "first"), (None, None, "Speaker B", "second")],
+        ),
         ('Sure: [{"start": 0, "end": 1.2, "speaker": "Speaker 1", "text": "hey"}]', [(0.0, 1.2, "Speaker 1", "hey")]),
         ("[3.0 - 1.0] Alice: swapped", [(1.0, 3.0, "Alice", "swapped")]),
     ],
@@ -231,8 +236,23 @@ def test_prompts_run_writes_one_file_per_audio(phi_dir, tmp_path):
     (audio_dir / "broken.wav").write_bytes(b"not audio")
     (audio_dir / "notes.txt").write_text("ignored")
     out = tmp_path / "out"
-    result = CliRunner().invoke(prompts, ["run", str(audio_dir), "--task", "diarize", "--templates", "all",
-                                          "--out", str(out), "--model", str(phi_dir), "--max-new-tokens", "4"])
+    result = CliRunner().invoke(
+        prompts,
+        [
+            "run",
+            str(audio_dir),
+            "--task",
+            "diarize",
+            "--templates",
+            "all",
+            "--out",
+            str(out),
+            "--model",
+            str(phi_dir),
+            "--max-new-tokens",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json", "broken.json"]
     record = json.loads((out / "a.json").read_text())
@@ -248,11 +268,13 @@ def test_prompts_run_usage_errors(phi_dir, tmp_path):
     from torch_models.cli import prompts
 
     runner = CliRunner()
-    res = runner.invoke(prompts, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--model", str(phi_dir),
-                                  "--templates", "bogus"])
+    res = runner.invoke(
+        prompts, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--model", str(phi_dir), "--templates", "bogus"]
+    )
     assert res.exit_code != 0 and "bogus" in res.output
-    res = runner.invoke(prompts, ["run", str(tmp_path), "--task", "translate", "--out", str(tmp_path / "o"),
-                                  "--model", str(phi_dir)])
+    res = runner.invoke(
+        prompts, ["run", str(tmp_path), "--task", "translate", "--out", str(tmp_path / "o"), "--model", str(phi_dir)]
+    )
     assert res.exit_code != 0 and "--language" in res.output
     res = runner.invoke(prompts, ["list"])
     assert res.exit_code == 0 and "timestamps" in res.output

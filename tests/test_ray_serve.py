@@ -60,9 +60,11 @@ def test_serve_config_and_rayservice_validate_against_rays_schema():
 
 
 def test_deployment_options_follow_the_settings():
-    s = RayServeSettings(whisper={"max_concurrent": 5},
-                         whisper_deployment={"replicas": 3, "num_gpus": 0.5},
-                         sidecar_deployment={"autoscaling": Autoscaling(max_replicas=4).model_dump()})
+    s = RayServeSettings(
+        whisper={"max_concurrent": 5},
+        whisper_deployment={"replicas": 3, "num_gpus": 0.5},
+        sidecar_deployment={"autoscaling": Autoscaling(max_replicas=4).model_dump()},
+    )
     opts = s.whisper_deployment.options(max_ongoing_requests=5)
     assert opts["num_replicas"] == 3 and opts["ray_actor_options"]["num_gpus"] == 0.5
     assert opts["max_ongoing_requests"] == 5 and "autoscaling_config" not in opts
@@ -77,8 +79,7 @@ def test_deployment_options_follow_the_settings():
 def settings_for(tiny_whisper_dir, cache_dir, **deployment) -> RayServeSettings:
     limits = {"max_audio_s": MAX_AUDIO_S, "max_upload_mb": MAX_UPLOAD_MB, "cache_dir": str(cache_dir)}
     return RayServeSettings(
-        whisper={"model": str(tiny_whisper_dir), "max_new_tokens": 32, "batch_size": 2, "max_concurrent": 4,
-                 **limits},
+        whisper={"model": str(tiny_whisper_dir), "max_new_tokens": 32, "batch_size": 2, "max_concurrent": 4, **limits},
         sidecar={"torch_threads": 1, "max_audio_s": 3600, "cache_dir": str(cache_dir)},
         router={"ready_poll_s": 0.5, "max_chunk_s": 20, "diarization_window_s": 20, **limits},
         whisper_deployment=deployment.get("whisper_deployment", {"replicas": 2, "num_cpus": 1}),
@@ -143,21 +144,28 @@ async def test_openai_sdk_through_the_ingress_and_work_spreads_over_both_replica
     client = sdk(cluster)
     wav = speech(45.0)  # three 20 s chunks
     before = replica_counts(cluster, WHISPER)
-    results = await asyncio.gather(*[
-        client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav, "audio/wav"),
-                                           response_format="verbose_json") for _ in range(2)])
+    results = await asyncio.gather(
+        *[
+            client.audio.transcriptions.create(
+                model="whisper-1", file=("a.wav", wav, "audio/wav"), response_format="verbose_json"
+            )
+            for _ in range(2)
+        ]
+    )
     for r in results:
         assert r.duration == pytest.approx(45.0, abs=0.1) and r.segments is not None
     wav = speech(25.0)  # two chunks
     diarized = await client.audio.transcriptions.create(
-        model="gpt-4o-transcribe-diarize", file=("a.wav", wav, "audio/wav"), response_format="diarized_json",
-        chunking_strategy="auto")
+        model="gpt-4o-transcribe-diarize",
+        file=("a.wav", wav, "audio/wav"),
+        response_format="diarized_json",
+        chunking_strategy="auto",
+    )
     assert diarized.segments and {s.speaker for s in diarized.segments} <= {"A", "B", "C", "D"}
     assert all(s.start <= s.end for s in diarized.segments)
     translated = await client.audio.translations.create(model="whisper-1", file=("a.wav", wav, "audio/wav"))
     assert isinstance(translated.text, str)
-    stream = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav, "audio/wav"),
-                                                      stream=True)
+    stream = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav, "audio/wav"), stream=True)
     events = [ev.type async for ev in stream]
     assert events[-1] == "transcript.text.done" and "transcript.text.delta" in events
     after = replica_counts(cluster, WHISPER)
@@ -181,13 +189,17 @@ async def test_a_replica_killed_mid_request(cluster):
 
     client = sdk(cluster)
     wav = speech(120.0)  # six chunks, over both replicas
-    victim = next(name for name in ray.util.list_named_actors(all_namespaces=True)
-                  if isinstance(name, dict) and f"#{WHISPER}#" in name["name"])
+    victim = next(
+        name
+        for name in ray.util.list_named_actors(all_namespaces=True)
+        if isinstance(name, dict) and f"#{WHISPER}#" in name["name"]
+    )
 
     async def one() -> tuple[int, object]:
         try:
-            r = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav, "audio/wav"),
-                                                         response_format="verbose_json")
+            r = await client.audio.transcriptions.create(
+                model="whisper-1", file=("a.wav", wav, "audio/wav"), response_format="verbose_json"
+            )
             return 200, r
         except openai.APIStatusError as exc:
             return exc.status_code, exc.body
@@ -222,12 +234,22 @@ async def test_autoscaling_goes_from_one_to_two_replicas_and_back(cluster, tiny_
             assert time.monotonic() < deadline, serve.status().applications[APP_NAME].deployments[WHISPER]
             await asyncio.sleep(0.5)
 
-    auto = {"num_cpus": 1, "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
-                                           "upscale_delay_s": 0, "downscale_delay_s": 2,
-                                           "metrics_interval_s": 0.5, "look_back_period_s": 1}}
+    auto = {
+        "num_cpus": 1,
+        "autoscaling": {
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 2,
+            "metrics_interval_s": 0.5,
+            "look_back_period_s": 1,
+        },
+    }
     # only the autoscaling config changes: Serve updates the deployment in place (no replica restart)
-    serve.run(build_app(settings_for(tiny_whisper_dir, cache_dir, whisper_deployment=auto)), name=APP_NAME,
-              route_prefix="/")
+    serve.run(
+        build_app(settings_for(tiny_whisper_dir, cache_dir, whisper_deployment=auto)), name=APP_NAME, route_prefix="/"
+    )
     await wait_for(1, 120)  # idle: down to min_replicas
     client = sdk(cluster)
     wav = speech(40.0)

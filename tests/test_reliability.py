@@ -80,8 +80,13 @@ SLOW_APP = textwrap.dedent("""
 
 def start_slow_app(drain_s: float) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_APP, str(port), str(drain_s)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_APP, str(port), str(drain_s)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_http(f"http://127.0.0.1:{port}/health", proc, timeout_s=60)
     return proc, port
 
@@ -163,8 +168,10 @@ def whisper_app(engine, **overrides):
 
 
 def form(seconds: float = 1.0) -> dict:
-    return {"files": {"file": ("a.wav", to_wav_bytes(np.zeros(int(seconds * SAMPLE_RATE), np.float32)))},
-            "data": {"model": "whisper-1"}}
+    return {
+        "files": {"file": ("a.wav", to_wav_bytes(np.zeros(int(seconds * SAMPLE_RATE), np.float32)))},
+        "data": {"model": "whisper-1"},
+    }
 
 
 async def test_whisper_request_timeout_is_504_at_once_and_stops_the_engine_work():
@@ -212,8 +219,9 @@ class ThreadedServer:
         import uvicorn
 
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=1))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1)
+        )
         self.thread = threading.Thread(target=self.server.run, name="fake-backend", daemon=True)
 
     def __enter__(self) -> str:
@@ -236,10 +244,28 @@ def slow_whisper(control: dict):
     async def transcribe(request):
         await request.form()
         await asyncio.sleep(control["delay"])
-        return JSONResponse({"task": "transcribe", "language": "en", "duration": 1.0, "text": "fine",
-                             "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": 1.0, "text": " fine",
-                                           "tokens": [1], "temperature": 0.0, "avg_logprob": -0.1,
-                                           "compression_ratio": 1.0, "no_speech_prob": 0.0}]})
+        return JSONResponse(
+            {
+                "task": "transcribe",
+                "language": "en",
+                "duration": 1.0,
+                "text": "fine",
+                "segments": [
+                    {
+                        "id": 0,
+                        "seek": 0,
+                        "start": 0.0,
+                        "end": 1.0,
+                        "text": " fine",
+                        "tokens": [1],
+                        "temperature": 0.0,
+                        "avg_logprob": -0.1,
+                        "compression_ratio": 1.0,
+                        "no_speech_prob": 0.0,
+                    }
+                ],
+            }
+        )
 
     async def ready(request):
         return JSONResponse({"ready": True, "detail": "ready"})
@@ -247,8 +273,13 @@ def slow_whisper(control: dict):
     async def models(request):
         return JSONResponse({"object": "list", "data": [{"id": "whisper-1"}]})
 
-    return Starlette(routes=[Route("/v1/audio/transcriptions", transcribe, methods=["POST"]),
-                             Route("/ready", ready), Route("/v1/models", models)])
+    return Starlette(
+        routes=[
+            Route("/v1/audio/transcriptions", transcribe, methods=["POST"]),
+            Route("/ready", ready),
+            Route("/v1/models", models),
+        ]
+    )
 
 
 async def test_a_slow_backend_times_out_with_a_clear_504_and_leaks_nothing():
@@ -263,6 +294,7 @@ async def test_a_slow_backend_times_out_with_a_clear_504_and_leaks_nothing():
         settings = RouterSettings(whisper_url=url, sidecar_url="http://127.0.0.1:9", whisper_timeout_s=0.5)
         app = create_app(settings, vad=EnergyVad())
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as http:
+
             async def call():
                 return await http.post("/v1/audio/transcriptions", data={"model": "whisper-1"}, files=files)
 
@@ -292,17 +324,42 @@ async def test_a_slow_backend_times_out_with_a_clear_504_and_leaks_nothing():
 
 
 def whisper_process(model_dir: Path, port: int, cache_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_MAX_NEW_TOKENS": "32",
-           "CHORUS_WHISPER_SHUTDOWN_TIMEOUT_S": "60"}
+    env = {
+        **os.environ,
+        "CHORUS_CACHE_DIR": str(cache_dir),
+        "CHORUS_WHISPER_MAX_NEW_TOKENS": "32",
+        "CHORUS_WHISPER_SHUTDOWN_TIMEOUT_S": "60",
+    }
     return subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "whisper", "--model", str(model_dir), "--port", str(port),
-         "--batch-size", "2", "--no-warmup"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "whisper",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--batch-size",
+            "2",
+            "--no-warmup",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def transcribe(url: str, data: bytes, timeout: float = 120.0) -> httpx.Response:
-    return httpx.post(f"{url}/v1/audio/transcriptions", data={"model": "whisper-1", "response_format": "json"},
-                      files={"file": ("a.wav", data)}, timeout=timeout)
+    return httpx.post(
+        f"{url}/v1/audio/transcriptions",
+        data={"model": "whisper-1", "response_format": "json"},
+        files={"file": ("a.wav", data)},
+        timeout=timeout,
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -312,19 +369,40 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def test_whisper_server_drains_on_sigterm_and_the_router_recovers_from_its_restart(
-        tiny_whisper_dir, cache_dir, speech_samples):
+    tiny_whisper_dir, cache_dir, speech_samples
+):
     w_port, r_port = free_port(), free_port()
     w_url, r_url = f"http://127.0.0.1:{w_port}", f"http://127.0.0.1:{r_port}"
     short = to_wav_bytes(speech_samples)
     # ~7.5 min (15 MB): many windows, several seconds of work on the tiny model even with batching
     long = to_wav_bytes(np.tile(speech_samples, 80))
     whisper = whisper_process(tiny_whisper_dir, w_port, cache_dir)
-    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_ROUTER_READY_POLL_S": "0.5",
-           "CHORUS_ROUTER_SHUTDOWN_TIMEOUT_S": "60"}
+    env = {
+        **os.environ,
+        "CHORUS_CACHE_DIR": str(cache_dir),
+        "CHORUS_ROUTER_READY_POLL_S": "0.5",
+        "CHORUS_ROUTER_SHUTDOWN_TIMEOUT_S": "60",
+    }
     router = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "router", "--port", str(r_port), "--whisper-url", w_url,
-         "--sidecar-url", "http://127.0.0.1:9"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "router",
+            "--port",
+            str(r_port),
+            "--whisper-url",
+            w_url,
+            "--sidecar-url",
+            "http://127.0.0.1:9",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_http(f"{w_url}/ready", whisper)
         wait_http(f"{r_url}/health", router, timeout_s=120)

@@ -71,7 +71,7 @@ def bursts(samples: np.ndarray, gap_s: float = 0.1) -> list[tuple[float, float, 
     hop = SAMPLE_RATE // 50
     n = len(samples) // hop
     frames = samples[: n * hop].reshape(n, hop)
-    loud = np.sqrt((frames ** 2).mean(1)) > 0.02
+    loud = np.sqrt((frames**2).mean(1)) > 0.02
     out: list[list] = []
     for i in np.flatnonzero(loud):
         if out and i * hop / SAMPLE_RATE - out[-1][1] <= gap_s:
@@ -80,7 +80,7 @@ def bursts(samples: np.ndarray, gap_s: float = 0.1) -> list[tuple[float, float, 
             out.append([i * hop / SAMPLE_RATE, (i + 1) * hop / SAMPLE_RATE])
     res = []
     for a, b in out:
-        seg = samples[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)]
+        seg = samples[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)]
         spec = np.abs(np.fft.rfft(seg))
         f = np.argmax(spec) * SAMPLE_RATE / len(seg)
         res.append((round(a, 3), round(b, 3), "A" if f < 550 else "B"))
@@ -117,8 +117,14 @@ def burst_words(a: float, b: float, spk: str) -> list[dict]:
     """The fake's words for one tone burst: ``low``/``high`` every half second, the last with a full stop."""
     n = max(1, round((b - a) * 2))
     step = (b - a) / n
-    return [{"word": " " + WORD[spk] + ("." if i == n - 1 else ""), "start": round(a + i * step, 3),
-             "end": round(a + (i + 1) * step, 3)} for i in range(n)]
+    return [
+        {
+            "word": " " + WORD[spk] + ("." if i == n - 1 else ""),
+            "start": round(a + i * step, 3),
+            "end": round(a + (i + 1) * step, 3),
+        }
+        for i in range(n)
+    ]
 
 
 def fake_whisper(log: list) -> Starlette:
@@ -129,9 +135,17 @@ def fake_whisper(log: list) -> Starlette:
         samples, fields = await _upload(request)
         log.append(fields)
         if fields.get("model") not in ("whisper-1", "tiny"):
-            return JSONResponse({"error": {"message": f"The model '{fields.get('model')}' does not exist",
-                                           "type": "invalid_request_error", "param": "model",
-                                           "code": "model_not_found"}}, status_code=404)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"The model '{fields.get('model')}' does not exist",
+                        "type": "invalid_request_error",
+                        "param": "model",
+                        "code": "model_not_found",
+                    }
+                },
+                status_code=404,
+            )
         segs: list[dict] = []
         for a, b, spk in bursts(samples):
             words = burst_words(a, b, spk)
@@ -140,23 +154,43 @@ def fake_whisper(log: list) -> Starlette:
                 segs[-1]["words"] += words
             else:
                 segs.append({"start": a, "end": b, "words": words})
-        out = [{"id": i, "seek": 100 * i, "start": s["start"], "end": s["end"],
-                "text": "".join(w["word"] for w in s["words"]), "tokens": [1, 2 + i], "temperature": 0.0,
-                "avg_logprob": round(-0.1 - 0.01 * i, 3), "compression_ratio": round(1.0 + 0.1 * i, 3),
+        out = [
+            {
+                "id": i,
+                "seek": 100 * i,
+                "start": s["start"],
+                "end": s["end"],
+                "text": "".join(w["word"] for w in s["words"]),
+                "tokens": [1, 2 + i],
+                "temperature": 0.0,
+                "avg_logprob": round(-0.1 - 0.01 * i, 3),
+                "compression_ratio": round(1.0 + 0.1 * i, 3),
                 "no_speech_prob": round(0.01 * i, 3),
-                **({"words": s["words"]} if "word" in fields["granularities"] else {})} for i, s in enumerate(segs)]
+                **({"words": s["words"]} if "word" in fields["granularities"] else {}),
+            }
+            for i, s in enumerate(segs)
+        ]
         text = "".join(s["text"] for s in out).strip()
         if fields.get("response_format") == "json":
             return JSONResponse({"text": text, "usage": {"type": "duration", "seconds": 1}})
-        return JSONResponse({"task": "transcribe", "language": fields.get("language") or "en",
-                             "duration": len(samples) / SAMPLE_RATE, "text": text, "segments": out})
+        return JSONResponse(
+            {
+                "task": "transcribe",
+                "language": fields.get("language") or "en",
+                "duration": len(samples) / SAMPLE_RATE,
+                "text": text,
+                "segments": out,
+            }
+        )
 
     async def translate(request: Request):
         try:
             samples, fields = await _upload(request)
         except AudioDecodeError as exc:  # the router passes uploads through: answer as the whisper server does
-            return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error", "param": "file",
-                                           "code": exc.code}}, status_code=400)
+            return JSONResponse(
+                {"error": {"message": str(exc), "type": "invalid_request_error", "param": "file", "code": exc.code}},
+                status_code=400,
+            )
         return JSONResponse({"text": f"translated {len(samples) / SAMPLE_RATE:.1f}s"})
 
     async def models(request: Request):
@@ -165,9 +199,14 @@ def fake_whisper(log: list) -> Starlette:
     async def ready(request: Request):
         return JSONResponse({"ready": True, "detail": "ready"})
 
-    return Starlette(routes=[Route("/v1/audio/transcriptions", transcribe, methods=["POST"]),
-                             Route("/v1/audio/translations", translate, methods=["POST"]),
-                             Route("/v1/models", models), Route("/ready", ready)])
+    return Starlette(
+        routes=[
+            Route("/v1/audio/transcriptions", transcribe, methods=["POST"]),
+            Route("/v1/audio/translations", translate, methods=["POST"]),
+            Route("/v1/models", models),
+            Route("/ready", ready),
+        ]
+    )
 
 
 def fingerprint(spk: str, rng: np.random.Generator) -> list[float]:
@@ -189,8 +228,9 @@ def fake_sidecar(control: dict) -> Starlette:
         control["calls"] = control.get("calls", 0) + 1
         control.setdefault("seconds", []).append(len(samples) / SAMPLE_RATE)
         if control.get("fail"):
-            return JSONResponse({"error": {"message": "boom", "type": "server_error", "param": None,
-                                           "code": None}}, status_code=500)
+            return JSONResponse(
+                {"error": {"message": "boom", "type": "server_error", "param": None, "code": None}}, status_code=500
+            )
         if control.get("delay"):
             await asyncio.sleep(control["delay"])
         local: dict[str, str] = {}
@@ -198,10 +238,16 @@ def fake_sidecar(control: dict) -> Starlette:
         for a, b, spk in bursts(samples):
             label = local.setdefault(spk, f"speaker_{len(local)}")
             segs.append({"start": a, "end": b, "speaker": label, "confidence": 0.9})
-        return JSONResponse({"segments": segs, "speakers": list(local.values()),
-                             "fingerprints": {lab: fingerprint(spk, rng) for spk, lab in local.items()},
-                             "duration": len(samples) / SAMPLE_RATE,
-                             "models": {"backend": "fake", "embedder": "fake-pitch"}, "warnings": []})
+        return JSONResponse(
+            {
+                "segments": segs,
+                "speakers": list(local.values()),
+                "fingerprints": {lab: fingerprint(spk, rng) for spk, lab in local.items()},
+                "duration": len(samples) / SAMPLE_RATE,
+                "models": {"backend": "fake", "embedder": "fake-pitch"},
+                "warnings": [],
+            }
+        )
 
     async def embed(request: Request):
         samples, _ = await _upload(request)
@@ -216,31 +262,54 @@ def fake_sidecar(control: dict) -> Starlette:
         if control.get("models_delay"):
             await asyncio.sleep(control["models_delay"])
         if "max_window_s" not in control:
-            return JSONResponse({"error": {"message": "no such route", "type": "invalid_request_error",
-                                           "param": None, "code": None}}, status_code=404)
+            return JSONResponse(
+                {"error": {"message": "no such route", "type": "invalid_request_error", "param": None, "code": None}},
+                status_code=404,
+            )
         card = {"id": "diarization", "object": "model", "backend": "fake"}
         if control["max_window_s"] is not None:
             card["max_window_s"] = control["max_window_s"]
         return JSONResponse({"object": "list", "data": [card, {"id": "speaker-embedding", "object": "model"}]})
 
-    return Starlette(routes=[Route("/v1/diarize", diarize, methods=["POST"]),
-                             Route("/v1/speaker-embeddings", embed, methods=["POST"]),
-                             Route("/v1/models", models), Route("/ready", ready)])
+    return Starlette(
+        routes=[
+            Route("/v1/diarize", diarize, methods=["POST"]),
+            Route("/v1/speaker-embeddings", embed, methods=["POST"]),
+            Route("/v1/models", models),
+            Route("/ready", ready),
+        ]
+    )
 
 
 def router_app(whisper_log=None, control=None, *, whisper_transport=None, sidecar_transport=None, **overrides):
-    overrides = {"max_chunk_s": 10.0, "diarization_window_s": 10.0, "link_threshold": 0.8,
-                 "known_speaker_threshold": 0.8, **overrides}
+    overrides = {
+        "max_chunk_s": 10.0,
+        "diarization_window_s": 10.0,
+        "link_threshold": 0.8,
+        "known_speaker_threshold": 0.8,
+        **overrides,
+    }
     settings = RouterSettings(**overrides)
     transports = {
-        "whisper": whisper_transport or httpx.ASGITransport(app=fake_whisper(whisper_log if whisper_log is not None else [])),
+        "whisper": whisper_transport
+        or httpx.ASGITransport(app=fake_whisper(whisper_log if whisper_log is not None else [])),
         "sidecar": sidecar_transport or httpx.ASGITransport(app=fake_sidecar(control if control is not None else {})),
     }
     return create_app(settings, vad=EnergyVad(), transports=transports)
 
 
-CONVERSATION = [("A", 3.0, 0.8), ("B", 2.0, 0.3), ("A", 1.5, 1.0), ("B", 4.0, 0.9), ("A", 2.5, 0.5),
-                ("B", 3.0, 1.2), ("A", 4.0, 0.8), ("B", 2.0, 0.9), ("A", 3.0, 0.8), ("B", 3.5, 1.0)]
+CONVERSATION = [
+    ("A", 3.0, 0.8),
+    ("B", 2.0, 0.3),
+    ("A", 1.5, 1.0),
+    ("B", 4.0, 0.9),
+    ("A", 2.5, 0.5),
+    ("B", 3.0, 1.2),
+    ("A", 4.0, 0.8),
+    ("B", 2.0, 0.9),
+    ("A", 3.0, 0.8),
+    ("B", 3.5, 1.0),
+]
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +338,7 @@ def test_plan_chunks_merges_regions_up_to_the_limit():
 def test_plan_chunks_splits_long_regions_at_quiet_points_and_falls_back_without_vad():
     rng = np.random.default_rng(0)
     samples = (0.3 * rng.standard_normal(75 * SAMPLE_RATE)).astype(np.float32)
-    samples[27 * SAMPLE_RATE: int(27.4 * SAMPLE_RATE)] = 0.0  # a quiet moment the cut should find
+    samples[27 * SAMPLE_RATE : int(27.4 * SAMPLE_RATE)] = 0.0  # a quiet moment the cut should find
     chunks = plan_chunks(samples, [(0, len(samples))], max_s=30.0)
     assert all(c.duration <= 30.0 + 1e-9 for c in chunks)
     assert chunks[0].start == 0 and chunks[-1].end == len(samples)
@@ -294,8 +363,12 @@ def test_chunking_strategy_options():
     assert VadOptions.from_strategy("auto", default) is default
     got = VadOptions.from_strategy('{"type": "server_vad", "threshold": 0.3, "silence_duration_ms": 200}', default)
     assert got == VadOptions(0.3, 200, 300)
-    for bad in ("manual", '{"type": "other"}', '{"type": "server_vad", "threshold": 2}',
-                '{"type": "server_vad", "foo": 1}'):
+    for bad in (
+        "manual",
+        '{"type": "other"}',
+        '{"type": "server_vad", "threshold": 2}',
+        '{"type": "server_vad", "foo": 1}',
+    ):
         with pytest.raises(ValueError):
             VadOptions.from_strategy(bad, default)
     folded = fold_chunking_strategy({"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "0.4"})
@@ -323,8 +396,10 @@ def test_link_speakers_clusters_across_windows():
     a, b = _unit(rng.standard_normal(32)), _unit(rng.standard_normal(32))
     noisy = lambda v: _unit(v + 0.05 * rng.standard_normal(32))  # noqa: E731
     speakers = [
-        LocalSpeaker(0, "speaker_0", noisy(a), 10), LocalSpeaker(0, "speaker_1", noisy(b), 8),
-        LocalSpeaker(1, "speaker_0", noisy(b), 9), LocalSpeaker(1, "speaker_1", noisy(a), 7),
+        LocalSpeaker(0, "speaker_0", noisy(a), 10),
+        LocalSpeaker(0, "speaker_1", noisy(b), 8),
+        LocalSpeaker(1, "speaker_0", noisy(b), 9),
+        LocalSpeaker(1, "speaker_1", noisy(a), 7),
         LocalSpeaker(2, "speaker_0", noisy(a), 12),
         LocalSpeaker(2, "speaker_1", noisy(a), 2),  # the diarizer split A in two: joined again
         LocalSpeaker(3, "speaker_0", None, 0.3),  # too little speech for a fingerprint
@@ -352,8 +427,13 @@ def test_an_ambiguous_speaker_keeps_a_low_confidence():
     rng = np.random.default_rng(2)
     a, b = _unit(rng.standard_normal(32)), _unit(rng.standard_normal(32))
     near = similar(a, 0.77, rng)  # just below the bar: matches no cluster well
-    speakers = [LocalSpeaker(0, "s0", a), LocalSpeaker(0, "s1", b), LocalSpeaker(1, "s0", a),
-                LocalSpeaker(1, "s1", b), LocalSpeaker(2, "s0", near)]
+    speakers = [
+        LocalSpeaker(0, "s0", a),
+        LocalSpeaker(0, "s1", b),
+        LocalSpeaker(1, "s0", a),
+        LocalSpeaker(1, "s1", b),
+        LocalSpeaker(2, "s0", near),
+    ]
     links = link_speakers(speakers, threshold=0.8)
     amb = links[(2, "s0")]
     assert amb.cluster not in (links[(0, "s0")].cluster, links[(0, "s1")].cluster)  # not forced
@@ -409,8 +489,12 @@ def seg(i, start, end, text, words=()):
 
 def test_assign_by_maximum_overlap():
     turns = [SpeakerTurn(0.0, 4.0, "A", 0.9), SpeakerTurn(4.2, 9.0, "B", 0.8), SpeakerTurn(9.5, 12.0, "A", 1.0)]
-    segs = [seg(0, 0.1, 3.9, " one two"), seg(1, 3.5, 8.0, " three four"), seg(2, 12.5, 13.0, " tail"),
-            seg(3, 40.0, 41.0, " far away")]
+    segs = [
+        seg(0, 0.1, 3.9, " one two"),
+        seg(1, 3.5, 8.0, " three four"),
+        seg(2, 12.5, 13.0, " tail"),
+        seg(3, 40.0, 41.0, " far away"),
+    ]
     out = assign_speakers(segs, turns)
     assert [s.speaker for s in out] == ["A", "B", "A", None]
     assert out[0].confidence == pytest.approx(0.9)
@@ -423,7 +507,10 @@ def test_a_segment_with_two_speakers_is_split_at_the_sentence_end():
     turns = [SpeakerTurn(10.0, 13.0, "A", 0.9), SpeakerTurn(13.6, 16.0, "B", 0.9)]
     s = seg(0, 10.0, 16.0, " Of course. Which figures looked strange to you today?")
     out = assign_speakers([s], turns)
-    assert [(p.speaker, p.text) for p in out] == [("A", " Of course."), ("B", " Which figures looked strange to you today?")]
+    assert [(p.speaker, p.text) for p in out] == [
+        ("A", " Of course."),
+        ("B", " Which figures looked strange to you today?"),
+    ]
     assert out[0].start == 10.0 and out[-1].end == 16.0 and out[0].end <= out[1].start
     assert "".join(p.text for p in out) == s.text
 
@@ -465,10 +552,20 @@ def test_merge_of_a_long_file_attributes_every_segment():
 
 
 def test_sse_events_render_as_openai_sends_them():
-    assert encode_sse(delta_event(" hi", "seg_0")) == b'data: {"type": "transcript.text.delta", "delta": " hi", "segment_id": "seg_0"}\n\n'
+    assert (
+        encode_sse(delta_event(" hi", "seg_0"))
+        == b'data: {"type": "transcript.text.delta", "delta": " hi", "segment_id": "seg_0"}\n\n'
+    )
     ev = segment_event(Segment(id=3, start=1.23456, end=2.0, text=" Hello.", speaker="A", confidence=0.75))
-    assert ev == {"type": "transcript.text.segment", "id": "seg_3", "start": 1.235, "end": 2.0, "speaker": "A",
-                  "text": "Hello.", "confidence": 0.75}
+    assert ev == {
+        "type": "transcript.text.segment",
+        "id": "seg_3",
+        "start": 1.235,
+        "end": 2.0,
+        "speaker": "A",
+        "text": "Hello.",
+        "confidence": 0.75,
+    }
     assert done_event("all", ["w", "w"]) == {"type": "transcript.text.done", "text": "all", "warnings": ["w"]}
     assert "warnings" not in done_event("x")
 
@@ -493,8 +590,12 @@ async def test_diarized_json_end_to_end_with_fakes(conv):
     log: list = []
     control: dict = {}
     client = make_client(router_app(log, control))
-    out = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)),
-                                                   response_format="diarized_json", chunking_strategy="auto")
+    out = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize",
+        file=("c.wav", wav(samples)),
+        response_format="diarized_json",
+        chunking_strategy="auto",
+    )
     assert out.task == "transcribe" and out.duration == pytest.approx(len(samples) / SAMPLE_RATE, abs=0.01)
     assert len(log) >= 4 and control["calls"] >= 4  # several chunks and windows
     assert {f["model"] for f in log} == {"whisper-1"}
@@ -533,12 +634,15 @@ async def test_only_the_diarize_model_diarizes(conv):
     assert "[A] low" in srt and "[B] high" in srt
     vtt = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=data, response_format="vtt")
     assert vtt.startswith("WEBVTT") and "<v A>low" in vtt and "<v B>high" in vtt
-    verbose = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=data,
-                                                       response_format="verbose_json")
+    verbose = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize", file=data, response_format="verbose_json"
+    )
     assert {s.model_extra["speaker"] for s in verbose.segments} == {"A", "B"}
     calls = control["calls"]
     for fmt in ("text", "json"):  # nowhere to put speakers: no diarization
-        out = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=data, response_format=fmt)
+        out = await client.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize", file=data, response_format=fmt
+        )
         assert "low" in str(out) and "high" in str(out)
     assert control["calls"] == calls
 
@@ -546,8 +650,9 @@ async def test_only_the_diarize_model_diarizes(conv):
 async def test_sidecar_failure_degrades_to_a_transcript_with_warnings(conv):
     samples, _ = conv
     client = make_client(router_app(None, {"fail": True}))
-    out = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)),
-                                                   response_format="diarized_json")
+    out = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)), response_format="diarized_json"
+    )
     assert "low" in out.text and "high" in out.text
     assert all(s.speaker is None for s in out.segments)
     warnings = out.model_extra["warnings"]
@@ -562,15 +667,18 @@ async def test_whisper_down_is_503_with_retry_after(conv):
 
     app = router_app(whisper_transport=httpx.MockTransport(refuse))
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r")
-    r = await http.post("/v1/audio/transcriptions", data={"model": "gpt-4o-transcribe-diarize",
-                                                          "response_format": "diarized_json"},
-                        files={"file": ("c.wav", wav(samples[: 5 * SAMPLE_RATE]))})
+    r = await http.post(
+        "/v1/audio/transcriptions",
+        data={"model": "gpt-4o-transcribe-diarize", "response_format": "diarized_json"},
+        files={"file": ("c.wav", wav(samples[: 5 * SAMPLE_RATE]))},
+    )
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
     assert r.json()["error"]["code"] == "backend_unavailable"
     client = make_client(app)
     with pytest.raises(openai.APIStatusError) as exc:
-        await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav(samples[: 5 * SAMPLE_RATE])),
-                                                 stream=True)
+        await client.audio.transcriptions.create(
+            model="whisper-1", file=("c.wav", wav(samples[: 5 * SAMPLE_RATE])), stream=True
+        )
     assert exc.value.status_code == 503
 
 
@@ -580,14 +688,20 @@ async def test_backend_errors_pass_through_and_validation(conv):
     with pytest.raises(openai.NotFoundError):
         await client.audio.transcriptions.create(model="nope", file=("c.wav", wav(samples[: 3 * SAMPLE_RATE])))
     with pytest.raises(openai.BadRequestError) as exc:
-        await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", wav(samples[: 3 * SAMPLE_RATE])),
-                                                 chunking_strategy={"type": "server_vad", "threshold": 3})
+        await client.audio.transcriptions.create(
+            model="whisper-1",
+            file=("c.wav", wav(samples[: 3 * SAMPLE_RATE])),
+            chunking_strategy={"type": "server_vad", "threshold": 3},
+        )
     assert exc.value.body["param"] == "chunking_strategy"
     with pytest.raises(openai.BadRequestError) as exc:
-        await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize",
-                                                 file=("c.wav", wav(samples[: 3 * SAMPLE_RATE])),
-                                                 response_format="diarized_json", known_speaker_names=["x"],
-                                                 known_speaker_references=["not a data url"])
+        await client.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize",
+            file=("c.wav", wav(samples[: 3 * SAMPLE_RATE])),
+            response_format="diarized_json",
+            known_speaker_names=["x"],
+            known_speaker_references=["not a data url"],
+        )
     assert exc.value.body["param"] == "known_speaker_references"
     with pytest.raises(openai.BadRequestError):
         await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", b"not audio"))
@@ -599,9 +713,11 @@ async def test_over_capacity_is_429(conv):
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r")
 
     async def call():
-        return await http.post("/v1/audio/transcriptions",
-                               data={"model": "gpt-4o-transcribe-diarize", "response_format": "diarized_json"},
-                               files={"file": ("c.wav", wav(samples[: 8 * SAMPLE_RATE]))})
+        return await http.post(
+            "/v1/audio/transcriptions",
+            data={"model": "gpt-4o-transcribe-diarize", "response_format": "diarized_json"},
+            files={"file": ("c.wav", wav(samples[: 8 * SAMPLE_RATE]))},
+        )
 
     first = asyncio.create_task(call())
     await asyncio.sleep(0.3)
@@ -613,8 +729,9 @@ async def test_over_capacity_is_429(conv):
 async def test_streaming_deltas_segments_and_done(conv):
     samples, ref = conv
     client = make_client(router_app())
-    stream = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)),
-                                                      response_format="diarized_json", stream=True)
+    stream = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)), response_format="diarized_json", stream=True
+    )
     events = [ev async for ev in stream]
     kinds = [ev.type for ev in events]
     assert kinds[-1] == "transcript.text.done" and kinds.count("transcript.text.done") == 1
@@ -638,15 +755,23 @@ async def test_known_speaker_names(conv):
 
     client = make_client(router_app())
     out = await client.audio.transcriptions.create(
-        model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)), response_format="diarized_json",
-        known_speaker_names=["bob", "alice"], known_speaker_references=[data_url("B"), data_url("A")])
+        model="gpt-4o-transcribe-diarize",
+        file=("c.wav", wav(samples)),
+        response_format="diarized_json",
+        known_speaker_names=["bob", "alice"],
+        known_speaker_references=[data_url("B"), data_url("A")],
+    )
     for s in out.segments:
         assert s.speaker == ("alice" if "low" in s.text else "bob")
     too_short = "data:audio/wav;base64," + base64.b64encode(wav(tone(300, 0.5))).decode()
     with pytest.raises(openai.BadRequestError, match="between 2 and 10 seconds"):
         await client.audio.transcriptions.create(
-            model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)), response_format="diarized_json",
-            known_speaker_names=["x"], known_speaker_references=[too_short])
+            model="gpt-4o-transcribe-diarize",
+            file=("c.wav", wav(samples)),
+            response_format="diarized_json",
+            known_speaker_names=["x"],
+            known_speaker_references=[too_short],
+        )
 
 
 async def test_translations_are_forwarded_and_models_listed(conv):
@@ -714,8 +839,9 @@ async def test_clients_retry_once_then_report_unavailable():
 async def test_silence_gives_an_empty_transcript():
     client = make_client(router_app())
     silent = np.zeros(5 * SAMPLE_RATE, np.float32)
-    out = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("s.wav", wav(silent)),
-                                                   response_format="diarized_json")
+    out = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize", file=("s.wav", wav(silent)), response_format="diarized_json"
+    )
     assert out.text == "" and out.segments == []
     stream = await client.audio.transcriptions.create(model="whisper-1", file=("s.wav", wav(silent)), stream=True)
     assert [ev.type async for ev in stream] == ["transcript.text.done"]

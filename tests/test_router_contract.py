@@ -56,8 +56,16 @@ def canned_whisper(segments: list[dict], log: list | None = None) -> Starlette:
         want_words = "word" in form.getlist("timestamp_granularities[]")
         out = []
         for i, s in enumerate(segments):
-            seg = {"id": i, "seek": 0, "tokens": [10 + i, 11 + i], "temperature": 0.0, "avg_logprob": -0.2 - 0.1 * i,
-                   "compression_ratio": 1.1 + 0.2 * i, "no_speech_prob": 0.02 * (i + 1), **s}
+            seg = {
+                "id": i,
+                "seek": 0,
+                "tokens": [10 + i, 11 + i],
+                "temperature": 0.0,
+                "avg_logprob": -0.2 - 0.1 * i,
+                "compression_ratio": 1.1 + 0.2 * i,
+                "no_speech_prob": 0.02 * (i + 1),
+                **s,
+            }
             seg["text"] = "".join(w["word"] for w in s["words"])
             if not want_words:
                 seg.pop("words")
@@ -73,17 +81,29 @@ def canned_whisper(segments: list[dict], log: list | None = None) -> Starlette:
     async def models(request: Request):
         return JSONResponse({"object": "list", "data": [{"id": "whisper-1"}]})
 
-    return Starlette(routes=[Route("/v1/audio/transcriptions", transcribe, methods=["POST"]),
-                             Route("/v1/models", models), Route("/ready", ready)])
+    return Starlette(
+        routes=[
+            Route("/v1/audio/transcriptions", transcribe, methods=["POST"]),
+            Route("/v1/models", models),
+            Route("/ready", ready),
+        ]
+    )
 
 
 def canned_sidecar(turns: list[tuple[float, float, str, float]]) -> Starlette:
     async def diarize(request: Request):
         await request.form()
         labels = list(dict.fromkeys(t[2] for t in turns))
-        return JSONResponse({"segments": [{"start": a, "end": b, "speaker": s, "confidence": c} for a, b, s, c in turns],
-                             "speakers": labels, "fingerprints": {}, "duration": 10.0,
-                             "models": {"backend": "canned", "embedder": "none"}, "warnings": []})
+        return JSONResponse(
+            {
+                "segments": [{"start": a, "end": b, "speaker": s, "confidence": c} for a, b, s, c in turns],
+                "speakers": labels,
+                "fingerprints": {},
+                "duration": 10.0,
+                "models": {"backend": "canned", "embedder": "none"},
+                "warnings": [],
+            }
+        )
 
     async def ready(request: Request):
         return JSONResponse({"ready": True, "detail": "ready"})
@@ -92,8 +112,11 @@ def canned_sidecar(turns: list[tuple[float, float, str, float]]) -> Starlette:
 
 
 def canned_router(segments, turns, log=None, **overrides):
-    return router_app(whisper_transport=httpx.ASGITransport(app=canned_whisper(segments, log)),
-                      sidecar_transport=httpx.ASGITransport(app=canned_sidecar(turns)), **overrides)
+    return router_app(
+        whisper_transport=httpx.ASGITransport(app=canned_whisper(segments, log)),
+        sidecar_transport=httpx.ASGITransport(app=canned_sidecar(turns)),
+        **overrides,
+    )
 
 
 TEN_SECONDS = tone(300.0, 10.0)
@@ -113,9 +136,14 @@ def cue_times(body: str) -> list[tuple[float, float]]:
     """(start, end) of every srt or vtt cue, in seconds."""
     out = []
     for h, m, sec, ms, h2, m2, sec2, ms2 in re.findall(
-            r"(\d+):(\d\d):(\d\d)[,.](\d{3}) --> (\d+):(\d\d):(\d\d)[,.](\d{3})", body):
-        out.append((int(h) * 3600 + int(m) * 60 + int(sec) + int(ms) / 1000,
-                    int(h2) * 3600 + int(m2) * 60 + int(sec2) + int(ms2) / 1000))
+        r"(\d+):(\d\d):(\d\d)[,.](\d{3}) --> (\d+):(\d\d):(\d\d)[,.](\d{3})", body
+    ):
+        out.append(
+            (
+                int(h) * 3600 + int(m) * 60 + int(sec) + int(ms) / 1000,
+                int(h2) * 3600 + int(m2) * 60 + int(sec2) + int(ms2) / 1000,
+            )
+        )
     return out
 
 
@@ -133,8 +161,9 @@ async def test_segment_times_are_ordered_and_inside_the_audio_in_every_format(mo
     for fmt in ("srt", "vtt"):
         body = await client.audio.transcriptions.create(model=model, file=data, response_format=fmt)
         check_spans(cue_times(body), duration, fmt)
-    verbose = await client.audio.transcriptions.create(model=model, file=data, response_format="verbose_json",
-                                                       timestamp_granularities=["word", "segment"])
+    verbose = await client.audio.transcriptions.create(
+        model=model, file=data, response_format="verbose_json", timestamp_granularities=["word", "segment"]
+    )
     assert verbose.duration == pytest.approx(duration)
     check_spans([(s.start, s.end) for s in verbose.segments], duration, "verbose_json")
     check_spans([(w.start, w.end) for w in verbose.words], duration, "verbose_json words")
@@ -147,12 +176,17 @@ async def test_segment_times_are_ordered_and_inside_the_audio_in_every_format(mo
     check_spans([(s.start, s.end) for s in out.segments], duration, "diarized_json")
     assert all(s.model_extra.get("confidence") is not None for s in out.segments)
     assert [(s.speaker, s.text) for s in out.segments] == [
-        ("A", "Hello there."), ("B", "Yeah,"), ("A", "I see."), ("B", "The end.")]
+        ("A", "Hello there."),
+        ("B", "Yeah,"),
+        ("A", "I see."),
+        ("B", "The end."),
+    ]
     # diarized_json segments are speaker turns: each covers its speaker's turn around its words
     # (B's "Yeah," is said at 3.0-3.5 inside B's turn 2.9-3.6; the last turn is cut at the audio's end)
     assert [(s.start, s.end) for s in out.segments] == [(0.3, 1.6), (2.9, 3.6), (4.2, 5.3), (8.0, 10.0)]
-    stream = await client.audio.transcriptions.create(model=model, file=data, response_format="diarized_json",
-                                                      stream=True)
+    stream = await client.audio.transcriptions.create(
+        model=model, file=data, response_format="diarized_json", stream=True
+    )
     segments = [ev for ev in [ev async for ev in stream] if ev.type == "transcript.text.segment"]
     check_spans([(s.start, s.end) for s in segments], duration, "stream")
     assert [(s.start, s.end) for s in segments] == [(s.start, s.end) for s in out.segments]
@@ -182,15 +216,17 @@ async def test_a_short_file_gets_the_whisper_servers_own_segments_and_statistics
     client = make_client(router_app(None, control))
     direct = await whisper_direct(samples, response_format="verbose_json")
     assert len(direct["segments"]) >= 2 and len({s["avg_logprob"] for s in direct["segments"]}) > 1
-    out = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", to_wav_bytes(samples)),
-                                                   response_format="verbose_json")
+    out = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", to_wav_bytes(samples)), response_format="verbose_json"
+    )
     body = out.model_dump(exclude_none=True)
     assert body["text"] == direct["text"]
     assert [{k: v for k, v in s.items()} for s in body["segments"]] == direct["segments"]
 
     # diarized, the pieces of each segment keep its statistics; the text stays the whisper server's
-    out = await client.audio.transcriptions.create(model=DIARIZE, file=("a.wav", to_wav_bytes(samples)),
-                                                   response_format="verbose_json")
+    out = await client.audio.transcriptions.create(
+        model=DIARIZE, file=("a.wav", to_wav_bytes(samples)), response_format="verbose_json"
+    )
     assert out.text == direct["text"]
     assert control["calls"] == 1
     assert len(out.segments) > len(direct["segments"])  # some were cut where the speaker changes
@@ -210,8 +246,17 @@ def float_wav(samples: np.ndarray) -> bytes:
     """float32 mono 16 kHz samples as an IEEE-float WAV (as AMI's excerpts are stored)."""
     data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
     fmt = struct.pack("<HHIIHH", 3, 1, SAMPLE_RATE, SAMPLE_RATE * 4, 4, 32)
-    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<II", 4, len(data) // 4)
-            + b"data" + struct.pack("<I", len(data)) + data)
+    body = (
+        b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"fact"
+        + struct.pack("<II", 4, len(data) // 4)
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
@@ -242,10 +287,16 @@ async def test_the_router_text_is_the_real_whisper_servers(base_engine, base_mod
     direct = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w")
     client = make_client(router_app(whisper_transport=httpx.ASGITransport(app=app)))
     for fmt in ("verbose_json", "json"):
-        want = (await direct.post("/v1/audio/transcriptions", data={"model": "whisper-1", "response_format": fmt},
-                                  files={"file": ("a.wav", data)})).json()
-        got = (await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", data),
-                                                        response_format=fmt)).model_dump(exclude_none=True)
+        want = (
+            await direct.post(
+                "/v1/audio/transcriptions",
+                data={"model": "whisper-1", "response_format": fmt},
+                files={"file": ("a.wav", data)},
+            )
+        ).json()
+        got = (
+            await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", data), response_format=fmt)
+        ).model_dump(exclude_none=True)
         assert got["text"] == want["text"], fmt
         if fmt == "verbose_json":
             assert want["segments"] and len(got["segments"]) == len(want["segments"])
@@ -264,8 +315,11 @@ async def test_the_stream_ends_with_duration_usage():
     client = make_client(router_app())
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=router_app()), base_url="http://r")
     for model, fmt in (("whisper-1", "json"), (DIARIZE, "diarized_json")):
-        r = await http.post("/v1/audio/transcriptions", data={"model": model, "response_format": fmt, "stream": "true"},
-                            files={"file": ("a.wav", to_wav_bytes(samples))})
+        r = await http.post(
+            "/v1/audio/transcriptions",
+            data={"model": model, "response_format": fmt, "stream": "true"},
+            files={"file": ("a.wav", to_wav_bytes(samples))},
+        )
         events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
         done = events[-1]
         assert done["type"] == "transcript.text.done"
@@ -273,8 +327,9 @@ async def test_the_stream_ends_with_duration_usage():
         assert "".join(e["delta"] for e in events if e["type"] == "transcript.text.delta") == done["text"]
         plain = await client.audio.transcriptions.create(model=model, file=("a.wav", to_wav_bytes(samples)))
         assert done["text"] == plain.text  # the same text as without streaming
-    stream = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", to_wav_bytes(samples)),
-                                                      stream=True)
+    stream = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", to_wav_bytes(samples)), stream=True
+    )
     done = [ev async for ev in stream][-1]
     assert done.usage.type == "duration" and done.usage.model_extra["seconds"] == 9
 
@@ -299,8 +354,11 @@ async def diarize_twice(app, data) -> list:
     client = make_client(app)
     outs = []
     for _ in range(2):
-        outs.append(await client.audio.transcriptions.create(model=DIARIZE, file=("c.wav", data),
-                                                             response_format="diarized_json"))
+        outs.append(
+            await client.audio.transcriptions.create(
+                model=DIARIZE, file=("c.wav", data), response_format="diarized_json"
+            )
+        )
     return outs
 
 
@@ -317,12 +375,15 @@ async def test_a_file_that_fits_the_sidecars_window_is_diarized_in_one_call(conv
         assert all(s.speaker == ("A" if "low" in s.text else "B") for s in out.segments)
 
 
-@pytest.mark.parametrize("reported, setting, longest", [
-    (None, None, 30.0),  # the sidecar reports no max_window_s: 30 s
-    ("404", None, 30.0),  # an old sidecar without the route
-    (600.0, 10.0, 10.0),  # the router's setting caps the sidecar's
-    (15.0, None, 15.0),
-])
+@pytest.mark.parametrize(
+    "reported, setting, longest",
+    [
+        (None, None, 30.0),  # the sidecar reports no max_window_s: 30 s
+        ("404", None, 30.0),  # an old sidecar without the route
+        (600.0, 10.0, 10.0),  # the router's setting caps the sidecar's
+        (15.0, None, 15.0),
+    ],
+)
 async def test_diarization_windows_fall_back_or_are_capped(conversation, reported, setting, longest):
     data, duration = conversation
     control = {} if reported == "404" else {"max_window_s": reported}
@@ -347,17 +408,31 @@ async def test_a_sidecar_slow_to_list_its_models_costs_only_the_timeout(conversa
 # overlapping speech
 
 
-OVERLAP = [{"start": 0.5, "end": 7.5, "words": words_of(
-    (" I", 0.6, 0.8), (" think", 0.8, 1.2), (" we", 1.2, 1.4), (" should", 1.4, 2.0),
-    (" yeah,", 3.2, 3.6), (" right", 3.7, 4.2),  # said by B while A talks on (A's turn spans them)
-    (" ship", 5.0, 5.5), (" it", 5.5, 5.7), (" Monday.", 6.0, 7.0))}]
+OVERLAP = [
+    {
+        "start": 0.5,
+        "end": 7.5,
+        "words": words_of(
+            (" I", 0.6, 0.8),
+            (" think", 0.8, 1.2),
+            (" we", 1.2, 1.4),
+            (" should", 1.4, 2.0),
+            (" yeah,", 3.2, 3.6),
+            (" right", 3.7, 4.2),  # said by B while A talks on (A's turn spans them)
+            (" ship", 5.0, 5.5),
+            (" it", 5.5, 5.7),
+            (" Monday.", 6.0, 7.0),
+        ),
+    }
+]
 OVERLAP_TURNS = [(0.5, 7.2, "spk0", 0.9), (3.0, 4.5, "spk1", 0.8)]
 
 
 async def test_overlapping_turns_give_overlapping_segments():
     client = make_client(canned_router(OVERLAP, OVERLAP_TURNS))
-    out = await client.audio.transcriptions.create(model=DIARIZE, file=("s.wav", to_wav_bytes(TEN_SECONDS)),
-                                                   response_format="diarized_json")
+    out = await client.audio.transcriptions.create(
+        model=DIARIZE, file=("s.wav", to_wav_bytes(TEN_SECONDS)), response_format="diarized_json"
+    )
     got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
     # each covers its speaker's turn: A's 0.5-7.2 around B's 3.0-4.5
     assert got == [("A", 0.5, 7.2, "I think we should ship it Monday."), ("B", 3.0, 4.5, "yeah, right")]
@@ -376,8 +451,10 @@ def test_split_by_words_keeps_a_speaker_through_anothers_words():
     for a, b, s, c in OVERLAP_TURNS:
         tree.addi(a, b, SpeakerTurn(a, b, s, c))
     pieces = split_by_words(seg, tree)
-    assert [(p.speaker, p.text) for p in pieces] == [("spk0", " I think we should ship it Monday."),
-                                                    ("spk1", " yeah, right")]
+    assert [(p.speaker, p.text) for p in pieces] == [
+        ("spk0", " I think we should ship it Monday."),
+        ("spk1", " yeah, right"),
+    ]
     assert all(p.avg_logprob == -0.3 and p.seek == 7 and p.tokens == () for p in pieces)
     # without the overlap (A stops while B talks) the pieces follow each other
     tree = IntervalTree()
@@ -411,16 +488,21 @@ async def test_diarized_json_segments_cover_their_speakers_turns():
     got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
     # A's two segments in one turn meet at the second one's first word; no segment overlaps its
     # own speaker's; the text is the whisper server's, unchanged
-    assert got == [("A", 0.2, 3.0, "We start."), ("A", 3.0, 4.8, "Any news?"), ("B", 5.0, 8.9, "Not yet, sorry."),
-                   ("A", 9.0, 9.9, "Fine.")]
+    assert got == [
+        ("A", 0.2, 3.0, "We start."),
+        ("A", 3.0, 4.8, "Any news?"),
+        ("B", 5.0, 8.9, "Not yet, sorry."),
+        ("A", 9.0, 9.9, "Fine."),
+    ]
     # so the DER of what a client gets is the diarizer's own (0 here), not the words' (the pauses missed)
     ref = Reference(tuple(SpeakerTurn(a, b, s) for a, b, s, _ in TURN_TURNS), uem=(0.0, 10.0))
     assert score([s.model_dump() for s in out.segments], ref)["der"] == pytest.approx(0.0, abs=1e-6)
     # subtitles and verbose_json keep openai/whisper's timing: a segment spans exactly its words
     verbose = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="verbose_json")
     assert [(s.start, s.end) for s in verbose.segments] == [(0.4, 1.6), (3.0, 4.4), (5.3, 8.5), (9.4, 9.8)]
-    stream = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json",
-                                                      stream=True)
+    stream = await client.audio.transcriptions.create(
+        model=DIARIZE, file=data, response_format="diarized_json", stream=True
+    )
     events = [ev for ev in [ev async for ev in stream] if ev.type == "transcript.text.segment"]
     assert [(e.speaker, e.start, e.end) for e in events] == [g[:3] for g in got]
 
@@ -428,8 +510,11 @@ async def test_diarized_json_segments_cover_their_speakers_turns():
 def test_cover_turns_bounds():
     words = (Word(" a", 2.0, 2.5),)
     seg = Segment(0, 2.0, 2.5, " a", words=words, speaker="A", confidence=0.9, avg_logprob=-0.4)
-    turns = [SpeakerTurn(1.0, 3.0, "A", 0.9), SpeakerTurn(3.1, 4.0, "A", 0.9),  # joined: 0.1 s apart
-             SpeakerTurn(0.0, 6.0, "B", 0.5)]
+    turns = [
+        SpeakerTurn(1.0, 3.0, "A", 0.9),
+        SpeakerTurn(3.1, 4.0, "A", 0.9),  # joined: 0.1 s apart
+        SpeakerTurn(0.0, 6.0, "B", 0.5),
+    ]
     (out,) = cover_turns([seg], turns)
     assert (out.start, out.end) == (1.0, 4.0) and out.avg_logprob == -0.4 and out.words == words
     (out,) = cover_turns([seg], turns, start=1.5, end=3.5)  # the audio (or the chunk) bounds it
@@ -450,10 +535,13 @@ def test_words_that_do_not_spell_the_text_are_not_used_to_cut_it():
 
 
 def test_fit_times():
-    segs = [Segment(0, 4.2, 6.0, " a b", words=(Word(" a", 3.0, 3.5), Word(" b", 4.3, 5.2))),
-            Segment(1, 9.0, 10.6, " c", words=(Word(" c", 9.1, 10.4),)),
-            Segment(2, 11.0, 10.5, " d"), Segment(3, -0.5, 0.2, " e"),
-            Segment(4, 2.0, 3.0, " f g h", words=(Word(" f", 1.5, 2.2),))]  # words missing: widened only
+    segs = [
+        Segment(0, 4.2, 6.0, " a b", words=(Word(" a", 3.0, 3.5), Word(" b", 4.3, 5.2))),
+        Segment(1, 9.0, 10.6, " c", words=(Word(" c", 9.1, 10.4),)),
+        Segment(2, 11.0, 10.5, " d"),
+        Segment(3, -0.5, 0.2, " e"),
+        Segment(4, 2.0, 3.0, " f g h", words=(Word(" f", 1.5, 2.2),)),
+    ]  # words missing: widened only
     out = fit_times(segs, 10.0)
     assert [(s.start, s.end) for s in out] == [(3.0, 5.2), (9.1, 10.0), (10.0, 10.0), (0.0, 0.2), (1.5, 3.0)]
     assert out[1].words[0].end == 10.0
@@ -471,8 +559,7 @@ async def test_sidecar_deadline_grows_with_the_window():
         seen["read"] = request.extensions["timeout"]["read"]
         raise httpx.ReadTimeout("slow", request=request)
 
-    client = SidecarClient("http://sidecar.test", concurrency=1, timeout_s=10.0,
-                           transport=httpx.MockTransport(handler))
+    client = SidecarClient("http://sidecar.test", concurrency=1, timeout_s=10.0, transport=httpx.MockTransport(handler))
     try:
         with pytest.raises(BackendTimeout, match="in 40 s"):
             await client.diarize(to_wav_bytes(np.zeros(30 * 16000, np.float32)))
@@ -492,12 +579,15 @@ def test_cover_turns_matches_a_plain_scan_on_many_segments():
         turns.append(SpeakerTurn(a, a + float(rng.uniform(0.2, 1.4)), "AB"[int(rng.integers(2))], 0.9))
     for i in range(300):
         a = round(float(rng.uniform(0, 400)), 3)  # times in ms, as the whisper server gives them
-        segs.append(Segment(i, a, round(a + float(rng.uniform(0.05, 0.8)), 3), " x", speaker="AB"[int(rng.integers(2))]))
+        segs.append(
+            Segment(i, a, round(a + float(rng.uniform(0.05, 0.8)), 3), " x", speaker="AB"[int(rng.integers(2))])
+        )
     segs.sort(key=lambda s: s.start)
     got = cover_turns(segs, turns)
 
     def plain(segments):
         from server.router.merge import _stretches
+
         st = _stretches(turns)
         out = []
         for s in segments:

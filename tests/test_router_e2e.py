@@ -37,12 +37,22 @@ def conversation_wav():
 @pytest.fixture(scope="module")
 def stack(tiny_whisper_dir, cache_dir):
     """``chorus up`` on free ports: whisper (tiny, 32 tokens), sidecar (cluster), router."""
-    options = UpOptions(router_port=free_port(), whisper_port=free_port(), sidecar_port=free_port(),
-                        model=str(tiny_whisper_dir), batch_size=2)
+    options = UpOptions(
+        router_port=free_port(),
+        whisper_port=free_port(),
+        sidecar_port=free_port(),
+        model=str(tiny_whisper_dir),
+        batch_size=2,
+    )
     services = plan_services(options)
-    env = {"CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_MAX_NEW_TOKENS": "32",
-           "CHORUS_ROUTER_READY_POLL_S": "0.5", "CHORUS_ROUTER_MAX_CHUNK_S": "20",
-           "CHORUS_ROUTER_DIARIZATION_WINDOW_S": "20", "CHORUS_SIDECAR_MAX_AUDIO_S": "3600"}
+    env = {
+        "CHORUS_CACHE_DIR": str(cache_dir),
+        "CHORUS_WHISPER_MAX_NEW_TOKENS": "32",
+        "CHORUS_ROUTER_READY_POLL_S": "0.5",
+        "CHORUS_ROUTER_MAX_CHUNK_S": "20",
+        "CHORUS_ROUTER_DIARIZATION_WINDOW_S": "20",
+        "CHORUS_SIDECAR_MAX_AUDIO_S": "3600",
+    }
     services = [type(s)(s.name, s.argv, s.url, {**s.env, **env}) for s in services]
     messages: list[str] = []
     launcher = Launcher(services, echo=messages.append, grace_s=15)
@@ -63,8 +73,12 @@ async def test_diarized_json_through_three_processes(stack, conversation_wav):
     launcher, urls = stack
     data, conv = conversation_wav
     client = sdk(urls["router"])
-    out = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", data),
-                                                   response_format="diarized_json", chunking_strategy="auto")
+    out = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize",
+        file=("c.wav", data),
+        response_format="diarized_json",
+        chunking_strategy="auto",
+    )
     assert out.duration == pytest.approx(conv.duration, abs=0.05)
     assert not (out.model_extra or {}).get("warnings"), out.model_extra
     spoken = [s for s in out.segments if s.text.strip()]
@@ -81,15 +95,17 @@ async def test_streaming_through_three_processes(stack, conversation_wav):
     _, urls = stack
     data, _ = conversation_wav
     client = sdk(urls["router"])
-    stream = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", data),
-                                                      response_format="diarized_json", stream=True)
+    stream = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize", file=("c.wav", data), response_format="diarized_json", stream=True
+    )
     events = [ev async for ev in stream]
     assert events[-1].type == "transcript.text.done"
     assert events[-1].usage.type == "duration"
     segments = [e for e in events if e.type == "transcript.text.segment"]
     assert all(s.speaker in ("A", "B") for s in segments)
-    srt = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", data),
-                                                   response_format="srt")
+    srt = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize", file=("c.wav", data), response_format="srt"
+    )
     assert "[A]" in srt or not srt.strip()
     plain = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", data), response_format="srt")
     assert "[A]" not in plain and "[B]" not in plain  # whisper-1 never diarizes
@@ -109,8 +125,12 @@ async def test_known_speaker_names_through_three_processes(stack, conversation_w
         refs.append("data:audio/wav;base64," + base64.b64encode(to_wav_bytes(clip)).decode())
     client = sdk(urls["router"])
     out = await client.audio.transcriptions.create(
-        model="gpt-4o-transcribe-diarize", file=("c.wav", data), response_format="diarized_json",
-        known_speaker_names=["bob", "alice"], known_speaker_references=refs)
+        model="gpt-4o-transcribe-diarize",
+        file=("c.wav", data),
+        response_format="diarized_json",
+        known_speaker_names=["bob", "alice"],
+        known_speaker_references=refs,
+    )
     spoken = [s for s in out.segments if s.text.strip()]
     assert spoken and {s.speaker for s in spoken} <= {"alice", "bob"}
     assert spoken[0].speaker == "alice"  # voice A opens the conversation
@@ -123,8 +143,11 @@ async def test_killing_the_sidecar_mid_request_still_returns_the_transcript(stac
     sidecar = launcher.procs["sidecar"]
     import asyncio
 
-    request = asyncio.create_task(client.audio.transcriptions.create(
-        model="gpt-4o-transcribe-diarize", file=("c.wav", data), response_format="diarized_json"))
+    request = asyncio.create_task(
+        client.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize", file=("c.wav", data), response_format="diarized_json"
+        )
+    )
     await asyncio.sleep(0.3)  # the router has decoded, chunked and sent the windows out
     os.killpg(sidecar.pid, signal.SIGKILL)
     sidecar.wait(timeout=10)
@@ -138,8 +161,9 @@ async def test_killing_the_sidecar_mid_request_still_returns_the_transcript(stac
             break
         time.sleep(0.25)
     assert httpx.get(f"{urls['router']}/ready").status_code == 503
-    again = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("c.wav", data),
-                                                     response_format="diarized_json")
+    again = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize", file=("c.wav", data), response_format="diarized_json"
+    )
     assert any("sidecar" in w for w in again.model_extra["warnings"])
 
 
@@ -148,13 +172,32 @@ def test_chorus_up_cli_with_remote_backends_stops_on_sigterm(tiny_whisper_dir, c
     router, and SIGTERM stops it cleanly."""
     port = free_port()
     env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "up", "--port", str(port),
-                             "--whisper-url", "http://127.0.0.1:9", "--sidecar-url", "http://127.0.0.1:9",
-                             "--ready-timeout", "60"], env=env, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "up",
+            "--port",
+            str(port),
+            "--whisper-url",
+            "http://127.0.0.1:9",
+            "--sidecar-url",
+            "http://127.0.0.1:9",
+            "--ready-timeout",
+            "60",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        wait_http(f"http://127.0.0.1:{port}/ready", timeout_s=60,  # the router is up, its backends are not
-                  ok=lambda r: r.status_code == 503 and "whisper" in r.json()["detail"])
+        wait_http(
+            f"http://127.0.0.1:{port}/ready",
+            timeout_s=60,  # the router is up, its backends are not
+            ok=lambda r: r.status_code == 503 and "whisper" in r.json()["detail"],
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         err = proc.stderr.read()

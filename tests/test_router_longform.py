@@ -52,26 +52,35 @@ async def test_two_minutes_two_voices_across_diarization_windows(base_engine, ba
     samples, ref = conv.samples, Reference(conv.turns, lines)
     duration = len(samples) / 16000
     assert duration > 2 * WINDOW_S  # at least three diarization windows
-    whisper = whisper_app(WhisperSettings(model=str(base_model_dir), warmup=False, cache_dir=cache_dir), engine=base_engine)
+    whisper = whisper_app(
+        WhisperSettings(model=str(base_model_dir), warmup=False, cache_dir=cache_dir), engine=base_engine
+    )
     sidecar = sidecar_app(SidecarSettings(warmup=False))
     sidecar_transport = CountingTransport(sidecar)
     async with sidecar.router.lifespan_context(sidecar):
-        router = router_app(RouterSettings(diarization_window_s=WINDOW_S),
-                            transports={"whisper": httpx.ASGITransport(app=whisper), "sidecar": sidecar_transport})
+        router = router_app(
+            RouterSettings(diarization_window_s=WINDOW_S),
+            transports={"whisper": httpx.ASGITransport(app=whisper), "sidecar": sidecar_transport},
+        )
         client = make_client(router)
         t0 = time.perf_counter()
-        out = await client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize",
-                                                       file=("long.wav", to_wav_bytes(samples)),
-                                                       response_format="diarized_json", timeout=1200)
+        out = await client.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize",
+            file=("long.wav", to_wav_bytes(samples)),
+            response_format="diarized_json",
+            timeout=1200,
+        )
         wall = time.perf_counter() - t0
     assert not (out.model_extra or {}).get("warnings")
     windows = sum(p.endswith("/diarize") for p in sidecar_transport.paths)
     assert windows >= 3, sidecar_transport.paths  # speakers were linked across sidecar calls
     figures = score([s.model_dump() for s in out.segments], ref)
-    print(f"\nlong-form {duration:.0f}s ({windows} diarization windows) in {wall:.0f}s: WER {figures['wer']:.1%}  "
-          f"DER {figures['der']:.1%} (miss {figures['der_missed']:.1%}, FA {figures['der_false_alarm']:.1%}, "
-          f"conf {figures['der_confusion']:.1%})  cpWER {figures['cpwer']:.1%}  "
-          f"speakers {figures['speakers_hyp']}/{figures['speakers_ref']}")
+    print(
+        f"\nlong-form {duration:.0f}s ({windows} diarization windows) in {wall:.0f}s: WER {figures['wer']:.1%}  "
+        f"DER {figures['der']:.1%} (miss {figures['der_missed']:.1%}, FA {figures['der_false_alarm']:.1%}, "
+        f"conf {figures['der_confusion']:.1%})  cpWER {figures['cpwer']:.1%}  "
+        f"speakers {figures['speakers_hyp']}/{figures['speakers_ref']}"
+    )
     assert figures["wer"] < 0.20
     assert figures["der"] < 0.30
     assert figures["speakers_hyp"] == 2  # one label per voice across all chunks and windows

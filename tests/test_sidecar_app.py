@@ -121,8 +121,9 @@ async def test_diarize_json_rttm_and_probabilities(cluster, talk_wav):
     data, conv = talk_wav
     app = create_app(settings(), diarizer=cluster)
     async with serve(app) as client:
-        r = await client.post("/v1/diarize", files={"file": ("talk.wav", data, "audio/wav")},
-                              data={"include_probabilities": "true"})
+        r = await client.post(
+            "/v1/diarize", files={"file": ("talk.wav", data, "audio/wav")}, data={"include_probabilities": "true"}
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["duration"] == pytest.approx(conv.duration, abs=1e-3)
@@ -135,8 +136,11 @@ async def test_diarize_json_rttm_and_probabilities(cluster, talk_wav):
         assert body["models"]["backend"] == "pyannote"
 
         short = wav(espeak_conversation(DIALOGUE[:2]).samples)
-        r = await client.post("/v1/diarize", files={"file": ("my talk.wav", short, "audio/wav")},
-                              data={"response_format": "rttm", "num_speakers": "1"})
+        r = await client.post(
+            "/v1/diarize",
+            files={"file": ("my talk.wav", short, "audio/wav")},
+            data={"response_format": "rttm", "num_speakers": "1"},
+        )
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
         lines = r.text.strip().splitlines()
         assert lines and all(x.startswith("SPEAKER my_talk 1 ") and " speaker_0 " in x for x in lines)
@@ -255,24 +259,27 @@ async def test_sortformer_backend_from_settings(tmp_path):
     pytest.importorskip("nemo.collections.asr")
     sortformer = tiny_nemo("sortformer", tmp_path / "sortformer.nemo")
     titanet = tiny_nemo("titanet", tmp_path / "titanet.nemo")
-    app = create_app(settings(diarizer="sortformer", sortformer_model=str(sortformer),
-                              titanet_model=str(titanet), warmup=True))
+    app = create_app(
+        settings(diarizer="sortformer", sortformer_model=str(sortformer), titanet_model=str(titanet), warmup=True)
+    )
     async with serve(app) as client:
         assert (await client.get("/ready")).status_code == 200
         diar = (await client.get("/v1/models")).json()["data"][0]
         assert diar["backend"] == "sortformer" and str(sortformer) in diar["diarizer"]
         assert str(titanet) == diar["embedder"] and diar["embedding_dim"] == "192"
         audio = np.concatenate([tone(3.0, 180), tone(3.0, 320)])
-        r = await client.post("/v1/diarize", files={"file": ("a.wav", wav(audio), "audio/wav")},
-                              data={"include_probabilities": "1"})
+        r = await client.post(
+            "/v1/diarize", files={"file": ("a.wav", wav(audio), "audio/wav")}, data={"include_probabilities": "1"}
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert_turns_schema(body["segments"], body["duration"])
         assert all(s["confidence"] is not None for s in body["segments"])
         assert len(body["probabilities"]["values"][0]) == 4
         assert abs(body["probabilities"]["frame_rate"] - 12.5) < 0.5
-        r = await client.post("/v1/diarize", files={"file": ("a.wav", wav(audio), "audio/wav")},
-                              data={"num_speakers": "5"})
+        r = await client.post(
+            "/v1/diarize", files={"file": ("a.wav", wav(audio), "audio/wav")}, data={"num_speakers": "5"}
+        )
         assert "at most 4" in assert_openai_error(r, 400, "num_speakers")["message"]
         r = await client.post("/v1/speaker-embeddings", files={"file": ("a.wav", wav(audio), "audio/wav")})
         assert r.json()["dim"] == 192
@@ -280,8 +287,13 @@ async def test_sortformer_backend_from_settings(tmp_path):
 
 async def test_bad_sortformer_path_is_reported_by_ready(tmp_path):
     pytest.importorskip("nemo.collections.asr")
-    app = create_app(settings(diarizer="sortformer", sortformer_model=str(tmp_path / "nope.nemo"),
-                              titanet_model=str(tmp_path / "nope-titanet.nemo")))
+    app = create_app(
+        settings(
+            diarizer="sortformer",
+            sortformer_model=str(tmp_path / "nope.nemo"),
+            titanet_model=str(tmp_path / "nope-titanet.nemo"),
+        )
+    )
     async with serve(app) as client:
         ready = await client.get("/ready")
         assert ready.status_code == 503 and "--titanet-model" in ready.json()["detail"]
@@ -303,16 +315,24 @@ def audio_part(samples: np.ndarray) -> dict:
 async def test_phi4_not_configured_names_the_setting(cluster):
     app = create_app(settings(), diarizer=cluster)
     async with serve(app) as client:
-        r = await client.post("/v1/chat/completions", json={
-            "model": "phi-4-multimodal", "messages": [{"role": "user", "content": [audio_part(tone(1.0))]}]})
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "phi-4-multimodal", "messages": [{"role": "user", "content": [audio_part(tone(1.0))]}]},
+        )
         err = assert_openai_error(r, 404, "model")
         assert err["code"] == "model_not_configured" and "--phi4-model" in err["message"]
         assert "CHORUS_SIDECAR_PHI4_MODEL" in err["message"]
-        r = await client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav(tone(1.0)), "audio/wav")},
-                              data={"model": "microsoft/Phi-4-multimodal-instruct", "task": "summarize"})
+        r = await client.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("a.wav", wav(tone(1.0)), "audio/wav")},
+            data={"model": "microsoft/Phi-4-multimodal-instruct", "task": "summarize"},
+        )
         assert assert_openai_error(r, 404, "model")["code"] == "model_not_configured"
-        r = await client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav(tone(1.0)), "audio/wav")},
-                              data={"model": "whisper-1"})
+        r = await client.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("a.wav", wav(tone(1.0)), "audio/wav")},
+            data={"model": "whisper-1"},
+        )
         assert "whisper server" in assert_openai_error(r, 404, "model")["message"]
 
 
@@ -339,10 +359,14 @@ async def test_phi4_chat_and_transcriptions_through_the_openai_sdk(cluster, phi_
         assert (await client.get("/v1/models")).json()["data"][2]["status"] == "loaded"
 
         text = await sdk.audio.transcriptions.create(
-            model="phi-4-multimodal", file=("a.wav", wav(tone(1.5)), "audio/wav"), response_format="text")
+            model="phi-4-multimodal", file=("a.wav", wav(tone(1.5)), "audio/wav"), response_format="text"
+        )
         assert isinstance(text, str)
-        r = await client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav(tone(1.5)), "audio/wav")},
-                              data={"model": str(phi_dir), "task": "diarize", "template": "json"})
+        r = await client.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("a.wav", wav(tone(1.5)), "audio/wav")},
+            data={"model": str(phi_dir), "task": "diarize", "template": "json"},
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["task"] == "diarize" and body["template"] == "json" and "segments" in body
@@ -353,46 +377,72 @@ async def test_phi4_request_errors(cluster, phi_dir):
     app = create_app(settings(phi4_model=str(phi_dir)), diarizer=cluster)
     one = {"file": ("a.wav", wav(tone(1.0)), "audio/wav")}
     async with serve(app) as client:
-        r = await client.post("/v1/chat/completions", json={"model": "phi-4-multimodal", "messages": [
-            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}]}]})
+        r = await client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "phi-4-multimodal",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}],
+                    }
+                ],
+            },
+        )
         assert_openai_error(r, 400, "messages.0.content.0.input_audio.data")
-        r = await client.post("/v1/chat/completions", json={"model": "phi-4-multimodal", "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]})
+        r = await client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "phi-4-multimodal",
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}],
+            },
+        )
         assert_openai_error(r, 400, "messages.0.content.0.type")
-        r = await client.post("/v1/chat/completions", json={"model": "phi-4-multimodal", "stream": True,
-                                                            "messages": [{"role": "user", "content": "hi"}]})
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "phi-4-multimodal", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert_openai_error(r, 400, "stream")
         r = await client.post("/v1/chat/completions", json={"model": "phi-4-multimodal", "messages": []})
         assert_openai_error(r, 400, "messages")
-        r = await client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": [
-            {"role": "user", "content": "hi"}]})
+        r = await client.post(
+            "/v1/chat/completions", json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+        )
         assert_openai_error(r, 404, "model")
-        r = await client.post("/v1/chat/completions", content=b"{not json",
-                              headers={"content-type": "application/json"})
+        r = await client.post(
+            "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert_openai_error(r, 400)
-        r = await client.post("/v1/audio/transcriptions", files=one, data={"model": "phi-4-multimodal",
-                                                                           "task": "translate"})
+        r = await client.post(
+            "/v1/audio/transcriptions", files=one, data={"model": "phi-4-multimodal", "task": "translate"}
+        )
         assert_openai_error(r, 400, "language")
-        r = await client.post("/v1/audio/transcriptions", files=one, data={"model": "phi-4-multimodal",
-                                                                           "task": "qa"})
+        r = await client.post("/v1/audio/transcriptions", files=one, data={"model": "phi-4-multimodal", "task": "qa"})
         assert_openai_error(r, 400, "prompt")
-        r = await client.post("/v1/audio/transcriptions", files=one, data={"model": "phi-4-multimodal",
-                                                                           "task": "diarize", "template": "nope"})
+        r = await client.post(
+            "/v1/audio/transcriptions",
+            files=one,
+            data={"model": "phi-4-multimodal", "task": "diarize", "template": "nope"},
+        )
         assert_openai_error(r, 400, "template")
-        r = await client.post("/v1/audio/transcriptions", files=one, data={"model": "phi-4-multimodal",
-                                                                           "task": "sing"})
+        r = await client.post("/v1/audio/transcriptions", files=one, data={"model": "phi-4-multimodal", "task": "sing"})
         assert_openai_error(r, 400, "task")
         # text-only chat works too
-        r = await client.post("/v1/chat/completions", json={"model": "phi-4-multimodal", "max_tokens": 2,
-                                                            "messages": [{"role": "user", "content": "hi"}]})
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "phi-4-multimodal", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
 
 
 async def test_phi4_load_failure_is_503_naming_the_setting(cluster, tmp_path):
     app = create_app(settings(phi4_model=str(tmp_path / "missing-phi")), diarizer=cluster)
     async with serve(app) as client:
-        r = await client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav(tone(1.0)), "audio/wav")},
-                              data={"model": "phi-4-multimodal"})
+        r = await client.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("a.wav", wav(tone(1.0)), "audio/wav")},
+            data={"model": "phi-4-multimodal"},
+        )
         err = assert_openai_error(r, 503, "model")
         assert err["code"] == "model_load_failed" and "--phi4-model" in err["message"]
         assert "load failed" in (await client.get("/v1/models")).json()["data"][2]["status"]

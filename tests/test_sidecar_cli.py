@@ -41,18 +41,39 @@ def test_sidecar_command_builds_settings_and_runs_uvicorn(monkeypatch):
 
     def fake_run(server, sockets=None):
         c = server.config
-        calls["app"], calls["kwargs"] = c.app, {"host": c.host, "port": c.port,
-                                                "drain_s": c.timeout_graceful_shutdown}
+        calls["app"], calls["kwargs"] = c.app, {"host": c.host, "port": c.port, "drain_s": c.timeout_graceful_shutdown}
 
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     monkeypatch.setenv("CHORUS_SIDECAR_SHUTDOWN_TIMEOUT_S", "12")
     monkeypatch.setenv("CHORUS_SIDECAR_PHI4_IDLE_TTL_S", "30")
-    result = CliRunner().invoke(sidecar_command, [
-        "--port", "8123", "--diarizer", "sortformer", "--sortformer-model", "/m/sf.nemo",
-        "--titanet-model", "/m/tn.nemo", "--phi4-model", "/m/phi", "--phi4-adapter", "",
-        "--api-key", "k1", "--api-key", "k2", "--no-warmup", "--max-window", "600", "--segmentation-step", "2",
-        "--torch-threads", "1",
-    ])
+    result = CliRunner().invoke(
+        sidecar_command,
+        [
+            "--port",
+            "8123",
+            "--diarizer",
+            "sortformer",
+            "--sortformer-model",
+            "/m/sf.nemo",
+            "--titanet-model",
+            "/m/tn.nemo",
+            "--phi4-model",
+            "/m/phi",
+            "--phi4-adapter",
+            "",
+            "--api-key",
+            "k1",
+            "--api-key",
+            "k2",
+            "--no-warmup",
+            "--max-window",
+            "600",
+            "--segmentation-step",
+            "2",
+            "--torch-threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     sidecar = calls["app"].state.sidecar
     s = sidecar.settings

@@ -29,8 +29,18 @@ def test_memory_growth_ignores_warm_up_and_compares_the_window_ends():
 
 
 def record(kind, name, status, expected=200, text="", **kw):
-    return {"kind": kind, "name": name, "status": status, "expected": expected, "text": text, "t_s": 0.0,
-            "latency_s": 1.0, "attempts": 1, "audio_s": 5.0, **kw}
+    return {
+        "kind": kind,
+        "name": name,
+        "status": status,
+        "expected": expected,
+        "text": text,
+        "t_s": 0.0,
+        "latency_s": 1.0,
+        "attempts": 1,
+        "audio_s": 5.0,
+        **kw,
+    }
 
 
 def test_score_and_summary_count_5xx_lost_and_unexpected():
@@ -65,11 +75,42 @@ def test_score_and_summary_count_5xx_lost_and_unexpected():
 def test_soak_smoke_on_the_tiny_model(tiny_whisper_dir, cache_dir, tmp_path):
     """The real command for 12 s: starts the server, mixes in the whole corpus' first entries, stops
     the server (exit 0), and writes a result whose figures are its raw records'."""
-    args = ["bench", "soak", "--minutes", "0.2", "--model", str(tiny_whisper_dir), "--reference", "baseline",
-            "--max-new-tokens", "32", "--batch-size", "2", "--concurrency", "3", "--bad-clients", "2",
-            "--max-concurrent", "2", "--max-queue", "1",
-            "--audio", "espeak:3,5", "--max-upload-mb", "2", "--warmup-minutes", "0.05", "--sample-s", "0.5",
-            "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--name", "smoke"]
+    args = [
+        "bench",
+        "soak",
+        "--minutes",
+        "0.2",
+        "--model",
+        str(tiny_whisper_dir),
+        "--reference",
+        "baseline",
+        "--max-new-tokens",
+        "32",
+        "--batch-size",
+        "2",
+        "--concurrency",
+        "3",
+        "--bad-clients",
+        "2",
+        "--max-concurrent",
+        "2",
+        "--max-queue",
+        "1",
+        "--audio",
+        "espeak:3,5",
+        "--max-upload-mb",
+        "2",
+        "--warmup-minutes",
+        "0.05",
+        "--sample-s",
+        "0.5",
+        "--results-dir",
+        str(tmp_path),
+        "--cache-dir",
+        str(cache_dir),
+        "--name",
+        "smoke",
+    ]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     out = tmp_path / "smoke"
     assert result.exit_code == 0, result.output + (out / "server.log").read_text()[-3000:]

@@ -70,10 +70,12 @@ print(path)
     assert not any(f.name.startswith("jit_") for f in (tmp_path / "xla").iterdir())
 
 
-XLA_LINE = ("E1130 12:00:00.000000 1 cpu_aot_loader.cc:220] Loading XLA:CPU AOT result. Target machine feature "
-            "{feature} is not  supported on the host machine. Machine type used for XLA:CPU compilation doesn't "
-            "match the machine type for execution. Compile machine features: [+avx512f,{feature}] vs host machine "
-            "features: [avx512f]. This could lead to execution errors such as SIGILL.")
+XLA_LINE = (
+    "E1130 12:00:00.000000 1 cpu_aot_loader.cc:220] Loading XLA:CPU AOT result. Target machine feature "
+    "{feature} is not  supported on the host machine. Machine type used for XLA:CPU compilation doesn't "
+    "match the machine type for execution. Compile machine features: [+avx512f,{feature}] vs host machine "
+    "features: [avx512f]. This could lead to execution errors such as SIGILL."
+)
 
 
 def test_spurious_aot_warning_is_filtered_from_stderr_and_nothing_else():
@@ -183,10 +185,12 @@ async def test_ready_before_large_batches_compile_and_requests_are_served_meanwh
         compiles, stop_counting = count_compiles()
         try:
             client = make_client(app)
-            results = await asyncio.gather(*[
-                client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), language="en")
-                for _ in range(3)
-            ])
+            results = await asyncio.gather(
+                *[
+                    client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), language="en")
+                    for _ in range(3)
+                ]
+            )
             during = await asyncio.to_thread(engine.transcribe, long, options)
         finally:
             stop_counting()

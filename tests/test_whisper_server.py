@@ -37,7 +37,9 @@ async def test_all_formats_agree(client, tiny_engine, speech_samples, monkeypatc
     data = wav(speech_samples)
     seen = []
     real = tiny_engine.transcribe
-    monkeypatch.setattr(tiny_engine, "transcribe", lambda s, options, *a, **k: seen.append(options) or real(s, options, *a, **k))
+    monkeypatch.setattr(
+        tiny_engine, "transcribe", lambda s, options, *a, **k: seen.append(options) or real(s, options, *a, **k)
+    )
     verbose = await client.audio.transcriptions.create(
         model="whisper-1", file=("a.wav", data), response_format="verbose_json", language="en"
     )
@@ -70,7 +72,10 @@ async def test_all_formats_agree(client, tiny_engine, speech_samples, monkeypatc
 
 async def test_word_timestamps_in_verbose_json(client, speech_samples):
     out = await client.audio.transcriptions.create(
-        model="whisper-1", file=("a.wav", wav(speech_samples)), response_format="verbose_json", language="en",
+        model="whisper-1",
+        file=("a.wav", wav(speech_samples)),
+        response_format="verbose_json",
+        language="en",
         timestamp_granularities=["word", "segment"],
     )
     assert out.words is not None
@@ -152,10 +157,10 @@ async def test_raw_http_errors_keep_openai_shape(app):
 
 async def test_bad_requests_do_not_disturb_good_ones(client, speech_samples):
     data = wav(speech_samples)
-    good = [client.audio.transcriptions.create(model="whisper-1", file=("a.wav", data), language="en")
-            for _ in range(3)]
-    bad = [client.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"not audio"))
-           for _ in range(3)]
+    good = [
+        client.audio.transcriptions.create(model="whisper-1", file=("a.wav", data), language="en") for _ in range(3)
+    ]
+    bad = [client.audio.transcriptions.create(model="whisper-1", file=("a.wav", b"not audio")) for _ in range(3)]
     results = await asyncio.gather(*good, *bad, return_exceptions=True)
     texts = {r.text for r in results[:3]}
     assert len(texts) == 1 and not any(isinstance(r, Exception) for r in results[:3])
@@ -178,8 +183,12 @@ async def test_api_key_required_when_configured(tiny_engine, tiny_whisper_dir, c
         await make_client(app).audio.transcriptions.create(model="whisper-1", file=("a.wav", wav(speech_samples)))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
         assert (await http.get("/health")).status_code == 200
-        r = await http.post("/v1/audio/transcriptions", headers={"Authorization": "Bearer k1"},
-                            data={"model": "whisper-1"}, files={"file": ("a.wav", io.BytesIO(wav(speech_samples)))})
+        r = await http.post(
+            "/v1/audio/transcriptions",
+            headers={"Authorization": "Bearer k1"},
+            data={"model": "whisper-1"},
+            files={"file": ("a.wav", io.BytesIO(wav(speech_samples)))},
+        )
         assert r.status_code == 200, r.text
 
 
@@ -197,12 +206,29 @@ def test_live_uvicorn_process(tiny_whisper_dir, cache_dir, speech_wav, tmp_path)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # tiny_engine's settings (conftest.TINY_*): the warm-up loads the session's compiled executables
-    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_BATCH_SIZE": "2",
-           "CHORUS_WHISPER_MAX_NEW_TOKENS": "32"}
+    env = {
+        **os.environ,
+        "CHORUS_CACHE_DIR": str(cache_dir),
+        "CHORUS_WHISPER_BATCH_SIZE": "2",
+        "CHORUS_WHISPER_MAX_NEW_TOKENS": "32",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "whisper", "--model", str(tiny_whisper_dir),
-         "--port", str(port), "--api-key", "secret"],
-        env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("wb"),
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "whisper",
+            "--model",
+            str(tiny_whisper_dir),
+            "--port",
+            str(port),
+            "--api-key",
+            "secret",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "server.log").open("wb"),
     )
     try:
         deadline = time.monotonic() + 240
@@ -227,12 +253,24 @@ def test_live_uvicorn_process(tiny_whisper_dir, cache_dir, speech_wav, tmp_path)
 
         from server.cli import main
 
-        cli = CliRunner().invoke(main, ["transcribe", str(speech_wav), "--url", f"http://127.0.0.1:{port}",
-                                        "--api-key", "secret", "--format", "verbose_json"])
+        cli = CliRunner().invoke(
+            main,
+            [
+                "transcribe",
+                str(speech_wav),
+                "--url",
+                f"http://127.0.0.1:{port}",
+                "--api-key",
+                "secret",
+                "--format",
+                "verbose_json",
+            ],
+        )
         assert cli.exit_code == 0, cli.output
         assert json.loads(cli.output)["duration"] == pytest.approx(out.duration, abs=0.01)
-        bad = CliRunner().invoke(main, ["transcribe", str(speech_wav), "--url", f"http://127.0.0.1:{port}",
-                                        "--api-key", "wrong"])
+        bad = CliRunner().invoke(
+            main, ["transcribe", str(speech_wav), "--url", f"http://127.0.0.1:{port}", "--api-key", "wrong"]
+        )
         assert bad.exit_code != 0 and "401" in bad.output, bad.output
     finally:
         proc.terminate()
@@ -271,13 +309,18 @@ async def test_metrics_count_fallback_by_temperature(app, client, tiny_engine, s
     async def counts() -> dict[tuple[str, str], float]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
             text = (await http.get("/metrics")).text
-        return {(s.name, s.labels["temperature"]): s.value for f in text_string_to_metric_families(text)
-                for s in f.samples if s.name.startswith("chorus_whisper_fallback")}
+        return {
+            (s.name, s.labels["temperature"]): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name.startswith("chorus_whisper_fallback")
+        }
 
     scripted(monkeypatch, tiny_engine, FALLBACK_CASES["lowest-pass"])  # fails at 0 and 0.2, passes at 0.4
     before = await counts()
-    out = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav(speech_samples)),
-                                                   language="en")
+    out = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", wav(speech_samples)), language="en"
+    )
     assert out.text == WORDS[0.4]
     after = await counts()
     delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
@@ -292,14 +335,16 @@ async def test_large_v3_shaped_model_through_the_sdk(tiny_v3_engine, tiny_v3_dir
     settings = WhisperSettings(model=str(tiny_v3_dir), warmup=False, cache_dir=cache_dir)
     client = make_client(create_app(settings, engine=tiny_v3_engine))
     data = wav(speech_samples)
-    yue = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", data), language="yue",
-                                                   response_format="verbose_json")
+    yue = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", data), language="yue", response_format="verbose_json"
+    )
     assert yue.language == "yue" and yue.duration == pytest.approx(len(speech_samples) / 16000, abs=0.01)
     for seg in yue.segments:
         assert seg.tokens and max(seg.tokens) < tiny_v3_engine.ids.eot
         assert 0 <= seg.start <= seg.end <= yue.duration + 0.02
-    detected = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", data),
-                                                        response_format="verbose_json")
+    detected = await client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", data), response_format="verbose_json"
+    )
     assert detected.language in tiny_v3_engine.ids.lang_to_id
     srt = await client.audio.translations.create(model="whisper-1", file=("a.wav", data), response_format="srt")
     assert isinstance(srt, str)

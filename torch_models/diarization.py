@@ -136,7 +136,10 @@ class Diarizer(Protocol):
         ...
 
     def diarize(
-        self, samples: np.ndarray, options: DiarizationOptions = DiarizationOptions(), *,
+        self,
+        samples: np.ndarray,
+        options: DiarizationOptions = DiarizationOptions(),
+        *,
         include_probabilities: bool = False,
     ) -> DiarizationResult:
         """float32 ``(n,)`` 16 kHz samples → ``DiarizationResult`` (options already validated)."""
@@ -230,7 +233,7 @@ def speaker_fingerprints(
         pieces, taken = [], 0.0
         for a, b in spans:
             b = min(b, a + max_speech_s - taken)
-            pieces.append(samples[int(a * SAMPLE_RATE): int(b * SAMPLE_RATE)])
+            pieces.append(samples[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)])
             taken += b - a
             if taken >= max_speech_s:
                 break

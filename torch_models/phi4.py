@@ -57,8 +57,12 @@ class GenerationOptions:
         """Keyword arguments for ``model.generate``."""
         if self.temperature <= 0:
             return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        return {"max_new_tokens": self.max_new_tokens, "do_sample": True,
-                "temperature": self.temperature, "top_p": self.top_p}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,8 @@ class AudioProcessor:
                 raise ValueError("an audio clip is too short (under 25 ms)")
             feats = self.feature_extractor(
                 [np.asarray(a, dtype=np.float32) for a in audios],
-                sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                sampling_rate=SAMPLE_RATE,
+                return_tensors="pt",
             )
             inputs.update(feats)
             sizes = iter(int(n) for n in feats["audio_embed_sizes"])
@@ -194,8 +199,10 @@ class Phi4Model:
         t0 = time.perf_counter()
         with self._lock, torch.inference_mode():
             out = self.model.generate(
-                **inputs, **options.to_generate_kwargs(),
-                eos_token_id=sorted(self.eos_ids), pad_token_id=self.processor.tokenizer.pad_token_id,
+                **inputs,
+                **options.to_generate_kwargs(),
+                eos_token_id=sorted(self.eos_ids),
+                pad_token_id=self.processor.tokenizer.pad_token_id,
             )
         new = out[0, n_prompt:].tolist()
         finish = "stop" if new and new[-1] in self.eos_ids else "length"
@@ -204,8 +211,15 @@ class Phi4Model:
         return Generation(self.processor.decode(new), n_prompt, len(new), finish, time.perf_counter() - t0)
 
 
-def load_phi4(source: str, *, adapter: str | None = "speech-lora", dtype: str = "float32",
-              device: str = "cpu", drop_vision: bool = True, revision: str | None = None) -> Phi4Model:
+def load_phi4(
+    source: str,
+    *,
+    adapter: str | None = "speech-lora",
+    dtype: str = "float32",
+    device: str = "cpu",
+    drop_vision: bool = True,
+    revision: str | None = None,
+) -> Phi4Model:
     """Load ``Phi4MultimodalForCausalLM`` + ``AudioProcessor`` (+ the speech LoRA adapter with peft).
 
     Args:
@@ -254,8 +268,9 @@ def load_phi4(source: str, *, adapter: str | None = "speech-lora", dtype: str = 
             "Set --phi4-model / CHORUS_SIDECAR_PHI4_MODEL to a reachable hub id or a local directory "
             "(and --phi4-adapter to its speech LoRA subfolder, or '' for none)."
         ) from exc
-    log.info("loaded Phi-4-multimodal from %s (%s, adapter=%s) in %.1f s", source, dtype, adapter,
-             time.perf_counter() - t0)
+    log.info(
+        "loaded Phi-4-multimodal from %s (%s, adapter=%s) in %.1f s", source, dtype, adapter, time.perf_counter() - t0
+    )
     return Phi4Model(model, processor, source, adapter or None)
 
 
@@ -269,8 +284,15 @@ class Phi4Manager:
         clock: seconds, monotonic (tests pass a fake).
     """
 
-    def __init__(self, source: str | None, loader: Callable[[str], Phi4Model], *, idle_ttl_s: float = 600.0,
-                 max_concurrent: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        source: str | None,
+        loader: Callable[[str], Phi4Model],
+        *,
+        idle_ttl_s: float = 600.0,
+        max_concurrent: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.source = source
         self.loader = loader
         self.idle_ttl_s = idle_ttl_s

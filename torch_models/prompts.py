@@ -71,8 +71,8 @@ DIARIZE_TEMPLATES = {
     ),
     "json": (
         "Listen to the audio and identify who speaks when. Answer only with a JSON array of objects with "
-        "the keys \"start\" (seconds), \"end\" (seconds), \"speaker\" (\"Speaker 1\", \"Speaker 2\", ...) and "
-        "\"text\" (the words spoken), in time order."
+        'the keys "start" (seconds), "end" (seconds), "speaker" ("Speaker 1", "Speaker 2", ...) and '
+        '"text" (the words spoken), in time order.'
     ),
     "count_then_transcribe": (
         "First say how many different people speak in the audio on a line of its own, like "
@@ -84,29 +84,57 @@ DIARIZE_TEMPLATES = {
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task("transcribe", {
-            "default": "Transcribe the audio clip into text.",
-            "comprehensive": "Based on the attached audio, generate a comprehensive text transcription of the "
-                             "spoken content.",
-        }, "default"),
+        Task(
+            "transcribe",
+            {
+                "default": "Transcribe the audio clip into text.",
+                "comprehensive": "Based on the attached audio, generate a comprehensive text transcription of the "
+                "spoken content.",
+            },
+            "default",
+        ),
         Task("diarize", DIARIZE_TEMPLATES, "timestamps", per_second=2.0),
-        Task("translate", {
-            "default": "Translate the audio to {language}.",
-            "with_transcript": "Transcribe the audio to text, and then translate the audio to {language}. "
-                               "Use <sep> as a separator between the original transcript and the translation.",
-        }, "default", per_second=1.3, needs=("language",)),
-        Task("summarize", {
-            "default": "Summarize the audio.",
-            "bullets": "Summarize the main points of the audio as a short bulleted list.",
-        }, "default", temperature=0.3, fixed=512),
-        Task("describe", {
-            "default": "Describe the audio: who is speaking, the setting, background sounds, tone and mood.",
-            "caption": "Write a one-sentence caption for this audio.",
-        }, "default", temperature=0.3, fixed=256),
-        Task("continue", {
-            "default": "This is a recorded conversation. Predict the next turn: write what the next speaker "
-                       "is most likely to say, and nothing else.",
-        }, "default", temperature=0.7, fixed=256),
+        Task(
+            "translate",
+            {
+                "default": "Translate the audio to {language}.",
+                "with_transcript": "Transcribe the audio to text, and then translate the audio to {language}. "
+                "Use <sep> as a separator between the original transcript and the translation.",
+            },
+            "default",
+            per_second=1.3,
+            needs=("language",),
+        ),
+        Task(
+            "summarize",
+            {
+                "default": "Summarize the audio.",
+                "bullets": "Summarize the main points of the audio as a short bulleted list.",
+            },
+            "default",
+            temperature=0.3,
+            fixed=512,
+        ),
+        Task(
+            "describe",
+            {
+                "default": "Describe the audio: who is speaking, the setting, background sounds, tone and mood.",
+                "caption": "Write a one-sentence caption for this audio.",
+            },
+            "default",
+            temperature=0.3,
+            fixed=256,
+        ),
+        Task(
+            "continue",
+            {
+                "default": "This is a recorded conversation. Predict the next turn: write what the next speaker "
+                "is most likely to say, and nothing else.",
+            },
+            "default",
+            temperature=0.7,
+            fixed=256,
+        ),
         Task("qa", {"default": "{question}"}, "default", temperature=0.2, fixed=512, needs=("question",)),
     )
 }
@@ -194,8 +222,14 @@ def parse_diarized_text(text: str) -> list[dict] | None:
                 end = float(item["end"]) if item.get("end") is not None else None
                 if start is not None and end is not None and end < start:
                     start, end = end, start
-                segments.append({"start": start, "end": end, "speaker": _speaker_label(str(item["speaker"])),
-                                 "text": str(item.get("text", "")).strip()})
+                segments.append(
+                    {
+                        "start": start,
+                        "end": end,
+                        "speaker": _speaker_label(str(item["speaker"])),
+                        "text": str(item.get("text", "")).strip(),
+                    }
+                )
             if segments:
                 return segments
         except (ValueError, TypeError):
@@ -207,11 +241,23 @@ def parse_diarized_text(text: str) -> list[dict] | None:
             start, end = _seconds(m.group(1)), _seconds(m.group(2))
             if end < start:
                 start, end = end, start
-            segments.append({"start": start, "end": end, "speaker": _speaker_label(m.group("speaker")),
-                             "text": m.group("text").strip()})
+            segments.append(
+                {
+                    "start": start,
+                    "end": end,
+                    "speaker": _speaker_label(m.group("speaker")),
+                    "text": m.group("text").strip(),
+                }
+            )
             continue
         m = _LINE_NO_TIMES.match(line)
         if m:
-            segments.append({"start": None, "end": None, "speaker": _speaker_label(m.group("speaker")),
-                             "text": m.group("text").strip()})
+            segments.append(
+                {
+                    "start": None,
+                    "end": None,
+                    "speaker": _speaker_label(m.group("speaker")),
+                    "text": m.group("text").strip(),
+                }
+            )
     return segments or None

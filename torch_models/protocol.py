@@ -214,11 +214,15 @@ def diarization_body(result: DiarizationResult, *, include_probabilities: bool =
     }
     if include_probabilities:
         p = result.probabilities
-        body["probabilities"] = None if p is None else {
-            "frame_rate": round(p.frame_rate, 4),
-            "speakers": list(p.speakers),
-            "values": [[round(float(x), 4) for x in row] for row in p.values],
-        }
+        body["probabilities"] = (
+            None
+            if p is None
+            else {
+                "frame_rate": round(p.frame_rate, 4),
+                "speakers": list(p.speakers),
+                "values": [[round(float(x), 4) for x in row] for row in p.values],
+            }
+        )
     return body
 
 

@@ -106,9 +106,9 @@ def segment(model, samples: np.ndarray, starts: np.ndarray, batch_size: int = 32
     chunk = int(model.chunk_s * SAMPLE_RATE)
     outs = []
     for i in range(0, len(starts), batch_size):
-        batch = np.zeros((len(starts[i: i + batch_size]), chunk), np.float32)
-        for j, s in enumerate(starts[i: i + batch_size]):
-            piece = samples[s: s + chunk]
+        batch = np.zeros((len(starts[i : i + batch_size]), chunk), np.float32)
+        for j, s in enumerate(starts[i : i + batch_size]):
+            piece = samples[s : s + chunk]
             batch[j, : piece.shape[0]] = piece
         outs.append(model(batch, batch_size=batch_size))
     return np.concatenate(outs) if outs else np.zeros((0, model.num_frames, model.mapping.shape[0]), np.float32)
@@ -175,8 +175,8 @@ def aggregate(scores: np.ndarray, offsets: np.ndarray, *, skip_average: bool = F
     for c in range(num_chunks):
         s = scores[c]
         mask = ~np.isnan(s)
-        out[offsets[c]: offsets[c] + num_frames] += np.where(mask, s, 0.0)
-        count[offsets[c]: offsets[c] + num_frames] += mask
+        out[offsets[c] : offsets[c] + num_frames] += np.where(mask, s, 0.0)
+        count[offsets[c] : offsets[c] + num_frames] += mask
     if not skip_average:
         out = out / np.maximum(count, 1e-12)
     return out.astype(np.float32)
@@ -189,7 +189,13 @@ def speaker_count(hard: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def chunk_embeddings(
-    embedder, fbank, hard: np.ndarray, chunk_starts_s: np.ndarray, chunk_s: float, *, min_clean_s: float,
+    embedder,
+    fbank,
+    hard: np.ndarray,
+    chunk_starts_s: np.ndarray,
+    chunk_s: float,
+    *,
+    min_clean_s: float,
 ) -> np.ndarray:
     """One unit-norm embedding per (chunk, local speaker): float32 ``(C, S, D)``, NaN for speakers
     silent in the chunk.
@@ -232,7 +238,11 @@ def _large_clusters(dendrogram: np.ndarray, cut: float, min_size: int) -> tuple[
 
 
 def agglomerative(
-    embeddings: np.ndarray, threshold: float, min_cluster_size: int, lo: int, hi: int,
+    embeddings: np.ndarray,
+    threshold: float,
+    min_cluster_size: int,
+    lo: int,
+    hi: int,
     min_cluster_fraction: float = 0.1,
 ) -> np.ndarray:
     """Cluster ids ``(n,)`` of unit-norm float ``(n, D)`` embeddings (pyannote 3.1
@@ -330,7 +340,11 @@ def reconstruct(activity_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
 
 
 def to_turns(
-    binary: np.ndarray, soft: np.ndarray, frame_step: float, frame_duration: float, duration: float,
+    binary: np.ndarray,
+    soft: np.ndarray,
+    frame_step: float,
+    frame_duration: float,
+    duration: float,
     min_duration_off: float = 0.0,
 ) -> list[SpeakerTurn]:
     """Runs of active frames of each cluster → turns labelled ``speaker_<cluster>`` (seconds, the
@@ -403,8 +417,13 @@ class PyannoteDiarizer:
     max_speakers = None
 
     def __init__(
-        self, config: PyannoteConfig = PyannoteConfig(), *, embedder: SpeakerEmbedder | None = None,
-        segmentation=None, device: str = "cpu", min_fingerprint_s: float = 0.5,
+        self,
+        config: PyannoteConfig = PyannoteConfig(),
+        *,
+        embedder: SpeakerEmbedder | None = None,
+        segmentation=None,
+        device: str = "cpu",
+        min_fingerprint_s: float = 0.5,
     ) -> None:
         from torch_models.campplus import CamPlusPlus
         from torch_models.segmentation import load_segmentation
@@ -439,14 +458,23 @@ class PyannoteDiarizer:
         if c.piece_s:
             hard, soft = split_local_speakers(hard, soft, int(round(c.piece_s / seg.frame_step)))
         if hard.any():
-            emb = chunk_embeddings(self.campplus, self.campplus.fbank(samples), hard, starts / SAMPLE_RATE,
-                                   seg.chunk_s, min_clean_s=c.min_clean_s)
+            emb = chunk_embeddings(
+                self.campplus,
+                self.campplus.fbank(samples),
+                hard,
+                starts / SAMPLE_RATE,
+                seg.chunk_s,
+                min_clean_s=c.min_clean_s,
+            )
         else:
             emb = np.full(hard.shape[:2] + (self.campplus.dim,), np.nan, np.float32)
         return ChunkAnalysis(samples.shape[0] / SAMPLE_RATE, hard, soft, offsets, count, emb, seg.frame_step)
 
     def diarize(
-        self, samples: np.ndarray, options: DiarizationOptions = DiarizationOptions(), *,
+        self,
+        samples: np.ndarray,
+        options: DiarizationOptions = DiarizationOptions(),
+        *,
         include_probabilities: bool = False,
     ) -> DiarizationResult:
         """float32 ``(n,)`` 16 kHz samples → ``DiarizationResult`` (speakers ``speaker_0…`` by first
@@ -460,8 +488,13 @@ class PyannoteDiarizer:
         return self.finish(samples, self.analyse(samples), options, include_probabilities=include_probabilities)
 
     def finish(
-        self, samples: np.ndarray, a: ChunkAnalysis, options: DiarizationOptions = DiarizationOptions(), *,
-        include_probabilities: bool = False, config: PyannoteConfig | None = None,
+        self,
+        samples: np.ndarray,
+        a: ChunkAnalysis,
+        options: DiarizationOptions = DiarizationOptions(),
+        *,
+        include_probabilities: bool = False,
+        config: PyannoteConfig | None = None,
     ) -> DiarizationResult:
         """Steps 5–7 and fingerprints on an ``analyse`` result (``config`` overrides the clustering
         and binarisation settings, e.g. to sweep thresholds without rerunning the networks)."""
@@ -488,16 +521,26 @@ class PyannoteDiarizer:
         if include_probabilities:
             cols = [int(old.split("_")[1]) for old in mapping]
             values = probs[:, cols] if cols else np.zeros((n_frames, 0), np.float32)
-            probabilities = FrameProbabilities(1.0 / seg.frame_step, tuple(mapping.values()),
-                                               np.clip(values, 0.0, 1.0).astype(np.float32))
+            probabilities = FrameProbabilities(
+                1.0 / seg.frame_step, tuple(mapping.values()), np.clip(values, 0.0, 1.0).astype(np.float32)
+            )
         return DiarizationResult(
-            segments=turns, speakers=speakers, duration=a.duration, models=self.describe(), fingerprints=prints,
-            fingerprint_notes=notes, probabilities=probabilities, warnings=tuple(warnings),
+            segments=turns,
+            speakers=speakers,
+            duration=a.duration,
+            models=self.describe(),
+            fingerprints=prints,
+            fingerprint_notes=notes,
+            probabilities=probabilities,
+            warnings=tuple(warnings),
         )
 
 
 def cluster_chunks(
-    a: ChunkAnalysis, options: DiarizationOptions, c: PyannoteConfig, warnings: list[str],
+    a: ChunkAnalysis,
+    options: DiarizationOptions,
+    c: PyannoteConfig,
+    warnings: list[str],
 ) -> tuple[np.ndarray, int]:
     """Step 5: (chunk, local speaker) → cluster id int ``(C, S)`` (-2: silent) and the cluster count.
 
@@ -520,8 +563,11 @@ def cluster_chunks(
     if options.num_speakers and options.num_speakers > train.sum():
         warnings.append(f"too little speech to find {options.num_speakers} speakers")
     x = a.embeddings[train].astype(np.float64)
-    labels = np.zeros(len(x), dtype=np.int64) if hi < 2 else agglomerative(x, c.threshold, c.min_cluster_size, lo, hi,
-                                                                               c.min_cluster_fraction)
+    labels = (
+        np.zeros(len(x), dtype=np.int64)
+        if hi < 2
+        else agglomerative(x, c.threshold, c.min_cluster_size, lo, hi, c.min_cluster_fraction)
+    )
     k = int(labels.max()) + 1
     centroids = np.stack([x[labels == j].mean(0) for j in range(k)])
     clusters = assign(a.embeddings, centroids, c.constrained_assignment)

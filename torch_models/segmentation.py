@@ -39,11 +39,13 @@ class SincNet(nn.Module):
 
         self.stride = stride
         self.wav_norm1d = nn.InstanceNorm1d(1, affine=True)
-        self.conv1d = nn.ModuleList([
-            Encoder(ParamSincFB(80, 251, stride=stride, sample_rate=SAMPLE_RATE, min_low_hz=50, min_band_hz=50)),
-            nn.Conv1d(80, 60, 5),
-            nn.Conv1d(60, 60, 5),
-        ])
+        self.conv1d = nn.ModuleList(
+            [
+                Encoder(ParamSincFB(80, 251, stride=stride, sample_rate=SAMPLE_RATE, min_low_hz=50, min_band_hz=50)),
+                nn.Conv1d(80, 60, 5),
+                nn.Conv1d(60, 60, 5),
+            ]
+        )
         self.pool1d = nn.ModuleList([nn.MaxPool1d(3, stride=3) for _ in range(3)])
         self.norm1d = nn.ModuleList([nn.InstanceNorm1d(c, affine=True) for c in (80, 60, 60)])
 
@@ -90,8 +92,14 @@ class PyanNet(nn.Module):
             raise ValueError("only monolithic LSTM checkpoints are supported")
         self.sincnet = SincNet(stride=int(sincnet.get("stride", 10)))
         hidden, bidir = int(lstm["hidden_size"]), bool(lstm["bidirectional"])
-        self.lstm = nn.LSTM(60, hidden, num_layers=int(lstm["num_layers"]), bidirectional=bidir,
-                            batch_first=True, dropout=float(lstm.get("dropout", 0.0)))
+        self.lstm = nn.LSTM(
+            60,
+            hidden,
+            num_layers=int(lstm["num_layers"]),
+            bidirectional=bidir,
+            batch_first=True,
+            dropout=float(lstm.get("dropout", 0.0)),
+        )
         width = hidden * (2 if bidir else 1)
         sizes = [width] + [int(linear["hidden_size"])] * int(linear["num_layers"])
         self.linear = nn.ModuleList([nn.Linear(a, b) for a, b in itertools.pairwise(sizes)])
@@ -107,8 +115,11 @@ class PyanNet(nn.Module):
 def powerset_mapping(num_classes: int, max_set_size: int) -> np.ndarray:
     """float32 ``(n_powerset, num_classes)``: row ``i`` marks the speakers of powerset class ``i``,
     ordered ∅, {0}, {1}, {2}, {0,1}, {0,2}, {1,2} (pyannote.audio ``utils/powerset.py``)."""
-    rows = [np.isin(np.arange(num_classes), combo).astype(np.float32)
-            for size in range(max_set_size + 1) for combo in itertools.combinations(range(num_classes), size)]
+    rows = [
+        np.isin(np.arange(num_classes), combo).astype(np.float32)
+        for size in range(max_set_size + 1)
+        for combo in itertools.combinations(range(num_classes), size)
+    ]
     return np.stack(rows)
 
 
@@ -144,7 +155,7 @@ class SegmentationModel:
         outs = []
         with torch.inference_mode():
             for i in range(0, len(chunks), batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(chunks[i: i + batch_size], np.float32)).to(self.device)
+                x = torch.from_numpy(np.ascontiguousarray(chunks[i : i + batch_size], np.float32)).to(self.device)
                 outs.append(self.net(x[:, None, :]).float().cpu().numpy())
         if not outs:
             return np.zeros((0, self.num_frames, self.mapping.shape[0]), np.float32)
@@ -182,5 +193,12 @@ def load_segmentation(path: str | Path | None = None, device: str = "cpu") -> Se
     mapping = powerset_mapping(int(cfg.get("num_regular_classes", 3)), int(cfg.get("powerset_max_classes", 2)))
     if mapping.shape[0] != int(cfg["output_dim"]):
         raise ValueError(f"{path}: {cfg['output_dim']} outputs do not match a powerset of {mapping.shape}")
-    return SegmentationModel(net, mapping, chunk_s, frame_step, sinc.receptive_field(1) / SAMPLE_RATE,
-                             sinc.num_frames(int(chunk_s * SAMPLE_RATE)), device)
+    return SegmentationModel(
+        net,
+        mapping,
+        chunk_s,
+        frame_step,
+        sinc.receptive_field(1) / SAMPLE_RATE,
+        sinc.num_frames(int(chunk_s * SAMPLE_RATE)),
+        device,
+    )

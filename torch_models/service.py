@@ -70,9 +70,13 @@ def build_diarizer(settings: SidecarSettings, embedder: SpeakerEmbedder | None =
             "spkcache_len": settings.streaming_spkcache_len,
         }
         return SortformerDiarizer(
-            settings.sortformer_model, embedder, device=device,
-            postprocessing_yaml=settings.sortformer_postprocessing, streaming=streaming,
-            batch_size=settings.sortformer_batch_size, min_fingerprint_s=settings.min_fingerprint_s,
+            settings.sortformer_model,
+            embedder,
+            device=device,
+            postprocessing_yaml=settings.sortformer_postprocessing,
+            streaming=streaming,
+            batch_size=settings.sortformer_batch_size,
+            min_fingerprint_s=settings.min_fingerprint_s,
         )
     from dataclasses import replace
 
@@ -87,11 +91,15 @@ def build_diarizer(settings: SidecarSettings, embedder: SpeakerEmbedder | None =
 def build_phi4_manager(settings: SidecarSettings) -> Phi4Manager:
     """A manager that loads ``settings.phi4_model`` on first use (None: not configured)."""
     loader = functools.partial(
-        load_phi4, adapter=settings.phi4_adapter or None, dtype=settings.phi4_dtype,
-        device=resolve_device(settings.device), revision=settings.phi4_revision,
+        load_phi4,
+        adapter=settings.phi4_adapter or None,
+        dtype=settings.phi4_dtype,
+        device=resolve_device(settings.device),
+        revision=settings.phi4_revision,
     )
-    return Phi4Manager(settings.phi4_model, loader, idle_ttl_s=settings.phi4_idle_ttl_s,
-                       max_concurrent=settings.phi4_max_concurrent)
+    return Phi4Manager(
+        settings.phi4_model, loader, idle_ttl_s=settings.phi4_idle_ttl_s, max_concurrent=settings.phi4_max_concurrent
+    )
 
 
 def warm_up(diarizer: Diarizer, seconds: float = 3.0) -> None:

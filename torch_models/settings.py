@@ -26,13 +26,14 @@ class SidecarSettings(ServerSettings):
 
     port: int = 8002
     max_upload_mb: float = Field(
-        64.0, gt=0,
-        description="Largest accepted upload (MB): holds 1800 s of 16 kHz 16-bit WAV, what the "
-        "router sends.",
+        64.0,
+        gt=0,
+        description="Largest accepted upload (MB): holds 1800 s of 16 kHz 16-bit WAV, what the router sends.",
     )
     device: str = Field("cpu", description="torch device for every model: 'cpu', 'cuda', 'cuda:1' or 'auto'.")
     torch_threads: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="torch intra-op threads (torch.set_num_threads) set at start-up; None: torch's default. Set 1 "
         "when the CPU is shared with the whisper server: oversubscribed OpenMP threads slow CAM++ many times.",
     )
@@ -45,19 +46,24 @@ class SidecarSettings(ServerSettings):
         "'sortformer': NVIDIA Sortformer end-to-end diarization (needs the hub or a .nemo file).",
     )
     max_window_s: float = Field(
-        300.0, gt=0,
+        300.0,
+        gt=0,
         description="Longest audio diarized in one /v1/diarize call (seconds); shown in GET /v1/models so the "
         "router sends a whole file at once up to this length. 300 s: the offline backend runs at 1-3x real "
         "time on 2 CPU cores (one 30 s AMI clip in 11 s quiet, a 305 s conversation in 305 s loaded), so a "
         "window stays inside the sidecar's 600 s request deadline and the router's (300 s + the audio).",
     )
     segmentation_step_s: float = Field(
-        1.0, gt=0, le=10,
+        1.0,
+        gt=0,
+        le=10,
         description="Hop between the 10 s segmentation windows of the 'pyannote' backend (pyannote 3.1: 1 s); "
         "the cost is about proportional to 1/step (2.0 halves it, a little less accurate).",
     )
     clustering_threshold: float | None = Field(
-        None, gt=0, lt=2,
+        None,
+        gt=0,
+        lt=2,
         description="Centroid-linkage distance between unit-norm CAM++ embeddings below which two are one "
         "speaker ('pyannote' backend); None: the default chosen on the AMI dev clips.",
     )

@@ -151,9 +151,13 @@ def create_app(
                 await reaper
 
     app = build_app(
-        state, settings, title="Chorus torch sidecar",
+        state,
+        settings,
+        title="Chorus torch sidecar",
         description="Speaker diarization, speaker fingerprints and Phi-4-multimodal audio tasks. "
-        "Errors are OpenAI's shape.", lifespan=lifespan, routers=routes(sidecar, state),
+        "Errors are OpenAI's shape.",
+        lifespan=lifespan,
+        routers=routes(sidecar, state),
     )
     app.state.sidecar = sidecar
     return app
@@ -226,9 +230,13 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[APIRouter]:
     uploads = APIRouter(route_class=upload_route(settings))
     errors = error_responses(*AUDIO_ERRORS)
 
-    @uploads.post("/v1/diarize", summary="Who spoke when: turns with confidence, speakers and fingerprints.",
-                  tags=["diarization"], response_class=JSONResponse,
-                  responses={200: {"model": DiarizationBody, "content": text_responses("text/plain")}, **errors})
+    @uploads.post(
+        "/v1/diarize",
+        summary="Who spoke when: turns with confidence, speakers and fingerprints.",
+        tags=["diarization"],
+        response_class=JSONResponse,
+        responses={200: {"model": DiarizationBody, "content": text_responses("text/plain")}, **errors},
+    )
     async def diarize(request: Request, req: Annotated[DiarizeRequest, Form(media_type=FORM)]) -> Response:
         """Multipart audio → turns, speakers, fingerprints (JSON) or RTTM (``response_format=rttm``)."""
         diarizer = require_diarizer(sidecar, state)
@@ -249,11 +257,16 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[APIRouter]:
             return PlainTextResponse(to_rttm(result, stem), media_type="text/plain")
         return JSONResponse(diarization_body(result, include_probabilities=req.include_probabilities))
 
-    @uploads.post("/v1/speaker-embeddings", summary="One unit-norm speaker fingerprint of a clip.",
-                  tags=["diarization"], response_class=JSONResponse,
-                  responses={200: {"model": SpeakerEmbedding}, **errors})
-    async def speaker_embeddings(request: Request, req: Annotated[SpeakerEmbeddingRequest, Form(media_type=FORM)]
-                                 ) -> Response:
+    @uploads.post(
+        "/v1/speaker-embeddings",
+        summary="One unit-norm speaker fingerprint of a clip.",
+        tags=["diarization"],
+        response_class=JSONResponse,
+        responses={200: {"model": SpeakerEmbedding}, **errors},
+    )
+    async def speaker_embeddings(
+        request: Request, req: Annotated[SpeakerEmbeddingRequest, Form(media_type=FORM)]
+    ) -> Response:
         """One clip (at least ``min_fingerprint_s``) → one unit-norm vector."""
         diarizer = require_diarizer(sidecar, state)
         samples = await decode_upload(req.file, settings, request)
@@ -261,23 +274,32 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[APIRouter]:
         if seconds < settings.min_fingerprint_s:
             raise InvalidAudioError(
                 f"The clip has {seconds:.2f} s of audio; a fingerprint needs at least "
-                f"{settings.min_fingerprint_s:g} s.", param="file", code="audio_too_short",
+                f"{settings.min_fingerprint_s:g} s.",
+                param="file",
+                code="audio_too_short",
             )
         vector = await run_limited(sidecar, diarizer.embedder.embed, samples)
-        return JSONResponse({
-            "object": "speaker_embedding",
-            "model": diarizer.embedder.name,
-            "dim": int(len(vector)),
-            "duration": round(seconds, 3),
-            "embedding": [round(float(x), 6) for x in vector],
-        })
+        return JSONResponse(
+            {
+                "object": "speaker_embedding",
+                "model": diarizer.embedder.name,
+                "dim": int(len(vector)),
+                "duration": round(seconds, 3),
+                "embedding": [round(float(x), 6) for x in vector],
+            }
+        )
 
-    @uploads.post("/v1/audio/transcriptions", tags=["phi-4"], response_class=JSONResponse,
-                  summary="Phi-4-multimodal audio tasks (transcribe, diarize, translate, summarize, describe, "
-                  "continue, qa) on one clip.",
-                  responses={200: {"model": Phi4Transcription, "content": text_responses("text/plain")}, **errors})
-    async def transcriptions(request: Request, req: Annotated[Phi4TranscriptionRequest, Form(media_type=FORM)]
-                             ) -> Response:
+    @uploads.post(
+        "/v1/audio/transcriptions",
+        tags=["phi-4"],
+        response_class=JSONResponse,
+        summary="Phi-4-multimodal audio tasks (transcribe, diarize, translate, summarize, describe, "
+        "continue, qa) on one clip.",
+        responses={200: {"model": Phi4Transcription, "content": text_responses("text/plain")}, **errors},
+    )
+    async def transcriptions(
+        request: Request, req: Annotated[Phi4TranscriptionRequest, Form(media_type=FORM)]
+    ) -> Response:
         """A Phi-4 model: one clip + a named task and template."""
         state.require_ready()
         if req.stream:
@@ -297,33 +319,46 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[APIRouter]:
         samples = await decode_upload(req.file, settings, request, max_s=settings.phi4_max_audio_s)
         duration = len(samples) / SAMPLE_RATE
         budget = req.max_tokens or max_new_tokens(task, duration, cap=settings.phi4_max_new_tokens)
-        options = GenerationOptions(min(budget, settings.phi4_max_new_tokens),
-                                    task.temperature if req.temperature is None else req.temperature)
+        options = GenerationOptions(
+            min(budget, settings.phi4_max_new_tokens), task.temperature if req.temperature is None else req.temperature
+        )
         generation = await generate(sidecar, user_prompt(instruction), [samples], options)
         if req.response_format == "text":
             return PlainTextResponse(generation.text)
-        body: dict[str, Any] = {"text": generation.text, "task": req.task,
-                                "template": req.template or task.default_template}
+        body: dict[str, Any] = {
+            "text": generation.text,
+            "task": req.task,
+            "template": req.template or task.default_template,
+        }
         if req.task == "diarize":
             from torch_models.prompts import parse_diarized_text
 
             body["segments"] = parse_diarized_text(generation.text)
-        body["usage"] = {"type": "duration", "seconds": round(duration, 3),
-                         "input_tokens": generation.prompt_tokens, "output_tokens": generation.completion_tokens}
+        body["usage"] = {
+            "type": "duration",
+            "seconds": round(duration, 3),
+            "input_tokens": generation.prompt_tokens,
+            "output_tokens": generation.completion_tokens,
+        }
         return JSONResponse(body)
 
     chat = APIRouter(tags=["phi-4"])
 
-    @chat.post("/v1/chat/completions", summary="OpenAI chat with input_audio parts, answered by Phi-4-multimodal.",
-               response_class=JSONResponse, responses={200: {"model": ChatCompletion}, **errors},
-               max_body_size=int(settings.max_upload_bytes * MAX_JSON_BODY_FACTOR))
+    @chat.post(
+        "/v1/chat/completions",
+        summary="OpenAI chat with input_audio parts, answered by Phi-4-multimodal.",
+        response_class=JSONResponse,
+        responses={200: {"model": ChatCompletion}, **errors},
+        max_body_size=int(settings.max_upload_bytes * MAX_JSON_BODY_FACTOR),
+    )
     async def chat_completions(request: Request, req: ChatCompletionRequest) -> Response:
         """Messages with text and ``input_audio`` parts → Phi-4's answer."""
         state.require_ready()
         check_phi4(sidecar, req.model)
         if req.stream:
-            raise InvalidRequestError("stream=true is not supported by the sidecar yet; send stream=false.",
-                                      param="stream")
+            raise InvalidRequestError(
+                "stream=true is not supported by the sidecar yet; send stream=false.", param="stream"
+            )
         prompt, audios = "", []
         for i, message in enumerate(req.messages):
             role = "system" if message.role == "developer" else message.role
@@ -337,15 +372,20 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[APIRouter]:
                     text += part.text or ""
                 elif part.type == "input_audio":
                     if part.input_audio is None:
-                        raise InvalidRequestError(f"Missing required parameter: '{where}.input_audio'.",
-                                                  param=f"{where}.input_audio")
+                        raise InvalidRequestError(
+                            f"Missing required parameter: '{where}.input_audio'.", param=f"{where}.input_audio"
+                        )
                     try:
                         data = base64.b64decode(part.input_audio.data, validate=True)
                     except (binascii.Error, ValueError):
-                        raise InvalidRequestError("input_audio.data is not valid base64.",
-                                                  param=f"{where}.input_audio.data") from None
-                    audios.append(await decode_bytes(data, settings, request, param=f"{where}.input_audio.data",
-                                                     max_s=settings.phi4_max_audio_s))
+                        raise InvalidRequestError(
+                            "input_audio.data is not valid base64.", param=f"{where}.input_audio.data"
+                        ) from None
+                    audios.append(
+                        await decode_bytes(
+                            data, settings, request, param=f"{where}.input_audio.data", max_s=settings.phi4_max_audio_s
+                        )
+                    )
                     text += "<|audio|>"
                 else:
                     raise InvalidRequestError(
@@ -358,33 +398,69 @@ def routes(sidecar: Sidecar, state: ServerState) -> list[APIRouter]:
         requested = req.max_completion_tokens or req.max_tokens
         task = get_task("transcribe")
         budget = requested or (max_new_tokens(task, audio_s, cap=settings.phi4_max_new_tokens) + 256)
-        options = GenerationOptions(min(budget, settings.phi4_max_new_tokens),
-                                    req.temperature if req.temperature is not None else 0.0, req.top_p or 1.0)
+        options = GenerationOptions(
+            min(budget, settings.phi4_max_new_tokens),
+            req.temperature if req.temperature is not None else 0.0,
+            req.top_p or 1.0,
+        )
         generation = await generate(sidecar, prompt, audios, options)
         return JSONResponse(chat_completion_body(req.model, generation))
 
-    @chat.get("/v1/models", summary="The diarizer, the speaker embedder and Phi-4, with status.",
-              tags=["models"], response_model=ModelList)
+    @chat.get(
+        "/v1/models",
+        summary="The diarizer, the speaker embedder and Phi-4, with status.",
+        tags=["models"],
+        response_model=ModelList,
+    )
     async def models() -> JSONResponse:
         """The diarizer, the speaker embedder and Phi-4, with weights and status."""
         created = int(time.time())
         diarizer = sidecar.diarizer
         if diarizer is not None:
             info = diarizer.describe()
-            diar = {"id": "diarization", "object": "model", "created": created, "owned_by": "chorus",
-                    "status": "ready" if state.ready else state.detail, **info,
-                    "max_window_s": settings.max_window_s}
-            emb = {"id": "speaker-embedding", "object": "model", "created": created, "owned_by": "chorus",
-                   "status": "ready" if state.ready else state.detail,
-                   "weights": info.get("embedder"), "dim": info.get("embedding_dim")}
+            diar = {
+                "id": "diarization",
+                "object": "model",
+                "created": created,
+                "owned_by": "chorus",
+                "status": "ready" if state.ready else state.detail,
+                **info,
+                "max_window_s": settings.max_window_s,
+            }
+            emb = {
+                "id": "speaker-embedding",
+                "object": "model",
+                "created": created,
+                "owned_by": "chorus",
+                "status": "ready" if state.ready else state.detail,
+                "weights": info.get("embedder"),
+                "dim": info.get("embedding_dim"),
+            }
         else:
-            diar = {"id": "diarization", "object": "model", "created": created, "owned_by": "chorus",
-                    "backend": settings.diarizer, "status": state.detail, "max_window_s": settings.max_window_s}
-            emb = {"id": "speaker-embedding", "object": "model", "created": created, "owned_by": "chorus",
-                   "status": state.detail}
-        phi = {"id": settings.phi4_model or "phi-4-multimodal", "object": "model", "created": created,
-               "owned_by": "microsoft", "status": sidecar.phi4.status(),
-               "aliases": sorted(sidecar.phi4_names())}
+            diar = {
+                "id": "diarization",
+                "object": "model",
+                "created": created,
+                "owned_by": "chorus",
+                "backend": settings.diarizer,
+                "status": state.detail,
+                "max_window_s": settings.max_window_s,
+            }
+            emb = {
+                "id": "speaker-embedding",
+                "object": "model",
+                "created": created,
+                "owned_by": "chorus",
+                "status": state.detail,
+            }
+        phi = {
+            "id": settings.phi4_model or "phi-4-multimodal",
+            "object": "model",
+            "created": created,
+            "owned_by": "microsoft",
+            "status": sidecar.phi4.status(),
+            "aliases": sorted(sidecar.phi4_names()),
+        }
         if not settings.phi4_model:
             phi["hint"] = "start the sidecar with --phi4-model (CHORUS_SIDECAR_PHI4_MODEL) to enable it"
         return JSONResponse({"object": "list", "data": [diar, emb, phi]})

@@ -72,8 +72,12 @@ def espeak_wav(text: str, voice: str = "en", pitch: int = 50, wpm: int = 175) ->
     """
     with tempfile.TemporaryDirectory(prefix="chorus-espeak-") as tmp:
         path = f"{tmp}/speech.wav"  # a file, not --stdout: its RIFF header then carries the real sizes
-        subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(wpm), "-w", path, text],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(wpm), "-w", path, text],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         with open(path, "rb") as f:
             return f.read()
 

@@ -45,6 +45,7 @@ def main(seconds: float, device: str, models: str, json_out: str | None) -> None
         model = build_random_model(kind).to(torch.device(device)).eval()
         params = sum(p.numel() for p in model.parameters())
         if kind == "titanet":
+
             def run(x, model=model):
                 return model.infer_segment(x)[0]
         else:
@@ -53,8 +54,9 @@ def main(seconds: float, device: str, models: str, json_out: str | None) -> None
                 m.chunk_len, m.chunk_right_context, m.fifo_len, m.spkcache_update_period = 340, 40, 40, 300
 
             def run(x, model=model):
-                return model.diarize(audio=[x], sample_rate=SAMPLE_RATE, num_workers=0,
-                                     include_tensor_outputs=True, verbose=False)
+                return model.diarize(
+                    audio=[x], sample_rate=SAMPLE_RATE, num_workers=0, include_tensor_outputs=True, verbose=False
+                )
 
         run(audio[: 5 * SAMPLE_RATE])
         if device.startswith("cuda"):
@@ -64,10 +66,20 @@ def main(seconds: float, device: str, models: str, json_out: str | None) -> None
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
-        rows.append({"model": kind, "params_m": round(params / 1e6, 1), "audio_s": seconds,
-                     "wall_s": round(wall, 2), "rtfx": round(seconds / wall, 1), "device": device})
-        click.echo(f"{kind:22s} {params / 1e6:6.1f} M params  {seconds:.0f} s audio in {wall:6.2f} s  "
-                   f"(RTFx {seconds / wall:.1f}) on {device}")
+        rows.append(
+            {
+                "model": kind,
+                "params_m": round(params / 1e6, 1),
+                "audio_s": seconds,
+                "wall_s": round(wall, 2),
+                "rtfx": round(seconds / wall, 1),
+                "device": device,
+            }
+        )
+        click.echo(
+            f"{kind:22s} {params / 1e6:6.1f} M params  {seconds:.0f} s audio in {wall:6.2f} s  "
+            f"(RTFx {seconds / wall:.1f}) on {device}"
+        )
         del model
     if json_out:
         with open(json_out, "w") as f:

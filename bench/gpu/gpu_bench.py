@@ -37,11 +37,27 @@ from pathlib import Path
 import numpy as np
 
 REFERENCE = Path(__file__).with_name("reference-base.json")
-TURBO_CONFIG = {"d_model": 1280, "encoder_layers": 32, "decoder_layers": 4, "encoder_attention_heads": 20,
-                "decoder_attention_heads": 20, "encoder_ffn_dim": 5120, "decoder_ffn_dim": 5120,
-                "num_mel_bins": 128, "vocab_size": 51866}
-SMOKE_TURBO = {**TURBO_CONFIG, "d_model": 64, "encoder_layers": 2, "decoder_layers": 1, "encoder_attention_heads": 2,
-               "decoder_attention_heads": 2, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128}
+TURBO_CONFIG = {
+    "d_model": 1280,
+    "encoder_layers": 32,
+    "decoder_layers": 4,
+    "encoder_attention_heads": 20,
+    "decoder_attention_heads": 20,
+    "encoder_ffn_dim": 5120,
+    "decoder_ffn_dim": 5120,
+    "num_mel_bins": 128,
+    "vocab_size": 51866,
+}
+SMOKE_TURBO = {
+    **TURBO_CONFIG,
+    "d_model": 64,
+    "encoder_layers": 2,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 128,
+    "decoder_ffn_dim": 128,
+}
 SMOKE_CLIPS = ("pyannote_ami_dev00", "speechbrain_spk1_snt1")
 
 
@@ -49,8 +65,13 @@ def device_facts() -> dict:
     import jax
 
     d = jax.devices()[0]
-    facts = {"platform": d.platform, "device": getattr(d, "device_kind", str(d)), "jax": jax.__version__,
-             "python": platform.python_version(), "host": platform.node()}
+    facts = {
+        "platform": d.platform,
+        "device": getattr(d, "device_kind", str(d)),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
     from jax_models.compile_cache import cpu_description
 
     facts["cpu"] = cpu_description()  # machine | model | flags, as every bench result records
@@ -81,8 +102,11 @@ def compare(got: dict, ref: dict) -> dict:
             diff = {"cpu": want["text"], "device": have["text"]}
         elif have["segments"] != want["segments"]:
             i = next(i for i, (a, b) in enumerate(zip(have["segments"], want["segments"] + [None])) if a != b)
-            diff = {"segment": i, "cpu": want["segments"][i] if i < len(want["segments"]) else None,
-                    "device": have["segments"][i] if i < len(have["segments"]) else None}
+            diff = {
+                "segment": i,
+                "cpu": want["segments"][i] if i < len(want["segments"]) else None,
+                "device": have["segments"][i] if i < len(have["segments"]) else None,
+            }
         rows[name] = {"equal": diff is None, "difference": diff}
     return rows
 
@@ -117,9 +141,15 @@ def random_engine_class():
             from transformers import WhisperConfig
 
             c = WhisperConfig.from_pretrained(model_path)
-            dims = {"d_model": c.d_model, "encoder_layers": c.encoder_layers, "decoder_layers": c.decoder_layers,
-                    "heads": c.encoder_attention_heads, "num_mel_bins": c.num_mel_bins,
-                    "vocab_size": c.vocab_size, "ffn": c.encoder_ffn_dim}
+            dims = {
+                "d_model": c.d_model,
+                "encoder_layers": c.encoder_layers,
+                "decoder_layers": c.decoder_layers,
+                "heads": c.encoder_attention_heads,
+                "num_mel_bins": c.num_mel_bins,
+                "vocab_size": c.vocab_size,
+                "ffn": c.encoder_ffn_dim,
+            }
             shapes = abstract_weights(jdtype, dims)
             leaves, tree = jax.tree_util.tree_flatten_with_path(shapes)
             keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
@@ -164,10 +194,17 @@ def rtfx_by_batch(engine, windows: list[np.ndarray], batches, repeats: int, dead
             wall, results = once()
             walls.append(wall)
         best = min(walls)
-        rows.append({"batch": B, "audio_s": round(audio_s, 2), "wall_s": round(best, 4), "rtfx": round(audio_s / best, 1),
-                     "walls_s": [round(w, 4) for w in walls],
-                     "tokens_per_window": round(float(np.mean([len(r.tokens) for r in results])), 1),
-                     "compile_s": {"encode B=1": round(compile_s, 2), f"decode B={B}": round(shape_s, 2)}})
+        rows.append(
+            {
+                "batch": B,
+                "audio_s": round(audio_s, 2),
+                "wall_s": round(best, 4),
+                "rtfx": round(audio_s / best, 1),
+                "walls_s": [round(w, 4) for w in walls],
+                "tokens_per_window": round(float(np.mean([len(r.tokens) for r in results])), 1),
+                "compile_s": {"encode B=1": round(compile_s, 2), f"decode B={B}": round(shape_s, 2)},
+            }
+        )
         compile_s = 0.0
     return rows
 
@@ -191,8 +228,13 @@ def run(args) -> dict:
     batches = (1, 2) if smoke else tuple(args.batches)
     audio = read_audio(args.model_dir)
     reference = json.loads(args.reference.read_text())
-    result = {"facts": device_facts(), "args": {k: str(v) for k, v in vars(args).items()}, "equality": {},
-              "rtfx": [], "skipped": []}
+    result = {
+        "facts": device_facts(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "equality": {},
+        "rtfx": [],
+        "skipped": [],
+    }
 
     # 1. equality with the CPU on base, float32, full-precision matmuls
     names = [n for n in reference["clips"] if not smoke or n in SMOKE_CLIPS]
@@ -205,18 +247,26 @@ def run(args) -> dict:
         engine.close()
     jax.config.update("jax_default_matmul_precision", None)
     want = {n: reference["clips"][n]["transcript"] for n in names}
-    result["equality"] = {"clips": compare(got, want), "seconds": round(time.perf_counter() - t0, 1),
-                          "reference_weights": reference["weights"]}
+    result["equality"] = {
+        "clips": compare(got, want),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "reference_weights": reference["weights"],
+    }
     result["equality"]["all_equal"] = all(r["equal"] for r in result["equality"]["clips"].values())
     write(args.out, result)
     print(f"equality with the CPU reference: {result['equality']['all_equal']} ({len(names)} clips)", flush=True)
 
     # 2. RTFx by batch
-    base_windows = [w for w in windows_of(audio, [n for n in audio if n.startswith("pyannote_ami")])
-                    if len(w) >= 20 * 16000]  # whole windows only, not the 1.6 s ends of the 30 s clips
+    base_windows = [
+        w for w in windows_of(audio, [n for n in audio if n.startswith("pyannote_ami")]) if len(w) >= 20 * 16000
+    ]  # whole windows only, not the 1.6 s ends of the 30 s clips
     turbo = turbo_dir(args.model_dir, args.work / "turbo-shaped", SMOKE_TURBO if smoke else TURBO_CONFIG)
-    plans = [("base", "float32"), ("large-v3-turbo-shaped (random)", "bfloat16"), ("base", "bfloat16"),
-             ("large-v3-turbo-shaped (random)", "float32")]
+    plans = [
+        ("base", "float32"),
+        ("large-v3-turbo-shaped (random)", "bfloat16"),
+        ("base", "bfloat16"),
+        ("large-v3-turbo-shaped (random)", "float32"),
+    ]
     if smoke:  # every code path once: base, the random model, bfloat16
         plans = plans[:2]
     for model, dtype in plans:
@@ -225,11 +275,21 @@ def run(args) -> dict:
             continue
         t0 = time.perf_counter()
         if model == "base":
-            engine = WhisperEngine(str(args.model_dir), backend="functional", dtype=dtype, batch_size=max(batches),
-                                   max_new_tokens=32 if smoke else 224)
+            engine = WhisperEngine(
+                str(args.model_dir),
+                backend="functional",
+                dtype=dtype,
+                batch_size=max(batches),
+                max_new_tokens=32 if smoke else 224,
+            )
         else:
-            engine = random_engine_class()(str(turbo), backend="functional", dtype=dtype, batch_size=max(batches),
-                                           max_new_tokens=8 if smoke else args.turbo_tokens)
+            engine = random_engine_class()(
+                str(turbo),
+                backend="functional",
+                dtype=dtype,
+                batch_size=max(batches),
+                max_new_tokens=8 if smoke else args.turbo_tokens,
+            )
         load_s = time.perf_counter() - t0
         try:
             rows = rtfx_by_batch(engine, base_windows, batches, args.repeats, deadline)
@@ -257,22 +317,31 @@ def write(out: Path, result: dict) -> str:
 def markdown(result: dict) -> str:
     f = result["facts"]
     eq = result["equality"]
-    lines = [f"# GPU bench: {f['device']} ({f['platform']}), jax {f['jax']}", "",
-             f"Equality with the CPU reference (base, 7-bit pack {eq['reference_weights']}, float32, full-precision "
-             f"matmuls): **{'all equal' if eq['all_equal'] else 'DIFFERENT'}** over {len(eq['clips'])} clips "
-             f"({eq['seconds']} s).", ""]
+    lines = [
+        f"# GPU bench: {f['device']} ({f['platform']}), jax {f['jax']}",
+        "",
+        f"Equality with the CPU reference (base, 7-bit pack {eq['reference_weights']}, float32, full-precision "
+        f"matmuls): **{'all equal' if eq['all_equal'] else 'DIFFERENT'}** over {len(eq['clips'])} clips "
+        f"({eq['seconds']} s).",
+        "",
+    ]
     for name, r in eq["clips"].items():
         if not r["equal"]:
             lines.append(f"- {name}: {json.dumps(r['difference'], ensure_ascii=False)[:400]}")
-    lines += ["", "| model | dtype | batch | audio s | wall s | RTFx | tokens/window | compile s |",
-              "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines += [
+        "",
+        "| model | dtype | batch | audio s | wall s | RTFx | tokens/window | compile s |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in result["rtfx"]:
         if "skipped" in r:
             lines.append(f"| {r['model']} | {r['dtype']} | {r['batch']} | | | skipped: {r['skipped']} | | |")
             continue
         comp = ", ".join(f"{k} {v}" for k, v in r["compile_s"].items() if v)
-        lines.append(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['audio_s']} | {r['wall_s']} | "
-                     f"**{r['rtfx']}** | {r['tokens_per_window']} | {comp} |")
+        lines.append(
+            f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['audio_s']} | {r['wall_s']} | "
+            f"**{r['rtfx']}** | {r['tokens_per_window']} | {comp} |"
+        )
     lines += ["", *(f"- skipped: {s}" for s in result["skipped"]), f"- wall: {result.get('wall_s')} s"]
     return "\n".join(lines) + "\n"
 
@@ -288,10 +357,13 @@ def reference(args) -> dict:
         got = transcripts(engine, audio, sorted(audio))
     finally:
         engine.close()
-    ref = {"about": "Whisper base (bench/gpu/pack.py 7-bit pack), float32, functional backend, on a CPU; "
-                    "written by `python -m bench.gpu.gpu_bench reference`",
-           "facts": device_facts(), "weights": weights_digest(args.model_dir),
-           "clips": {n: {"audio": audio_digest(audio[n]), "transcript": got[n]} for n in sorted(audio)}}
+    ref = {
+        "about": "Whisper base (bench/gpu/pack.py 7-bit pack), float32, functional backend, on a CPU; "
+        "written by `python -m bench.gpu.gpu_bench reference`",
+        "facts": device_facts(),
+        "weights": weights_digest(args.model_dir),
+        "clips": {n: {"audio": audio_digest(audio[n]), "transcript": got[n]} for n in sorted(audio)},
+    }
     args.out.write_text(json.dumps(ref, indent=1, ensure_ascii=False) + "\n")
     return ref
 

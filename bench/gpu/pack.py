@@ -26,10 +26,24 @@ LEVELS = 63
 """Largest quantized magnitude (7 bits + sign held in int8)."""
 MIN_QUANTIZED = 65536
 """Arrays with fewer elements stay float32."""
-FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
-         "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-CLIPS = ("pyannote_ami_dev00", "pyannote_ami_dev01", "pyannote_ami_trn00", "pyannote_ami_trn08",
-         "lhotse_ljspeech_LJ002-0020", "speechbrain_spk1_snt1", "pocketsphinx_cards_002")
+FILES = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+CLIPS = (
+    "pyannote_ami_dev00",
+    "pyannote_ami_dev01",
+    "pyannote_ami_trn00",
+    "pyannote_ami_trn08",
+    "lhotse_ljspeech_LJ002-0020",
+    "speechbrain_spk1_snt1",
+    "pocketsphinx_cards_002",
+)
 """Real speech of ../shared/data (licences in its README): four 30 s meeting excerpts, three short clips."""
 
 
@@ -129,8 +143,11 @@ def main(argv=None) -> None:
         print(json.dumps(pack(args.model_dir, args.out, args.data_dir)))
     else:
         audio = unpack(args.pack, args.out_dir)
-        print(json.dumps({"model_dir": str(args.out_dir), "clips": sorted(audio),
-                          "weights": weights_digest(args.out_dir)}))
+        print(
+            json.dumps(
+                {"model_dir": str(args.out_dir), "clips": sorted(audio), "weights": weights_digest(args.out_dir)}
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -33,15 +33,24 @@ PREFIX = 8  # task tokens (the engine's smallest prefix bucket)
 MAX_NEW = 224
 
 
-TURBO = {"d_model": D_MODEL, "encoder_layers": ENC_LAYERS, "decoder_layers": DEC_LAYERS, "heads": HEADS,
-         "num_mel_bins": N_MELS, "vocab_size": VOCAB, "ffn": FFN}
+TURBO = {
+    "d_model": D_MODEL,
+    "encoder_layers": ENC_LAYERS,
+    "decoder_layers": DEC_LAYERS,
+    "heads": HEADS,
+    "num_mel_bins": N_MELS,
+    "vocab_size": VOCAB,
+    "ffn": FFN,
+}
 
 
 def abstract_weights(dtype=jnp.bfloat16, dims: dict = TURBO) -> dict:
     """``functional.whisper_weights``' pytree at ``dims`` (large-v3-turbo's by default), as
     ShapeDtypeStructs (``bench.gpu.gpu_bench`` fills them with random values)."""
+
     def s(*shape):
         return jax.ShapeDtypeStruct(shape, dtype)
+
     D_MODEL, FFN, N_MELS, VOCAB = dims["d_model"], dims["ffn"], dims["num_mel_bins"], dims["vocab_size"]
     ENC_LAYERS, DEC_LAYERS = dims["encoder_layers"], dims["decoder_layers"]
 
@@ -56,11 +65,24 @@ def abstract_weights(dtype=jnp.bfloat16, dims: dict = TURBO) -> dict:
             w[norm + "_s"], w[norm + "_b"] = s(D_MODEL), s(D_MODEL)
         return w
 
-    encoder = {"conv1_w": s(3, N_MELS, D_MODEL), "conv1_b": s(D_MODEL), "conv2_w": s(3, D_MODEL, D_MODEL),
-               "conv2_b": s(D_MODEL), "pos": s(FRAMES, D_MODEL), "ln_s": s(D_MODEL), "ln_b": s(D_MODEL),
-               "layers": [layer(False) for _ in range(ENC_LAYERS)]}
-    decoder = {"embed": s(VOCAB, D_MODEL), "pos": s(MAX_POS, D_MODEL), "ln_s": s(D_MODEL), "ln_b": s(D_MODEL),
-               "proj": s(D_MODEL, VOCAB), "layers": [layer(True) for _ in range(DEC_LAYERS)]}
+    encoder = {
+        "conv1_w": s(3, N_MELS, D_MODEL),
+        "conv1_b": s(D_MODEL),
+        "conv2_w": s(3, D_MODEL, D_MODEL),
+        "conv2_b": s(D_MODEL),
+        "pos": s(FRAMES, D_MODEL),
+        "ln_s": s(D_MODEL),
+        "ln_b": s(D_MODEL),
+        "layers": [layer(False) for _ in range(ENC_LAYERS)],
+    }
+    decoder = {
+        "embed": s(VOCAB, D_MODEL),
+        "pos": s(MAX_POS, D_MODEL),
+        "ln_s": s(D_MODEL),
+        "ln_b": s(D_MODEL),
+        "proj": s(D_MODEL, VOCAB),
+        "layers": [layer(True) for _ in range(DEC_LAYERS)],
+    }
     return {"encoder": encoder, "decoder": decoder}
 
 
@@ -93,8 +115,10 @@ def _measure(batch: int, dtype) -> dict:
     enc1 = sds((1, FRAMES, D_MODEL), dtype)
     S = PREFIX + MAX_NEW
     hd = D_MODEL // HEADS
+
     def kv(n):
         return tuple(sds((batch, HEADS, n, hd), dtype) for _ in range(DEC_LAYERS))
+
     cache = fn.KVCache(kv(S), kv(S), sds((batch, S), jnp.bool_), kv(FRAMES), kv(FRAMES))
 
     def step(w, cache, tokens, positions, start):
@@ -104,8 +128,9 @@ def _measure(batch: int, dtype) -> dict:
     out = {
         "encoder_window": cost(lambda w, m: fn.encode(w, m, HEADS), w["encoder"], mel),
         "cross_kv_window": cost(lambda w, e: fn.cross_kv(w, e, HEADS), w["decoder"], enc1),
-        "decode_step_batch": cost(step, w["decoder"], cache, sds((batch, 1), jnp.int32),
-                                  sds((batch, 1), jnp.int32), sds((), jnp.int32)),
+        "decode_step_batch": cost(
+            step, w["decoder"], cache, sds((batch, 1), jnp.int32), sds((batch, 1), jnp.int32), sds((), jnp.int32)
+        ),
     }
     itemsize = jnp.dtype(dtype).itemsize
     dec_weights = nbytes(w["decoder"]) - nbytes(w["decoder"]["embed"]) + batch * D_MODEL * itemsize  # rows gathered
@@ -125,54 +150,79 @@ def predict(m: dict, tokens_per_window: float, device: dict = H100) -> dict:
     B = m["batch"]
     res = {}
     for label, pick in (("xla_bytes", lambda k: m[k]["bytes"]), ("minimum_bytes", lambda k: m["minimum_bytes"][k])):
+
         def t(k, pick=pick):
             return max(m[k]["flops"] / device["flops"], pick(k) / device["bandwidth"])
+
         per_window = t("encoder_window") + t("cross_kv_window") + tokens_per_window * t("decode_step_batch") / B
         res[label] = {
-            "encoder_s": t("encoder_window"), "cross_kv_s": t("cross_kv_window"),
-            "decode_step_s": t("decode_step_batch"), "seconds_per_window": per_window,
+            "encoder_s": t("encoder_window"),
+            "cross_kv_s": t("cross_kv_window"),
+            "decode_step_s": t("decode_step_batch"),
+            "seconds_per_window": per_window,
             "rtfx": WINDOW_S / per_window,
-            "encoder_bound": "compute" if m["encoder_window"]["flops"] / device["flops"]
-            >= pick("encoder_window") / device["bandwidth"] else "memory",
-            "decode_bound": "compute" if m["decode_step_batch"]["flops"] / device["flops"]
-            >= pick("decode_step_batch") / device["bandwidth"] else "memory",
+            "encoder_bound": "compute"
+            if m["encoder_window"]["flops"] / device["flops"] >= pick("encoder_window") / device["bandwidth"]
+            else "memory",
+            "decode_bound": "compute"
+            if m["decode_step_batch"]["flops"] / device["flops"] >= pick("decode_step_batch") / device["bandwidth"]
+            else "memory",
         }
     return res
 
 
 def markdown(results: dict) -> str:
-    rows = ["| function (bf16) | GFLOP | GB accessed (XLA, unfused) | GB minimum | arithmetic intensity (FLOP/B, minimum) |",
-            "|---|---:|---:|---:|---:|"]
+    rows = [
+        "| function (bf16) | GFLOP | GB accessed (XLA, unfused) | GB minimum | arithmetic intensity (FLOP/B, minimum) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for b, m in results["measured"].items():
         for k in ("encoder_window", "cross_kv_window", "decode_step_batch"):
             name = k if k != "decode_step_batch" else f"decode step, batch {b}"
             if k != "decode_step_batch" and b != max(results["measured"]):
                 continue
-            rows.append(f"| {name} | {m[k]['flops'] / 1e9:.1f} | {m[k]['bytes'] / 1e9:.3f} | "
-                        f"{m['minimum_bytes'][k] / 1e9:.3f} | {m[k]['flops'] / m['minimum_bytes'][k]:.0f} |")
-    rows += ["", f"Prediction on {H100['name']} ({H100['flops'] / 1e12:.0f} TFLOP/s bf16 dense, "
-             f"{H100['bandwidth'] / 1e12:.2f} TB/s), {results['tokens_per_window']:g} tokens per 30 s window:", "",
-             "| batch | bytes counted | encoder ms/window | cross K/V ms/window | decode step ms | s per window | RTFx |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+            rows.append(
+                f"| {name} | {m[k]['flops'] / 1e9:.1f} | {m[k]['bytes'] / 1e9:.3f} | "
+                f"{m['minimum_bytes'][k] / 1e9:.3f} | {m[k]['flops'] / m['minimum_bytes'][k]:.0f} |"
+            )
+    rows += [
+        "",
+        f"Prediction on {H100['name']} ({H100['flops'] / 1e12:.0f} TFLOP/s bf16 dense, "
+        f"{H100['bandwidth'] / 1e12:.2f} TB/s), {results['tokens_per_window']:g} tokens per 30 s window:",
+        "",
+        "| batch | bytes counted | encoder ms/window | cross K/V ms/window | decode step ms | s per window | RTFx |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for b, p in results["prediction"].items():
         for label, r in p.items():
-            rows.append(f"| {b} | {label.replace('_', ' ')} | {r['encoder_s'] * 1e3:.2f} ({r['encoder_bound']}) | "
-                        f"{r['cross_kv_s'] * 1e3:.3f} | {r['decode_step_s'] * 1e3:.3f} ({r['decode_bound']}) | "
-                        f"{r['seconds_per_window'] * 1e3:.2f} ms | {r['rtfx']:.0f} |")
+            rows.append(
+                f"| {b} | {label.replace('_', ' ')} | {r['encoder_s'] * 1e3:.2f} ({r['encoder_bound']}) | "
+                f"{r['cross_kv_s'] * 1e3:.3f} | {r['decode_step_s'] * 1e3:.3f} ({r['decode_bound']}) | "
+                f"{r['seconds_per_window'] * 1e3:.2f} ms | {r['rtfx']:.0f} |"
+            )
     return "\n".join(rows)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
-    ap.add_argument("--tokens", type=float, default=120.0,
-                    help="sampled tokens per 30 s window (speech at ~150 wpm: ~75 words ≈ 100 tokens + timestamps)")
+    ap.add_argument(
+        "--tokens",
+        type=float,
+        default=120.0,
+        help="sampled tokens per 30 s window (speech at ~150 wpm: ~75 words ≈ 100 tokens + timestamps)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md")
     args = ap.parse_args(argv)
     measured = {b: measure(b) for b in args.batch}
-    results = {"model": "large-v3-turbo shapes (d 1280, 32+4 layers, 20 heads, 128 mels, vocab 51866), bf16",
-               "device": H100, "tokens_per_window": args.tokens, "jax": jax.__version__,
-               "measured": measured, "prediction": {b: predict(m, args.tokens) for b, m in measured.items()}}
+    results = {
+        "model": "large-v3-turbo shapes (d 1280, 32+4 layers, 20 heads, 128 mels, vocab 51866), bf16",
+        "device": H100,
+        "tokens_per_window": args.tokens,
+        "jax": jax.__version__,
+        "measured": measured,
+        "prediction": {b: predict(m, args.tokens) for b, m in measured.items()},
+    }
     md = markdown(results)
     print(md)
     if args.out:

@@ -48,7 +48,10 @@ class AudioDecodeTimeoutError(AudioDecodeError):
 
 
 def decode_audio(
-    data: bytes, *, max_duration_s: float | None = None, timeout_s: float | None = None,
+    data: bytes,
+    *,
+    max_duration_s: float | None = None,
+    timeout_s: float | None = None,
     min_duration_s: float = MIN_DURATION_S,
 ) -> np.ndarray:
     """Decode an audio file's bytes to mono float32 samples at 16 kHz.
@@ -97,9 +100,7 @@ def decode_audio(
                     pieces.append(arr)
                     n += arr.size
                 if max_samples is not None and n > max_samples:
-                    raise AudioTooLongError(
-                        f"The audio is longer than the limit of {max_duration_s:g} seconds."
-                    )
+                    raise AudioTooLongError(f"The audio is longer than the limit of {max_duration_s:g} seconds.")
                 check_deadline()
             for out in resampler.resample(None):  # flush
                 pieces.append(out.to_ndarray().reshape(-1))

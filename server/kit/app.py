@@ -138,7 +138,10 @@ class ServerState:
             "chorus_requests", "Requests by route and status", ["route", "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "chorus_request_seconds", "Request wall time (s)", ["route"], registry=self.registry,
+            "chorus_request_seconds",
+            "Request wall time (s)",
+            ["route"],
+            registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
         )
         self.audio_seconds = Counter(
@@ -187,8 +190,15 @@ class RequestLog:
         self.state.requests.labels(route, str(status)).inc()
         self.state.latency.labels(route).observe(wall_s)
         rtfx = f" rtfx={audio_s / wall_s:.1f}" if audio_s and wall_s > 0 else ""
-        log.info("%s %s status=%d wall=%.3fs audio=%ss%s", method, route, status, wall_s,
-                 f"{audio_s:.1f}" if audio_s else "-", rtfx)
+        log.info(
+            "%s %s status=%d wall=%.3fs audio=%ss%s",
+            method,
+            route,
+            status,
+            wall_s,
+            f"{audio_s:.1f}" if audio_s else "-",
+            rtfx,
+        )
         if audio_s:
             self.state.audio_seconds.labels(route).inc(audio_s)
 
@@ -201,17 +211,25 @@ def health_router(state: ServerState) -> APIRouter:
     async def health() -> Health:
         return Health(status="ok", server=state.name)
 
-    @router.get("/ready", summary="Readiness: 200 once models are loaded and warmed up, else 503.",
-                responses={503: {"model": Ready, "description": "Not ready yet (the body says why).",
-                                 "headers": RETRY_AFTER_HEADER}})
+    @router.get(
+        "/ready",
+        summary="Readiness: 200 once models are loaded and warmed up, else 503.",
+        responses={
+            503: {"model": Ready, "description": "Not ready yet (the body says why).", "headers": RETRY_AFTER_HEADER}
+        },
+    )
     async def ready() -> JSONResponse:
         body = Ready(ready=state.ready, server=state.name, detail=state.detail)
         if state.ready:
             return JSONResponse(body.model_dump())
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": RETRY_AFTER_S[503]})
 
-    @router.get("/metrics", summary="Prometheus metrics.", response_class=Response,
-                responses={200: {"content": text_responses("text/plain")}})
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics.",
+        response_class=Response,
+        responses={200: {"content": text_responses("text/plain")}},
+    )
     async def metrics() -> Response:
         return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -231,8 +249,7 @@ def model_router(names: Callable[[], Iterable[str]], card: Callable[[str], dict[
     async def list_models() -> JSONResponse:
         return JSONResponse({"object": "list", "data": [card(n) for n in sorted(names())]})
 
-    @router.get("/v1/models/{model:path}", summary="One model.", response_model=Model,
-                responses=error_responses(404))
+    @router.get("/v1/models/{model:path}", summary="One model.", response_model=Model, responses=error_responses(404))
     async def get_model(model: str) -> JSONResponse:
         if model not in set(names()):
             raise NotFoundError(f"The model '{model}' does not exist.", param="model")
@@ -255,7 +272,8 @@ def openapi_document(app: FastAPI, *, secured: bool) -> dict[str, Any]:
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
     if secured:
         doc["components"]["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer", "description": "one of the server's API keys"}}
+            "bearer": {"type": "http", "scheme": "bearer", "description": "one of the server's API keys"}
+        }
         doc["security"] = [{"bearer": []}]
         error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, sub in error_schema.pop("$defs", {}).items():
@@ -268,8 +286,10 @@ def openapi_document(app: FastAPI, *, secured: bool) -> dict[str, Any]:
             if secured and path in OPEN_PATHS:
                 operation["security"] = []
             elif secured:
-                responses["401"] = {"description": ERROR_STATUS[401],
-                                    "content": {"application/json": {"schema": error_ref}}}
+                responses["401"] = {
+                    "description": ERROR_STATUS[401],
+                    "content": {"application/json": {"schema": error_ref}},
+                }
     return doc
 
 
@@ -324,8 +344,14 @@ def uvicorn_server(app: ASGIApp, settings: ServerSettings) -> Any:
     """
     import uvicorn
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s), access_log=False)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
+        access_log=False,
+    )
     return uvicorn.Server(config)
 
 

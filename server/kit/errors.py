@@ -130,8 +130,15 @@ class TimeoutError_(ApiError):
     code = "timeout"
 
 
-def api_error(status: int, message: str, *, type: str | None = None, param: str | None = None,
-              code: str | None = None, headers: dict[str, str] | None = None) -> ApiError:
+def api_error(
+    status: int,
+    message: str,
+    *,
+    type: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> ApiError:
     """An ``ApiError`` with any status (a backend's 4xx passed on, a 502): ``type`` defaults to
     ``server_error`` for 5xx and ``invalid_request_error`` otherwise."""
     err = ApiError(message, param=param, code=code, headers=headers)
@@ -187,8 +194,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"No route for {request.method} {request.url.path}."
     elif exc.status_code == 413:
         message = f"Maximum content size limit exceeded: {exc.detail}"
-    err = api_error(exc.status_code, message, code=HTTP_CODES.get(exc.status_code),
-                    headers=dict(exc.headers or {}))  # 405 keeps its Allow header
+    err = api_error(
+        exc.status_code, message, code=HTTP_CODES.get(exc.status_code), headers=dict(exc.headers or {})
+    )  # 405 keeps its Allow header
     return err.response()
 
 

@@ -39,8 +39,11 @@ def audio_file(description: str = AUDIO_FILE) -> Any:
 
 def list_field(name: str, default: list[str] | None = None, description: str = "") -> Any:
     """A repeated form field, accepted as ``name[]`` (the OpenAI SDK's spelling) or ``name``."""
-    return Field(default_factory=lambda: list(default or []), description=description,
-                 validation_alias=AliasChoices(f"{name}[]", name))
+    return Field(
+        default_factory=lambda: list(default or []),
+        description=description,
+        validation_alias=AliasChoices(f"{name}[]", name),
+    )
 
 
 class UploadForm(BaseModel):
@@ -54,14 +57,17 @@ class UploadForm(BaseModel):
 class _TranscriptionFields(UploadForm):
     """The fields every transcription form shares."""
 
-    model: str = Field(..., max_length=256, description="whisper-1, or the model's configured name.",
-                       examples=["whisper-1"])
-    language: str | None = Field(None, max_length=16, description="ISO-639-1; detected when absent.",
-                                 json_schema_extra={"enum": LANGUAGE_ENUM})
+    model: str = Field(
+        ..., max_length=256, description="whisper-1, or the model's configured name.", examples=["whisper-1"]
+    )
+    language: str | None = Field(
+        None, max_length=16, description="ISO-639-1; detected when absent.", json_schema_extra={"enum": LANGUAGE_ENUM}
+    )
     prompt: str | None = Field(None, max_length=4096)
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     timestamp_granularities: list[TimestampGranularity] = list_field(
-        "timestamp_granularities", ["segment"], "'word' adds word times (with verbose_json).")
+        "timestamp_granularities", ["segment"], "'word' adds word times (with verbose_json)."
+    )
 
     @field_validator("language")
     @classmethod
@@ -83,8 +89,10 @@ class WhisperTranscriptionForm(_TranscriptionFields):
     @classmethod
     def _diarized(cls, v: object) -> object:
         if v == "diarized_json":
-            raise ValueError("'diarized_json' needs speaker diarization: call the Chorus router "
-                             "(chorus serve router / chorus up), not the whisper server")
+            raise ValueError(
+                "'diarized_json' needs speaker diarization: call the Chorus router "
+                "(chorus serve router / chorus up), not the whisper server"
+            )
         return v
 
 
@@ -99,11 +107,13 @@ class TranscriptionForm(_TranscriptionFields):
     response_format: ResponseFormat = "json"
     stream: bool = Field(False, description="true: Server-Sent Events (transcript.text.delta/segment/done).")
     chunking_strategy: str | None = Field(
-        None, description="'auto', or a server_vad object as JSON (or the SDK's chunking_strategy[type]=server_vad "
-        "fields).")
+        None,
+        description="'auto', or a server_vad object as JSON (or the SDK's chunking_strategy[type]=server_vad fields).",
+    )
     known_speaker_names: list[str] = list_field("known_speaker_names")
     known_speaker_references: list[str] = list_field(
-        "known_speaker_references", description="data:audio/...;base64 URLs of 2-10 s clips.")
+        "known_speaker_references", description="data:audio/...;base64 URLs of 2-10 s clips."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -125,7 +135,7 @@ def fold_chunking_strategy(fields: dict[str, Any]) -> str:
 
     nested: dict[str, object] = {}
     for key, value in fields.items():
-        name = key[len("chunking_strategy["):-1]
+        name = key[len("chunking_strategy[") : -1]
         try:
             nested[name] = value if name == "type" else json.loads(value)
         except (TypeError, ValueError):
@@ -143,8 +153,11 @@ class TranslationForm(UploadForm):
 
     def fields(self) -> list[tuple[str, str]]:
         """The text fields as a form (the router passes them on to the whisper server)."""
-        out = [("model", self.model), ("response_format", self.response_format),
-               ("temperature", repr(self.temperature))]
+        out = [
+            ("model", self.model),
+            ("response_format", self.response_format),
+            ("temperature", repr(self.temperature)),
+        ]
         return out + ([("prompt", self.prompt)] if self.prompt is not None else [])
 
 

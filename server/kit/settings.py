@@ -43,7 +43,8 @@ class ServerSettings(BaseSettings):
         120.0, gt=0, description="Deadline for decoding one upload (s); a file that takes longer is a 400."
     )
     shutdown_timeout_s: float = Field(
-        30.0, ge=0,
+        30.0,
+        ge=0,
         description="On SIGTERM/SIGINT: stop accepting, let requests in flight finish for at most this long (s), "
         "then cancel what is left and exit 0.",
     )
@@ -96,7 +97,8 @@ class RouterSettings(ServerSettings):
     sidecar_concurrency: int = Field(2, ge=1, description="Requests in flight to the sidecar.")
     whisper_timeout_s: float = Field(300.0, gt=0, description="Deadline of one chunk at the whisper server.")
     sidecar_timeout_s: float = Field(
-        300.0, gt=0, description="Deadline of one diarization request, plus the duration of the audio it carries.")
+        300.0, gt=0, description="Deadline of one diarization request, plus the duration of the audio it carries."
+    )
     connect_timeout_s: float = Field(5.0, gt=0)
     whisper_model: str = Field(
         "whisper-1", description="Model name sent to the whisper server for requests naming a diarize model."
@@ -112,7 +114,8 @@ class RouterSettings(ServerSettings):
     )
     max_chunk_s: float = Field(30.0, gt=1, le=30, description="Longest chunk sent to the whisper server.")
     diarization_window_s: float | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Longest audio (s) the sidecar diarizes in one call: consecutive chunks up to this length go "
         "together. None: the sidecar's own max_window_s (GET /v1/models), 30 s when it reports none; a number caps it.",
     )
@@ -120,12 +123,16 @@ class RouterSettings(ServerSettings):
     vad_silence_ms: int = Field(500, ge=0, description="Least pause that ends a speech region ('auto').")
     vad_padding_ms: int = Field(300, ge=0, description="Audio kept before and after speech ('auto').")
     link_threshold: float | None = Field(
-        None, ge=-1, le=1,
+        None,
+        ge=-1,
+        le=1,
         description="Cosine similarity above which two chunk-local speakers are one person; None: by embedder "
         "(0.66 CAM++, 0.50 TitaNet).",
     )
     known_speaker_threshold: float | None = Field(
-        None, ge=-1, le=1,
+        None,
+        ge=-1,
+        le=1,
         description="Least cosine similarity to name a speaker after a reference clip; None: by embedder.",
     )
     ready_poll_s: float = Field(2.0, gt=0, description="Seconds between backend /ready checks.")

@@ -45,14 +45,18 @@ AUDIO_SECONDS = "chorus.audio_seconds"
 
 # Starlette 1.10's MultiPartException messages, by the limit they report: the only way to tell the
 # limits apart, since Request.form turns them all into one HTTPException(400).
-_FORM_LIMIT_CODES = (("Too many fields", "too_many_fields"), ("Too many files", "too_many_files"),
-                     ("exceeded maximum size", "field_too_large"))
+_FORM_LIMIT_CODES = (
+    ("Too many fields", "too_many_fields"),
+    ("Too many files", "too_many_files"),
+    ("exceeded maximum size", "field_too_large"),
+)
 
 RouteHandler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-async def read_form(request: Request, *, max_file_bytes: int, max_field_bytes: int = MAX_FIELD_BYTES,
-                    file_field: str = "file") -> FormData:
+async def read_form(
+    request: Request, *, max_file_bytes: int, max_field_bytes: int = MAX_FIELD_BYTES, file_field: str = "file"
+) -> FormData:
     """Parse the request's ``multipart/form-data`` body under the limits; Starlette caches the form, so
     FastAPI's own ``request.form()`` afterwards validates this one (and closes it after the response).
 
@@ -64,11 +68,13 @@ async def read_form(request: Request, *, max_file_bytes: int, max_field_bytes: i
     """
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise UnsupportedMediaTypeError(
-            f"Requests to this endpoint must be multipart/form-data with a '{file_field}' part.", param=file_field)
+            f"Requests to this endpoint must be multipart/form-data with a '{file_field}' part.", param=file_field
+        )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_file_bytes + FORM_OVERHEAD_BYTES:
         raise PayloadTooLargeError(
-            f"Maximum content size limit ({max_file_bytes} bytes) exceeded ({declared} bytes read).", param=file_field)
+            f"Maximum content size limit ({max_file_bytes} bytes) exceeded ({declared} bytes read).", param=file_field
+        )
     try:
         form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=max_field_bytes)
     except HTTPException as exc:
@@ -79,7 +85,8 @@ async def read_form(request: Request, *, max_file_bytes: int, max_field_bytes: i
         if isinstance(value, StarletteUploadFile) and value.size is not None and value.size > max_file_bytes:
             await form.close()
             raise PayloadTooLargeError(
-                f"Maximum content size limit ({max_file_bytes} bytes) exceeded ({value.size} bytes read).", param=name)
+                f"Maximum content size limit ({max_file_bytes} bytes) exceeded ({value.size} bytes read).", param=name
+            )
     return form
 
 
@@ -117,8 +124,15 @@ async def read_upload(file: UploadFile, settings: ServerSettings) -> bytes:
     return data
 
 
-async def decode_bytes(data: bytes, settings: ServerSettings, request: Request, *, param: str = "file",
-                       name: str = "audio", max_s: float | None = None) -> np.ndarray:
+async def decode_bytes(
+    data: bytes,
+    settings: ServerSettings,
+    request: Request,
+    *,
+    param: str = "file",
+    name: str = "audio",
+    max_s: float | None = None,
+) -> np.ndarray:
     """Decode ``data`` in a worker thread under the duration and time limits of ``settings``.
 
     Adds the duration to ``request.scope[AUDIO_SECONDS]`` for the request log.
@@ -140,7 +154,8 @@ async def decode_bytes(data: bytes, settings: ServerSettings, request: Request, 
     limit = min(max_s or settings.max_audio_s, settings.max_audio_s)
     try:
         samples = await anyio.to_thread.run_sync(
-            lambda: decode_audio(data, max_duration_s=limit, timeout_s=settings.decode_timeout_s))
+            lambda: decode_audio(data, max_duration_s=limit, timeout_s=settings.decode_timeout_s)
+        )
     except AudioTooLongError as exc:
         raise InvalidRequestError(str(exc), param=param, code="audio_too_long") from None
     except AudioDecodeError as exc:
@@ -152,8 +167,9 @@ async def decode_bytes(data: bytes, settings: ServerSettings, request: Request, 
     return samples
 
 
-async def decode_upload(file: UploadFile, settings: ServerSettings, request: Request, *,
-                        max_s: float | None = None) -> np.ndarray:
+async def decode_upload(
+    file: UploadFile, settings: ServerSettings, request: Request, *, max_s: float | None = None
+) -> np.ndarray:
     """``read_upload`` then ``decode_bytes``: an uploaded file → float32 mono 16 kHz samples ``(n,)``."""
     data = await read_upload(file, settings)
     return await decode_bytes(data, settings, request, name=file.filename or "audio", max_s=max_s)

@@ -88,10 +88,19 @@ def backend_api_error(exc: BackendError) -> ApiError:
     body = (exc.body or {}).get("error") or {}
     message = body.get("message") or exc.message
     if isinstance(exc, BackendRejected):
-        return api_error(exc.status or 400, message, type=body.get("type") or "invalid_request_error",
-                         param=body.get("param"), code=body.get("code"))
-    return api_error(502, f"The {exc.backend} server failed: {message}", param=body.get("param"),
-                     code=body.get("code") or "backend_error")
+        return api_error(
+            exc.status or 400,
+            message,
+            type=body.get("type") or "invalid_request_error",
+            param=body.get("param"),
+            code=body.get("code"),
+        )
+    return api_error(
+        502,
+        f"The {exc.backend} server failed: {message}",
+        param=body.get("param"),
+        code=body.get("code") or "backend_error",
+    )
 
 
 def decode_reference(url: str, index: int) -> bytes:
@@ -102,18 +111,23 @@ def decode_reference(url: str, index: int) -> bytes:
     """
     param = "known_speaker_references"
     if not url.startswith("data:") or ";base64," not in url[:200]:
-        raise InvalidRequestError(f"known_speaker_references[{index}] must be a base64 data URL "
-                                  "(data:audio/wav;base64,...).", param=param)
+        raise InvalidRequestError(
+            f"known_speaker_references[{index}] must be a base64 data URL (data:audio/wav;base64,...).", param=param
+        )
     try:
         raw = base64.b64decode(url.split(";base64,", 1)[1], validate=False)
         samples = decode_audio(raw, max_duration_s=REFERENCE_S[1] + 5)
     except (binascii.Error, ValueError, AudioDecodeError, AudioTooLongError) as exc:
-        raise InvalidRequestError(f"known_speaker_references[{index}] is not decodable audio: {exc}",
-                                  param=param) from None
+        raise InvalidRequestError(
+            f"known_speaker_references[{index}] is not decodable audio: {exc}", param=param
+        ) from None
     seconds = duration_s(samples)
     if not REFERENCE_S[0] - REFERENCE_SLACK_S <= seconds <= REFERENCE_S[1] + REFERENCE_SLACK_S:
-        raise InvalidRequestError(f"known_speaker_references[{index}] is {seconds:.1f} s long; references must be "
-                                  f"between {REFERENCE_S[0]:g} and {REFERENCE_S[1]:g} seconds.", param=param)
+        raise InvalidRequestError(
+            f"known_speaker_references[{index}] is {seconds:.1f} s long; references must be "
+            f"between {REFERENCE_S[0]:g} and {REFERENCE_S[1]:g} seconds.",
+            param=param,
+        )
     return to_wav_bytes(samples)
 
 
@@ -134,7 +148,9 @@ def wants_speakers(req: TranscriptionForm, settings: RouterSettings) -> bool:
     if req.response_format == "diarized_json" and not diarize_model:
         raise InvalidRequestError(
             f"response_format 'diarized_json' needs a diarization model ({', '.join(settings.diarize_model_names)}); "
-            f"'{req.model}' transcribes without speakers.", param="response_format")
+            f"'{req.model}' transcribes without speakers.",
+            param="response_format",
+        )
     if not diarize_model:
         return False
     if req.stream:
@@ -160,21 +176,39 @@ def create_app(
     state = ServerState("router")
     admission = Admission(settings.max_concurrent, settings.max_queue)
     chunks_total = Counter("chorus_router_chunks", "Chunks sent to the whisper server", registry=state.registry)
-    backend_errors = Counter("chorus_router_backend_errors", "Backend failures by backend and kind",
-                             ["backend", "kind"], registry=state.registry)
+    backend_errors = Counter(
+        "chorus_router_backend_errors",
+        "Backend failures by backend and kind",
+        ["backend", "kind"],
+        registry=state.registry,
+    )
     degraded = Counter("chorus_router_degraded", "Responses returned with warnings", registry=state.registry)
-    backend_up = Gauge("chorus_router_backend_ready", "1 when the backend's /ready is 200", ["backend"],
-                       registry=state.registry)
-    holder: dict[str, Any] = {"whisper_names": [], "backends": {"whisper": (False, "unchecked"), "sidecar": (False, "unchecked")}}
+    backend_up = Gauge(
+        "chorus_router_backend_ready", "1 when the backend's /ready is 200", ["backend"], registry=state.registry
+    )
+    holder: dict[str, Any] = {
+        "whisper_names": [],
+        "backends": {"whisper": (False, "unchecked"), "sidecar": (False, "unchecked")},
+    }
     default_vad = VadOptions(settings.vad_threshold, settings.vad_silence_ms, settings.vad_padding_ms)
 
     def clients() -> tuple[WhisperClient, SidecarClient]:
-        w = WhisperClient(settings.whisper_url, concurrency=settings.whisper_concurrency,
-                          timeout_s=settings.whisper_timeout_s, connect_timeout_s=settings.connect_timeout_s,
-                          api_key=settings.backend_api_key, transport=transports.get("whisper"))
-        s = SidecarClient(settings.sidecar_url, concurrency=settings.sidecar_concurrency,
-                          timeout_s=settings.sidecar_timeout_s, connect_timeout_s=settings.connect_timeout_s,
-                          api_key=settings.backend_api_key, transport=transports.get("sidecar"))
+        w = WhisperClient(
+            settings.whisper_url,
+            concurrency=settings.whisper_concurrency,
+            timeout_s=settings.whisper_timeout_s,
+            connect_timeout_s=settings.connect_timeout_s,
+            api_key=settings.backend_api_key,
+            transport=transports.get("whisper"),
+        )
+        s = SidecarClient(
+            settings.sidecar_url,
+            concurrency=settings.sidecar_concurrency,
+            timeout_s=settings.sidecar_timeout_s,
+            connect_timeout_s=settings.connect_timeout_s,
+            api_key=settings.backend_api_key,
+            transport=transports.get("sidecar"),
+        )
         return w, s
 
     async def poll_backends(router: Router) -> None:
@@ -190,17 +224,28 @@ def create_app(
                     holder["whisper_names"] = await router.whisper.model_names()
             vad_ok = holder.get("vad_loaded", False)
             state.ready = vad_ok and all(ok for ok, _ in checks)
-            state.detail = "ready" if state.ready else "; ".join(
-                [f"{n}: {'ready' if ok else d}" for n, (ok, d) in holder["backends"].items()]
-                + ([] if vad_ok else ["vad: loading"])
+            state.detail = (
+                "ready"
+                if state.ready
+                else "; ".join(
+                    [f"{n}: {'ready' if ok else d}" for n, (ok, d) in holder["backends"].items()]
+                    + ([] if vad_ok else ["vad: loading"])
+                )
             )
             await asyncio.sleep(settings.ready_poll_s)
 
     whisper, sidecar = clients()
     silero = vad or SileroVad()
-    router = Router(whisper, sidecar, vad=silero, max_chunk_s=settings.max_chunk_s,
-                    window_s=settings.diarization_window_s, link_threshold=settings.link_threshold,
-                    known_threshold=settings.known_speaker_threshold, models_timeout_s=settings.connect_timeout_s)
+    router = Router(
+        whisper,
+        sidecar,
+        vad=silero,
+        max_chunk_s=settings.max_chunk_s,
+        window_s=settings.diarization_window_s,
+        link_threshold=settings.link_threshold,
+        known_threshold=settings.known_speaker_threshold,
+        models_timeout_s=settings.connect_timeout_s,
+    )
     holder["router"] = router
 
     @asynccontextmanager
@@ -233,31 +278,50 @@ def create_app(
     async def prepare(req: TranscriptionForm) -> Job:
         known_names = holder["whisper_names"]
         if known_names and req.model not in known_names and req.model not in settings.diarize_model_names:
-            raise NotFoundError(f"The model '{req.model}' does not exist; this server serves "
-                                f"{sorted({*known_names, *settings.diarize_model_names})}.", param="model")
+            raise NotFoundError(
+                f"The model '{req.model}' does not exist; this server serves "
+                f"{sorted({*known_names, *settings.diarize_model_names})}.",
+                param="model",
+            )
         try:
             vad_options = VadOptions.from_strategy(req.chunking_strategy, default_vad)
         except ValueError as exc:
-            raise InvalidRequestError(f"Invalid value for 'chunking_strategy': {exc}.", param="chunking_strategy") from None
+            raise InvalidRequestError(
+                f"Invalid value for 'chunking_strategy': {exc}.", param="chunking_strategy"
+            ) from None
         if len(req.known_speaker_names) != len(req.known_speaker_references):
-            raise InvalidRequestError("known_speaker_names[] and known_speaker_references[] must have the same length.",
-                                      param="known_speaker_names")
+            raise InvalidRequestError(
+                "known_speaker_names[] and known_speaker_references[] must have the same length.",
+                param="known_speaker_names",
+            )
         if len(req.known_speaker_names) > MAX_KNOWN_SPEAKERS:
-            raise InvalidRequestError(f"At most {MAX_KNOWN_SPEAKERS} known speakers are supported.",
-                                      param="known_speaker_names")
+            raise InvalidRequestError(
+                f"At most {MAX_KNOWN_SPEAKERS} known speakers are supported.", param="known_speaker_names"
+            )
         names = [n.strip() for n in req.known_speaker_names]
         if any(not n for n in names) or len(set(names)) != len(names):
-            raise InvalidRequestError("known_speaker_names[] must be distinct and non-empty.", param="known_speaker_names")
+            raise InvalidRequestError(
+                "known_speaker_names[] must be distinct and non-empty.", param="known_speaker_names"
+            )
         diarize = wants_speakers(req, settings)
         refs = []
         if names and diarize:
             refs = await anyio.to_thread.run_sync(
-                lambda: [decode_reference(u, i) for i, u in enumerate(req.known_speaker_references)])
-        job = Job(model=whisper_model(req.model), task="transcribe", language=req.language, prompt=req.prompt,
-                  temperature=req.temperature, diarize=diarize, vad=vad_options, known=tuple(zip(names, refs)),
-                  words="word" in req.timestamp_granularities and req.response_format == "verbose_json",
-                  timestamps=diarize or req.response_format not in TIMELESS_FORMATS,
-                  turn_spans=diarize and req.response_format == "diarized_json")
+                lambda: [decode_reference(u, i) for i, u in enumerate(req.known_speaker_references)]
+            )
+        job = Job(
+            model=whisper_model(req.model),
+            task="transcribe",
+            language=req.language,
+            prompt=req.prompt,
+            temperature=req.temperature,
+            diarize=diarize,
+            vad=vad_options,
+            known=tuple(zip(names, refs)),
+            words="word" in req.timestamp_granularities and req.response_format == "verbose_json",
+            timestamps=diarize or req.response_format not in TIMELESS_FORMATS,
+            turn_spans=diarize and req.response_format == "diarized_json",
+        )
         return job
 
     async def cut(router: Router, samples: np.ndarray, job: Job) -> Plan:
@@ -265,8 +329,7 @@ def create_app(
         window_s = await router.diarization_window_s() if job.diarize else router.max_chunk_s
         return await anyio.to_thread.run_sync(router.plan, samples, job.vad, window_s)
 
-    async def transcriptions(request: Request, req: Annotated[TranscriptionForm, Form(media_type=FORM)]
-                             ) -> Response:
+    async def transcriptions(request: Request, req: Annotated[TranscriptionForm, Form(media_type=FORM)]) -> Response:
         router: Router = holder["router"]
         job = await prepare(req)
         if req.stream:
@@ -277,8 +340,9 @@ def create_app(
             chunks_total.inc(len(plan.chunks))
             t0 = time.perf_counter()
             try:
-                transcript = await asyncio.wait_for(router.transcribe(samples, plan, job),
-                                                    timeout=settings.request_timeout_s)
+                transcript = await asyncio.wait_for(
+                    router.transcribe(samples, plan, job), timeout=settings.request_timeout_s
+                )
             except TimeoutError:
                 raise TimeoutError_(f"The request took longer than {settings.request_timeout_s:g} s.") from None
             except BackendError as exc:
@@ -290,8 +354,15 @@ def create_app(
                 if "sidecar" in w:
                     backend_errors.labels("sidecar", "degraded").inc()
                     break
-        log.info("transcribed %.1fs in %d chunks / %d windows (%s) in %.2fs; warnings=%d", plan.duration,
-                 len(plan.chunks), len(plan.windows), plan.method, time.perf_counter() - t0, len(transcript.warnings))
+        log.info(
+            "transcribed %.1fs in %d chunks / %d windows (%s) in %.2fs; warnings=%d",
+            plan.duration,
+            len(plan.chunks),
+            len(plan.windows),
+            plan.method,
+            time.perf_counter() - t0,
+            len(transcript.warnings),
+        )
         body, media_type = RENDERERS[req.response_format](transcript, words="word" in req.timestamp_granularities)
         if isinstance(body, dict):
             return JSONResponse(body)
@@ -326,8 +397,9 @@ def create_app(
                 await events.aclose()
                 await admission.__aexit__(None, None, None)
 
-        return StreamingResponse(body(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     async def translations(form: Annotated[TranslationForm, Form(media_type=FORM)]) -> Response:
         router: Router = holder["router"]
@@ -335,47 +407,77 @@ def create_app(
         fields = [(k, whisper_model(v) if k == "model" else v) for k, v in form.fields()]
         async with admission:
             try:
-                r = await router.whisper.forward("/v1/audio/translations", fields, form.file.filename or "audio",
-                                                 data, form.file.content_type)
+                r = await router.whisper.forward(
+                    "/v1/audio/translations", fields, form.file.filename or "audio", data, form.file.content_type
+                )
             except BackendError as exc:
                 record(exc)
                 raise backend_api_error(exc) from None
-        return Response(r.content, status_code=r.status_code,
-                        media_type=r.headers.get("content-type", "application/json"))
+        return Response(
+            r.content, status_code=r.status_code, media_type=r.headers.get("content-type", "application/json")
+        )
 
     def model_names() -> list[str]:
         return sorted({*holder["whisper_names"], *settings.diarize_model_names})
 
     def card(name: str) -> dict:
-        return {"id": name, "object": "model", "created": 0, "owned_by": "chorus",
-                "chorus": {"diarization": True, "whisper_model": whisper_model(name)}}
+        return {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "chorus",
+            "chorus": {"diarization": True, "whisper_model": whisper_model(name)},
+        }
 
     async def backends() -> dict[str, BackendStatus]:
-        return {n: BackendStatus(ready=ok, detail=d, url=getattr(settings, f"{n}_url"))
-                for n, (ok, d) in holder["backends"].items()}
+        return {
+            n: BackendStatus(ready=ok, detail=d, url=getattr(settings, f"{n}_url"))
+            for n, (ok, d) in holder["backends"].items()
+        }
 
-    transcription_ok = {200: {"model": Transcription | TranscriptionVerbose | TranscriptionDiarized,
-                              "content": text_responses(*TRANSCRIPTION_TEXT_TYPES, "text/event-stream")}}
-    translation_ok = {200: {"model": Transcription | TranscriptionVerbose,
-                            "content": text_responses(*TRANSCRIPTION_TEXT_TYPES)}}
+    transcription_ok = {
+        200: {
+            "model": Transcription | TranscriptionVerbose | TranscriptionDiarized,
+            "content": text_responses(*TRANSCRIPTION_TEXT_TYPES, "text/event-stream"),
+        }
+    }
+    translation_ok = {
+        200: {"model": Transcription | TranscriptionVerbose, "content": text_responses(*TRANSCRIPTION_TEXT_TYPES)}
+    }
     errors = error_responses(*AUDIO_ERRORS, 502)
     references = APIRouter(route_class=upload_route(settings, max_field_bytes=MAX_REFERENCE_FIELD), tags=["audio"])
     references.add_api_route(
-        "/v1/audio/transcriptions", transcriptions, methods=["POST"], response_class=JSONResponse,
+        "/v1/audio/transcriptions",
+        transcriptions,
+        methods=["POST"],
+        response_class=JSONResponse,
         summary="Transcribe (and diarize) audio of any length: VAD chunks fanned out to both backends.",
-        responses={**transcription_ok, **errors})
+        responses={**transcription_ok, **errors},
+    )
     audio = APIRouter(route_class=upload_route(settings), tags=["audio"])
     audio.add_api_route(
-        "/v1/audio/translations", translations, methods=["POST"], response_class=JSONResponse,
-        summary="Translate audio to English (passed to the whisper server).", responses={**translation_ok, **errors})
+        "/v1/audio/translations",
+        translations,
+        methods=["POST"],
+        response_class=JSONResponse,
+        summary="Translate audio to English (passed to the whisper server).",
+        responses={**translation_ok, **errors},
+    )
     status = APIRouter(tags=["backends"])
-    status.add_api_route("/v1/backends", backends, methods=["GET"],
-                         summary="Readiness of the whisper server and the sidecar as the router sees them.")
+    status.add_api_route(
+        "/v1/backends",
+        backends,
+        methods=["GET"],
+        summary="Readiness of the whisper server and the sidecar as the router sees them.",
+    )
     return build_app(
-        state, settings, title="Chorus router",
+        state,
+        settings,
+        title="Chorus router",
         description="OpenAI-compatible transcription with speaker diarization (diarized_json, SSE), in front of the "
         "whisper server and the torch sidecar. Errors are OpenAI's shape; a backend failure is 502/503/504.",
-        lifespan=lifespan, routers=[references, audio, model_router(model_names, card), status],
+        lifespan=lifespan,
+        routers=[references, audio, model_router(model_names, card), status],
     )
 
 

@@ -88,12 +88,15 @@ class _Backend:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _post(self, path: str, *, data: list[tuple[str, str]], files: dict,
-                    timeout_s: float | None = None) -> httpx.Response:
+    async def _post(
+        self, path: str, *, data: list[tuple[str, str]], files: dict, timeout_s: float | None = None
+    ) -> httpx.Response:
         """POST multipart with the concurrency bound, one retry on connection errors, error mapping.
 
         ``timeout_s`` replaces the client's read deadline for this call (seconds)."""
-        timeout = self._http.timeout if timeout_s is None else httpx.Timeout(timeout_s, connect=self._http.timeout.connect)
+        timeout = (
+            self._http.timeout if timeout_s is None else httpx.Timeout(timeout_s, connect=self._http.timeout.connect)
+        )
         deadline = self.timeout_s if timeout_s is None else timeout_s
         form: dict[str, str | list[str]] = {}
         for key, value in data:  # httpx wants a dict; repeated keys become lists
@@ -203,10 +206,13 @@ class WhisperClient(_Backend):
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BackendFailed(self.name, f"malformed {fmt}: {exc}") from exc
 
-    async def forward(self, path: str, fields: list[tuple[str, str]], filename: str, data: bytes,
-                      content_type: str | None) -> httpx.Response:
+    async def forward(
+        self, path: str, fields: list[tuple[str, str]], filename: str, data: bytes, content_type: str | None
+    ) -> httpx.Response:
         """Pass a request through unchanged (translations): returns the backend's response."""
-        return await self._post(path, data=fields, files={"file": (filename, data, content_type or "application/octet-stream")})
+        return await self._post(
+            path, data=fields, files={"file": (filename, data, content_type or "application/octet-stream")}
+        )
 
     async def model_names(self) -> list[str]:
         """Names the whisper server accepts (``GET /v1/models``)."""
@@ -219,16 +225,21 @@ def transcript_from_verbose(body: dict, *, task: str = "transcribe") -> Transcri
     segments = []
     for i, s in enumerate(body.get("segments") or []):
         words = tuple(
-            Word(w["word"], float(w["start"]), float(w["end"]), w.get("probability"))
-            for w in s.get("words") or []
+            Word(w["word"], float(w["start"]), float(w["end"]), w.get("probability")) for w in s.get("words") or []
         )
         segments.append(
             Segment(
-                id=i, start=float(s["start"]), end=float(s["end"]), text=s["text"], seek=int(s.get("seek", 0)),
-                tokens=tuple(s.get("tokens") or ()), temperature=float(s.get("temperature", 0.0)),
+                id=i,
+                start=float(s["start"]),
+                end=float(s["end"]),
+                text=s["text"],
+                seek=int(s.get("seek", 0)),
+                tokens=tuple(s.get("tokens") or ()),
+                temperature=float(s.get("temperature", 0.0)),
                 avg_logprob=float(s.get("avg_logprob", 0.0)),
                 compression_ratio=float(s.get("compression_ratio", 0.0)),
-                no_speech_prob=float(s.get("no_speech_prob", 0.0)), words=words,
+                no_speech_prob=float(s.get("no_speech_prob", 0.0)),
+                words=words,
             )
         )
     if not segments and body.get("words"):
@@ -236,8 +247,11 @@ def transcript_from_verbose(body: dict, *, task: str = "transcribe") -> Transcri
         words = tuple(Word(w["word"], float(w["start"]), float(w["end"])) for w in body["words"])
         segments.append(Segment(0, words[0].start, words[-1].end, body.get("text", ""), words=words))
     return Transcript(
-        text=body.get("text", ""), segments=tuple(segments), language=body.get("language") or "en",
-        duration=float(body.get("duration") or 0.0), task=body.get("task") or task,
+        text=body.get("text", ""),
+        segments=tuple(segments),
+        language=body.get("language") or "en",
+        duration=float(body.get("duration") or 0.0),
+        task=body.get("task") or task,
     )
 
 
@@ -261,15 +275,23 @@ class Diarization:
 def diarization_from_json(body: dict) -> Diarization:
     """The sidecar's ``/v1/diarize`` JSON → ``Diarization``."""
     turns = tuple(
-        SpeakerTurn(float(s["start"]), float(s["end"]), str(s["speaker"]),
-                    None if s.get("confidence") is None else float(s["confidence"]))
+        SpeakerTurn(
+            float(s["start"]),
+            float(s["end"]),
+            str(s["speaker"]),
+            None if s.get("confidence") is None else float(s["confidence"]),
+        )
         for s in body.get("segments") or []
     )
     speakers = tuple(body.get("speakers") or dict.fromkeys(t.speaker for t in turns))
     prints = {str(k): np.asarray(v, dtype=np.float32) for k, v in (body.get("fingerprints") or {}).items() if v}
     return Diarization(
-        turns=turns, speakers=speakers, fingerprints=prints, duration=float(body.get("duration") or 0.0),
-        models=dict(body.get("models") or {}), warnings=tuple(body.get("warnings") or ()),
+        turns=turns,
+        speakers=speakers,
+        fingerprints=prints,
+        duration=float(body.get("duration") or 0.0),
+        models=dict(body.get("models") or {}),
+        warnings=tuple(body.get("warnings") or ()),
     )
 
 

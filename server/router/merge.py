@@ -115,8 +115,17 @@ def split_segment(seg: Segment, timeline: list[SpeakerTurn]) -> list[Segment]:
         t1 = seg.end if b == len(words) else timeline[owner[b - 1]].end
         if pieces and t0 < pieces[-1].end:
             t0 = pieces[-1].end
-        pieces.append(replace(seg, start=round(t0, 3), end=round(max(t1, t0), 3), text="".join(words[a:b]),
-                              tokens=(), speaker=speaker, words=()))
+        pieces.append(
+            replace(
+                seg,
+                start=round(t0, 3),
+                end=round(max(t1, t0), 3),
+                text="".join(words[a:b]),
+                tokens=(),
+                speaker=speaker,
+                words=(),
+            )
+        )
     # neighbours that ended up with one speaker (after snapping) become one piece
     out: list[Segment] = []
     for p in pieces:
@@ -127,7 +136,9 @@ def split_segment(seg: Segment, timeline: list[SpeakerTurn]) -> list[Segment]:
     return out
 
 
-def assign_speakers(segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *, nearest_s: float = 2.0) -> list[Segment]:
+def assign_speakers(
+    segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *, nearest_s: float = 2.0
+) -> list[Segment]:
     """Give every segment the speaker it overlaps most (interval tree), splitting at speaker changes.
 
     Args:
@@ -292,11 +303,18 @@ def split_by_words(seg: Segment, tree, nearest_s: float = 2.0) -> list[Segment]:
     out = []
     for spk, words in groups:
         start, end = min(w.start for w in words), max(w.end for w in words)
-        out.append(replace(seg, start=round(start, 3), end=round(max(end, start), 3),
-                           text=seg.text if whole else "".join(w.word for w in words),
-                           words=tuple(replace(w, speaker=spk) for w in words),
-                           tokens=seg.tokens if whole else (), speaker=spk,
-                           confidence=_piece_confidence(tree, spk, start, end)))
+        out.append(
+            replace(
+                seg,
+                start=round(start, 3),
+                end=round(max(end, start), 3),
+                text=seg.text if whole else "".join(w.word for w in words),
+                words=tuple(replace(w, speaker=spk) for w in words),
+                tokens=seg.tokens if whole else (),
+                speaker=spk,
+                confidence=_piece_confidence(tree, spk, start, end),
+            )
+        )
     return out
 
 
@@ -314,8 +332,9 @@ def _stretches(turns: Sequence[SpeakerTurn]) -> dict[str, list[tuple[float, floa
     return out
 
 
-def cover_turns(segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *, start: float = 0.0,
-                end: float = float("inf")) -> list[Segment]:
+def cover_turns(
+    segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *, start: float = 0.0, end: float = float("inf")
+) -> list[Segment]:
     """Widen every speaker-attributed segment to its speaker's turn around its words.
 
     ``diarized_json`` segments are speaker turns (OpenAI's ``TranscriptionDiarized``), so the
@@ -381,6 +400,7 @@ def fit_times(segments: Sequence[Segment], duration: float, *, spans_words: bool
         spans_words: False (``diarized_json``, whose segments ``cover_turns`` widened to their
             speaker's turn): every segment keeps its own times, widened to hold its words.
     """
+
     def clamp(x: float) -> float:
         return round(min(max(x, 0.0), duration), 3)
 

@@ -149,11 +149,17 @@ class Router:
             async with self._window_lock:
                 if self._sidecar_window is None and time.monotonic() >= self._window_retry_at:
                     try:
-                        self._sidecar_window = (await asyncio.wait_for(
-                            self.sidecar.max_window_s(timeout_s=self.models_timeout_s), self.models_timeout_s),)
+                        self._sidecar_window = (
+                            await asyncio.wait_for(
+                                self.sidecar.max_window_s(timeout_s=self.models_timeout_s), self.models_timeout_s
+                            ),
+                        )
                     except (TimeoutError, BackendError) as exc:
-                        log.warning("the sidecar's max_window_s is unknown (%s); diarization windows of %g s",
-                                    str(exc) or type(exc).__name__, fallback)
+                        log.warning(
+                            "the sidecar's max_window_s is unknown (%s); diarization windows of %g s",
+                            str(exc) or type(exc).__name__,
+                            fallback,
+                        )
                         self._window_retry_at = time.monotonic() + WINDOW_RETRY_S
         reported = self._sidecar_window[0] if self._sidecar_window is not None else None
         if reported is None:
@@ -204,10 +210,17 @@ class Router:
             timestamps = job.timestamps or (learn and chunk.index == 0)
             try:
                 async with self._whisper_slots:
-                    wav = to_wav_bytes(samples[chunk.start: chunk.end])
-                    t = await self.whisper.transcribe(wav, model=job.model, task=job.task, language=language,
-                                                      prompt=job.prompt, temperature=job.temperature,
-                                                      words=job.words or job.diarize, timestamps=timestamps)
+                    wav = to_wav_bytes(samples[chunk.start : chunk.end])
+                    t = await self.whisper.transcribe(
+                        wav,
+                        model=job.model,
+                        task=job.task,
+                        language=language,
+                        prompt=job.prompt,
+                        temperature=job.temperature,
+                        words=job.words or job.diarize,
+                        timestamps=timestamps,
+                    )
             except Exception as exc:
                 if chunk.index == 0 and not first_language.done():
                     first_language.set_exception(exc)
@@ -230,7 +243,7 @@ class Router:
     def _launch_sidecar(self, samples: np.ndarray, plan: Plan) -> list[asyncio.Task]:
         async def one(w: Window) -> Diarization:
             async with self._sidecar_slots:
-                d = await self.sidecar.diarize(to_wav_bytes(samples[w.start: w.end]))
+                d = await self.sidecar.diarize(to_wav_bytes(samples[w.start : w.end]))
             return shift_diarization(d, w.offset)
 
         return [asyncio.create_task(one(w)) for w in plan.windows]
@@ -246,7 +259,9 @@ class Router:
 
     def _thresholds(self, embedder: str) -> tuple[float, float]:
         link = self.link_threshold if self.link_threshold is not None else default_threshold(embedder)
-        known = self.known_threshold if self.known_threshold is not None else default_threshold(embedder, KNOWN_THRESHOLDS)
+        known = (
+            self.known_threshold if self.known_threshold is not None else default_threshold(embedder, KNOWN_THRESHOLDS)
+        )
         return link, known
 
     # -- the whole request ------------------------------------------------------------------
@@ -275,15 +290,20 @@ class Router:
             results = await asyncio.gather(*sidecar_tasks, return_exceptions=True)
             known, known_warnings = await known_task
             warnings += known_warnings
-            segments, w = self._attribute(segments, results, known, turn_spans=job.turn_spans,
-                                          duration=plan.duration)
+            segments, w = self._attribute(segments, results, known, turn_spans=job.turn_spans, duration=plan.duration)
             warnings += w
         text = join_texts([p.text for p in parts], language)
-        return assemble(segments, text, language, plan.duration, job.task, warnings,
-                        spans_words=not job.turn_spans)
+        return assemble(segments, text, language, plan.duration, job.task, warnings, spans_words=not job.turn_spans)
 
-    def _attribute(self, segments: list[Segment], results: list, known: list[KnownSpeaker], *,
-                   turn_spans: bool = False, duration: float = float("inf")) -> tuple[list[Segment], list[str]]:
+    def _attribute(
+        self,
+        segments: list[Segment],
+        results: list,
+        known: list[KnownSpeaker],
+        *,
+        turn_spans: bool = False,
+        duration: float = float("inf"),
+    ) -> tuple[list[Segment], list[str]]:
         """Offline link + name + merge (and with ``turn_spans``, ``cover_turns`` inside
         ``[0, duration]``); failures of the sidecar become warnings."""
         warnings = []
@@ -352,8 +372,9 @@ class Router:
                             d = await sidecar_tasks[w]
                         except Exception as exc:  # the sidecar's failure costs speakers, not text
                             reason = exc.message if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
-                            warnings.append(f"diarization failed for part {w} (sidecar: {reason}); "
-                                            "speakers are missing there")
+                            warnings.append(
+                                f"diarization failed for part {w} (sidecar: {reason}); speakers are missing there"
+                            )
                             window_turns[w] = None
                         else:
                             if speakers is None:
@@ -366,8 +387,9 @@ class Router:
                         segs = assign_speakers(segs, window_turns[w])
                         if job.turn_spans:  # inside this chunk: the next chunk's segments are not known yet
                             chunk = plan.chunks[ci]
-                            segs = cover_turns(segs, window_turns[w], start=chunk.offset,
-                                               end=chunk.offset + chunk.duration)
+                            segs = cover_turns(
+                                segs, window_turns[w], start=chunk.offset, end=chunk.offset + chunk.duration
+                            )
                 segs = [s for s in fit_times(segs, plan.duration, spans_words=not job.turn_spans) if s.text.strip()]
                 if not part.text.strip() and not segs:
                     continue
@@ -430,11 +452,27 @@ def text_pieces(texts: Sequence[str], sep: str) -> list[str]:
     return out
 
 
-def assemble(segments: Sequence[Segment], text: str, language: str, duration: float, task: str,
-             warnings: Sequence[str], *, spans_words: bool = True) -> Transcript:
+def assemble(
+    segments: Sequence[Segment],
+    text: str,
+    language: str,
+    duration: float,
+    task: str,
+    warnings: Sequence[str],
+    *,
+    spans_words: bool = True,
+) -> Transcript:
     """The response's ``Transcript``: segments with times fitted (``fit_times``, ``spans_words``
     passed on) and renumbered, in order of their start."""
-    segs = tuple(replace(s, id=i) for i, s in enumerate(sorted(fit_times(segments, duration, spans_words=spans_words),
-                                                                  key=lambda s: s.start)))
-    return Transcript(text=text, segments=segs, language=language, duration=duration, task=task,
-                      warnings=tuple(dict.fromkeys(warnings)))
+    segs = tuple(
+        replace(s, id=i)
+        for i, s in enumerate(sorted(fit_times(segments, duration, spans_words=spans_words), key=lambda s: s.start))
+    )
+    return Transcript(
+        text=text,
+        segments=segs,
+        language=language,
+        duration=duration,
+        task=task,
+        warnings=tuple(dict.fromkeys(warnings)),
+    )

@@ -87,8 +87,11 @@ def local_speakers(diarizations: Sequence[tuple[int, Diarization | None]]) -> li
             if label not in speech:
                 continue
             fp = d.fingerprints.get(label)
-            out.append(LocalSpeaker(w, label, None if fp is None else _unit(np.asarray(fp, np.float32)),
-                                    speech[label], first[label]))
+            out.append(
+                LocalSpeaker(
+                    w, label, None if fp is None else _unit(np.asarray(fp, np.float32)), speech[label], first[label]
+                )
+            )
     return out
 
 
@@ -269,7 +272,9 @@ def name_speakers(
     return names
 
 
-def cluster_centroids(speakers: Sequence[LocalSpeaker], links: dict[tuple[int, str], Link]) -> dict[int, np.ndarray | None]:
+def cluster_centroids(
+    speakers: Sequence[LocalSpeaker], links: dict[tuple[int, str], Link]
+) -> dict[int, np.ndarray | None]:
     """Speech-weighted unit centroid of every cluster's fingerprints (None: no fingerprint)."""
     sums: dict[int, np.ndarray | None] = {}
     for s in speakers:
