@@ -36,6 +36,7 @@ CHECKS = [
     response_schema_conformance,
     response_headers_conformance,
 ]
+NOT_5XX = schemathesis.checks.not_a_server_error
 OPEN = ("/health", "/ready", "/metrics")
 
 
@@ -323,7 +324,10 @@ def fuzz(app, wav: bytes, examples: dict[str, int], *, model: str | None) -> dic
             suppress_health_check=list(HealthCheck),
         )
         def run(case):
-            response = case.call_and_validate(checks=CHECKS)
+            # /ready's 503 ("not ready yet", documented with Retry-After) is its answer while a model or
+            # the VAD loads, not a server error; the status and headers are still checked against the document
+            checks = CHECKS if operation.path != "/ready" else [c for c in CHECKS if c is not NOT_5XX]  # noqa: B023
+            response = case.call_and_validate(checks=checks)
             seen.setdefault(f"{operation.method.upper()} {operation.path}", set()).add(  # noqa: B023 (run now)
                 response.status_code
             )
