@@ -23,7 +23,6 @@ the engine admits, and the rest wait in Serve's queue, where autoscaling can see
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -311,6 +310,8 @@ def build_app(args: dict[str, Any] | RayServeSettings | None = None) -> Any:
     """
     from ray import serve
 
+    from torch_models.settings import SidecarSettings
+
     settings = args if isinstance(args, RayServeSettings) else RayServeSettings(**(args or {}))
     whisper_settings = WhisperSettings(**settings.whisper)
     pinned = {"version": settings.version} if settings.version else {}
@@ -318,7 +319,7 @@ def build_app(args: dict[str, Any] | RayServeSettings | None = None) -> Any:
         **settings.whisper_deployment.options(max_ongoing_requests=whisper_settings.max_concurrent)
     )
     sidecar = serve.deployment(BackendReplica, name=SIDECAR, **pinned).options(
-        **settings.sidecar_deployment.options(max_ongoing_requests=16)
+        **settings.sidecar_deployment.options(max_ongoing_requests=SidecarSettings(**settings.sidecar).max_concurrent)
     )
     ingress = serve.deployment(serve.ingress(_router_builder(settings))(), name="router", **pinned).options(
         num_replicas=settings.router_replicas,
@@ -329,11 +330,6 @@ def build_app(args: dict[str, Any] | RayServeSettings | None = None) -> Any:
         whisper.bind(WHISPER, settings.whisper, settings.ready_timeout_s),
         sidecar.bind(SIDECAR, settings.sidecar, settings.ready_timeout_s),
     )
-
-
-def settings_json(settings: RayServeSettings) -> str:
-    """``settings`` as the JSON of a Serve config's ``args``."""
-    return json.dumps(settings.model_dump(mode="json"))
 
 
 def run(
