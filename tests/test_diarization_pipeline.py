@@ -121,13 +121,29 @@ def test_assign_is_one_to_one_within_a_chunk_when_constrained():
     assert out[0].tolist() == [0, 1] and out[1].tolist() == [1, -2]
 
 
+def test_pieces_of_one_local_speaker_may_share_a_cluster_but_not_with_another_local_speaker():
+    # chunk 0: local speaker 0 cut into 3 pieces, all nearest cluster 0; local speaker 1 (one piece)
+    # also nearest cluster 0 but less so. The pieces of speaker 0 stay together (a one-to-one
+    # matching over pieces would push two of them into other clusters); speaker 1 must move.
+    cents = np.eye(3)
+    emb = np.array([[[1.0, 0.2, 0.1], [1.0, 0.1, 0.2], [1.0, 0.3, 0.0], [0.8, 0.6, 0.0]]])
+    emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+    parents = np.array([[0, 0, 0, 1]])
+    assert assign(emb, cents, constrained=True, parents=parents)[0].tolist() == [0, 0, 0, 1]
+    assert sorted(assign(emb, cents, constrained=True)[0].tolist()) == [0, 0, 1, 2]  # what pieces got before
+    assert assign(emb, cents, constrained=False)[0].tolist() == [0, 0, 0, 0]
+    # one local speaker in a chunk: no constraint at all
+    assert assign(emb[:, :3], cents, constrained=True, parents=parents[:, :3])[0].tolist() == [0, 0, 0]
+
+
 def test_split_local_speakers_partitions_frames_without_changing_the_count():
     hard = np.zeros((1, 12, 3), np.float32)
     hard[0, 0:10, 0] = 1
     hard[0, 4:6, 1] = 1
     soft = np.full((1, 12, 3), 0.5, np.float32)
-    vh, vs = split_local_speakers(hard, soft, piece_frames=5)
+    vh, vs, parents = split_local_speakers(hard, soft, piece_frames=5)
     assert vh.shape == (1, 12, 3)  # speaker 0 in two pieces of 5 frames, speaker 1 in one
+    assert parents.tolist() == [[0, 0, 1]]
     np.testing.assert_array_equal(vh.sum(-1), hard.sum(-1))
     assert vh[0, :, 0].tolist() == [1] * 5 + [0] * 7 and vh[0, :, 1].tolist() == [0] * 5 + [1] * 5 + [0] * 2
     assert (vs[0, :, :2].sum(-1) == 0.5).all()  # the soft span of speaker 0 is split, not copied

@@ -18,8 +18,9 @@ recipe", Interspeech 2023, as shipped in pyannote/speaker-diarization-3.1 (MIT),
    ``threshold``) of the embeddings of speakers active alone for at least 20 % of their chunk,
    small clusters (< ``min_cluster_size``) folded into the nearest large one, the count forced into
    ``[min_speakers, max_speakers]`` by walking the dendrogram (pyannote ``AgglomerativeClustering``);
-   then every (chunk, speaker) goes to its nearest centroid, at most one local speaker per
-   cluster in a chunk (Hungarian assignment).
+   then every (chunk, speaker) goes to its nearest centroid; different local speakers of a chunk
+   never share a cluster, while the pieces of one local speaker may (``assign`` with ``parents``;
+   3.1's one-to-one Hungarian over pieces pushed pieces of one voice into other clusters).
 6. ``reconstruct``: each cluster's activity summed over the overlapping chunks; in every frame the
    ``count`` most active clusters are on (pyannote ``to_diarization``), so two speakers overlap
    where the model says two talk.
@@ -70,6 +71,11 @@ class PyannoteConfig:
     min_cluster_size 12 and the threshold; 1.5 s pieces at 0.8 scored better there but split one
     voice into two speakers across the router's windows (tests/test_router_e2e.py), so they were not
     adopted (bench/results/cpu-diarization-der-2026-11-30/tuning). AMI trn00/trn08 are never tuned on.
+    After the piece-aware constraint in ``assign`` (2026-12-01) the threshold was swept again on
+    dev00/dev01 + the synthetic meetings: 0.8-0.85 give the same dev DER; 0.775 was better on the
+    synthetic meetings (syn3a keeps its small third voice) but 0.765 already splits dev00 into
+    4 speakers, so the wide plateau (0.825) was kept (bench/results/cpu-diarization-der-parent-
+    constraint-2026-12-01/tuning).
     """
 
     step_s: float = 1.0  # hop between 10 s segmentation chunks
@@ -123,9 +129,13 @@ def to_multilabel(log_probs: np.ndarray, mapping: np.ndarray) -> tuple[np.ndarra
     return hard.astype(np.float32), soft.astype(np.float32)
 
 
-def split_local_speakers(hard: np.ndarray, soft: np.ndarray, piece_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def split_local_speakers(
+    hard: np.ndarray, soft: np.ndarray, piece_frames: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut each (chunk, local speaker) into consecutive pieces of about ``piece_frames`` active
-    frames, each then embedded, clustered and assigned on its own: ``(C, F, S)`` → ``(C, F, S')``.
+    frames, each then embedded, clustered and assigned on its own: ``(C, F, S)`` → hard and soft
+    ``(C, F, S')`` and ``parents`` int ``(C, S')``, the local speaker each piece comes from (-1: an
+    empty column), which ``assign`` needs to keep different local speakers of a chunk apart.
 
     Not in pyannote 3.1: on the AMI clips segmentation-3.0 often gives two alternating voices one
     local speaker within a 10 s chunk, which no clustering of whole local speakers can undo. The
@@ -133,7 +143,7 @@ def split_local_speakers(hard: np.ndarray, soft: np.ndarray, piece_frames: int) 
     the overlap and the clean frames are unchanged.
     """
     num_chunks, num_frames, num_speakers = hard.shape
-    per_chunk: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    per_chunk: list[list[tuple[np.ndarray, np.ndarray, int]]] = []
     for c in range(num_chunks):
         pieces = []
         for s in range(num_speakers):
@@ -147,15 +157,16 @@ def split_local_speakers(hard: np.ndarray, soft: np.ndarray, piece_frames: int) 
                 h[part] = 1.0
                 p = np.zeros(num_frames, np.float32)
                 p[lo:hi] = soft[c, lo:hi, s]
-                pieces.append((h, p))
+                pieces.append((h, p, s))
         per_chunk.append(pieces)
     width = max(1, max(len(p) for p in per_chunk))
     out_h = np.zeros((num_chunks, num_frames, width), np.float32)
     out_s = np.zeros((num_chunks, num_frames, width), np.float32)
+    parents = np.full((num_chunks, width), -1, np.int64)
     for c, pieces in enumerate(per_chunk):
-        for j, (h, p) in enumerate(pieces):
-            out_h[c, :, j], out_s[c, :, j] = h, p
-    return out_h, out_s
+        for j, (h, p, s) in enumerate(pieces):
+            out_h[c, :, j], out_s[c, :, j], parents[c, j] = h, p, s
+    return out_h, out_s, parents
 
 
 def chunk_frame_offsets(num_chunks: int, step_s: float, frame_step: float) -> np.ndarray:
@@ -286,10 +297,21 @@ def agglomerative(
     return np.unique(clusters, return_inverse=True)[1].astype(np.int64)
 
 
-def assign(embeddings: np.ndarray, centroids: np.ndarray, constrained: bool) -> np.ndarray:
+def assign(
+    embeddings: np.ndarray, centroids: np.ndarray, constrained: bool, parents: np.ndarray | None = None
+) -> np.ndarray:
     """(chunk, speaker) → cluster, int ``(C, S)`` (-2: no embedding): nearest centroid by cosine, or
-    with ``constrained`` the best one-to-one matching within each chunk (pyannote
-    ``assign_embeddings`` / ``constrained_argmax``)."""
+    with ``constrained`` different local speakers of a chunk never share a cluster (pyannote's
+    cannot-link constraint between the local speakers of one chunk).
+
+    Without ``parents`` (int ``(C, S)``, the local speaker each column was cut from, see
+    ``split_local_speakers``) every column is its own local speaker and the constraint is the best
+    one-to-one matching per chunk (pyannote 3.1 ``constrained_argmax``, Hungarian). With
+    ``parents``, pieces of one local speaker may share a cluster or take several; pieces of
+    different local speakers may not share one. That is solved greedily, most similar
+    (piece, cluster) pair first (pyannote 2.x ``NearestClusterAssignment`` with ``cannot_link``);
+    a piece left without a free cluster (more local speakers than clusters) takes its nearest.
+    """
     from scipy.optimize import linear_sum_assignment
 
     num_chunks, num_speakers, _ = embeddings.shape
@@ -301,13 +323,26 @@ def assign(embeddings: np.ndarray, centroids: np.ndarray, constrained: bool) -> 
         rows = np.flatnonzero(valid[c])
         if not rows.size:
             continue
-        if constrained and len(cents) > 1:
+        out[c, rows] = np.argmax(sims[c, rows], axis=-1)
+        if not constrained or len(cents) < 2:
+            continue
+        if parents is None:
             r, k = linear_sum_assignment(sims[c, rows], maximize=True)
+            out[c, rows[r]] = k  # the rest (more local speakers than clusters) keep their nearest
+            continue
+        groups = parents[c, rows]
+        if np.unique(groups).size < 2:
+            continue
+        owner: dict[int, int] = {}
+        done: set[int] = set()
+        flat = sims[c, rows]
+        for i in np.argsort(-flat, axis=None):
+            r, k = divmod(int(i), flat.shape[1])
+            if r in done or owner.get(k, groups[r]) != groups[r]:
+                continue
+            owner[k] = int(groups[r])
             out[c, rows[r]] = k
-            rest = np.setdiff1d(np.arange(rows.size), r)  # more local speakers than clusters
-            out[c, rows[rest]] = np.argmax(sims[c, rows[rest]], axis=-1)
-        else:
-            out[c, rows] = np.argmax(sims[c, rows], axis=-1)
+            done.add(r)
     return out
 
 
@@ -388,6 +423,8 @@ class ChunkAnalysis:
         count: int ``(T,)`` speakers talking in each file frame.
         embeddings: float32 ``(C, S, D)`` unit-norm CAM++ embeddings, NaN where a speaker is silent.
         frame_step: seconds between frames.
+        parents: int ``(C, S)`` local speaker each column was cut from (``split_local_speakers``),
+            -1 for empty columns; None when local speakers are whole.
     """
 
     duration: float
@@ -397,6 +434,7 @@ class ChunkAnalysis:
     count: np.ndarray
     embeddings: np.ndarray
     frame_step: float
+    parents: np.ndarray | None = None
 
 
 class PyannoteDiarizer:
@@ -455,8 +493,9 @@ class PyannoteDiarizer:
         hard, soft = to_multilabel(segment(seg, samples, starts, c.batch_size), seg.mapping)
         offsets = chunk_frame_offsets(len(starts), step / SAMPLE_RATE, seg.frame_step)
         count = speaker_count(hard, offsets)
+        parents = None
         if c.piece_s:
-            hard, soft = split_local_speakers(hard, soft, int(round(c.piece_s / seg.frame_step)))
+            hard, soft, parents = split_local_speakers(hard, soft, int(round(c.piece_s / seg.frame_step)))
         if hard.any():
             emb = chunk_embeddings(
                 self.campplus,
@@ -468,7 +507,9 @@ class PyannoteDiarizer:
             )
         else:
             emb = np.full(hard.shape[:2] + (self.campplus.dim,), np.nan, np.float32)
-        return ChunkAnalysis(samples.shape[0] / SAMPLE_RATE, hard, soft, offsets, count, emb, seg.frame_step)
+        return ChunkAnalysis(
+            samples.shape[0] / SAMPLE_RATE, hard, soft, offsets, count, emb, seg.frame_step, parents
+        )
 
     def diarize(
         self,
@@ -570,6 +611,6 @@ def cluster_chunks(
     )
     k = int(labels.max()) + 1
     centroids = np.stack([x[labels == j].mean(0) for j in range(k)])
-    clusters = assign(a.embeddings, centroids, c.constrained_assignment)
+    clusters = assign(a.embeddings, centroids, c.constrained_assignment, a.parents)
     clusters[~active] = -2
     return clusters, k
