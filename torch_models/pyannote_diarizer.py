@@ -507,9 +507,7 @@ class PyannoteDiarizer:
             )
         else:
             emb = np.full(hard.shape[:2] + (self.campplus.dim,), np.nan, np.float32)
-        return ChunkAnalysis(
-            samples.shape[0] / SAMPLE_RATE, hard, soft, offsets, count, emb, seg.frame_step, parents
-        )
+        return ChunkAnalysis(samples.shape[0] / SAMPLE_RATE, hard, soft, offsets, count, emb, seg.frame_step, parents)
 
     def diarize(
         self,
