@@ -7,6 +7,18 @@
 For ``X.wav`` the diarization reference is ``X.rttm`` and the scored region ``X.uem``; with
 ``X.txt`` present the WER is scored too. ``--espeak-long`` builds a five-minute two-voice espeak-ng
 conversation with a known script and turn boundaries and scores DER, WER and cpWER (meeteval).
+``--overlap-meetings N`` adds N synthetic ~30 s meetings with overlapped speech (interruptions,
+backchannels under another voice, two voices over the same seconds; ``overlapped_meeting``).
+
+Without a running router, ``--whisper-url`` and ``--sidecar-url`` run the router's own pipeline
+(``server.router.pipeline.Router``, the Job a ``diarized_json`` request makes) in this process
+against the two backends, and also score the sidecar's own turns on the same file, each split into
+missed / false alarm / confusion. With ``--cache DIR`` every backend answer is kept (pickled, keyed
+by the audio and the request) and replayed on the next run, so the merge can be iterated on without
+the backends (``--cache DIR`` alone replays):
+
+    python -m bench.router_eval --whisper-url http://127.0.0.1:8001 --sidecar-url http://127.0.0.1:8002 \
+        --cache /tmp/router-cache --collar 0.25 ../shared/data/pyannote_ami_dev00.wav --overlap-meetings 6
 
 The hypothesis is what a client gets: the ``diarized_json`` segments (their times and speakers),
 so the DER includes the segment granularity of the transcript, not only the diarizer's turns.
@@ -19,7 +31,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,6 +127,79 @@ def long_conversation():
     return conv.samples, Reference(conv.turns, LONG_DIALOGUE)
 
 
+BACKCHANNELS: tuple[str, ...] = ("Yeah.", "Right.", "Okay.", "Mm-hmm.", "I see.", "Sure.", "Exactly.", "Uh-huh.")
+
+
+def overlapped_meeting(seed: int, *, max_s: float = 30.5, voices: Sequence[str] = ("A", "B", "C")):
+    """A synthetic ~30 s espeak-ng meeting with overlapped speech: ``(samples, Reference)``.
+
+    Lines of ``LONG_DIALOGUE`` (from a seed-dependent start) by the voices of
+    ``torch_models.synth.VOICES``, each starting in one of three ways: after a pause (0.2-0.8 s);
+    interrupting the previous line 0.4-1.2 s before its end; or spoken under it from 30-60 % of
+    the way in (two voices over the same seconds). About a third of the lines get a backchannel
+    (``BACKCHANNELS``) by another voice in their middle. Voices that start under another are mixed
+    1-6 dB quieter, as a second voice in a meeting often is. The reference turns are each line's
+    span above an energy floor (``speech_span``), with its text; the meeting ends 0.5 s after its last
+    line and is at most ``max_s`` seconds (so the router sends it to the whisper server whole).
+
+    Args:
+        seed: numpy ``default_rng`` seed: which lines, who speaks, how each line starts, levels.
+        max_s: longest meeting (seconds).
+        voices: keys of ``VOICES`` taking part.
+    """
+    import numpy as np
+
+    from server.core.audio import SAMPLE_RATE
+    from torch_models.synth import VOICES, speak, speech_span
+
+    rng = np.random.default_rng(seed)
+    sr = SAMPLE_RATE
+
+    def line(who: str, text: str) -> np.ndarray:
+        audio = speak(text, *VOICES[who])
+        a, b = speech_span(audio)
+        audio = audio[a:b]
+        return audio * (0.1 / max(1e-6, float(np.sqrt(np.mean(audio**2)))))  # equal loudness (RMS)
+
+    placed: list[tuple[float, np.ndarray, str, str]] = []  # (start s, samples, speaker, text)
+    k = int(rng.integers(len(LONG_DIALOGUE)))
+    prev_who, prev_start, prev_end = None, 0.0, 0.5
+    while prev_end < max_s - 3.0:
+        who = str(rng.choice([v for v in voices if v != prev_who]))
+        text = LONG_DIALOGUE[k % len(LONG_DIALOGUE)]
+        k += 1
+        audio = line(who, text)
+        n = audio.shape[0] / sr
+        mode = rng.choice(["pause", "interrupt", "under"], p=[0.45, 0.35, 0.2]) if placed else "pause"
+        gain = 1.0
+        if mode == "pause":
+            start = prev_end + rng.uniform(0.2, 0.8)
+        elif mode == "interrupt":
+            start = max(prev_start + 0.5, prev_end - rng.uniform(0.4, 1.2))
+        else:
+            start = prev_start + rng.uniform(0.3, 0.6) * (prev_end - prev_start)
+            gain = 10 ** (-rng.uniform(1, 6) / 20)
+        if start + n > max_s - 0.5:
+            break
+        placed.append((start, audio * gain, who, text))
+        if rng.random() < 1 / 3 and n > 2.0:
+            other = str(rng.choice([v for v in voices if v != who]))
+            word = str(rng.choice(BACKCHANNELS))
+            bc = line(other, word) * 10 ** (-rng.uniform(0, 4) / 20)
+            placed.append((start + rng.uniform(0.35, 0.6) * n, bc, other, word))
+        prev_who, prev_start, prev_end = who, start, start + n
+    total = int((max(s + a.shape[0] / sr for s, a, _, _ in placed) + 0.5) * sr)
+    mix = np.zeros(total, np.float32)
+    turns, texts = [], []
+    for start, audio, who, text in sorted(placed, key=lambda p: p[0]):
+        i = int(round(start * sr))
+        mix[i : i + audio.shape[0]] += audio[: total - i]
+        turns.append(SpeakerTurn(i / sr, (i + audio.shape[0]) / sr, who))
+        texts.append(text)
+    mix *= 0.5 / max(1e-6, float(np.abs(mix).max()))
+    return mix, Reference(tuple(turns), tuple(texts))
+
+
 def normalizer():
     """Whisper's English text normaliser (numbers, spelling, punctuation)."""
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
@@ -181,11 +266,93 @@ async def transcribe(url: str, name: str, data: bytes, model: str) -> dict:
     return out.model_dump()
 
 
+class _Cached:
+    """A backend client (or ``None``) whose answers are kept in ``cache`` (a folder) and replayed:
+    the key is the audio's bytes and the call's arguments. The router only calls the methods below."""
+
+    def __init__(self, name: str, client, cache: Path | None, concurrency: int = 2) -> None:
+        self.name, self.client, self.cache, self.concurrency = name, client, cache, concurrency
+        self.answers: list = []  # this run's answers, in call order
+
+    async def _call(self, method: str, wav: bytes = b"", **kwargs):
+        import hashlib
+        import pickle
+
+        key = hashlib.sha1(wav + repr(sorted(kwargs.items())).encode()).hexdigest()[:24]
+        path = self.cache / f"{self.name}-{method}-{key}.pkl" if self.cache else None
+        if path is not None and path.is_file():
+            out = pickle.loads(path.read_bytes())
+        else:
+            if self.client is None:
+                raise click.ClickException(f"no cached {self.name} answer {path}; give --{self.name}-url")
+            out = await getattr(self.client, method)(wav, **kwargs) if wav else await getattr(self.client, method)()
+            if path is not None:
+                path.write_bytes(pickle.dumps(out))
+        self.answers.append(out)
+        return out
+
+
+class CachedWhisper(_Cached):
+    async def transcribe(self, wav: bytes, **kwargs):
+        return await self._call("transcribe", wav, **kwargs)
+
+
+class CachedSidecar(_Cached):
+    async def diarize(self, wav: bytes, **kwargs):
+        return await self._call("diarize", wav, **kwargs)
+
+    async def embed(self, wav: bytes):
+        return await self._call("embed", wav)
+
+    async def max_window_s(self, *, timeout_s: float = 5.0):
+        return await self._call("max_window_s")
+
+
+async def transcribe_in_process(samples, whisper: CachedWhisper, sidecar: CachedSidecar) -> tuple[dict, list]:
+    """The router's pipeline in this process, as a ``diarized_json`` request with the diarize model
+    runs it (``Job(diarize=True, turn_spans=True)``; silero-vad cuts audio over 31 s): the body,
+    and the sidecar's turns (absolute seconds) when the file was diarized in one window, else ``[]``.
+    """
+    from server.core.formats import render_diarized_json
+    from server.core.vad import SileroVad
+    from server.router.pipeline import Job, Router
+
+    router = Router(whisper, sidecar, vad=SileroVad())  # type: ignore[arg-type]
+    job = Job(model="whisper-1", diarize=True, timestamps=True, turn_spans=True)
+    window = await router.diarization_window_s()
+    plan = router.plan(samples, job.vad, window)
+    first = len(sidecar.answers)
+    t = await router.transcribe(samples, plan, job)
+    body, _ = render_diarized_json(t)
+    diarized = [a for a in sidecar.answers[first:] if hasattr(a, "turns")]
+    return body, list(diarized[0].turns) if len(plan.windows) == 1 and len(diarized) == 1 else []
+
+
+def _line(name: str, what: str, c: float, sc: dict) -> str:
+    extra = "".join(f"  {k} {sc[k]:.1%}" for k in ("wer", "cpwer") if k in sc)
+    return (
+        f"{name:28s} {what:7s} collar {c:g}: DER {sc['der']:6.1%} (miss {sc['der_missed']:.1%}, "
+        f"FA {sc['der_false_alarm']:.1%}, conf {sc['der_confusion']:.1%}){extra}  "
+        f"speakers {sc['speakers_hyp']}/{sc['speakers_ref']}"
+    )
+
+
 @click.command()
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="A running router.")
 @click.option("--model", default="gpt-4o-transcribe-diarize", show_default=True)
 @click.option("--espeak-long", is_flag=True, help="Also score the 5-minute two-voice espeak-ng conversation.")
+@click.option(
+    "--overlap-meetings", type=int, default=0, help="Also score this many synthetic meetings with overlapped speech."
+)
+@click.option("--whisper-url", default=None, help="Run the router's pipeline here against this whisper server.")
+@click.option("--sidecar-url", default=None, help="... and this sidecar (also scores the sidecar's own turns).")
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep/replay backend answers here (in-process runs); alone: replay only.",
+)
 @click.option(
     "--collar",
     "collars",
@@ -196,22 +363,39 @@ async def transcribe(url: str, name: str, data: bytes, model: str) -> dict:
     help="Forgiveness collar (seconds) around reference boundaries; repeat to score one answer at several.",
 )
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def main(files, url, model, espeak_long, collars, json_out) -> None:
+def main(files, url, model, espeak_long, overlap_meetings, whisper_url, sidecar_url, cache, collars, json_out) -> None:
     """Print DER (and WER / cpWER where a script exists) of the router on each recording, at each
     ``--collar`` (one request per recording; the row's ``der*`` keys are the first collar's,
-    ``by_collar`` holds every collar's)."""
-    from server.core.audio import to_wav_bytes
+    ``by_collar`` holds every collar's). In-process runs (``--whisper-url``/``--sidecar-url`` or
+    ``--cache``) also print the sidecar's own turns' scores (row key ``sidecar``)."""
+    from server.core.audio import decode_audio, to_wav_bytes
 
     cases: list[tuple[str, bytes, Reference]] = [(p.name, p.read_bytes(), read_reference(p)) for p in files]
     if espeak_long:
         samples, ref = long_conversation()
         cases.append(("espeak_long_two_voices", to_wav_bytes(samples), ref))
+    for seed in range(overlap_meetings):
+        samples, ref = overlapped_meeting(seed)
+        cases.append((f"espeak_overlap_meeting_{seed}", to_wav_bytes(samples), ref))
     if not cases:
-        raise click.UsageError("give .wav files with .rttm references, or --espeak-long")
+        raise click.UsageError("give .wav files with .rttm references, --espeak-long or --overlap-meetings")
+    in_process = bool(whisper_url or sidecar_url or cache)
+    if in_process:
+        from server.router.clients import SidecarClient, WhisperClient
+
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+        whisper, sidecar = CachedWhisper("whisper", None, cache), CachedSidecar("sidecar", None, cache)
     rows = []
     for name, data, ref in cases:
         t0 = time.perf_counter()
-        body = asyncio.run(transcribe(url, name, data, model))
+        sidecar_turns: list[SpeakerTurn] = []
+        if in_process:  # fresh clients per run: an httpx pool belongs to one event loop
+            whisper.client = whisper_url and WhisperClient(whisper_url, concurrency=2, timeout_s=600.0)
+            sidecar.client = sidecar_url and SidecarClient(sidecar_url, concurrency=1, timeout_s=600.0)
+            body, sidecar_turns = asyncio.run(transcribe_in_process(decode_audio(data), whisper, sidecar))
+        else:
+            body = asyncio.run(transcribe(url, name, data, model))
         wall = time.perf_counter() - t0
         scores = {c: score(body["segments"], ref, collar=c) for c in collars}
         row = {
@@ -221,15 +405,24 @@ def main(files, url, model, espeak_long, collars, json_out) -> None:
             **scores[collars[0]],
             "by_collar": {str(c): v for c, v in scores.items()},
             "warnings": body.get("warnings", []),
+            "segments": body["segments"],
         }
+        if sidecar_turns:
+            turns = [{"start": t.start, "end": t.end, "speaker": t.speaker, "text": ""} for t in sidecar_turns]
+            side = {c: score(turns, replace(ref, texts=None), collar=c) for c in collars}
+            row["sidecar"] = {str(c): v for c, v in side.items()}
+            row["sidecar_turns"] = turns
         rows.append(row)
         for c, sc in scores.items():
-            extra = "".join(f"  {k} {sc[k]:.1%}" for k in ("wer", "cpwer") if k in sc)
-            click.echo(
-                f"{name:28s} collar {c:g}: DER {sc['der']:6.1%} (miss {sc['der_missed']:.1%}, "
-                f"FA {sc['der_false_alarm']:.1%}, conf {sc['der_confusion']:.1%}){extra}  "
-                f"speakers {sc['speakers_hyp']}/{sc['speakers_ref']}  {row['duration']:.0f}s audio in {wall:.1f}s"
-            )
+            if sidecar_turns:
+                click.echo(_line(name, "sidecar", c, row["sidecar"][str(c)]))
+            click.echo(_line(name, "router", c, sc) + f"  {row['duration']:.0f}s audio in {wall:.1f}s")
+    if len(rows) > 1:
+        for c in collars:
+            mean = sum(r["by_collar"][str(c)]["der"] for r in rows) / len(rows)
+            side = [r["sidecar"][str(c)]["der"] for r in rows if "sidecar" in r]
+            extra = f", sidecar {sum(side) / len(side):.1%} ({len(side)} files)" if side else ""
+            click.echo(f"mean DER over {len(rows)} files, collar {c:g}: router {mean:.1%}{extra}")
     if json_out:
         json_out.write_text(json.dumps({"url": url, "collars": list(collars), "files": rows}, indent=2))
 

@@ -8,7 +8,8 @@
 - the stream's ``transcript.text.done`` carries OpenAI's duration usage;
 - the diarization window is the sidecar's ``max_window_s`` (asked once), so a file that fits is
   diarized in one call;
-- overlapping turns from the sidecar give overlapping ``diarized_json`` segments, each word in one.
+- overlapping turns from the sidecar give overlapping ``diarized_json`` segments, each word in one;
+- a speaker turn that got none of its speaker's words is a ``diarized_json`` segment with empty text.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from starlette.routing import Route
 
 from server.core.audio import SAMPLE_RATE, to_wav_bytes
 from server.core.transcript import Segment, SpeakerTurn, Word
-from server.router.merge import assign_speakers, cover_turns, fit_times, split_by_words
+from server.router.merge import (
+    MIN_UNTRANSCRIBED_S,
+    assign_speakers,
+    cover_turns,
+    fit_times,
+    split_by_words,
+    untranscribed_turns,
+)
 from server.router.pipeline import text_pieces
 from tests.conftest import make_client
 from tests.test_router import CONVERSATION, dialogue, fake_whisper, router_app, tone
@@ -606,3 +614,80 @@ def test_cover_turns_matches_a_plain_scan_on_many_segments():
         orig = {s.id: s for s in segs}
         for x, y in zip(mine, mine[1:]):
             assert x.end <= y.start + 1e-9 or orig[x.id].end > orig[y.id].start
+
+
+# ---------------------------------------------------------------------------------------------
+# a speaker turn that got no word of the transcript is still a diarized_json segment
+
+# A talks 0.2-6.0; B says something under A at 2.5-3.2 that Whisper did not write (a second voice),
+# and mumbles alone at 7.0-8.0 (no words either); a 0.1 s sliver of B at 9.0-9.1 is no word at all
+SILENT_WORDS = [
+    {
+        "start": 0.3,
+        "end": 5.8,
+        "words": words_of((" We", 0.3, 0.6), (" ship", 0.7, 1.5), (" on", 3.4, 3.7), (" Monday.", 3.8, 5.8)),
+    }
+]
+SILENT_TURNS = [(0.2, 6.0, "spk0", 0.9), (2.5, 3.2, "spk1", 0.6), (7.0, 8.0, "spk1", 0.8), (9.0, 9.1, "spk1", 0.7)]
+
+
+async def test_a_turn_without_words_is_a_diarized_segment_with_empty_text():
+    from bench.router_eval import Reference, score
+
+    client = make_client(canned_router(SILENT_WORDS, SILENT_TURNS))
+    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
+    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
+    assert got == [("A", 0.2, 6.0, "We ship on Monday."), ("B", 2.5, 3.2, ""), ("B", 7.0, 8.0, "")]
+    assert out.text == "We ship on Monday."  # the whisper server's text; no word moved or added
+    conf = [s.model_extra["confidence"] for s in out.segments]
+    # B under A: B's turn confidence times B's share of the speech there (half); B alone: its own
+    assert conf[1:] == [pytest.approx(0.6 * 0.5), pytest.approx(0.8)]
+    # who spoke when is the diarizer's (DER 0 against its turns), the sliver aside
+    ref = Reference(tuple(SpeakerTurn(a, b, s) for a, b, s, _ in SILENT_TURNS[:3]), uem=(0.0, 10.0))
+    assert score([s.model_dump() for s in out.segments], ref)["der"] == pytest.approx(0.0, abs=1e-6)
+    # the stream gives the same segments, each after its own delta (empty for the turns without words)
+    stream = await client.audio.transcriptions.create(
+        model=DIARIZE, file=data, response_format="diarized_json", stream=True
+    )
+    events = [ev async for ev in stream]
+    segments = [e for e in events if e.type == "transcript.text.segment"]
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert [(e.speaker, e.start, e.end, e.text) for e in segments] == got
+    assert [d.segment_id for d in deltas] == [e.id for e in segments]
+    assert "".join(d.delta for d in deltas) == events[-1].text == out.text
+    # subtitles and verbose_json are the transcript's segments only: no empty cue or segment
+    verbose = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="verbose_json")
+    assert [(s.model_extra["speaker"], s.text) for s in verbose.segments] == [("A", " We ship on Monday.")]
+    srt = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="srt")
+    assert len(cue_times(srt)) == 1
+
+
+def test_untranscribed_turns_rules():
+    a = Segment(0, 1.0, 2.0, " hi", words=(Word(" hi", 1.0, 2.0),), speaker="A")
+    turns = [
+        SpeakerTurn(0.5, 2.2, "A", 0.9),
+        SpeakerTurn(2.3, 3.0, "A", 0.9),  # joined to A's stretch 0.1 s before: it holds "hi"
+        SpeakerTurn(4.0, 5.0, "A", 0.8),  # A again, no word: a segment
+        SpeakerTurn(1.5, 1.5 + MIN_UNTRANSCRIBED_S - 0.01, "B", 0.9),  # too short for a word
+        SpeakerTurn(6.0, 6.0 + MIN_UNTRANSCRIBED_S, "B", 0.9),  # just long enough
+        SpeakerTurn(8.0, 9.0, "C", None),
+    ]
+    out = untranscribed_turns([a], turns)
+    assert [(s.speaker, s.start, s.end, s.text, s.words) for s in out] == [
+        ("A", 4.0, 5.0, "", ()),
+        ("B", 6.0, round(6.0 + MIN_UNTRANSCRIBED_S, 3), "", ()),
+        ("C", 8.0, 9.0, "", ()),
+    ]
+    assert [s.confidence for s in out] == [0.8, 0.9, 1.0] and out[0].seek == 400
+    # bounds (the audio, or a stream's chunk) clip them, and what is left must still be long enough
+    out = untranscribed_turns([a], turns, start=4.5, end=8.5)
+    assert [(s.speaker, s.start, s.end) for s in out] == [("A", 4.5, 5.0), ("B", 6.0, 6.2), ("C", 8.0, 8.5)]
+    assert untranscribed_turns([a], turns, start=4.9, end=6.1) == []
+    # a speaker's segment anywhere in the stretch (here touching only its end) holds it
+    late = replace(a, start=4.9, end=5.4, words=(Word(" x", 4.9, 5.4),))
+    assert [s.speaker for s in untranscribed_turns([a, late], turns)] == ["B", "C"]
+    # another speaker's words do not count: B's turn under A's segment is still B's untranscribed turn
+    over = [SpeakerTurn(0.5, 2.2, "A", 0.9), SpeakerTurn(1.2, 1.8, "B", 0.5)]
+    ((spk, s0, s1),) = [(s.speaker, s.start, s.end) for s in untranscribed_turns([a], over)]
+    assert (spk, s0, s1) == ("B", 1.2, 1.8)

@@ -37,7 +37,7 @@ from server.core.transcript import Segment, SpeakerTurn, Transcript
 from server.core.vad import SileroVad, VadOptions
 from server.router.chunking import Chunk, Window, group_windows, plan_chunks
 from server.router.clients import BackendError, Diarization, SidecarClient, WhisperClient
-from server.router.merge import assign_speakers, cover_turns, fit_times
+from server.router.merge import assign_speakers, cover_turns, fit_times, untranscribed_turns
 from server.router.speakers import (
     KNOWN_THRESHOLDS,
     KnownSpeaker,
@@ -337,6 +337,7 @@ class Router:
         segments = assign_speakers(segments, turns)
         if turn_spans:
             segments = cover_turns(segments, turns, end=duration)
+            segments += untranscribed_turns(segments, turns, end=duration)
         return segments, warnings
 
     async def stream(self, samples: np.ndarray, plan: Plan, job: Job, *, segments_events: bool) -> AsyncIterator[dict]:
@@ -391,17 +392,41 @@ class Router:
                                 segs, window_turns[w], start=chunk.offset, end=chunk.offset + chunk.duration
                             )
                 segs = [s for s in fit_times(segs, plan.duration, spans_words=not job.turn_spans) if s.text.strip()]
-                if not part.text.strip() and not segs:
+                silent: list[Segment] = []  # speaker turns without a transcribed word (diarized_json)
+                if job.turn_spans and sidecar_tasks and window_turns[window_of[ci]] is not None:
+                    chunk = plan.chunks[ci]
+                    silent = untranscribed_turns(
+                        segs, window_turns[window_of[ci]], start=chunk.offset, end=chunk.offset + chunk.duration
+                    )
+                if not part.text.strip() and not segs and not silent:
                     continue
                 sep = joiner(language) if texts else ""
                 pieces = text_pieces([s.text for s in segs] if segs else [part.text], sep)
-                for i, piece in enumerate(pieces):
-                    if segments_events and segs:
+                if segments_events and (segs or silent):
+                    if not segs:  # text without segments (whisper gave none): plain deltas
+                        for piece in pieces:
+                            if piece:
+                                yield delta_event(piece)
+                    # the transcript's segments in their order (their deltas spell the text), each
+                    # turn without words before the first of them starting after it, with an empty
+                    # delta: every segment event still follows its own delta
+                    events: list[tuple[Segment, str]] = []
+                    rest = iter(silent)
+                    nxt = next(rest, None)
+                    for seg, piece in zip(segs, pieces):
+                        while nxt is not None and nxt.start < seg.start:
+                            events.append((nxt, ""))
+                            nxt = next(rest, None)
+                        events.append((seg, piece))
+                    events += [(s, "") for s in ([nxt] if nxt is not None else []) + list(rest)]
+                    for seg, piece in events:
                         yield delta_event(piece, f"seg_{n_seg}")
-                        yield segment_event(replace(segs[i], id=n_seg))
+                        yield segment_event(replace(seg, id=n_seg))
                         n_seg += 1
-                    elif piece:
-                        yield delta_event(piece)
+                else:
+                    for piece in pieces:
+                        if piece:
+                            yield delta_event(piece)
                 texts.append(part.text)
             yield done_event(join_texts(texts, language or "en"), warnings, usage(plan.duration))
         finally:
