@@ -299,12 +299,12 @@ def make_runner(spec: EngineSpec, language: str | None, threads: int | None = No
     Args:
         spec: the engine configuration.
         language: ISO-639-1 code forced on every engine, or ``None`` to let each detect it.
-        threads: CPU threads for CTranslate2 and PyTorch (default: all cores); JAX uses all cores.
+        threads: CPU threads for CTranslate2 and PyTorch (default: the cores this process may run on); JAX uses all cores.
 
     Raises:
         ValueError: unknown ``spec.kind``.
     """
-    threads = threads or os.cpu_count() or 1
+    threads = threads or len(os.sched_getaffinity(0)) or 1  # the cores this process may use (taskset)
     if spec.kind == "chorus":
         return ChorusRunner(spec, language, threads)
     if spec.kind == "faster-whisper":

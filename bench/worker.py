@@ -23,10 +23,31 @@ import numpy as np
 
 from bench.audio_sets import AudioItem
 from bench.engines import EngineSpec, make_runner
-from bench.machine import cpu_busy_s, rss_bytes, tree_cpu_s
+from bench.machine import rss_bytes, tree_cpu_s
 from server.core.audio import SAMPLE_RATE, decode_audio
 
 WARMUP_MAX_S = 10.0  # the warm-up clip: the start of the shortest item, at most this long (seconds)
+
+
+def usable_cores() -> list[int]:
+    """The CPU ids this process may run on (``taskset``/cgroup pinning), ascending."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def cores_busy_s(cores: list[int]) -> float:
+    """CPU seconds all processes have spent busy (user, nice, system, irq) on ``cores`` since boot.
+
+    Summed over the given cores only, so a run pinned to core 1 (``taskset -c 1``) counts as
+    "other" work only what competed with it on core 1, not another job pinned to core 0.
+    """
+    import psutil
+
+    per_cpu = psutil.cpu_times(percpu=True)
+    return sum(
+        t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        for c, t in enumerate(per_cpu)
+        if c in set(cores)
+    )
 
 
 def _peak_rss_mib() -> float:
@@ -52,7 +73,8 @@ def run_job(job: dict) -> dict:
         ``load_average_end`` (the machine's 1/5/15-minute load averages), ``cpu_own_cores`` and
         ``cpu_other_cores`` (CPU time used by this process and by every other process during the
         timed transcriptions, divided by their wall time: cores busy on average; other work
-        competing for the CPU shows in the second), ``error`` (``None``).
+        competing for the CPU shows in the second; both counted on the process's usable cores only,
+        ``cpu_affinity``, so a pinned run is not charged for work on the other cores), ``error`` (``None``).
     """
     from tqdm import tqdm
 
@@ -61,9 +83,11 @@ def run_job(job: dict) -> dict:
     audio = [decode_audio(it.path.read_bytes()) for it in items]
     shortest = min(range(len(items)), key=lambda i: items[i].duration_s)
     warm_clip = audio[shortest][: int(WARMUP_MAX_S * SAMPLE_RATE)]
-    threads = int(job.get("threads") or os.cpu_count() or 1)
+    cores = usable_cores()
+    threads = int(job.get("threads") or len(cores))  # a run pinned to 1 core gets 1 CTranslate2/torch thread
     runner = make_runner(spec, job.get("language"), threads)
     out: dict = {"engine": spec.to_json(), "threads": threads, "error": None, "load_average_start": os.getloadavg()}
+    out["cpu_affinity"] = cores
     out["rss_before_load_mib"] = rss_bytes(os.getpid(), children=False) / 2**20
     t0 = time.perf_counter()
     runner.load()
@@ -78,7 +102,7 @@ def run_job(job: dict) -> dict:
     spent = 0.0
     truncated = False
     total = sum(it.duration_s for it in items) * int(job.get("repeats", 1))
-    busy0, own0 = cpu_busy_s(), tree_cpu_s(os.getpid())
+    busy0, own0 = cores_busy_s(cores), tree_cpu_s(os.getpid())
     timed0 = time.perf_counter()
     concurrency = int(job.get("concurrency") or 1)
     lock = threading.Lock()
@@ -116,7 +140,7 @@ def run_job(job: dict) -> dict:
                     fut.result()
         records.sort(key=lambda r: (r["repeat"], r["item"]))
     elapsed = time.perf_counter() - timed0
-    busy1, own1 = cpu_busy_s(), tree_cpu_s(os.getpid())
+    busy1, own1 = cores_busy_s(cores), tree_cpu_s(os.getpid())
     out["timed_wall_s"] = elapsed
     out["concurrency"] = concurrency
     out["cpu_own_cores"] = (own1 - own0) / elapsed

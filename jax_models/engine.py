@@ -749,7 +749,7 @@ class WhisperEngine:
             [_Job("decode", feats[i], prefix, temperatures[0], Future(), owner) for i in range(len(windows))]
         )
         waiting: dict[int, list[Future]] = {i: [f] for i, f in enumerate(first)}
-        fell_back: set[int] = set()
+        hot: dict[int, list] = {}  # window → its fallback decodes so far, judged, coolest first
         final: dict[int, tuple[WindowResult, str]] = {}
         tails: dict[int, Future] = {}
         done_s = 0.0
@@ -760,20 +760,29 @@ class WhisperEngine:
             for i in [i for i, fs in waiting.items() if all(f.done() for f in fs)]:
                 decodes = [f.result() for f in waiting.pop(i)]
                 judged = [self._judge(res, options) for res in decodes]
-                if i not in fell_back and judged[0][2] and len(temperatures) > 1:
-                    # Fallback: every hotter temperature at once, rows of one batch on the encoder
-                    # states already computed, instead of one temperature after another.
-                    retry[i] = [
-                        _Job("decode", feats[i], prefix, t, Future(), owner, encoded=decodes[0].encoded)
-                        for t in temperatures[1:]
-                    ]
-                    self._count_fallback(temperatures[1:])
-                    fell_back.add(i)
-                    continue
-                k = pick_fallback([failed for _, _, failed in judged])
-                res, text, _ = judged[k]
-                if i in fell_back:
+                if i in hot:
+                    hot[i] += judged
+                elif judged[0][2] and len(temperatures) > 1:
+                    hot[i] = []  # failed at the first temperature: fall back
+                if i in hot:
+                    failed = [f for _, _, f in hot[i]]
+                    left = temperatures[1 + len(hot[i]) :]
+                    if all(failed) and left:
+                        # Fallback on the encoder states already computed: the next temperatures
+                        # as rows of shared batches (all of them when the device has room).
+                        pending = sum(map(len, retry.values())) + len(more)
+                        count = self._fallback_rows(len(left), pending)
+                        retry[i] = [
+                            _Job("decode", feats[i], prefix, t, Future(), owner, encoded=decodes[0].encoded)
+                            for t in left[:count]
+                        ]
+                        self._count_fallback(left[:count])
+                        continue
+                    k = pick_fallback(failed)
+                    res, text, _ = hot[i][k]
                     self._count_fallback([], kept=temperatures[1 + k])
+                else:
+                    res, text, _ = judged[0]
                 final[i] = (dataclasses.replace(res, encoded=None), text)
                 tail = self._tail_job(samples, windows[i], final[i], res.encoded, feats[i], language, options, owner)
                 if tail is not None:
@@ -794,6 +803,25 @@ class WhisperEngine:
         if options.word_timestamps:
             words = self._align_words(samples, windows, raws, language, owner)
         return self._assemble(windows, final, raws, words, language, options.task, total)
+
+    def _fallback_rows(self, remaining: int, pending: int = 0) -> int:
+        """How many of a window's ``remaining`` fallback temperatures to queue now.
+
+        All of them while the device has room for them (fewer decode rows queued, counting
+        ``pending`` about to be queued, than ``workers`` × the largest batch): the fallback is
+        then no serial tail of one-row batches. When other windows already fill the next batches,
+        the next temperature only: openai/whisper stops at the first temperature that passes, so
+        a window that passes at 0.2 does not decode 0.4 … 1.0 (hot rows often sample to the token
+        limit, and a batch runs as many steps as its longest row). Either way the decode kept is
+        the same (``pick_fallback``; seeds depend on the window and temperature only).
+        """
+        room = len(self._threads) * self.batch_buckets[-1] - self._queued_decode_rows() - pending
+        return max(1, min(remaining, room))
+
+    def _queued_decode_rows(self) -> int:
+        """Decode jobs waiting in the queue (every request's)."""
+        with self._cv:
+            return sum(1 for j in self._queue if j.kind == "decode")
 
     def _judge(self, res: WindowResult, options: TranscribeOptions) -> tuple[WindowResult, str, bool]:
         """``(result, text, needs_fallback)`` of one decode; a silent window's text is ``""``."""

@@ -567,15 +567,38 @@ def test_no_fallback_when_greedy_passes_or_temperature_is_set(tiny_engine, speec
 
 
 def test_fallback_windows_batch_with_other_windows(tiny_engine, speech_samples, monkeypatch):
-    """Two windows failing at T=0 send their ten fallback rows together: two batches (8 + 2), not
-    ten; each window keeps its own lowest passing decode."""
+    """Two windows failing at T=0 send their fallback rows together, as many as one batch of 8
+    holds: the first window's five temperatures and the second's next three, which already hold
+    its lowest passing decode (0.4), so its 0.8 and 1.0 are never decoded; each window keeps its
+    own lowest passing decode."""
     fake = scripted(monkeypatch, tiny_engine, FALLBACK_CASES["lowest-pass"])
     gap = np.zeros(SAMPLE_RATE, np.float32)
     audio = np.concatenate([speech_samples, gap] * 5)  # 38 s
     assert len(plan_windows(audio)) == 2
     out = tiny_engine.transcribe(audio, TranscribeOptions(language="en"))
-    assert [len(b) for b in fake.batches] == [2, 8, 2]
+    assert [len(b) for b in fake.batches] == [2, 8]
     assert out.text == f"{WORDS[0.4]} {WORDS[0.4]}"
+
+
+@pytest.mark.parametrize("case", FALLBACK_CASES)
+def test_fallback_goes_one_temperature_at_a_time_when_the_device_is_busy(
+    tiny_engine, speech_samples, monkeypatch, case
+):
+    """When other windows already fill the next batches, a failing window queues its next
+    temperature only and stops at the first that passes (openai/whisper's loop): no hot rows
+    decoded for nothing; the decode kept is the same as with all temperatures at once."""
+    outcome = FALLBACK_CASES[case]
+    fake = scripted(monkeypatch, tiny_engine, outcome)
+    monkeypatch.setattr(tiny_engine, "_queued_decode_rows", lambda: 16)  # two full batches of other requests
+    before = tiny_engine.fallback_stats()
+    out = tiny_engine.transcribe(speech_samples, TranscribeOptions(language="en"))
+    chosen = sequential_choice(outcome)
+    assert [[t for t, _ in b] for b in fake.batches] == [[t] for t in TEMPERATURES if t <= chosen]
+    assert out.text == ("" if outcome[chosen] == SILENT else WORDS[chosen])
+    after = tiny_engine.fallback_stats()
+    for t in TEMPERATURES[1:]:
+        assert after["decoded"].get(t, 0) - before["decoded"].get(t, 0) == (t <= chosen)
+    assert after["kept"].get(chosen, 0) - before["kept"].get(chosen, 0) == 1
 
 
 def test_fallback_equals_sequential_decodes_on_a_model(tiny_engine, speech_samples):
