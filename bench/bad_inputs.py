@@ -326,7 +326,7 @@ def bad_inputs(speech: np.ndarray, *, max_audio_s: float, max_upload_mb: float, 
     ]
 
 
-NAMES = (
+UPLOAD_NAMES = (
     "empty-file",
     "zero-length-wav",
     "8ms-wav",
@@ -345,6 +345,11 @@ NAMES = (
     "float32-wav",
     "2h-silence",
     "over-upload-limit",
+)
+"""The entries about the upload itself (body, file part, audio): every server that takes an audio upload
+(the sidecar's ``/v1/diarize`` too) must answer these as the whisper server does."""
+
+FIELD_NAMES = (
     "unicode-prompt",
     "long-prompt",
     "huge-prompt",
@@ -357,4 +362,8 @@ NAMES = (
     "missing-model",
     "unknown-field",
 )
+"""The entries about the transcription form's fields (prompt, language, model, ...), which only the
+whisper server and the router take."""
+
+NAMES = UPLOAD_NAMES + FIELD_NAMES
 """Entry names in corpus order (for test parametrization without building the corpus)."""

@@ -8,11 +8,15 @@ test_router_e2e.py, test_launcher.py, test_bench_smoke.py) each wrote for themse
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -23,6 +27,48 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_whisper_server(
+    model: str | Path,
+    port: int,
+    *,
+    cache_dir: str | Path,
+    batch_size: int | None = None,
+    warmup: bool = True,
+    compile_all_first: bool = False,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    stdout: int | IO | None = subprocess.DEVNULL,
+    stderr: int | IO | None = subprocess.DEVNULL,
+    text: bool = False,
+) -> subprocess.Popen:
+    """``chorus serve whisper --model MODEL --port PORT`` as a child process of this Python, run from the
+    repository root.
+
+    Args:
+        model: a model name (``base``) or a Hugging Face checkpoint directory.
+        port: the port on 127.0.0.1.
+        cache_dir: ``CHORUS_CACHE_DIR`` (imported models and the XLA compile cache).
+        batch_size: ``--batch-size`` (the server's default when ``None``).
+        warmup: ``False`` adds ``--no-warmup`` (shapes compile on first use).
+        compile_all_first: ``--compile-all-first`` (every executable before ``/ready``).
+        args: further command-line arguments (``["--api-key", "secret"]``).
+        env: further environment variables (``CHORUS_WHISPER_*`` settings) over ``os.environ``.
+        stdout, stderr, text: as for ``subprocess.Popen``.
+    """
+    argv = [sys.executable, "-m", "server.cli", "serve", "whisper", "--model", str(model), "--port", str(port)]
+    if batch_size:
+        argv += ["--batch-size", str(batch_size)]
+    if not warmup:
+        argv.append("--no-warmup")
+    if compile_all_first:
+        argv.append("--compile-all-first")
+    full_env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), **(env or {})}
+    return subprocess.Popen([*argv, *args], cwd=REPO, env=full_env, stdout=stdout, stderr=stderr, text=text)
 
 
 def wait_http(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from bench.bad_inputs import BadInput, bad_inputs
 from bench.machine import MemorySampler, machine_info
 from bench.metrics import english_spelling_map, fmt, percentile, word_error_rate
 from bench.plots import soak_figure
-from bench.procs import free_port, metric_samples, stop_process
+from bench.procs import free_port, metric_samples, start_whisper_server, stop_process
 
 MAX_GROWTH = 0.10
 """Largest RSS growth over the measured window for a pass (a fraction: 0.10 = 10 %)."""
@@ -60,25 +59,16 @@ def start_whisper(
     Args:
         env: extra ``CHORUS_WHISPER_*`` settings (limits, max new tokens).
     """
-    argv = [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "serve",
-        "whisper",
-        "--model",
-        model,
-        "--port",
-        str(port),
-        "--compile-all-first",
-    ]
-    if batch_size:
-        argv += ["--batch-size", str(batch_size)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("w")
-    full_env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), **(env or {})}
-    return subprocess.Popen(
-        argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1]
+    return start_whisper_server(
+        model,
+        port,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        compile_all_first=True,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
     )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 
-from bench.bad_inputs import NAMES, bad_inputs, silence_aac
+from bench.bad_inputs import NAMES, UPLOAD_NAMES, bad_inputs, silence_aac
 from server.core.audio import SAMPLE_RATE, to_wav_bytes
 
 MAX_AUDIO_S = 600.0
@@ -153,26 +153,6 @@ def test_decode_audio_limits():
 
 # --- the sidecar -------------------------------------------------------------------------------------
 
-SIDECAR_NAMES = tuple(
-    n
-    for n in NAMES
-    if n
-    not in (
-        "unicode-prompt",
-        "long-prompt",
-        "huge-prompt",
-        "too-many-fields",
-        "invalid-language",
-        "unknown-response-format",
-        "negative-temperature",
-        "nan-temperature",
-        "unknown-model",
-        "missing-model",
-        "unknown-field",
-    )
-)
-"""The corpus entries about the upload itself (the others are transcription fields the sidecar does not take)."""
-
 
 class FakeDiarizer:
     """One turn over whatever it is given; counts its calls (bad input must never reach it)."""
@@ -197,7 +177,7 @@ class FakeDiarizer:
         )
 
 
-@pytest.mark.parametrize("name", SIDECAR_NAMES)
+@pytest.mark.parametrize("name", UPLOAD_NAMES)  # the form fields are the whisper server's
 async def test_sidecar_answers_each_bad_input(corpus, name):
     """``POST /v1/diarize`` gets the same status, code and param as the whisper server for every upload
     problem (audio shorter than 0.1 s: 400 ``audio_too_short``), and only good audio reaches the diarizer."""

@@ -7,16 +7,13 @@ in the record is computed from the raw measurements stored beside it, and that t
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from bench.procs import free_port, stop_process
+from bench.procs import free_port, start_whisper_server, stop_process
 from server.cli import main
 from torch_models.synth import espeak_available
 
@@ -63,31 +60,18 @@ def tiny_ct2_dir(tiny_whisper_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_server(tiny_whisper_dir, cache_dir):
+def tiny_server(tiny_whisper_dir, tiny_xla_cache):
     """``chorus serve whisper`` on the tiny model, no warm-up, on a free local port (the settings
     of every tiny server in the suite, ``conftest.TINY_*``: one set of executables in the session's
     compile cache)."""
     port = free_port()
-    env = {**os.environ, "CHORUS_CACHE_DIR": str(cache_dir), "CHORUS_WHISPER_MAX_NEW_TOKENS": "32"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "whisper",
-            "--model",
-            str(tiny_whisper_dir),
-            "--no-warmup",
-            "--port",
-            str(port),
-            "--batch-size",
-            "2",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    proc = start_whisper_server(
+        tiny_whisper_dir,
+        port,
+        cache_dir=tiny_xla_cache,
+        batch_size=2,
+        warmup=False,
+        env={"CHORUS_WHISPER_MAX_NEW_TOKENS": "32"},
     )
     yield f"http://127.0.0.1:{port}", proc
     stop_process(proc, timeout_s=20)

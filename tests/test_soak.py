@@ -72,7 +72,7 @@ def test_score_and_summary_count_5xx_lost_and_unexpected():
 
 
 @pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
-def test_soak_smoke_on_the_tiny_model(tiny_whisper_dir, cache_dir, tmp_path):
+def test_soak_smoke_on_the_tiny_model(tiny_whisper_dir, tiny_xla_cache, tmp_path):
     """The real command for 12 s: starts the server, mixes in the whole corpus' first entries, stops
     the server (exit 0), and writes a result whose figures are its raw records'."""
     args = [
@@ -107,7 +107,7 @@ def test_soak_smoke_on_the_tiny_model(tiny_whisper_dir, cache_dir, tmp_path):
         "--results-dir",
         str(tmp_path),
         "--cache-dir",
-        str(cache_dir),
+        str(tiny_xla_cache),  # the tiny engine's executables: the server loads them
         "--name",
         "smoke",
     ]

@@ -192,42 +192,22 @@ async def test_api_key_required_when_configured(tiny_engine, tiny_whisper_dir, c
         assert r.status_code == 200, r.text
 
 
-def test_live_uvicorn_process(tiny_whisper_dir, cache_dir, speech_wav, tmp_path):
+def test_live_uvicorn_process(tiny_whisper_dir, tiny_xla_cache, speech_wav, tmp_path):
     """`chorus serve whisper` as a real process on 127.0.0.1, called by the synchronous SDK."""
-    import os
-    import socket
-    import subprocess
-    import sys
     import time
 
     from openai import OpenAI
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from bench.procs import free_port, start_whisper_server
+
+    port = free_port()
     # tiny_engine's settings (conftest.TINY_*): the warm-up loads the session's compiled executables
-    env = {
-        **os.environ,
-        "CHORUS_CACHE_DIR": str(cache_dir),
-        "CHORUS_WHISPER_BATCH_SIZE": "2",
-        "CHORUS_WHISPER_MAX_NEW_TOKENS": "32",
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "whisper",
-            "--model",
-            str(tiny_whisper_dir),
-            "--port",
-            str(port),
-            "--api-key",
-            "secret",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
+    proc = start_whisper_server(
+        tiny_whisper_dir,
+        port,
+        cache_dir=tiny_xla_cache,
+        args=["--api-key", "secret"],
+        env={"CHORUS_WHISPER_BATCH_SIZE": "2", "CHORUS_WHISPER_MAX_NEW_TOKENS": "32"},
         stderr=(tmp_path / "server.log").open("wb"),
     )
     try:
