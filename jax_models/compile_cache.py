@@ -73,13 +73,14 @@ def cache_dir_for(cache_dir: Path, cpuinfo: str | None = None, machine: str | No
     return Path(cache_dir) / "xla" / f"{arch}-{digest}"
 
 
-def enable(cache_dir: Path, min_compile_time_s: float = 1.0) -> Path:
+def enable(cache_dir: Path, min_compile_time_s: float = 1.0, *, filter_warnings: bool = True) -> Path:
     """Point JAX's persistent compile cache (and ejkernel's) at this CPU's directory.
 
     Call before EasyDeL is imported: ejkernel 0.0.x (under easydel 0.3.0) points JAX's cache at
     its own ``COMPILE_FUNC_DIR`` (default ``~/.cache/ejkernel-cache``) at every ``ejit``, so the
     directory is handed to it through that variable as well. On an AVX-512 host the spurious
-    loader warnings are filtered (:func:`filter_spurious_xla_warnings`).
+    loader warnings are filtered (:func:`filter_spurious_xla_warnings`) unless ``filter_warnings``
+    is false (pytest, whose own capture of fd 2 the filter's pipe would sit behind).
 
     Returns:
         The directory used.
@@ -94,7 +95,7 @@ def enable(cache_dir: Path, min_compile_time_s: float = 1.0) -> Path:
     os.environ["COMPILE_FUNC_DIR"] = str(path)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_s)
-    if "avx512f" in cpu_description().split(" | ")[-1].split():
+    if filter_warnings and "avx512f" in cpu_description().split(" | ")[-1].split():
         filter_spurious_xla_warnings()
     return path
 

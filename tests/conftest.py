@@ -40,20 +40,11 @@ def xla_cache(cache_dir) -> Path:
     EasyDeL import in this process (ejkernel re-points JAX's cache there) stays in ``cache_dir``
     instead of ``~/.cache/ejkernel-cache``.
     """
-    import os
-
-    import jax
-
     from jax_models import compile_cache
 
-    # what compile_cache.enable does, less its stderr filter (on an AVX-512 host it would put fd 2 of
-    # this process, under pytest's own capture, behind a pipe for the rest of the session)
-    path = compile_cache.cache_dir_for(cache_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["COMPILE_FUNC_DIR"] = str(path)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    return path
+    # no stderr filter: on an AVX-512 host it would put fd 2 of this process, under pytest's own
+    # capture, behind a pipe for the rest of the session
+    return compile_cache.enable(cache_dir, min_compile_time_s=0, filter_warnings=False)
 
 
 @pytest.fixture(scope="session")
