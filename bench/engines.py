@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from bench.machine import usable_cores
 from server.core.audio import SAMPLE_RATE
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -304,7 +305,7 @@ def make_runner(spec: EngineSpec, language: str | None, threads: int | None = No
     Raises:
         ValueError: unknown ``spec.kind``.
     """
-    threads = threads or len(os.sched_getaffinity(0)) or 1  # the cores this process may use (taskset)
+    threads = threads or len(usable_cores())  # the cores this process may use (taskset)
     if spec.kind == "chorus":
         return ChorusRunner(spec, language, threads)
     if spec.kind == "faster-whisper":

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Collection
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
@@ -180,12 +181,27 @@ def rss_bytes(pid: int, *, children: bool = True) -> int:
     return total
 
 
-def cpu_busy_s() -> float:
-    """CPU seconds all processes have spent busy (user, nice, system, irq) since boot, summed over cores."""
+def usable_cores() -> list[int]:
+    """The CPU ids this process may run on (``taskset``/cgroup pinning), ascending."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def cpu_busy_s(cores: Collection[int] | None = None) -> float:
+    """CPU seconds all processes have spent busy (user, nice, system, irq) since boot, summed over
+    ``cores`` (CPU ids; every core when ``None``).
+
+    With the cores a pinned run may use (``usable_cores``), a run pinned to core 1 (``taskset -c 1``)
+    counts as "other" work only what competed with it on core 1, not a job pinned to core 0.
+    """
     import psutil
 
-    t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    def busy(t) -> float:
+        return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+    if cores is None:
+        return busy(psutil.cpu_times())
+    wanted = set(cores)
+    return sum(busy(t) for c, t in enumerate(psutil.cpu_times(percpu=True)) if c in wanted)
 
 
 def tree_cpu_s(pid: int | None) -> float | None:

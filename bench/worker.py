@@ -23,31 +23,10 @@ import numpy as np
 
 from bench.audio_sets import AudioItem
 from bench.engines import EngineSpec, make_runner
-from bench.machine import rss_bytes, tree_cpu_s
+from bench.machine import cpu_busy_s, rss_bytes, tree_cpu_s, usable_cores
 from server.core.audio import SAMPLE_RATE, decode_audio
 
 WARMUP_MAX_S = 10.0  # the warm-up clip: the start of the shortest item, at most this long (seconds)
-
-
-def usable_cores() -> list[int]:
-    """The CPU ids this process may run on (``taskset``/cgroup pinning), ascending."""
-    return sorted(os.sched_getaffinity(0))
-
-
-def cores_busy_s(cores: list[int]) -> float:
-    """CPU seconds all processes have spent busy (user, nice, system, irq) on ``cores`` since boot.
-
-    Summed over the given cores only, so a run pinned to core 1 (``taskset -c 1``) counts as
-    "other" work only what competed with it on core 1, not another job pinned to core 0.
-    """
-    import psutil
-
-    per_cpu = psutil.cpu_times(percpu=True)
-    return sum(
-        t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-        for c, t in enumerate(per_cpu)
-        if c in set(cores)
-    )
 
 
 def _peak_rss_mib() -> float:
@@ -102,7 +81,7 @@ def run_job(job: dict) -> dict:
     spent = 0.0
     truncated = False
     total = sum(it.duration_s for it in items) * int(job.get("repeats", 1))
-    busy0, own0 = cores_busy_s(cores), tree_cpu_s(os.getpid())
+    busy0, own0 = cpu_busy_s(cores), tree_cpu_s(os.getpid())
     timed0 = time.perf_counter()
     concurrency = int(job.get("concurrency") or 1)
     lock = threading.Lock()
@@ -140,7 +119,7 @@ def run_job(job: dict) -> dict:
                     fut.result()
         records.sort(key=lambda r: (r["repeat"], r["item"]))
     elapsed = time.perf_counter() - timed0
-    busy1, own1 = cores_busy_s(cores), tree_cpu_s(os.getpid())
+    busy1, own1 = cpu_busy_s(cores), tree_cpu_s(os.getpid())
     out["timed_wall_s"] = elapsed
     out["concurrency"] = concurrency
     out["cpu_own_cores"] = (own1 - own0) / elapsed
