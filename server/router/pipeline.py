@@ -24,6 +24,7 @@ HTTP; ``router_app`` turns requests into ``Job`` and events into responses.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -402,31 +403,20 @@ class Router:
                     continue
                 sep = joiner(language) if texts else ""
                 pieces = text_pieces([s.text for s in segs] if segs else [part.text], sep)
-                if segments_events and (segs or silent):
-                    if not segs:  # text without segments (whisper gave none): plain deltas
-                        for piece in pieces:
-                            if piece:
-                                yield delta_event(piece)
+                if not (segments_events and segs):  # plain deltas: no segment events, or no segments
+                    for piece in pieces:
+                        if piece:
+                            yield delta_event(piece)
+                if segments_events:
                     # the transcript's segments in their order (their deltas spell the text), each
-                    # turn without words before the first of them starting after it, with an empty
-                    # delta: every segment event still follows its own delta
-                    events: list[tuple[Segment, str]] = []
-                    rest = iter(silent)
-                    nxt = next(rest, None)
-                    for seg, piece in zip(segs, pieces):
-                        while nxt is not None and nxt.start < seg.start:
-                            events.append((nxt, ""))
-                            nxt = next(rest, None)
-                        events.append((seg, piece))
-                    events += [(s, "") for s in ([nxt] if nxt is not None else []) + list(rest)]
+                    # turn without words before the first of them starting after it (heapq.merge
+                    # keeps each input's order; a tie goes to the transcript's segment), with an
+                    # empty delta: every segment event still follows its own delta
+                    events = heapq.merge(zip(segs, pieces), ((t, "") for t in silent), key=lambda e: e[0].start)
                     for seg, piece in events:
                         yield delta_event(piece, f"seg_{n_seg}")
                         yield segment_event(replace(seg, id=n_seg))
                         n_seg += 1
-                else:
-                    for piece in pieces:
-                        if piece:
-                            yield delta_event(piece)
                 texts.append(part.text)
             yield done_event(join_texts(texts, language or "en"), warnings, usage(plan.duration))
         finally:
