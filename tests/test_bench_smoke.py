@@ -153,10 +153,11 @@ def test_quant_one_setting(tiny_whisper_dir, cache_dir, tmp_path):
 
 
 def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir, tmp_path):
-    """Every engine kind once (the fp32 twins of the int8 CTranslate2 rows differ only in compute_type;
-    left out to keep the suite short), two files at once. With ``--compile-cache`` the two Chorus rows
-    share Chorus's XLA cache (the second loads what the first compiled; ``test_quant_one_setting``
-    covers the cold-compile default)."""
+    """Every engine kind once, two files at once. Rows that differ from a run row only in a parameter
+    (``chorus-text``: ``without_timestamps``; ``faster-whisper-batched-int8``: one worker, as the
+    ``-w2`` row with two; the fp32 twins of the int8 CTranslate2 rows: ``compute_type``) are checked
+    as specs, not run, to keep the suite short. ``--compile-cache`` points the Chorus row at
+    Chorus's XLA cache (``test_quant_one_setting`` covers the cold-compile default)."""
     from bench.peers import PEERS, Weights, peer_specs
 
     every, _ = peer_specs(
@@ -167,10 +168,12 @@ def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir
         compile_cache_dir=None,
     )
     assert len(every) == len(PEERS)  # `--engines all` builds a spec for every peer name
-    engines = (
-        "chorus,chorus-text,faster-whisper-int8,faster-whisper-batched-int8,faster-whisper-batched-int8-w2,"
-        "transformers-fp32,easydel-vwhisper"
-    )
+    spec = dict(zip(PEERS, every))
+    assert [spec[n].params["without_timestamps"] for n in ("chorus", "chorus-text")] == [False, True]
+    assert spec["chorus-text"].params == {**spec["chorus"].params, "without_timestamps": True}
+    w1, w2 = spec["faster-whisper-batched-int8"], spec["faster-whisper-batched-int8-w2"]
+    assert "num_workers" not in w1.params and {**w1.params, "num_workers": 2} == w2.params  # 1: the default
+    engines = "chorus,faster-whisper-int8,faster-whisper-batched-int8-w2,transformers-fp32,easydel-vwhisper"
     invoke(
         [
             "peers",
@@ -200,18 +203,9 @@ def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir
     record = load(tmp_path, "p")
     check_engine_rows(record)
     kinds = [e["kind"] for e in record["engines"]]
-    assert kinds == [
-        "chorus",
-        "chorus",
-        "faster-whisper",
-        "faster-whisper-batched",
-        "faster-whisper-batched",
-        "transformers",
-        "easydel",
-    ]
-    assert [e["params"]["without_timestamps"] for e in record["engines"][:2]] == [False, True]
-    assert record["engines"][4]["params"]["num_workers"] == 2
-    assert [r["jax_compilation_cache_dir"] for r in record["results"][:2]] == [str(cache_dir / "xla")] * 2
+    assert kinds == ["chorus", "faster-whisper", "faster-whisper-batched", "transformers", "easydel"]
+    assert record["engines"][2]["params"]["num_workers"] == 2
+    assert record["results"][0]["jax_compilation_cache_dir"] == str(cache_dir / "xla")
     for result, row in zip(record["results"], record["summary"]):
         # two files at once: aggregate RTFx over the timed wall time, not over the summed latencies
         assert result["concurrency"] == 2 and len(result["records"]) == 2

@@ -778,13 +778,20 @@ def test_functional_alignment_weights_equal_transformers_and_easydel(tiny_v3_eng
 
 
 def test_functional_word_timestamps_equal_easydel(tiny_v3_engine, tiny_v3_easydel, speech_samples):
-    """Whole requests with word timestamps: the same words and times from both backends."""
+    """Whole requests: the same text, segments (times and tokens) and words from both backends, with
+    word timestamps and without timestamps (what bench/gpu/run.sh relies on: the GPU bench runs the
+    EasyDeL-free functional backend)."""
     opts = TranscribeOptions(language="en", word_timestamps=True)
     ours, theirs = tiny_v3_engine.transcribe(speech_samples, opts), tiny_v3_easydel.transcribe(speech_samples, opts)
     assert ours.text == theirs.text and ours.words, "no words: this test checks nothing"
+    assert [(s.start, s.end, s.tokens) for s in ours.segments] == [(s.start, s.end, s.tokens) for s in theirs.segments]
     assert [w.word for w in ours.words] == [w.word for w in theirs.words]
     for a, b in zip(ours.words, theirs.words):  # one 20 ms frame (times are rounded to ms)
         assert abs(a.start - b.start) <= 0.021 and abs(a.end - b.end) <= 0.021, (a, b)
+    opts = TranscribeOptions(language="en", without_timestamps=True)
+    ours, theirs = tiny_v3_engine.transcribe(speech_samples, opts), tiny_v3_easydel.transcribe(speech_samples, opts)
+    assert ours.text == theirs.text and ours.text
+    assert [(s.start, s.end, s.tokens) for s in ours.segments] == [(s.start, s.end, s.tokens) for s in theirs.segments]
 
 
 @pytest.mark.slow

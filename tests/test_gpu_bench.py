@@ -1,32 +1,11 @@
-"""What bench/gpu/run.sh relies on, checked on the CPU: the EasyDeL-free functional backend and the pack."""
+"""What bench/gpu/run.sh relies on, checked on the CPU: the pack (the functional backend against EasyDeL:
+tests/test_engine.py::test_functional_word_timestamps_equal_easydel)."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
-
-
-def test_functional_backend_transcribes_like_the_easydel_one(tiny_whisper_dir, speech_samples):
-    """``backend="functional"`` (safetensors straight into jax_models.functional, no EasyDeL) gives
-    the EasyDeL-loaded engine's transcript, tokens and times included."""
-    from jax_models.engine import TranscribeOptions, WhisperEngine
-
-    engine = WhisperEngine(str(tiny_whisper_dir), backend="functional", batch_size=2, max_new_tokens=32)
-    reference = WhisperEngine(str(tiny_whisper_dir), backend="easydel", batch_size=2, max_new_tokens=32)
-    assert reference.describe()["backend"] == "easydel"
-    try:
-        for options in (TranscribeOptions(language="en"), TranscribeOptions(language="en", without_timestamps=True)):
-            got = engine.transcribe(speech_samples, options)
-            want = reference.transcribe(speech_samples, options)
-            assert got.text == want.text
-            assert [(s.start, s.end, s.tokens) for s in got.segments] == [
-                (s.start, s.end, s.tokens) for s in want.segments
-            ]
-        assert engine.describe()["backend"] == "functional"
-    finally:
-        engine.close()
-        reference.close()
 
 
 def test_pack_round_trip(tmp_path, tiny_whisper_dir):
