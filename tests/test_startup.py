@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jax_models import compile_cache
-from tests.conftest import make_client
+from tests.conftest import TINY_MAX_NEW_TOKENS, make_client
 
 CPUINFO = """processor\t: 0
 vendor_id\t: {vendor}
@@ -212,7 +212,7 @@ async def test_ready_before_large_batches_compile_and_requests_are_served_meanwh
         await http.aclose()
 
 
-def test_whisper_server_loads_without_easydel_or_transformers(tiny_whisper_dir, tmp_path):
+def test_whisper_server_loads_without_easydel_or_transformers(tiny_whisper_dir, tiny_xla_cache):
     """``chorus serve whisper``'s imports and ``load_engine`` with the default (unquantized)
     settings pick the functional backend and, in a fresh process, import neither EasyDeL nor
     transformers, whose imports were most of a warm start (bench/NOTES.md "Cold start"); a
@@ -224,8 +224,8 @@ import server.cli
 from jax_models.engine import TranscribeOptions
 from jax_models.whisper_app import create_app, load_engine
 from server.kit.settings import WhisperSettings
-engine = load_engine(WhisperSettings(model={str(tiny_whisper_dir)!r}, cache_dir={str(tmp_path)!r}, batch_size=1,
-                                     max_new_tokens=8))
+engine = load_engine(WhisperSettings(model={str(tiny_whisper_dir)!r}, cache_dir={str(tiny_xla_cache)!r}, batch_size=1,
+                                     max_new_tokens={TINY_MAX_NEW_TOKENS}))
 engine.transcribe(np.full(16000, 0.01, np.float32), TranscribeOptions(language="en", word_timestamps=True))
 engine.close()
 print(engine.backend, *sorted(m for m in ("easydel", "transformers", "flax") if m in sys.modules))
