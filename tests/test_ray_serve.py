@@ -81,7 +81,7 @@ def settings_for(tiny_whisper_dir, cache_dir, **deployment) -> RayServeSettings:
     return RayServeSettings(
         whisper={"model": str(tiny_whisper_dir), "max_new_tokens": 32, "batch_size": 2, "max_concurrent": 4, **limits},
         sidecar={"torch_threads": 1, "max_audio_s": 3600, "cache_dir": str(cache_dir)},
-        router={"ready_poll_s": 0.5, "max_chunk_s": 20, "diarization_window_s": 20, **limits},
+        router={"ready_poll_s": 0.5, "max_chunk_s": 10, "diarization_window_s": 10, **limits},
         whisper_deployment=deployment.get("whisper_deployment", {"replicas": 2, "num_cpus": 1}),
         sidecar_deployment={"replicas": 1, "num_cpus": 1},
         ready_timeout_s=600,
@@ -147,7 +147,7 @@ def replica_counts(url: str, deployment: str) -> dict[str, float]:
 
 async def test_openai_sdk_through_the_ingress_and_work_spreads_over_both_replicas(cluster):
     client = sdk(cluster)
-    wav = speech(45.0)  # three 20 s chunks
+    wav = speech(25.0)  # three 10 s chunks
     before = replica_counts(cluster, WHISPER)
     results = await asyncio.gather(
         *[
@@ -158,8 +158,8 @@ async def test_openai_sdk_through_the_ingress_and_work_spreads_over_both_replica
         ]
     )
     for r in results:
-        assert r.duration == pytest.approx(45.0, abs=0.1) and r.segments is not None
-    wav = speech(25.0)  # two chunks
+        assert r.duration == pytest.approx(25.0, abs=0.1) and r.segments is not None
+    wav = speech(12.0)  # two chunks (and two diarization windows)
     diarized = await client.audio.transcriptions.create(
         model="gpt-4o-transcribe-diarize",
         file=("a.wav", wav, "audio/wav"),
@@ -194,7 +194,7 @@ async def test_a_replica_killed_mid_request(cluster):
     import ray
 
     client = sdk(cluster)
-    wav = speech(80.0)  # four chunks each, twelve in flight over both replicas when one is killed
+    wav = speech(40.0)  # four chunks each, twelve in flight over both replicas when one is killed
     victim = next(
         name
         for name in ray.util.list_named_actors(all_namespaces=True)
@@ -220,7 +220,7 @@ async def test_a_replica_killed_mid_request(cluster):
         if status == 503:
             assert set(body) >= {"message", "type", "param", "code"}, body
         else:
-            assert body.duration == pytest.approx(80.0, abs=0.1)
+            assert body.duration == pytest.approx(40.0, abs=0.1)
     assert sum(s == 200 for s, _ in outcomes) >= 2, outcomes
     # and the service keeps answering while Serve replaces the replica
     r = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", speech(5.0), "audio/wav"))
@@ -260,7 +260,7 @@ async def test_autoscaling_goes_from_one_to_two_replicas_and_back(cluster, tiny_
     )
     await wait_for(1, 120)  # idle: down to min_replicas
     client = sdk(cluster)
-    wav = speech(20.0)  # one chunk: four clients keep four requests going, whatever their length
+    wav = speech(10.0)  # one chunk: four clients keep four requests going, whatever their length
     stop = asyncio.Event()
 
     async def keep_busy() -> None:

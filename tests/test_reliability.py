@@ -369,8 +369,9 @@ def test_whisper_server_drains_on_sigterm_and_the_router_recovers_from_its_resta
     w_port, r_port = free_port(), free_port()
     w_url, r_url = f"http://127.0.0.1:{w_port}", f"http://127.0.0.1:{r_port}"
     short = to_wav_bytes(speech_samples)
-    # ~7.5 min (15 MB): many windows, several seconds of work on the tiny model even with batching
-    long = to_wav_bytes(np.tile(speech_samples, 80))
+    # ~3.7 min (7 MB): many windows, a few seconds of work on the tiny model even with batching (the
+    # in-flight wait below is a third of how long it took, so the request is still running when signalled)
+    long = to_wav_bytes(np.tile(speech_samples, 40))
     w_log, r_log = tmp_path / "whisper.log", tmp_path / "router.log"
     whisper = whisper_process(tiny_whisper_dir, w_port, cache_dir, w_log)
     env = {
