@@ -682,10 +682,13 @@ def _tokenizer(files: CT2Files, tokens: _SpecialTokens, dims: WhisperDims) -> An
         model_max_length=dims.max_target_positions,
     )
     # tokenizer.json normally lists them as added tokens (the embedded models' do); fill any gap.
-    missing = [t for t in tokens.specials if t not in tokenizer.get_added_vocab()]
+    # get_added_vocab() builds a new sorted dict of every added token on each call: once per list
+    added = tokenizer.get_added_vocab()
+    missing = [t for t in tokens.specials if t not in added]
     if missing:
         tokenizer.add_tokens([AddedToken(t, normalized=False, special=True) for t in missing], special_tokens=True)
-    missing_ts = [t for t in tokens.timestamps if t not in tokenizer.get_added_vocab()]
+        added = tokenizer.get_added_vocab()
+    missing_ts = [t for t in tokens.timestamps if t not in added]
     if missing_ts:
         tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in missing_ts])
     for token_id, token in enumerate(tokens.specials + tokens.timestamps, start=tokens.eot):
