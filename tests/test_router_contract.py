@@ -663,6 +663,43 @@ async def test_a_turn_without_words_is_a_diarized_segment_with_empty_text():
     assert len(cue_times(srt)) == 1
 
 
+# A says two sentences; between them B mumbles alone (3.0-4.0, no words), and B starts under A's
+# second turn at the very moment A's turn starts (4.9), ending before A's first word there
+ORDER_WORDS = [
+    {"start": 0.4, "end": 2.0, "words": words_of((" Hello", 0.5, 0.9), (" there.", 1.0, 1.9))},
+    {"start": 5.8, "end": 7.5, "words": words_of((" We", 5.8, 6.0), (" ship", 6.1, 6.6), (" today.", 6.7, 7.4))},
+]
+ORDER_TURNS = [(0.4, 2.1, "spk0", 0.9), (3.0, 4.0, "spk1", 0.8), (4.9, 7.6, "spk0", 0.9), (4.9, 5.5, "spk1", 0.6)]
+
+
+async def test_the_stream_puts_turns_without_words_in_time_order():
+    # the stream interleaves the transcript's segments and the turns without words by start, a tie
+    # going to the transcript's segment, as the whole response orders them: B's turn at 3.0 comes
+    # before A's sentence at 4.9 (not after all of the transcript's segments), and B's turn starting
+    # with A's at 4.9 after it
+    client = make_client(canned_router(ORDER_WORDS, ORDER_TURNS))
+    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
+    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
+    assert got == [
+        ("A", 0.4, 2.1, "Hello there."),
+        ("B", 3.0, 4.0, ""),
+        ("A", 4.9, 7.6, "We ship today."),
+        ("B", 4.9, 5.5, ""),
+    ]
+    stream = await client.audio.transcriptions.create(
+        model=DIARIZE, file=data, response_format="diarized_json", stream=True
+    )
+    events = [ev async for ev in stream]
+    segments = [e for e in events if e.type == "transcript.text.segment"]
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert [(e.speaker, e.start, e.end, e.text) for e in segments] == got
+    assert [e.id for e in segments] == [f"seg_{i}" for i in range(len(got))]
+    assert [d.segment_id for d in deltas] == [e.id for e in segments]
+    assert [d.delta for d in deltas] == ["Hello there.", "", " We ship today.", ""]
+    assert "".join(d.delta for d in deltas) == events[-1].text == out.text
+
+
 def test_untranscribed_turns_rules():
     a = Segment(0, 1.0, 2.0, " hi", words=(Word(" hi", 1.0, 2.0),), speaker="A")
     turns = [
