@@ -326,7 +326,12 @@ def split_by_words(seg: Segment, tree, nearest_s: float = 2.0) -> list[Segment]:
 
 
 def _stretches(turns: Sequence[SpeakerTurn]) -> dict[str, list[tuple[float, float]]]:
-    """Each speaker's turns, sorted and joined where they are at most ``GAP_S`` apart (seconds)."""
+    """Each speaker's turns, sorted and joined where they are at most ``GAP_S`` apart (seconds).
+
+    This is pyannote.core's ``Timeline.support(collar=GAP_S)`` per speaker, kept by hand because it
+    runs per request: pyannote.core 6.1.0 was 17-58x slower on 20-5000 turns, and its collar joins
+    gaps shorter than ``GAP_S`` only (here: up to it); bench/results/cpu-merge-stretches-2026-12-01.
+    """
     out: dict[str, list[tuple[float, float]]] = {}
     for t in sorted(turns, key=lambda t: t.start):
         if t.end <= t.start:
@@ -435,7 +440,9 @@ def untranscribed_turns(
             a, b = max(a, start), min(b, end)
             if b - a < MIN_UNTRANSCRIBED_S:
                 continue
-            i = bisect.bisect_left(starts, b)  # spans[:i] start before b; one ending after a overlaps
+            # spans[:i] start before b; one ending after a overlaps (a bisect: pyannote.core 6.1.0's
+            # Timeline.crop(mode="loose") walks every span from the first for each stretch)
+            i = bisect.bisect_left(starts, b)
             if i and reach[i - 1] > a:
                 continue
             out.append(
