@@ -91,31 +91,22 @@ MEETINGS: dict[str, tuple[tuple[str, int, float], ...]] = {
 
 def synthetic_meeting(name: str):
     """``(samples, reference turns, uem)`` of one of ``MEETINGS`` (needs espeak-ng): lines spoken
-    in turn with the listed gaps (negative: overlapped, the voices mixed), peak-normalised to 0.5;
-    each reference turn is its line's span above an energy floor (``torch_models.synth.speech_span``)."""
+    in turn with the listed gaps (negative: overlapped, the voices mixed), peak-normalised to 0.5
+    (``torch_models.synth.mix_lines``); each reference turn is its line's span above an energy
+    floor (``torch_models.synth.spoken_line``)."""
     from bench.router_eval import LONG_DIALOGUE
-    from server.core.transcript import SpeakerTurn
-    from torch_models.synth import speak, speech_span
+    from torch_models.synth import mix_lines, spoken_line
 
     rate = 16000
-    parts: list[tuple[int, np.ndarray]] = []
-    turns = []
+    parts = []
     end = 0
     for who, line, gap in MEETINGS[name]:
-        voice, pitch, wpm = MEETING_VOICES[who]
-        audio = speak(LONG_DIALOGUE[line], voice, pitch, wpm)
-        a, b = speech_span(audio)
-        audio = audio[a:b]
+        audio = spoken_line(LONG_DIALOGUE[line], *MEETING_VOICES[who])
         start = max(0, end + int(gap * rate))
-        parts.append((start, audio))
-        turns.append(SpeakerTurn(start / rate, (start + audio.shape[0]) / rate, who))
+        parts.append((start, audio, who))
         end = start + audio.shape[0]
-    total = max(s + a.shape[0] for s, a in parts) + rate // 2
-    mix = np.zeros(total, np.float32)
-    for start, audio in parts:
-        mix[start : start + audio.shape[0]] += audio
-    mix *= 0.5 / max(1e-6, float(np.abs(mix).max()))
-    return mix, turns, (0.0, total / rate)
+    mix = mix_lines(parts)
+    return mix.samples, list(mix.turns), (0.0, mix.duration)
 
 
 def load_case(name: str, data: Path):

@@ -150,15 +150,13 @@ def overlapped_meeting(seed: int, *, max_s: float = 30.5, voices: Sequence[str] 
     import numpy as np
 
     from server.core.audio import SAMPLE_RATE
-    from torch_models.synth import VOICES, speak, speech_span
+    from torch_models.synth import VOICES, mix_lines, spoken_line
 
     rng = np.random.default_rng(seed)
     sr = SAMPLE_RATE
 
     def line(who: str, text: str) -> np.ndarray:
-        audio = speak(text, *VOICES[who])
-        a, b = speech_span(audio)
-        audio = audio[a:b]
+        audio = spoken_line(text, *VOICES[who])
         return audio * (0.1 / max(1e-6, float(np.sqrt(np.mean(audio**2)))))  # equal loudness (RMS)
 
     placed: list[tuple[float, np.ndarray, str, str]] = []  # (start s, samples, speaker, text)
@@ -188,16 +186,10 @@ def overlapped_meeting(seed: int, *, max_s: float = 30.5, voices: Sequence[str] 
             bc = line(other, word) * 10 ** (-rng.uniform(0, 4) / 20)
             placed.append((start + rng.uniform(0.35, 0.6) * n, bc, other, word))
         prev_who, prev_start, prev_end = who, start, start + n
+    placed.sort(key=lambda p: p[0])
     total = int((max(s + a.shape[0] / sr for s, a, _, _ in placed) + 0.5) * sr)
-    mix = np.zeros(total, np.float32)
-    turns, texts = [], []
-    for start, audio, who, text in sorted(placed, key=lambda p: p[0]):
-        i = int(round(start * sr))
-        mix[i : i + audio.shape[0]] += audio[: total - i]
-        turns.append(SpeakerTurn(i / sr, (i + audio.shape[0]) / sr, who))
-        texts.append(text)
-    mix *= 0.5 / max(1e-6, float(np.abs(mix).max()))
-    return mix, Reference(tuple(turns), tuple(texts))
+    mix = mix_lines([(int(round(s * sr)), a, who) for s, a, who, _ in placed], length=total)
+    return mix.samples, Reference(mix.turns, tuple(text for *_, text in placed))
 
 
 def normalizer():

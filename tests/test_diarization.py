@@ -145,3 +145,27 @@ def test_restrict_speakers_reassigns_to_most_probable_kept_speaker():
     ]
     merged = [t for t in out if t.speaker == "speaker_1"][0]
     assert 0.4 < merged.confidence < 0.9
+
+
+# --- the mixer of the synthetic meetings (torch_models.synth) -----------------------------------
+
+
+def test_mix_lines_adds_lines_over_one_another_and_keeps_each_lines_turn():
+    from torch_models.synth import mix_lines
+
+    a = np.full(1600, 0.4, np.float32)  # 0.1 s each
+    b = np.full(1600, 0.6, np.float32)
+    mix = mix_lines([(0, a, "A"), (800, b, "B")])
+    # 0.5 s of silence after the last line; the overlap sums to 1.0, the peak, normalised to 0.5
+    assert mix.samples.dtype == np.float32 and mix.samples.shape == (2400 + SAMPLE_RATE // 2,)
+    assert np.allclose(mix.samples[:800], 0.2) and np.allclose(mix.samples[800:1600], 0.5)
+    assert np.allclose(mix.samples[1600:2400], 0.3) and not mix.samples[2400:].any()
+    assert mix.turns == (SpeakerTurn(0.0, 0.1, "A"), SpeakerTurn(0.05, 0.15, "B"))
+    # turns keep the order of the lines given; a set length cuts the audio, not the turns
+    cut = mix_lines([(800, b, "B"), (0, a, "A")], length=2000, peak=1.0)
+    assert cut.samples.shape == (2000,) and np.allclose(cut.samples[800:1600], 1.0)
+    assert cut.turns == (SpeakerTurn(0.05, 0.15, "B"), SpeakerTurn(0.0, 0.1, "A"))
+    with pytest.raises(ValueError):
+        mix_lines([])
+    with pytest.raises(ValueError):
+        mix_lines([(-1, a, "A")])

@@ -32,6 +32,7 @@ from server.core.audio import SAMPLE_RATE, to_wav_bytes
 from server.core.transcript import Segment, SpeakerTurn, Word
 from server.router.merge import (
     MIN_UNTRANSCRIBED_S,
+    TURN_REACH_S,
     assign_speakers,
     cover_turns,
     fit_times,
@@ -527,11 +528,46 @@ def test_cover_turns_bounds():
     assert (out.start, out.end) == (1.0, 4.0) and out.avg_logprob == -0.4 and out.words == words
     (out,) = cover_turns([seg], turns, start=1.5, end=3.5)  # the audio (or the chunk) bounds it
     assert (out.start, out.end) == (1.5, 3.5)
-    # a segment outside its speaker's turns, or without a speaker, is left as it is; none shrinks
+    # a segment outside its speaker's turns, or without a speaker, is left as it is
     far = replace(seg, start=5.0, end=5.5, words=(Word(" a", 5.0, 5.5),))
     assert cover_turns([far, replace(seg, speaker=None)], turns) == [far, replace(seg, speaker=None)]
-    (out,) = cover_turns([seg], [SpeakerTurn(2.1, 2.2, "A", 0.9)])
+    # a segment holds its words up to TURN_REACH_S outside its speaker's turns, and no further
+    (out,) = cover_turns([seg], [SpeakerTurn(2.1, 2.4, "A", 0.9)])
     assert (out.start, out.end) == (2.0, 2.5)
+    (out,) = cover_turns([seg], [SpeakerTurn(2.1, 2.2, "A", 0.9)])
+    assert (out.start, out.end) == (2.0, round(2.2 + TURN_REACH_S, 3)) and out.words == words
+    (out,) = cover_turns([seg], [SpeakerTurn(2.4, 2.45, "A", 0.9)])
+    assert (out.start, out.end) == (round(2.4 - TURN_REACH_S, 3), 2.5)
+
+
+# Whisper times "Well," (0.2-0.6) before A's turn (1.4-3.0) starts and "today." after it ends: the
+# diarizer heard nobody there, so the diarized segment stops TURN_REACH_S outside the turn
+REACH_WORDS = [
+    {
+        "start": 0.2,
+        "end": 3.9,
+        "words": words_of((" Well,", 0.2, 0.6), (" we", 1.5, 1.7), (" ship", 1.8, 2.4), (" today.", 3.1, 3.9)),
+    }
+]
+REACH_TURNS = [(1.4, 3.0, "spk0", 0.9), (6.0, 7.0, "spk1", 0.8)]
+
+
+async def test_a_diarized_segment_stops_near_its_speakers_turn_but_keeps_its_words():
+    client = make_client(canned_router(REACH_WORDS, REACH_TURNS))
+    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
+    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    want = (round(1.4 - TURN_REACH_S, 3), round(3.0 + TURN_REACH_S, 3))
+    got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
+    assert got == [("A", *want, "Well, we ship today."), ("B", 6.0, 7.0, "")]
+    assert out.text == "Well, we ship today."
+    stream = await client.audio.transcriptions.create(
+        model=DIARIZE, file=data, response_format="diarized_json", stream=True
+    )
+    segments = [e for e in [ev async for ev in stream] if e.type == "transcript.text.segment"]
+    assert [(e.speaker, e.start, e.end, e.text) for e in segments] == got
+    # subtitles and verbose_json still span exactly the words
+    verbose = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="verbose_json")
+    assert [(s.start, s.end) for s in verbose.segments] == [(0.2, 3.9)]
 
 
 def test_words_that_do_not_spell_the_text_are_not_used_to_cut_it():
@@ -600,15 +636,17 @@ def test_cover_turns_matches_a_plain_scan_on_many_segments():
         out = []
         for s in segments:
             hits = [(a, b) for a, b in st[s.speaker] if a < max(s.end, s.start + 1e-3) and b > s.start]
-            out.append((min(s.start, min(a for a, _ in hits)), max(s.end, max(b for _, b in hits))) if hits else None)
+            out.append((min(a for a, _ in hits), max(b for _, b in hits)) if hits else None)
         return out
 
     for s, g, p in zip(segs, got, plain(segs)):
-        assert g.start <= s.start and g.end >= s.end  # never shrinks
         if p is None:
             assert (g.start, g.end) == (s.start, s.end)
-        else:
-            assert p[0] - 1e-3 <= g.start and g.end <= p[1] + 1e-3  # inside the stretches it overlaps
+            continue
+        # holds its words, but no further than TURN_REACH_S outside the stretches it overlaps
+        own = (max(s.start, p[0] - TURN_REACH_S), min(s.end, p[1] + TURN_REACH_S))
+        assert g.start <= own[0] + 1e-3 and g.end >= own[1] - 1e-3
+        assert min(own[0], p[0]) - 1e-3 <= g.start and g.end <= max(own[1], p[1]) + 1e-3
     for spk in "AB":  # one speaker's segments never overlap each other (unless their words did)
         mine = sorted((g for g in got if g.speaker == spk), key=lambda g: g.start)
         orig = {s.id: s for s in segs}
@@ -661,6 +699,43 @@ async def test_a_turn_without_words_is_a_diarized_segment_with_empty_text():
     assert [(s.model_extra["speaker"], s.text) for s in verbose.segments] == [("A", " We ship on Monday.")]
     srt = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="srt")
     assert len(cue_times(srt)) == 1
+
+
+# A says two sentences; between them B mumbles alone (3.0-4.0, no words), and B starts under A's
+# second turn at the very moment A's turn starts (4.9), ending before A's first word there
+ORDER_WORDS = [
+    {"start": 0.4, "end": 2.0, "words": words_of((" Hello", 0.5, 0.9), (" there.", 1.0, 1.9))},
+    {"start": 5.8, "end": 7.5, "words": words_of((" We", 5.8, 6.0), (" ship", 6.1, 6.6), (" today.", 6.7, 7.4))},
+]
+ORDER_TURNS = [(0.4, 2.1, "spk0", 0.9), (3.0, 4.0, "spk1", 0.8), (4.9, 7.6, "spk0", 0.9), (4.9, 5.5, "spk1", 0.6)]
+
+
+async def test_the_stream_puts_turns_without_words_in_time_order():
+    # the stream interleaves the transcript's segments and the turns without words by start, a tie
+    # going to the transcript's segment, as the whole response orders them: B's turn at 3.0 comes
+    # before A's sentence at 4.9 (not after all of the transcript's segments), and B's turn starting
+    # with A's at 4.9 after it
+    client = make_client(canned_router(ORDER_WORDS, ORDER_TURNS))
+    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
+    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
+    assert got == [
+        ("A", 0.4, 2.1, "Hello there."),
+        ("B", 3.0, 4.0, ""),
+        ("A", 4.9, 7.6, "We ship today."),
+        ("B", 4.9, 5.5, ""),
+    ]
+    stream = await client.audio.transcriptions.create(
+        model=DIARIZE, file=data, response_format="diarized_json", stream=True
+    )
+    events = [ev async for ev in stream]
+    segments = [e for e in events if e.type == "transcript.text.segment"]
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert [(e.speaker, e.start, e.end, e.text) for e in segments] == got
+    assert [e.id for e in segments] == [f"seg_{i}" for i in range(len(got))]
+    assert [d.segment_id for d in deltas] == [e.id for e in segments]
+    assert [d.delta for d in deltas] == ["Hello there.", "", " We ship today.", ""]
+    assert "".join(d.delta for d in deltas) == events[-1].text == out.text
 
 
 def test_untranscribed_turns_rules():

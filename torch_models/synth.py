@@ -4,7 +4,8 @@
 bench's audio sets and the conversations below all use them). A conversation, used by the
 diarization tests and ``bench.eval_der --espeak``: two (or more) clearly different synthetic voices
 alternate lines with pauses between them; the reference turns are the spans where each line's
-waveform is above a small energy floor.
+waveform is above a small energy floor. ``mix_lines`` places such trimmed lines at any start, over
+one another too, for the bench's synthetic meetings with overlapped speech.
 """
 
 from __future__ import annotations
@@ -97,6 +98,51 @@ def speech_span(samples: np.ndarray, floor_db: float = -45.0, hop: int = 160) ->
     return int(loud[0] * hop), int((loud[-1] + 1) * hop)
 
 
+def spoken_line(text: str, voice: str = "en", pitch: int = 50, wpm: int = 175) -> np.ndarray:
+    """``text`` spoken by espeak-ng (:func:`speak`) and trimmed to its speech (:func:`speech_span`):
+    float32 ``(n,)`` at 16 kHz, from the first to the last 10 ms frame above the energy floor."""
+    audio = speak(text, voice, pitch, wpm)
+    a, b = speech_span(audio)
+    return audio[a:b]
+
+
+def mix_lines(
+    lines: Sequence[tuple[int, np.ndarray, str]], *, length: int | None = None, peak: float = 0.5
+) -> Conversation:
+    """Place lines of speech on one track: the mixer of the synthetic meetings with overlapped speech.
+
+    Each line's samples are added at its start sample (lines that overlap in time are summed: two
+    voices over the same seconds), then the whole track is peak-normalised to ``peak``. The
+    reference turn of a line is its whole extent, ``[start, start + n)`` samples in seconds.
+
+    Args:
+        lines: ``(start sample, float32 (n,) 16 kHz samples, speaker)``; starts ≥ 0, in any order
+            (the turns keep this order).
+        length: the track's length in samples (lines running past it are cut there; their turns
+            are not); None: 0.5 s after the last line ends.
+        peak: the largest absolute sample value after normalising.
+
+    Returns:
+        a :class:`Conversation` of the mix (float32) and one turn per line, in the order of ``lines``.
+
+    Raises:
+        ValueError: no lines, or a negative start.
+    """
+    if not lines:
+        raise ValueError("mix_lines needs at least one line")
+    if min(start for start, _, _ in lines) < 0:
+        raise ValueError("a line starts before the track")
+    if length is None:
+        length = max(start + audio.shape[0] for start, audio, _ in lines) + SAMPLE_RATE // 2
+    mix = np.zeros(length, np.float32)
+    turns = []
+    for start, audio, who in lines:
+        mix[start : start + audio.shape[0]] += audio[: max(0, length - start)]
+        turns.append(SpeakerTurn(start / SAMPLE_RATE, (start + audio.shape[0]) / SAMPLE_RATE, who))
+    mix *= peak / max(1e-6, float(np.abs(mix).max()))
+    return Conversation(mix, tuple(turns))
+
+
 def conversation(
     lines: Sequence[tuple[str, str]] = DIALOGUE,
     *,
@@ -113,10 +159,7 @@ def conversation(
     turns: list[SpeakerTurn] = []
     offset = pieces[0].shape[0]
     for i, (who, text) in enumerate(lines):
-        voice, pitch, wpm = voices[who]
-        audio = speak(text, voice, pitch, wpm)
-        a, b = speech_span(audio)
-        audio = audio[a:b]
+        audio = spoken_line(text, *voices[who])
         turns.append(SpeakerTurn(offset / SAMPLE_RATE, (offset + audio.shape[0]) / SAMPLE_RATE, who))
         pause = np.zeros(int(pauses_s[i % len(pauses_s)] * SAMPLE_RATE), np.float32)
         pieces += [audio, pause]

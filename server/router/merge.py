@@ -8,7 +8,8 @@ keeps one piece, so overlapping speech gives overlapping segments. Segments with
 are split proportionally to their characters over each speaker's speech time, the cut snapped to a
 nearby sentence end, and their edges pulled in to the speech inside them. For ``diarized_json``
 (speaker turns, not subtitles) ``cover_turns`` then widens every piece to its speaker's turn around
-its words, so the pauses inside a turn and its edges belong to the speaker, and
+its words, so the pauses inside a turn and its edges belong to the speaker (and keeps its edges
+within ``TURN_REACH_S`` of that speaker's turns where Whisper timed a word outside them), and
 ``untranscribed_turns`` reports each turn that got none of its speaker's words (a second voice
 Whisper did not write, a dropped backchannel) as a segment of that speaker with empty text.
 ``fit_times`` keeps every segment ordered and inside the audio.
@@ -36,6 +37,11 @@ NEAR_S = 30.0  # how far a piece looks for its speaker's nearest turn (for a con
 # "no" last 0.2-0.4 s); shorter turns are slivers of the diarizer's frame decisions. Set by that
 # reasoning, not fitted (on the tuning set it only drops two slivers of 0.05 and 0.08 s on dev01)
 MIN_UNTRANSCRIBED_S = 0.2
+# how far a diarized_json segment may reach outside its speaker's turns, though a word Whisper timed
+# there lies further out (the segment keeps the word). Chosen on dev00, dev01 and eight synthetic
+# overlapped meetings (bench/results/cpu-router-der-rescored-2026-12-01): the smallest of 0-1 s that
+# made no tuning file's DER worse than no bound at all (0.1 and 0 cut speech off the AMI dev clips)
+TURN_REACH_S = 0.2
 
 
 def _timeline(turns: Sequence[SpeakerTurn], start: float, end: float) -> list[SpeakerTurn]:
@@ -326,7 +332,12 @@ def split_by_words(seg: Segment, tree, nearest_s: float = 2.0) -> list[Segment]:
 
 
 def _stretches(turns: Sequence[SpeakerTurn]) -> dict[str, list[tuple[float, float]]]:
-    """Each speaker's turns, sorted and joined where they are at most ``GAP_S`` apart (seconds)."""
+    """Each speaker's turns, sorted and joined where they are at most ``GAP_S`` apart (seconds).
+
+    This is pyannote.core's ``Timeline.support(collar=GAP_S)`` per speaker, kept by hand because it
+    runs per request: pyannote.core 6.1.0 was 17-58x slower on 20-5000 turns, and its collar joins
+    gaps shorter than ``GAP_S`` only (here: up to it); bench/results/cpu-merge-stretches-2026-12-01.
+    """
     out: dict[str, list[tuple[float, float]]] = {}
     for t in sorted(turns, key=lambda t: t.start):
         if t.end <= t.start:
@@ -349,10 +360,13 @@ def cover_turns(
     speaker; a segment spanning only its words leaves them as missed speech. A segment of speaker
     X grows to the stretch of X's turns (joined over gaps ≤ ``GAP_S``) that overlaps it, but never
     over X's own neighbouring segments (X's consecutive segments in one turn meet at the next
-    one's first word, so they never overlap each other), never outside ``[start, end]``, and never
-    shrinks: it always holds its words. Another speaker's segment bounds it only where the
-    diarizer's turns say so (X's turn ends where Y's begins); where the turns overlap (two people
-    at once) the segments overlap too. Text, words, speakers and statistics are unchanged.
+    one's first word, so they never overlap each other) and never outside ``[start, end]``. It
+    holds its words, except where Whisper timed a word outside X's turns: then its edge stops
+    ``TURN_REACH_S`` beyond the stretches it overlaps (the diarizer heard no speech of X there, so
+    reaching further is false alarm); the word stays in the segment's text. Another speaker's
+    segment bounds it only where the diarizer's turns say so (X's turn ends where Y's begins);
+    where the turns overlap (two people at once) the segments overlap too. Text, words, speakers
+    and statistics are unchanged.
 
     Args:
         segments: speaker-attributed segments (``assign_speakers``), absolute seconds; segments
@@ -377,7 +391,10 @@ def cover_turns(
         hi_i = bisect.bisect_left(starts[s.speaker], hi)
         hits = mine[lo_i:hi_i]
         if hits:
-            span[i] = (min(s.start, max(start, min(a for a, _ in hits))), max(s.end, min(end, max(b for _, b in hits))))
+            a, b = max(start, min(a for a, _ in hits)), min(end, max(b for _, b in hits))
+            # the segment's own edges (its words), pulled in to within TURN_REACH_S of the stretches
+            own = (max(s.start, a - TURN_REACH_S), min(s.end, b + TURN_REACH_S))
+            span[i] = (min(own[0], a), max(own[1], b), *own)
     by_speaker: dict[str, list[int]] = {}
     for i in sorted(span, key=lambda i: (segments[i].start, segments[i].end)):
         by_speaker.setdefault(segments[i].speaker, []).append(i)
@@ -386,10 +403,10 @@ def cover_turns(
         prev_end = -float("inf")
         for k, i in enumerate(order):
             s = segments[i]
-            lo, hi = span[i]
-            lo = min(s.start, max(lo, prev_end))
+            lo, hi, own_lo, own_hi = span[i]
+            lo = min(own_lo, max(lo, prev_end))
             if k + 1 < len(order):
-                hi = max(s.end, min(hi, segments[order[k + 1]].start))
+                hi = max(own_hi, min(hi, segments[order[k + 1]].start))
             out[i] = replace(s, start=round(lo, 3), end=round(max(hi, lo), 3))
             prev_end = max(prev_end, out[i].end)
     return out
@@ -435,7 +452,9 @@ def untranscribed_turns(
             a, b = max(a, start), min(b, end)
             if b - a < MIN_UNTRANSCRIBED_S:
                 continue
-            i = bisect.bisect_left(starts, b)  # spans[:i] start before b; one ending after a overlaps
+            # spans[:i] start before b; one ending after a overlaps (a bisect: pyannote.core 6.1.0's
+            # Timeline.crop(mode="loose") walks every span from the first for each stretch)
+            i = bisect.bisect_left(starts, b)
             if i and reach[i - 1] > a:
                 continue
             out.append(
@@ -461,8 +480,8 @@ def fit_times(segments: Sequence[Segment], duration: float, *, spans_words: bool
     Args:
         segments: absolute times in seconds.
         duration: the audio's length in seconds.
-        spans_words: False (``diarized_json``, whose segments ``cover_turns`` widened to their
-            speaker's turn): every segment keeps its own times, widened to hold its words.
+        spans_words: False (``diarized_json``, whose segments ``cover_turns`` fitted to their
+            speaker's turns): every segment keeps its own times (clamped to the audio).
     """
 
     def clamp(x: float) -> float:
@@ -474,7 +493,7 @@ def fit_times(segments: Sequence[Segment], duration: float, *, spans_words: bool
         start, end = clamp(s.start), clamp(s.end)
         if words and words_spell_text(s) and spans_words:
             start, end = min(w.start for w in words), max(w.end for w in words)
-        elif words:
+        elif words and spans_words:
             start, end = min(start, *(w.start for w in words)), max(end, *(w.end for w in words))
         out.append(replace(s, start=start, end=max(start, end), words=words))
     return out

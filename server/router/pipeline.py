@@ -11,10 +11,11 @@
    the known speakers'. One window needs no linking.
 4. **merge** (``server.router.merge``): transcript segments × speaker turns, word by word, split where
    the speaker changes (overlapping turns give overlapping segments); for ``diarized_json``
-   (``Job.turn_spans``) each segment then covers its speaker's turn around its words
-   (``cover_turns``); ``fit_times`` keeps every segment ordered, inside the audio and spanning (or,
-   with turn spans, holding) its words. The text is the whisper server's,
-   chunk texts joined; the speaker segments never rewrite it.
+   (``Job.turn_spans``) each segment then covers its speaker's turn around its words, reaching at
+   most ``TURN_REACH_S`` outside that speaker's turns (``cover_turns``); ``fit_times`` keeps every
+   segment ordered, inside the audio and spanning its words (with turn spans: keeping the span
+   ``cover_turns`` gave it). The text is the whisper server's, chunk texts joined; the speaker
+   segments never rewrite it.
 5. **render**: ``server.core.formats`` for whole responses, the SSE events below for streams.
 
 The sidecar's failures cost speakers (``warnings``), never the transcript. Nothing here knows
