@@ -41,6 +41,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+"""The CPU feature flags that decide GEMM speed (besides every ``avx512*`` flag), as /proc/cpuinfo spells them."""
+
+
+def cpu_flags() -> list[str]:
+    """This CPU's SIMD feature flags that matter for matrix products (``SIMD_FLAGS`` and every
+    ``avx512*``), sorted; ``[]`` where /proc/cpuinfo has no flags (not Linux x86)."""
+    from jax_models.compile_cache import cpu_description
+
+    flags = cpu_description().rsplit(" | ", 1)[-1].split()
+    return sorted(f for f in flags if f in SIMD_FLAGS or f.startswith("avx512"))
+
+
 def gpus() -> list[dict]:
     """``[{name, memory_total_mib}]`` from ``nvidia-smi``; ``[]`` without an NVIDIA GPU."""
     if not shutil.which("nvidia-smi"):
@@ -125,6 +138,7 @@ def machine_info() -> dict:
     return {
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_logical_cores": os.cpu_count(),
         "cpu_physical_cores": psutil.cpu_count(logical=False),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

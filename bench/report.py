@@ -126,11 +126,15 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align:
 
 
 def machine_line(machine: dict) -> str:
-    """One line naming the machine: CPU, cores, memory, GPUs, load average."""
+    """One line naming the machine: CPU, cores, SIMD flags (results recorded before they were kept
+    have none), memory, GPUs, load average."""
     gpu = ", ".join(g["name"] for g in machine.get("gpus") or []) or "no GPU"
     load = machine.get("load_average_1m")
+    flags = machine.get("cpu_flags")
     return (
-        f"{machine.get('cpu')} ({machine.get('cpu_logical_cores')} logical cores), "
+        f"{machine.get('cpu')} ({machine.get('cpu_logical_cores')} logical cores"
+        + (f"; flags {' '.join(flags) or 'none of avx/avx2/avx512/vnni/amx'}" if flags is not None else "")
+        + "), "
         f"{machine.get('memory_gib')} GiB RAM, {gpu}"
         + (f"; 1-min load average at start {load:.2f}" if load is not None else "")
     )

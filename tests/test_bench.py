@@ -245,6 +245,7 @@ def test_machine_sampling_of_this_process():
     import os
 
     from bench.machine import MemorySampler, busy_cores, machine_info, tree_cpu_s, wait_for_idle
+    from bench.report import machine_line
 
     with MemorySampler(os.getpid(), interval_s=0.01) as memory:
         block = np.ones(16 * 2**20 // 8)  # 16 MiB touched while sampling
@@ -265,6 +266,12 @@ def test_machine_sampling_of_this_process():
     assert waited < 5 and busy >= 0
     info = machine_info()
     assert info["cpu_logical_cores"] == os.cpu_count() and info["versions"]["jiwer"]
+    # the SIMD flags GEMM speed depends on, as /proc/cpuinfo lists them (CI's x86 CPUs have avx2 at least)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    listed = set(next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), []))
+    assert info["cpu_flags"] == sorted(info["cpu_flags"]) and set(info["cpu_flags"]) <= listed
+    assert {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"} & listed <= set(info["cpu_flags"])
+    assert f"flags {' '.join(info['cpu_flags'])}" in machine_line(info) or not info["cpu_flags"]
 
 
 def test_joined_real_clips_have_exact_length_and_joined_references(tmp_path, monkeypatch):
@@ -321,3 +328,13 @@ def test_read_reference_reads_every_uem_segment_and_der_scores_inside_them(tmp_p
     assert [(s.start, s.end) for s in uem] == [(0.0, 4.0), (6.0, 10.0)]
     score = der(turns, turns[:1], uem=uem)  # B never found: only its second inside the UEM (6-7 s) counts
     assert score["total"] == pytest.approx(4.0) and score["missed"] == pytest.approx(0.25)
+
+
+def test_xla_dot_times_three_dtypes(tmp_path, capsys):
+    from bench import xla_dot
+
+    xla_dot.main(["--repeats", "1", "--rounds", "1", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert set(record["best"]) == {"float32", "bfloat16", "int8"} and record["best"]["float32"]["x_float32"] == 1.0
+    assert all(len(v) == 1 and v[0] > 0 for v in record["seconds"].values())
+    assert "GOP/s" in capsys.readouterr().out and record["machine"]["cpu_flags"] is not None

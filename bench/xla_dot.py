@@ -1,0 +1,89 @@
+"""How fast XLA:CPU multiplies the encoder's largest matrices in fp32, bf16 and int8, side by side.
+
+``python -m bench.xla_dot [--repeats 20] [--out DIR]``: one jitted ``(1500, 512) @ (512, 2048)``
+product (Whisper base's encoder MLP on one 30 s window: 1500 frames, d_model 512, 4x wider MLP) in
+float32, bfloat16 (float32 accumulation) and int8 (int32 accumulation), each timed ``repeats`` times
+after one warm-up call, the three interleaved over ``rounds`` rounds. Prints GOP/s per dtype and
+the ratio to float32, with the CPU model and flags (``bench.machine``); ``--out`` writes
+``result.json`` there.
+
+Why (issue 15, item 2): faster-whisper runs int8 CTranslate2 GEMMs; whether an int8 encoder could
+close Chorus's per-core gap on a CPU depends on XLA:CPU's int8 dot being faster than its fp32 one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+M, K, N = 1500, 512, 2048  # frames of a 30 s window, base's d_model, its MLP width
+
+
+def measure(repeats: int = 20, rounds: int = 2, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per product, ``{dtype: [seconds per round]}`` for float32, bfloat16 and int8.
+
+    Each round times every dtype once (``repeats`` calls after a warm-up call), so drift in the
+    machine's load falls on all three alike.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal((M, K), np.float32), rng.standard_normal((K, N), np.float32)
+    dims = (((1,), (0,)), ((), ()))
+    cases = {
+        "float32": (jax.jit(lambda x, y: x @ y), jnp.asarray(a), jnp.asarray(b)),
+        "bfloat16": (
+            jax.jit(lambda x, y: jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.float32)),
+            jnp.asarray(a, jnp.bfloat16),
+            jnp.asarray(b, jnp.bfloat16),
+        ),
+        "int8": (
+            jax.jit(lambda x, y: jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.int32)),
+            jnp.asarray(np.clip(a * 20, -127, 127).astype(np.int8)),
+            jnp.asarray(np.clip(b * 20, -127, 127).astype(np.int8)),
+        ),
+    }
+    out: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for name, (fn, x, y) in cases.items():
+            fn(x, y).block_until_ready()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn(x, y).block_until_ready()
+            out[name].append((time.perf_counter() - t0) / repeats)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bench.machine import machine_info
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    seconds = measure(args.repeats, args.rounds)
+    best = {k: min(v) for k, v in seconds.items()}
+    ops = 2 * M * K * N
+    rows = {
+        k: {"ms": round(s * 1e3, 2), "gops": round(ops / s / 1e9, 1), "x_float32": round(best["float32"] / s, 2)}
+        for k, s in best.items()
+    }
+    info = machine_info()
+    print(f"CPU: {info['cpu']}, {info['cpu_logical_cores']} cores, flags {' '.join(info['cpu_flags'])}")
+    print(f"({M}x{K} @ {K}x{N}, best of {args.rounds} rounds x {args.repeats} products)")
+    for k, r in rows.items():
+        print(f"{k:9s} {r['ms']:8.2f} ms  {r['gops']:7.1f} GOP/s  {r['x_float32']:.2f}x float32")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        record = {"shape": [M, K, N], "seconds": seconds, "best": rows, "machine": info}
+        (args.out / "result.json").write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
