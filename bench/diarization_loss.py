@@ -30,7 +30,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -38,7 +40,7 @@ import numpy as np
 from bench.diarization_der import CLIPS, DATA, ESPEAK, MEETINGS, load_case
 
 
-def reference_count(turns, num_frames: int, frame_step: float, frame_duration: float) -> np.ndarray:
+def reference_count(turns: Sequence[Any], num_frames: int, frame_step: float, frame_duration: float) -> np.ndarray:
     """int ``(num_frames,)``: reference turns covering each frame middle."""
     mid = np.arange(num_frames) * frame_step + frame_duration / 2
     out = np.zeros(num_frames, np.int64)
@@ -47,7 +49,7 @@ def reference_count(turns, num_frames: int, frame_step: float, frame_duration: f
     return out
 
 
-def scored_mask(uem, num_frames: int, frame_step: float, frame_duration: float) -> np.ndarray:
+def scored_mask(uem: Any, num_frames: int, frame_step: float, frame_duration: float) -> np.ndarray:
     """bool ``(num_frames,)``: frame middles inside the scored region (a Timeline, a (start, end)
     tuple, or None for everything)."""
     mid = np.arange(num_frames) * frame_step + frame_duration / 2
@@ -99,7 +101,7 @@ def _frame_levels(samples: np.ndarray, n: int, fs: float, fd: float) -> np.ndarr
     return out
 
 
-def trace(diarizer, samples: np.ndarray, analysis):
+def trace(diarizer: Any, samples: np.ndarray, analysis: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Any]]:
     """``finish``'s steps 5–7 on an ``analyse`` result, keeping the intermediate arrays:
     ``(clusters (C, S), count (T,), binary (T, K), turns)``."""
     import math
@@ -123,7 +125,7 @@ def trace(diarizer, samples: np.ndarray, analysis):
     return clusters, a.count[:n], binary[:n], turns
 
 
-def losses(diarizer, samples, ref, uem) -> dict:
+def losses(diarizer: Any, samples: np.ndarray, ref: Sequence[Any], uem: Any) -> dict[str, Any]:
     """The step-by-step table of one clip (see the module docstring)."""
     from bench.eval_der import der
 
@@ -152,7 +154,7 @@ def losses(diarizer, samples, ref, uem) -> dict:
         turn_n += (mid >= t.start) & (mid < t.end)
     active = a.hard.sum(axis=1) > 0
     valid = ~np.isnan(a.embeddings).any(axis=-1)
-    row = {
+    row: dict[str, Any] = {
         "ref_speaker_s": round(ref_time, 2),
         "ref_share_beyond_2": round(float((np.maximum(refc - 2, 0) * mask).sum() * fs / ref_time), 4),
         "lost_window_mean": round(lost(mean_w), 4),
@@ -229,8 +231,8 @@ def main(clips: str, data: Path, threads: int, out: Path | None) -> None:
     from torch_models.service import build_diarizer
     from torch_models.settings import SidecarSettings
 
-    diarizer = build_diarizer(SidecarSettings())
-    rows = {}
+    diarizer: Any = build_diarizer(SidecarSettings())
+    rows: dict[str, dict[str, Any]] = {}
     cols = [
         ("window", "lost_window_mean"),
         ("any window", "lost_any_window"),
