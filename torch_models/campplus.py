@@ -391,7 +391,7 @@ class CamPlusPlus:
         return emb / max(float(np.linalg.norm(emb)), 1e-12)
 
     def embed_features_batch(
-        self, pieces: Sequence[torch.Tensor], *, max_batch: int = 32, max_padded_frames: int = 8000
+        self, pieces: Sequence[torch.Tensor], *, max_batch: int = 32, max_padded_frames: int = 2400
     ) -> np.ndarray:
         """Many ``embed_features`` calls in few forward passes: fbank pieces ``(T_i, 80)`` →
         unit-norm float32 ``(len(pieces), 192)``, row ``i`` equal to ``embed_features(pieces[i])``
@@ -399,7 +399,9 @@ class CamPlusPlus:
 
         The pieces are sorted by length and cut into batches of consecutive lengths, each at most
         ``max_batch`` pieces and ``max_padded_frames`` frames once zero-padded to its longest
-        piece; ``CAMPPlus.forward`` with ``lengths`` keeps the padding out of every result.
+        piece; ``CAMPPlus.forward`` with ``lengths`` keeps the padding out of every result. The
+        frame budget: on one AVX2 core (bench/NOTES.md, "Batched CAM++") batches of 2000-3000
+        frames were fastest, 6400 slower again (the front end's 2-D activations outgrow the cache).
         Raises ValueError when a piece has zero frames.
         """
         feats = [self._normalised(f) for f in pieces]

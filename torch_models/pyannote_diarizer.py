@@ -88,7 +88,8 @@ class PyannoteConfig:
     constrained_assignment: bool = True
     min_duration_off: float = 0.0  # shorter gaps inside one speaker's speech are closed
     batch_size: int = 32  # segmentation chunks per forward pass
-    embedding_batch_size: int = 32  # CAM++ pieces per forward pass (1: one forward per piece)
+    embedding_batch_size: int = 32  # CAM++ pieces per forward pass (1: one forward per piece) ...
+    embedding_batch_frames: int = 2400  # ... and at most this many fbank frames once padded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,6 +210,7 @@ def chunk_embeddings(
     *,
     min_clean_s: float,
     batch_size: int = 32,
+    batch_frames: int = 2400,
 ) -> np.ndarray:
     """One unit-norm embedding per (chunk, local speaker): float32 ``(C, S, D)``, NaN for speakers
     silent in the chunk.
@@ -217,8 +219,9 @@ def chunk_embeddings(
     ``exclude_overlap``); when they amount to less than ``min_clean_s``, all its frames are.
     ``fbank`` is the whole file's ``(N, 80)`` CAM++ features; segmentation frames are mapped onto
     them by nearest neighbour (as pyannote interpolates masks onto the embedding model's frames).
-    The pieces go through ``embedder.embed_features_batch`` (up to ``batch_size`` per forward pass,
-    the same embeddings as one by one) ``8 · batch_size`` at a time, which bounds the memory the
+    The pieces go through ``embedder.embed_features_batch`` (up to ``batch_size`` pieces and
+    ``batch_frames`` padded frames per forward pass, the same embeddings as one by one)
+    ``8 · batch_size`` at a time, which bounds the memory the
     gathered features take, when the embedder has it and ``batch_size`` > 1; otherwise one
     ``embed_features`` call per piece.
     """
@@ -234,7 +237,9 @@ def chunk_embeddings(
     def flush() -> None:
         if pieces:
             rows, cols = zip(*keys)
-            out[list(rows), list(cols)] = embedder.embed_features_batch(pieces, max_batch=batch_size)
+            out[list(rows), list(cols)] = embedder.embed_features_batch(
+                pieces, max_batch=batch_size, max_padded_frames=batch_frames
+            )
         keys.clear()
         pieces.clear()
 
@@ -529,6 +534,7 @@ class PyannoteDiarizer:
                 seg.chunk_s,
                 min_clean_s=c.min_clean_s,
                 batch_size=c.embedding_batch_size,
+                batch_frames=c.embedding_batch_frames,
             )
         else:
             emb = np.full(hard.shape[:2] + (self.campplus.dim,), np.nan, np.float32)
