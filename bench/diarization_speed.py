@@ -7,7 +7,8 @@ Each round runs every batch size once per clip, in alternating order (A B, then 
 change of machine load hits both sides alike. Per run: wall seconds of ``diarize`` (both networks,
 clustering, reconstruction, fingerprints), of which CAM++ on the (chunk, piece) embeddings (the
 time inside ``embed_features`` / ``embed_features_batch`` during ``analyse``) and the rest of
-``analyse`` (mostly segmentation-3.0). Then, against the first batch size: the smallest cosine
+``analyse`` (mostly segmentation-3.0); and the same in process CPU seconds, which other jobs
+time-sliced onto the same core disturb less than wall time. Then, against the first batch size: the smallest cosine
 between the two runs' embeddings, whether the turns are identical, and DER (collar 0.25 s) where
 the clip has a reference. Clips: as ``bench.diarization_der`` (AMI names in ``../shared/data``,
 ``espeak305``). Writes ``result.json`` and ``table.md`` to ``--out``.
@@ -30,6 +31,7 @@ class _Timed:
 
     def __init__(self, embedder) -> None:
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         self.calls = 0
         self.frames: list[int] = []  # frames of each piece embedded
         for name in ("embed_features", "embed_features_batch"):
@@ -39,11 +41,12 @@ class _Timed:
     def _wrap(self, fn):
         def timed(pieces, *args, **kwargs):
             self.frames += [int(p.shape[0]) for p in pieces] if isinstance(pieces, list) else [int(pieces.shape[0])]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return fn(pieces, *args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - t0
+                self.cpu_seconds += time.process_time() - c0
                 self.calls += 1
 
         return timed
@@ -100,11 +103,11 @@ def main(clips: str, batches: str, rounds: int, threads: int, out: Path) -> None
         for r in range(rounds):
             for b in sizes if r % 2 == 0 else sizes[::-1]:
                 diarizer.config = config(b)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 analysis = diarizer.analyse(samples)
                 t1 = time.perf_counter()
                 result = diarizer.finish(samples, analysis)
-                t2 = time.perf_counter()
+                t2, c2 = time.perf_counter(), time.process_time()
                 campp = timer["t"].seconds
                 row = {
                     "clip": name,
@@ -113,6 +116,8 @@ def main(clips: str, batches: str, rounds: int, threads: int, out: Path) -> None
                     "audio_s": round(len(samples) / 16000, 2),
                     "wall_s": round(t2 - t0, 3),
                     "campp_s": round(campp, 3),
+                    "cpu_s": round(c2 - c0, 3),
+                    "campp_cpu_s": round(timer["t"].cpu_seconds, 3),
                     "analyse_rest_s": round(t1 - t0 - campp, 3),
                     "finish_s": round(t2 - t1, 3),
                     "rtfx": round(len(samples) / 16000 / (t2 - t0), 2),
@@ -155,7 +160,10 @@ def main(clips: str, batches: str, rounds: int, threads: int, out: Path) -> None
         med = {}
         for b in sizes:
             sel = [r for r in runs if r["clip"] == name and r["batch"] == b]
-            med[b] = {k: float(np.median([r[k] for r in sel])) for k in ("wall_s", "campp_s", "analyse_rest_s")}
+            med[b] = {
+                k: float(np.median([r[k] for r in sel]))
+                for k in ("wall_s", "campp_s", "analyse_rest_s", "cpu_s", "campp_cpu_s")
+            }
             med[b]["der_c0.25"] = sel[0].get("der_c0.25")
             med[b]["audio_s"] = sel[0]["audio_s"]
         summary.append({"clip": name, "median": med})
@@ -171,15 +179,17 @@ def main(clips: str, batches: str, rounds: int, threads: int, out: Path) -> None
         json.dumps({"meta": meta, "runs": runs, "checks": checks, "summary": summary}, indent=2)
     )
     lines = [
-        "| clip | audio s | CAM++ batch | wall s (median) | CAM++ s | rest of analyse s | RTFx | DER c0.25 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| clip | audio s | CAM++ batch | wall s (median) | CAM++ s | rest of analyse s | RTFx | CPU s | CAM++ CPU s "
+        "| DER c0.25 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         for b, m in s["median"].items():
             der_s = f"{m['der_c0.25']:.1%}" if m["der_c0.25"] is not None else ""
             lines.append(
                 f"| {s['clip']} | {m['audio_s']:.0f} | {b} | {m['wall_s']:.2f} | {m['campp_s']:.2f} | "
-                f"{m['analyse_rest_s']:.2f} | {m['audio_s'] / m['wall_s']:.1f} | {der_s} |"
+                f"{m['analyse_rest_s']:.2f} | {m['audio_s'] / m['wall_s']:.1f} | {m['cpu_s']:.2f} | "
+                f"{m['campp_cpu_s']:.2f} | {der_s} |"
             )
     lines.append(f"\nCPU: {meta['cpu']}; {meta['torch_threads']} torch thread(s); {rounds} rounds, order alternated.")
     (out / "table.md").write_text("\n".join(lines) + "\n")
