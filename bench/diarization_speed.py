@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -95,7 +96,8 @@ def main(clips: str, batches: str, rounds: int, threads: int, out: Path) -> None
 
     pd.chunk_embeddings = timed_chunk_embeddings  # type: ignore[assignment]
     diarizer.diarize(np.zeros(16000, np.float32))  # first-call costs out of the timings
-    runs, checks = [], []
+    runs: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []
     lengths: dict[str, np.ndarray] = {}
     for name in names:
         samples, ref, uem = load_case(name, DATA)
@@ -154,10 +156,10 @@ def main(clips: str, batches: str, rounds: int, threads: int, out: Path) -> None
                 }
             )
             click.echo(json.dumps(checks[-1]))
-    pd.chunk_embeddings = original  # type: ignore[assignment]
-    summary = []
+    pd.chunk_embeddings = original
+    summary: list[dict[str, Any]] = []
     for name in names:
-        med = {}
+        med: dict[str, dict[str, Any]] = {}
         for b in sizes:
             sel = [r for r in runs if r["clip"] == name and r["batch"] == b]
             med[b] = {
@@ -183,11 +185,11 @@ def main(clips: str, batches: str, rounds: int, threads: int, out: Path) -> None
         "| DER c0.25 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for s in summary:
-        for b, m in s["median"].items():
+    for entry in summary:
+        for b, m in entry["median"].items():
             der_s = f"{m['der_c0.25']:.1%}" if m["der_c0.25"] is not None else ""
             lines.append(
-                f"| {s['clip']} | {m['audio_s']:.0f} | {b} | {m['wall_s']:.2f} | {m['campp_s']:.2f} | "
+                f"| {entry['clip']} | {m['audio_s']:.0f} | {b} | {m['wall_s']:.2f} | {m['campp_s']:.2f} | "
                 f"{m['analyse_rest_s']:.2f} | {m['audio_s'] / m['wall_s']:.1f} | {m['cpu_s']:.2f} | "
                 f"{m['campp_cpu_s']:.2f} | {der_s} |"
             )
