@@ -415,12 +415,11 @@ class CamPlusPlus:
                 batches[-1].append(i)
             else:
                 batches.append([i])
-        with self._lock, torch.inference_mode():
-            for batch in batches:
-                lengths = torch.tensor([feats[i].shape[0] for i in batch])
-                x = torch.nn.utils.rnn.pad_sequence([feats[i] for i in batch], batch_first=True)
-                emb = self.model(x.to(self.device), lengths.to(self.device)).float().cpu().numpy()
-                out[batch] = emb
+        for batch in batches:  # the lock per forward pass: single embeddings can go in between
+            lengths = torch.tensor([feats[i].shape[0] for i in batch])
+            x = torch.nn.utils.rnn.pad_sequence([feats[i] for i in batch], batch_first=True)
+            with self._lock, torch.inference_mode():
+                out[batch] = self.model(x.to(self.device), lengths.to(self.device)).float().cpu().numpy()
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     def embed(self, samples: np.ndarray) -> np.ndarray:
