@@ -13,7 +13,9 @@ recipe", Interspeech 2023, as shipped in pyannote/speaker-diarization-3.1 (MIT),
 4. ``split_local_speakers`` (a change to 3.1, ``piece_s``): each local speaker of a chunk is cut
    into ~2 s pieces of its speech, then ``chunk_embeddings``: one CAM++ embedding
    (``torch_models/campplus.py``) per (chunk, piece) from the frames where that speaker talks alone
-   (``embedding_exclude_overlap``; all its frames when those are too few).
+   (``embedding_exclude_overlap``; all its frames when those are too few); the pieces of the file
+   go through CAM++ in zero-padded, length-sorted batches whose padding is masked out
+   (``CamPlusPlus.embed_features_batch``: the same embeddings as one at a time).
 5. ``cluster``: agglomerative clustering (centroid linkage on unit-norm embeddings, distance
    ``threshold``) of the embeddings of speakers active alone for at least 20 % of their chunk,
    small clusters (< ``min_cluster_size``) folded into the nearest large one, the count forced into
