@@ -91,6 +91,62 @@ def test_campplus_tells_the_espeak_voices_apart(backend):
     assert float(a1 @ a2) > float(a1 @ b1) + 0.2
 
 
+@pytest.fixture(scope="module")
+def speech_fbank(backend):
+    """Kaldi fbank ``(T, 80)`` of ~7 s of two espeak voices (real speech for CAM++)."""
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    audio = np.concatenate([speak(DIALOGUE[0][1], *VOICES["A"]), speak(DIALOGUE[1][1], *VOICES["B"])])
+    return backend.campplus.fbank(audio)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+# lengths: under MIN_FRAMES (tiled), under / across / past the 100-frame segments that CAMLayer pools
+# over (after the stride-2 TDNN), odd and even (the stride), the longest unpadded in its batch
+PIECES = ((0, 6), (40, 101), (150, 350), (300, 499), (420, 657), (10, 211), (500, 733))
+
+
+def test_batched_campplus_equals_one_by_one(backend, speech_fbank):
+    emb = backend.campplus
+    pieces = [speech_fbank[a:b] for a, b in PIECES]
+    one = np.stack([emb.embed_features(p) for p in pieces])
+    for max_batch in (32, 3):  # one padded batch; several (the sort and scatter back)
+        batched = emb.embed_features_batch(pieces, max_batch=max_batch)
+        assert batched.shape == (len(pieces), 192) and batched.dtype == np.float32
+        assert _cos(batched, one).min() > 0.9999, _cos(batched, one)
+    assert emb.embed_features_batch([]).shape == (0, 192)
+    with pytest.raises(ValueError, match="no feature frames"):
+        emb.embed_features_batch([speech_fbank[:0]])
+    # the check can fail: the same padded batch without lengths lets the padding into the results
+    feats = [p - p.mean(0) for p in pieces[1:]]
+    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    with torch.inference_mode():
+        leaky = emb.model(padded).numpy()
+    assert _cos(leaky, one[1:]).min() < 0.999
+
+
+def test_chunk_embeddings_batched_equal_one_by_one(backend, speech_fbank):
+    from torch_models.pyannote_diarizer import chunk_embeddings
+
+    rng = np.random.default_rng(0)
+    hard = np.zeros((3, 589, 7), np.float32)  # 3 chunks every 1 s, 7 local speakers (or pieces)
+    for c in range(3):
+        for s in range(7):
+            if (c + s) % 5 == 4:
+                continue  # silent: stays NaN
+            a = int(rng.integers(0, 400))
+            hard[c, a : a + int(rng.integers(20, 190)), s] = 1.0
+    args = (backend.campplus, speech_fbank, hard, np.arange(3.0), 10.0)
+    one = chunk_embeddings(*args, min_clean_s=0.25, batch_size=1)
+    batched = chunk_embeddings(*args, min_clean_s=0.25, batch_size=2)  # flushed every 16 pieces
+    silent = hard.sum(axis=1) == 0
+    assert np.isnan(one[silent]).all() and np.isnan(batched[silent]).all()
+    assert _cos(batched[~silent], one[~silent]).min() > 0.9999
+
+
 # --- the diarizer ------------------------------------------------------------------------------------
 
 

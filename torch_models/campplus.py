@@ -22,9 +22,11 @@ then mean normalisation over the utterance. torchaudio is not usable with torch 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,10 @@ def kaldi_fbank(samples: np.ndarray | torch.Tensor, device: str | torch.device =
 # CAM++ (3D-Speaker speakerlab/models/campplus, Apache-2.0)
 
 
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x * mask
+
+
 def _bn_relu(channels: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict([("batchnorm", nn.BatchNorm1d(channels)), ("relu", nn.ReLU(inplace=True))]))
 
@@ -129,9 +135,9 @@ class BasicResBlock(nn.Module):
                 nn.Conv2d(in_planes, planes, 1, stride=(stride, 1), bias=False), nn.BatchNorm2d(planes)
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        out = _masked(F.relu(self.bn1(self.conv1(x))), mask)
+        return _masked(F.relu(self.bn2(self.conv2(out)) + self.shortcut(x)), mask)
 
 
 class FCM(nn.Module):
@@ -147,10 +153,13 @@ class FCM(nn.Module):
         self.bn2 = nn.BatchNorm2d(m_channels)
         self.out_channels = m_channels * (feat_dim // 8)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x.unsqueeze(1))))
-        out = self.layer2(self.layer1(out))
-        out = F.relu(self.bn2(self.conv2(out)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` float32 ``(B, F, T)``, zero past each row's length; ``mask`` float32 ``(B, 1, 1, T)``
+        (1 on real frames) or None (every frame real)."""
+        out = _masked(F.relu(self.bn1(self.conv1(x.unsqueeze(1)))), mask)
+        for block in itertools.chain(self.layer1, self.layer2):
+            out = block(out, mask)
+        out = _masked(F.relu(self.bn2(self.conv2(out))), mask)
         return out.reshape(out.shape[0], out.shape[1] * out.shape[2], out.shape[3])
 
 
@@ -184,13 +193,25 @@ class CAMLayer(nn.Module):
         self.linear2 = nn.Conv1d(bn_channels // reduction, out_channels, 1)
 
     @staticmethod
-    def seg_pooling(x: torch.Tensor, seg_len: int = 100) -> torch.Tensor:
+    def seg_pooling(x: torch.Tensor, seg_len: int = 100, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean over consecutive ``seg_len``-frame segments, repeated back over each segment's frames:
+        ``(B, C, T)`` → ``(B, C, T)``; the last segment of a row averages its real frames only
+        (``ceil_mode``, and with ``mask`` float32 ``(B, 1, T)`` the frames past the row's length are
+        left out, so a padded row gets what it gets alone)."""
         seg = F.avg_pool1d(x, kernel_size=seg_len, stride=seg_len, ceil_mode=True)
+        if mask is not None:  # x is zero past each row's length: sum / count of real frames
+            count = F.avg_pool1d(mask, kernel_size=seg_len, stride=seg_len, ceil_mode=True)
+            seg = seg / count.clamp(min=1.0 / seg_len)
         shape = seg.shape
         return seg.unsqueeze(-1).expand(*shape, seg_len).reshape(*shape[:-1], -1)[..., : x.shape[-1]]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        context = x.mean(-1, keepdim=True) + self.seg_pooling(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` float32 ``(B, C, T)``; ``mask`` float32 ``(B, 1, T)`` (1 on real frames) or None."""
+        if mask is None:
+            context = x.mean(-1, keepdim=True) + self.seg_pooling(x)
+        else:
+            x = x * mask  # the local convolution must see zeros past the end, as at a row's edge
+            context = x.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True) + self.seg_pooling(x, mask=mask)
         return self.linear_local(x) * torch.sigmoid(self.linear2(self.relu(self.linear1(context))))
 
 
@@ -202,8 +223,8 @@ class CAMDenseTDNNLayer(nn.Module):
         self.nonlinear2 = _bn_relu(bn_channels)
         self.cam_layer = CAMLayer(bn_channels, out_channels, kernel_size, (kernel_size - 1) // 2 * dilation, dilation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cam_layer(self.nonlinear2(self.linear1(self.nonlinear1(x))))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.cam_layer(self.nonlinear2(self.linear1(self.nonlinear1(x))), mask)
 
 
 class CAMDenseTDNNBlock(nn.ModuleList):
@@ -216,9 +237,9 @@ class CAMDenseTDNNBlock(nn.ModuleList):
                 f"tdnnd{i + 1}", CAMDenseTDNNLayer(in_channels + i * growth, growth, bn_channels, kernel_size, dilation)
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            x = torch.cat([x, layer(x)], dim=1)
+            x = torch.cat([x, layer(x, mask)], dim=1)
         return x
 
 
@@ -233,10 +254,16 @@ class TransitLayer(nn.Module):
 
 
 class StatsPool(nn.Module):
-    """Mean and (unbiased) standard deviation over time: ``(B, C, T)`` → ``(B, 2C)``."""
+    """Mean and (unbiased) standard deviation over time: ``(B, C, T)`` → ``(B, 2C)``; with ``mask``
+    float32 ``(B, 1, T)`` over each row's real frames only."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x.mean(dim=-1), x.std(dim=-1, unbiased=True)], dim=-1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return torch.cat([x.mean(dim=-1), x.std(dim=-1, unbiased=True)], dim=-1)
+        n = mask.sum(dim=-1)  # (B, 1)
+        mean = (x * mask).sum(dim=-1) / n
+        var = (((x - mean.unsqueeze(-1)) * mask) ** 2).sum(dim=-1) / (n - 1)
+        return torch.cat([mean, var.sqrt()], dim=-1)
 
 
 class DenseLayer(nn.Module):
@@ -279,8 +306,35 @@ class CAMPPlus(nn.Module):
         self.xvector.add_module("stats", StatsPool())
         self.xvector.add_module("dense", DenseLayer(channels * 2, embedding_size))
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.xvector(self.head(feats.permute(0, 2, 1)))
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``feats`` float32 ``(B, T, 80)``; ``lengths`` int ``(B,)``: row ``b`` is its first
+        ``lengths[b]`` frames followed by zeros (padding), or None (every row ``T`` frames).
+
+        With ``lengths`` every row's embedding equals the one of its real frames alone: the padded
+        frames are zeroed before each convolution wider than one frame (where the row alone sees
+        the convolution's zero padding) and left out of every mean over time (global and 100-frame
+        segment context, statistics pooling). Raises ValueError on a length below 2 or above T.
+        """
+        x = feats.permute(0, 2, 1)
+        if lengths is None:
+            return self.xvector(self.head(x))
+        lengths = torch.as_tensor(lengths, device=feats.device)
+        if lengths.shape != (feats.shape[0],) or int(lengths.min()) < 2 or int(lengths.max()) > feats.shape[1]:
+            raise ValueError(f"lengths {lengths.tolist()} do not fit features of shape {tuple(feats.shape)}")
+        frames = torch.arange(feats.shape[1], device=feats.device)
+        mask = (frames[None, :] < lengths[:, None]).to(x.dtype)  # (B, T)
+        x = self.head(x * mask[:, None, :], mask[:, None, None, :])
+        for name, layer in self.xvector.named_children():
+            if name == "tdnn":  # kernel 5, stride 2, padding 2: T → (T - 1) // 2 + 1
+                x = layer(x)
+                lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+                frames = torch.arange(x.shape[-1], device=x.device)
+                mask = (frames[None, :] < lengths[:, None]).to(x.dtype)
+            elif isinstance(layer, (CAMDenseTDNNBlock, StatsPool)):
+                x = layer(x, mask[:, None, :])
+            else:  # transit and dense layers, batch norm + ReLU: one frame at a time
+                x = layer(x)
+        return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,20 +371,56 @@ class CamPlusPlus:
         """float32 ``(n,)`` 16 kHz → Kaldi fbank ``(frames, 80)`` on the model's device."""
         return kaldi_fbank(np.asarray(samples, np.float32), device=self.device)
 
+    @staticmethod
+    def _normalised(feats: torch.Tensor) -> torch.Tensor:
+        if feats.shape[0] == 0:
+            raise ValueError("no feature frames to embed")
+        if feats.shape[0] < MIN_FRAMES:
+            feats = feats.repeat(math.ceil(MIN_FRAMES / feats.shape[0]), 1)
+        return feats - feats.mean(dim=0, keepdim=True)
+
     def embed_features(self, feats: torch.Tensor) -> np.ndarray:
         """fbank frames ``(T, 80)`` of one speaker (any selection) → unit-norm float32 ``(192,)``.
 
         The frames are mean-normalised here (3D-Speaker ``FBank(mean_nor=True)``); fewer than
         ``MIN_FRAMES`` frames are tiled up to that length. Raises ValueError on zero frames.
         """
-        if feats.shape[0] == 0:
-            raise ValueError("no feature frames to embed")
-        if feats.shape[0] < MIN_FRAMES:
-            feats = feats.repeat(math.ceil(MIN_FRAMES / feats.shape[0]), 1)
-        feats = feats - feats.mean(dim=0, keepdim=True)
+        feats = self._normalised(feats)
         with self._lock, torch.inference_mode():
             emb = self.model(feats[None].to(self.device)).float().cpu().numpy()[0]
         return emb / max(float(np.linalg.norm(emb)), 1e-12)
+
+    def embed_features_batch(
+        self, pieces: Sequence[torch.Tensor], *, max_batch: int = 32, max_padded_frames: int = 2400
+    ) -> np.ndarray:
+        """Many ``embed_features`` calls in few forward passes: fbank pieces ``(T_i, 80)`` →
+        unit-norm float32 ``(len(pieces), 192)``, row ``i`` equal to ``embed_features(pieces[i])``
+        (to float rounding: cosine > 0.9999 in tests/test_diarization_models.py).
+
+        The pieces are sorted by length and cut into batches of consecutive lengths, each at most
+        ``max_batch`` pieces and ``max_padded_frames`` frames once zero-padded to its longest
+        piece; ``CAMPPlus.forward`` with ``lengths`` keeps the padding out of every result. The
+        frame budget: on one AVX2 core (bench/NOTES.md, "Batched CAM++") batches of 2000-3000
+        frames were fastest, 6400 slower again (the front end's 2-D activations outgrow the cache).
+        Raises ValueError when a piece has zero frames.
+        """
+        feats = [self._normalised(f) for f in pieces]
+        out = np.zeros((len(feats), EMBEDDING_DIM), np.float32)
+        order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
+        batches: list[list[int]] = []
+        for i in order:  # ascending lengths: the newest piece is the longest of its batch
+            if batches and (
+                len(batches[-1]) < max_batch and (len(batches[-1]) + 1) * feats[i].shape[0] <= max_padded_frames
+            ):
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        for batch in batches:  # the lock per forward pass: single embeddings can go in between
+            lengths = torch.tensor([feats[i].shape[0] for i in batch])
+            x = torch.nn.utils.rnn.pad_sequence([feats[i] for i in batch], batch_first=True)
+            with self._lock, torch.inference_mode():
+                out[batch] = self.model(x.to(self.device), lengths.to(self.device)).float().cpu().numpy()
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     def embed(self, samples: np.ndarray) -> np.ndarray:
         """float32 ``(n,)`` 16 kHz speech → unit-norm float32 ``(192,)``; clips under 25 ms are padded."""

@@ -13,7 +13,9 @@ recipe", Interspeech 2023, as shipped in pyannote/speaker-diarization-3.1 (MIT),
 4. ``split_local_speakers`` (a change to 3.1, ``piece_s``): each local speaker of a chunk is cut
    into ~2 s pieces of its speech, then ``chunk_embeddings``: one CAM++ embedding
    (``torch_models/campplus.py``) per (chunk, piece) from the frames where that speaker talks alone
-   (``embedding_exclude_overlap``; all its frames when those are too few).
+   (``embedding_exclude_overlap``; all its frames when those are too few); the pieces of the file
+   go through CAM++ in zero-padded, length-sorted batches whose padding is masked out
+   (``CamPlusPlus.embed_features_batch``: the same embeddings as one at a time).
 5. ``cluster``: agglomerative clustering (centroid linkage on unit-norm embeddings, distance
    ``threshold``) of the embeddings of speakers active alone for at least 20 % of their chunk,
    small clusters (< ``min_cluster_size``) folded into the nearest large one, the count forced into
@@ -88,6 +90,8 @@ class PyannoteConfig:
     constrained_assignment: bool = True
     min_duration_off: float = 0.0  # shorter gaps inside one speaker's speech are closed
     batch_size: int = 32  # segmentation chunks per forward pass
+    embedding_batch_size: int = 32  # CAM++ pieces per forward pass (1: one forward per piece) ...
+    embedding_batch_frames: int = 2400  # ... and at most this many fbank frames once padded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +211,8 @@ def chunk_embeddings(
     chunk_s: float,
     *,
     min_clean_s: float,
+    batch_size: int = 32,
+    batch_frames: int = 2400,
 ) -> np.ndarray:
     """One unit-norm embedding per (chunk, local speaker): float32 ``(C, S, D)``, NaN for speakers
     silent in the chunk.
@@ -215,12 +221,30 @@ def chunk_embeddings(
     ``exclude_overlap``); when they amount to less than ``min_clean_s``, all its frames are.
     ``fbank`` is the whole file's ``(N, 80)`` CAM++ features; segmentation frames are mapped onto
     them by nearest neighbour (as pyannote interpolates masks onto the embedding model's frames).
+    The pieces go through ``embedder.embed_features_batch`` (up to ``batch_size`` pieces and
+    ``batch_frames`` padded frames per forward pass, the same embeddings as one by one)
+    ``8 · batch_size`` at a time, which bounds the memory the
+    gathered features take, when the embedder has it and ``batch_size`` > 1; otherwise one
+    ``embed_features`` call per piece.
     """
     num_chunks, num_frames, num_speakers = hard.shape
     out = np.full((num_chunks, num_speakers, embedder.dim), np.nan, np.float32)
     per_chunk = int(round(chunk_s * FBANK_RATE)) - 2  # 998 frames of 25 ms every 10 ms in 10 s
     src = np.minimum((np.arange(per_chunk) * num_frames / per_chunk).astype(np.int64), num_frames - 1)
     clean = hard.sum(axis=-1) < 2  # (C, F): at most one speaker
+    batched = batch_size > 1 and hasattr(embedder, "embed_features_batch")
+    keys: list[tuple[int, int]] = []
+    pieces: list = []
+
+    def flush() -> None:
+        if pieces:
+            rows, cols = zip(*keys)
+            out[list(rows), list(cols)] = embedder.embed_features_batch(
+                pieces, max_batch=batch_size, max_padded_frames=batch_frames
+            )
+        keys.clear()
+        pieces.clear()
+
     for c in range(num_chunks):
         k0 = int(round(chunk_starts_s[c] * FBANK_RATE))
         n = max(0, min(per_chunk, fbank.shape[0] - k0))
@@ -235,8 +259,15 @@ def chunk_embeddings(
                 own = mask[src[:n]]
             if not own.any():
                 continue
-            idx = np.flatnonzero(own) + k0
-            out[c, s] = embedder.embed_features(fbank[idx])
+            piece = fbank[np.flatnonzero(own) + k0]
+            if not batched:
+                out[c, s] = embedder.embed_features(piece)
+                continue
+            keys.append((c, s))
+            pieces.append(piece)
+            if len(pieces) >= 8 * batch_size:
+                flush()
+    flush()
     return out
 
 
@@ -504,6 +535,8 @@ class PyannoteDiarizer:
                 starts / SAMPLE_RATE,
                 seg.chunk_s,
                 min_clean_s=c.min_clean_s,
+                batch_size=c.embedding_batch_size,
+                batch_frames=c.embedding_batch_frames,
             )
         else:
             emb = np.full(hard.shape[:2] + (self.campplus.dim,), np.nan, np.float32)
