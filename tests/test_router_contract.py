@@ -766,3 +766,31 @@ def test_untranscribed_turns_rules():
     over = [SpeakerTurn(0.5, 2.2, "A", 0.9), SpeakerTurn(1.2, 1.8, "B", 0.5)]
     ((spk, s0, s1),) = [(s.speaker, s.start, s.end) for s in untranscribed_turns([a], over)]
     assert (spk, s0, s1) == ("B", 1.2, 1.8)
+
+
+# AMI trn00 through `make serve`: Whisper heard "Okay." at 2.8 s, the diarizer's first turn starts at
+# 5.4 s (more than 2 s later), so the segment came back with "speaker": null
+EARLY_WORDS = [
+    {"start": 2.8, "end": 3.3, "words": words_of((" Okay.", 2.8, 3.3))},
+    {"start": 5.5, "end": 7.0, "words": words_of((" We", 5.5, 5.8), (" ship.", 5.9, 6.9))},
+]
+EARLY_TURNS = [(5.4, 7.1, "spk0", 0.9), (7.5, 9.0, "spk1", 0.8)]
+
+
+async def test_every_diarized_segment_has_a_speaker_however_far_its_nearest_turn():
+    client = make_client(canned_router(EARLY_WORDS, EARLY_TURNS))
+    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
+    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    transcribed = [(s.speaker, s.text) for s in out.segments if s.text]
+    assert transcribed == [("A", "Okay."), ("A", "We ship.")]  # the nearest turn's speaker, 2.1 s away
+    assert all(isinstance(s.speaker, str) for s in out.segments)
+    early = out.segments[0]
+    assert early.model_extra["confidence"] == pytest.approx(0.9 / 2)  # half its nearest turn's
+    stream = await client.audio.transcriptions.create(
+        model=DIARIZE, file=data, response_format="diarized_json", stream=True
+    )
+    events = [ev async for ev in stream]
+    assert [(e.speaker, e.text) for e in events if e.type == "transcript.text.segment" and e.text] == transcribed
+    # subtitles keep the 2 s reach: no turn near the early segment, no speaker tag on its cue
+    srt = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="srt")
+    assert "Okay." in srt and "[A] Okay." not in srt and "[A] We ship." in srt

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import replace
@@ -37,6 +38,11 @@ NEAR_S = 30.0  # how far a piece looks for its speaker's nearest turn (for a con
 # "no" last 0.2-0.4 s); shorter turns are slivers of the diarizer's frame decisions. Set by that
 # reasoning, not fitted (on the tuning set it only drops two slivers of 0.05 and 0.08 s on dev01)
 MIN_UNTRANSCRIBED_S = 0.2
+# how far a segment that overlaps no turn looks for the nearest turn's speaker: subtitles and
+# verbose_json leave a segment without a speaker beyond NEAREST_S; a diarized_json segment always
+# has one (OpenAI's TranscriptionDiarizedSegment.speaker is a string), however far its nearest turn
+NEAREST_S = 2.0
+DIARIZED_NEAREST_S = math.inf
 # how far a diarized_json segment may reach outside its speaker's turns, though a word Whisper timed
 # there lies further out (the segment keeps the word). Chosen on dev00, dev01 and eight synthetic
 # overlapped meetings (bench/results/cpu-router-der-rescored-2026-12-01): the smallest of 0-1 s that
@@ -150,7 +156,7 @@ def split_segment(seg: Segment, timeline: list[SpeakerTurn]) -> list[Segment]:
 
 
 def assign_speakers(
-    segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *, nearest_s: float = 2.0
+    segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *, nearest_s: float = NEAREST_S
 ) -> list[Segment]:
     """Give every segment the speaker it overlaps most (interval tree), splitting at speaker changes.
 
@@ -159,7 +165,8 @@ def assign_speakers(
         turns: global speaker turns (absolute times) with confidences; they may overlap (two
             people talking at once).
         nearest_s: a segment overlapping no turn takes the nearest turn's speaker within this
-            many seconds (at half its confidence); otherwise it keeps ``speaker=None``.
+            many seconds (at half its confidence); otherwise it keeps ``speaker=None`` (only
+            where there are no turns at all with ``DIARIZED_NEAREST_S``, infinite).
 
     Returns:
         segments with ``speaker`` and ``confidence`` set, in order of their start, renumbered from

@@ -39,7 +39,14 @@ from server.core.transcript import Segment, SpeakerTurn, Transcript
 from server.core.vad import SileroVad, VadOptions
 from server.router.chunking import Chunk, Window, group_windows, plan_chunks
 from server.router.clients import BackendError, Diarization, SidecarClient, WhisperClient
-from server.router.merge import assign_speakers, cover_turns, fit_times, untranscribed_turns
+from server.router.merge import (
+    DIARIZED_NEAREST_S,
+    NEAREST_S,
+    assign_speakers,
+    cover_turns,
+    fit_times,
+    untranscribed_turns,
+)
 from server.router.speakers import (
     KNOWN_THRESHOLDS,
     KnownSpeaker,
@@ -336,7 +343,7 @@ class Router:
         order = list(dict.fromkeys(t.speaker for t in sorted(turns, key=lambda t: t.start)))
         names = name_speakers([int(c) for c in order], centroids, known, known_thr)
         turns = [replace(t, speaker=names[int(t.speaker)]) for t in turns]
-        segments = assign_speakers(segments, turns)
+        segments = assign_speakers(segments, turns, nearest_s=DIARIZED_NEAREST_S if turn_spans else NEAREST_S)
         if turn_spans:
             segments = cover_turns(segments, turns, end=duration)
             segments += untranscribed_turns(segments, turns, end=duration)
@@ -387,7 +394,9 @@ class Router:
                             warnings += [f"sidecar: {x}" for x in d.warnings]
                             window_turns[w] = speakers.add(w, d)
                     if window_turns[w] is not None:
-                        segs = assign_speakers(segs, window_turns[w])
+                        segs = assign_speakers(
+                            segs, window_turns[w], nearest_s=DIARIZED_NEAREST_S if job.turn_spans else NEAREST_S
+                        )
                         if job.turn_spans:  # inside this chunk: the next chunk's segments are not known yet
                             chunk = plan.chunks[ci]
                             segs = cover_turns(
