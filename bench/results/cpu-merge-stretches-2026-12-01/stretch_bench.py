@@ -1,25 +1,14 @@
 """A/B: merge._stretches hand-rolled vs pyannote.core (Timeline.support per speaker, and Annotation.support)."""
+
 import time
 
 import numpy as np
-from pyannote.core import Annotation, Segment as Span, Timeline
+from pyannote.core import Annotation, Timeline
+from pyannote.core import Segment as Span
 
 from server.core.transcript import SpeakerTurn
-
-GAP_S = 0.25
-
-
-def old(turns):
-    out = {}
-    for t in sorted(turns, key=lambda t: t.start):
-        if t.end <= t.start:
-            continue
-        spans = out.setdefault(t.speaker, [])
-        if spans and t.start - spans[-1][1] <= GAP_S:
-            spans[-1] = (spans[-1][0], max(spans[-1][1], t.end))
-        else:
-            spans.append((t.start, t.end))
-    return out
+from server.router.merge import GAP_S
+from server.router.merge import _stretches as old  # the code measured: merge.py's own
 
 
 def timeline(turns):
@@ -52,11 +41,15 @@ rng = np.random.default_rng(0)
 for n, reps in ((20, 200), (300, 20), (5000, 3)):
     turns = make(n, rng)
     same = old(turns) == timeline(turns)
-    best = {f.__name__: [] for f in (old, timeline, annotation)}
+    funcs = {"old": old, "timeline": timeline, "annotation": annotation}
+    best = {k: [] for k in funcs}
     for _ in range(reps):
-        for f in (old, timeline, annotation):
+        for k, f in funcs.items():
             t0 = time.perf_counter()
             f(turns)
-            best[f.__name__].append(time.perf_counter() - t0)
+            best[k].append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) for k, v in best.items()}
-    print(f"{n:5d} turns (same: {same}): " + ", ".join(f"{k} {v * 1e3:.3f} ms ({v / med['old']:.1f}x)" for k, v in med.items()))
+    print(
+        f"{n:5d} turns (same: {same}): "
+        + ", ".join(f"{k} {v * 1e3:.3f} ms ({v / med['old']:.1f}x)" for k, v in med.items())
+    )
