@@ -130,6 +130,15 @@ def canned_router(segments, turns, log=None, **overrides):
 
 TEN_SECONDS = tone(300.0, 10.0)
 
+
+async def canned_diarized(segments, turns):
+    """A canned router's SDK client, the 10 s upload it was sent and its ``diarized_json`` answer."""
+    client = make_client(canned_router(segments, turns))
+    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
+    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    return client, data, out
+
+
 # What the whisper server can send (seen on AMI dev00): word times from the alignment disagree with
 # the segment's timestamp tokens, here a first word 1.2 s before its segment's start; and a last
 # segment whose timestamp and last word run past the end of the audio (10 s).
@@ -438,10 +447,7 @@ OVERLAP_TURNS = [(0.5, 7.2, "spk0", 0.9), (3.0, 4.5, "spk1", 0.8)]
 
 
 async def test_overlapping_turns_give_overlapping_segments():
-    client = make_client(canned_router(OVERLAP, OVERLAP_TURNS))
-    out = await client.audio.transcriptions.create(
-        model=DIARIZE, file=("s.wav", to_wav_bytes(TEN_SECONDS)), response_format="diarized_json"
-    )
+    _, _, out = await canned_diarized(OVERLAP, OVERLAP_TURNS)
     got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
     # each covers its speaker's turn: A's 0.5-7.2 around B's 3.0-4.5
     assert got == [("A", 0.5, 7.2, "I think we should ship it Monday."), ("B", 3.0, 4.5, "yeah, right")]
@@ -491,9 +497,7 @@ TURN_TURNS = [(0.2, 4.8, "spk0", 0.9), (5.0, 8.9, "spk1", 0.8), (9.0, 9.9, "spk0
 async def test_diarized_json_segments_cover_their_speakers_turns():
     from bench.router_eval import Reference, score
 
-    client = make_client(canned_router(TURN_WORDS, TURN_TURNS))
-    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
-    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    client, data, out = await canned_diarized(TURN_WORDS, TURN_TURNS)
     got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
     # A's two segments in one turn meet at the second one's first word; no segment overlaps its
     # own speaker's; the text is the whisper server's, unchanged
@@ -553,9 +557,7 @@ REACH_TURNS = [(1.4, 3.0, "spk0", 0.9), (6.0, 7.0, "spk1", 0.8)]
 
 
 async def test_a_diarized_segment_stops_near_its_speakers_turn_but_keeps_its_words():
-    client = make_client(canned_router(REACH_WORDS, REACH_TURNS))
-    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
-    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    client, data, out = await canned_diarized(REACH_WORDS, REACH_TURNS)
     want = (round(1.4 - TURN_REACH_S, 3), round(3.0 + TURN_REACH_S, 3))
     got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
     assert got == [("A", *want, "Well, we ship today."), ("B", 6.0, 7.0, "")]
@@ -672,9 +674,7 @@ SILENT_TURNS = [(0.2, 6.0, "spk0", 0.9), (2.5, 3.2, "spk1", 0.6), (7.0, 8.0, "sp
 async def test_a_turn_without_words_is_a_diarized_segment_with_empty_text():
     from bench.router_eval import Reference, score
 
-    client = make_client(canned_router(SILENT_WORDS, SILENT_TURNS))
-    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
-    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    client, data, out = await canned_diarized(SILENT_WORDS, SILENT_TURNS)
     got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
     assert got == [("A", 0.2, 6.0, "We ship on Monday."), ("B", 2.5, 3.2, ""), ("B", 7.0, 8.0, "")]
     assert out.text == "We ship on Monday."  # the whisper server's text; no word moved or added
@@ -715,9 +715,7 @@ async def test_the_stream_puts_turns_without_words_in_time_order():
     # going to the transcript's segment, as the whole response orders them: B's turn at 3.0 comes
     # before A's sentence at 4.9 (not after all of the transcript's segments), and B's turn starting
     # with A's at 4.9 after it
-    client = make_client(canned_router(ORDER_WORDS, ORDER_TURNS))
-    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
-    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    client, data, out = await canned_diarized(ORDER_WORDS, ORDER_TURNS)
     got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
     assert got == [
         ("A", 0.4, 2.1, "Hello there."),
@@ -778,9 +776,7 @@ EARLY_TURNS = [(5.4, 7.1, "spk0", 0.9), (7.5, 9.0, "spk1", 0.8)]
 
 
 async def test_every_diarized_segment_has_a_speaker_however_far_its_nearest_turn():
-    client = make_client(canned_router(EARLY_WORDS, EARLY_TURNS))
-    data = ("s.wav", to_wav_bytes(TEN_SECONDS))
-    out = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="diarized_json")
+    client, data, out = await canned_diarized(EARLY_WORDS, EARLY_TURNS)
     transcribed = [(s.speaker, s.text) for s in out.segments if s.text]
     assert transcribed == [("A", "Okay."), ("A", "We ship.")]  # the nearest turn's speaker, 2.1 s away
     assert all(isinstance(s.speaker, str) for s in out.segments)
