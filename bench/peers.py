@@ -23,6 +23,8 @@ CHORUS = "chorus"
 PEERS = (
     "chorus",
     "chorus-text",
+    "chorus-int8",
+    "chorus-int8-text",
     "faster-whisper-int8",
     "faster-whisper-fp32",
     "faster-whisper-batched-int8",
@@ -34,7 +36,8 @@ PEERS = (
 """``easydel-vwhisper``: EasyDeL's stock ``vWhisperInference`` (fp32, greedy, text only, ``--batch-size``
 chunks per call): what Chorus's own engine adds over its seed design. ``chorus-text``: Chorus decoding text only (``<|notimestamps|>``), as the whisper server does
 for ``response_format`` ``json`` and ``text``, and as faster-whisper's batched pipeline does by
-default (``without_timestamps=True``). ``…-w2``: two CTranslate2 workers (``num_workers=2``) with the threads split between them, so two
+default (``without_timestamps=True``). ``chorus-int8…``: the engine with ``quantization="int8"`` (int8
+weights and dynamically quantized int8 activations, CTranslate2's scheme: ``functional.Int8Linear``). ``…-w2``: two CTranslate2 workers (``num_workers=2``) with the threads split between them, so two
 concurrent requests run in parallel (faster-whisper's advice for multi-threaded callers)."""
 DEFAULT_PEERS = (
     "chorus",
@@ -112,17 +115,19 @@ def peer_specs(
     for name in names:
         if name not in PEERS:
             raise ValueError(f"unknown engine {name!r}; choose from {', '.join(PEERS)}")
-        if name in ("chorus", "chorus-text"):
+        if name in ("chorus", "chorus-text", "chorus-int8", "chorus-int8-text"):
             workers = WhisperSettings.model_fields["engine_workers"].default  # as `chorus serve whisper` runs
-            text_only = name == "chorus-text"
+            text_only = name.endswith("-text")
+            int8 = "-int8" in name
             specs.append(
                 EngineSpec(
-                    f"chorus fp32{' text-only' if text_only else ''} (batch {batch_size}, {workers} workers)",
+                    f"chorus {'int8' if int8 else 'fp32'}{' text-only' if text_only else ''}"
+                    f" (batch {batch_size}, {workers} workers)",
                     "chorus",
                     weights.hf_dir,
                     {
                         "dtype": "float32",
-                        "quantization": "none",
+                        "quantization": "int8" if int8 else "none",
                         "batch_size": batch_size,
                         "workers": workers,
                         "compile_cache_dir": compile_cache_dir,

@@ -275,6 +275,10 @@ class WindowResult:
     transcript's tail is checked (``WhisperEngine._tail_job``)."""
 
 
+FUNCTIONAL_QUANTIZATIONS = ("none", "int8")
+"""Quantizations the functional backend runs itself (``int8``: ``functional.Int8Linear``)."""
+
+
 class WhisperEngine:
     """Whisper (``jax_models.functional`` or EasyDeL) with batched, fixed-shape encode/decode.
 
@@ -282,7 +286,10 @@ class WhisperEngine:
         model_path: a local Hugging Face Whisper directory or a hub id (see
             ``jax_models.ct2_import.resolve_model`` for ``base``/``small``/CT2 directories).
         dtype: ``float32``, ``bfloat16`` or ``float16`` (activations and weights).
-        quantization: ``none``, or EasyDeL's ``int8``, ``nf4``, ``affine4``, ``mxfp8`` on the
+        quantization: ``none``; ``int8``: on the functional backend int8 weights times int8
+            activations quantized at run time, CTranslate2's scheme (``functional.Int8Linear``; every
+            linear layer and the output projection), on EasyDeL's its int8 weights (dequantized
+            before each product: memory, not speed); EasyDeL's ``nf4``, ``affine4``, ``mxfp8`` on the
             linear layers (embeddings, norms and the output projection stay in ``dtype``).
         batch_size: the largest batch of windows; ``batch_buckets(batch_size)`` are compiled.
         max_new_tokens: sampled tokens per window (Whisper's limit is 224).
@@ -293,8 +300,8 @@ class WhisperEngine:
         backend: ``easydel`` loads the model with EasyDeL (every option); ``functional`` reads
             ``*.safetensors`` of a local Hugging Face directory straight into
             ``jax_models.functional`` and imports neither EasyDeL nor transformers (jax, numpy,
-            ``safetensors`` and ``tokenizers``): no quantization, KV cache only. ``auto`` (the
-            default) picks ``functional`` where it can (unquantized, ``kv_cache``, a local
+            ``safetensors`` and ``tokenizers``): ``none`` or ``int8``, KV cache only. ``auto`` (the
+            default) picks ``functional`` where it can (``none`` or ``int8``, ``kv_cache``, a local
             directory with safetensors weights), else ``easydel``; the two give the same
             transcripts and word times (they run the same kernels; tests/test_engine.py).
 
@@ -320,7 +327,7 @@ class WhisperEngine:
             raise ValueError(f"unknown backend {backend!r}")
         if backend == "auto":
             local = any(Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else False
-            backend = "functional" if quantization == "none" and kv_cache and local else "easydel"
+            backend = "functional" if quantization in FUNCTIONAL_QUANTIZATIONS and kv_cache and local else "easydel"
         self.model_path = model_path
         self.dtype = dtype
         self.quantization = quantization
@@ -333,13 +340,19 @@ class WhisperEngine:
         self.log_mel = LogMel(mel_filters)
         self.ids = SpecialTokens.from_pretrained(self.tokenizer, self.generation_config)
         jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[dtype]
-        if backend == "functional" and (quantization != "none" or not kv_cache):
-            raise EngineError("the functional backend runs unquantized weights with the KV cache only")
+        if backend == "functional" and (quantization not in FUNCTIONAL_QUANTIZATIONS or not kv_cache):
+            raise EngineError(
+                f"the functional backend runs {' or '.join(FUNCTIONAL_QUANTIZATIONS)} weights with the KV cache only"
+            )
         self.backend = backend
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.ids.eot
         self.pad_token_id = int(pad)
         if backend == "functional":
             self.model, weights = self._load_functional(model_path, jdtype)
+            if quantization == "int8":
+                from jax_models.functional import quantize_int8
+
+                weights = quantize_int8(weights)
             cfg = self.model.config
             self.alignment_heads = alignment_heads(cfg, self.generation_config)
             self._state = {"fn": weights}

@@ -11,7 +11,8 @@ The architecture is the Hugging Face / openai Whisper decoder (Radford et al., 2
 Speech Recognition via Large-Scale Weak Supervision"): learned positions, pre-LayerNorm blocks of
 causal self-attention, cross-attention and a GELU MLP, a final LayerNorm, logits tied to the token
 embedding. Matrix products run in the weights' dtype; softmax, LayerNorm statistics and logits in
-float32.
+float32. :func:`quantize_int8` turns every linear layer (and the output projection) into int8
+weights multiplied with dynamically quantized int8 activations (:class:`Int8Linear`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,49 @@ class KVCache(NamedTuple):
     valid: jax.Array
     cross_k: tuple[jax.Array, ...]
     cross_v: tuple[jax.Array, ...]
+
+
+class Int8Linear(NamedTuple):
+    """An int8 linear layer's kernel: ``q`` int8 ``(in, out)`` and ``scale`` float32 ``(out,)``,
+    ``kernel ≈ q * scale`` (symmetric, one scale per output channel: ``max|column| / 127``).
+
+    :func:`_linear` multiplies it with the activations quantized per row at run time (symmetric
+    int8, ``max|row| / 127``), accumulates in int32 and rescales to float: CTranslate2's ``int8``
+    compute type (faster-whisper's ``compute_type="int8"``; Klein et al., "Efficient and
+    High-Quality Neural Machine Translation with OpenNMT", WNGT 2020), so a CPU with int8 matrix
+    units (AVX-512 VNNI, AMX) runs the product there (bench/NOTES.md: XLA:CPU's int8 dot 10x its
+    float32 one on a Xeon with AMX, 1.0x on an AVX2 EPYC).
+    """
+
+    q: jax.Array
+    scale: jax.Array
+
+
+def _int8_kernel(w) -> Int8Linear:
+    """:class:`Int8Linear` of a float ``(in, out)`` kernel (an all-zero column gets scale 1)."""
+    w32 = jnp.asarray(w, jnp.float32)
+    scale = jnp.max(jnp.abs(w32), axis=0) / 127.0
+    scale = jnp.where(scale == 0, 1.0, scale)
+    return Int8Linear(jnp.round(w32 / scale).astype(jnp.int8), scale.astype(jnp.float32))
+
+
+def quantize_int8(weights: dict) -> dict:
+    """The :func:`whisper_weights` pytree with every linear kernel of the encoder and decoder layers
+    and the decoder's output projection as :class:`Int8Linear` (biases, LayerNorms, convolutions
+    and embeddings keep their dtype).
+
+    Returns:
+        A new pytree; ``weights`` is not changed.
+    """
+
+    def layer(w: dict) -> dict:
+        return {k: _int8_kernel(v) if k.endswith("_w") else v for k, v in w.items()}
+
+    enc, dec = dict(weights["encoder"]), dict(weights["decoder"])
+    enc["layers"] = [layer(w) for w in enc["layers"]]
+    dec["layers"] = [layer(w) for w in dec["layers"]]
+    dec["proj"] = _int8_kernel(dec["proj"])
+    return {"encoder": enc, "decoder": dec}
 
 
 def _flat_params(model) -> dict:
@@ -183,7 +227,21 @@ def _layer_norm(x, scale, bias):
     return ((x32 - mean) * jax.lax.rsqrt(var + LN_EPS) * scale + bias).astype(x.dtype)
 
 
+def _compute_dtype(kernel, norm_scale):
+    """The activations' dtype: a float kernel's own, else (int8) its layer's LayerNorm scale's."""
+    return norm_scale.dtype if isinstance(kernel, Int8Linear) else kernel.dtype
+
+
 def _linear(x, w, b=None):
+    """``x @ w + b`` over the last axis; ``w`` a float ``(in, out)`` kernel or :class:`Int8Linear`."""
+    if isinstance(w, Int8Linear):
+        x32 = x.astype(jnp.float32)
+        sx = jnp.max(jnp.abs(x32), axis=-1, keepdims=True) / 127.0
+        sx = jnp.where(sx == 0, 1.0, sx)
+        xq = jnp.round(x32 / sx).astype(jnp.int8)
+        y = jax.lax.dot_general(xq, w.q, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+        y = y.astype(jnp.float32) * (sx * w.scale)
+        return (y if b is None else y + b.astype(jnp.float32)).astype(x.dtype)
     y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype))
     return y if b is None else y + b.astype(x.dtype)
 
@@ -283,7 +341,7 @@ def cross_kv(weights: dict, enc: jax.Array, heads: int) -> tuple[jax.Array, jax.
     """
     ks, vs = [], []
     for w in weights["layers"]:
-        x = enc.astype(w["ca_k_w"].dtype)
+        x = enc.astype(_compute_dtype(w["ca_k_w"], w["ca_ln_s"]))
         ks.append(_heads(_linear(x, w["ca_k_w"]), heads))
         vs.append(_heads(_linear(x, w["ca_v_w"], w["ca_v_b"]), heads))
     return tuple(ks), tuple(vs)
@@ -349,7 +407,7 @@ def alignment_weights(
 def _decoder(weights, cache, tokens, positions, start, valid, heads, cross_probs_of: tuple[int, ...]):
     """:func:`forward`, plus the cross-attention weights ``{layer: (B, heads, T, 1500)}`` of the
     layers in ``cross_probs_of`` (the computation a caller does not use is removed by XLA)."""
-    dtype = weights["layers"][0]["fc1_w"].dtype
+    dtype = _compute_dtype(weights["layers"][0]["fc1_w"], weights["layers"][0]["sa_ln_s"])
     B, T = tokens.shape
     S = cache.self_k[0].shape[2]
     x = (weights["embed"][tokens] + weights["pos"][jnp.clip(positions, 0, weights["pos"].shape[0] - 1)]).astype(dtype)
@@ -385,4 +443,6 @@ def _decoder(weights, cache, tokens, positions, start, valid, heads, cross_probs
 
 def logits(weights: dict, hidden: jax.Array) -> jax.Array:
     """float32 ``(..., vocab)`` logits of hidden states ``(..., d_model)``."""
+    if isinstance(weights["proj"], Int8Linear):
+        return _linear(hidden, weights["proj"]).astype(jnp.float32)
     return jnp.einsum("...i,iv->...v", hidden, weights["proj"].astype(hidden.dtype)).astype(jnp.float32)
