@@ -152,8 +152,8 @@ def write_result(out_dir: Path, record: dict, table: str, figure=None, notes: Se
 
     Args:
         out_dir: the result directory (created).
-        record: the JSON record (must hold ``kind``, ``name``, ``command``, ``created``, ``machine``,
-            ``audio``).
+        record: the JSON record (must hold ``kind``, ``name``, ``command``, ``created``, ``machine``;
+            ``audio`` where the run had audio).
         table: the Markdown table.
         figure: a matplotlib ``Figure`` or ``None``.
         notes: extra Markdown lines under the table.
@@ -163,7 +163,7 @@ def write_result(out_dir: Path, record: dict, table: str, figure=None, notes: Se
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "result.json").write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
-    audio = record["audio"]
+    audio = record.get("audio")
     lines = [
         f"# chorus bench {record['kind']}: {record['name']}",
         "",
@@ -174,7 +174,13 @@ def write_result(out_dir: Path, record: dict, table: str, figure=None, notes: Se
         f"- When: {record['created']}",
         f"- Machine: {machine_line(record['machine'])}",
         f"- Versions: {versions_line(record['machine'])}",
-        f"- Audio: {audio['files']} files, {audio['total_s']:.1f} s in all, {audio['with_reference']} with references",
+        *(
+            [
+                f"- Audio: {audio['files']} files, {audio['total_s']:.1f} s in all, {audio['with_reference']} with references"
+            ]
+            if audio
+            else []
+        ),
         "",
         table,
         "",

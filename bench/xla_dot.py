@@ -4,8 +4,9 @@
 product (Whisper base's encoder MLP on one 30 s window: 1500 frames, d_model 512, 4x wider MLP) in
 float32, bfloat16 (float32 accumulation) and int8 (int32 accumulation), each timed ``repeats`` times
 after one warm-up call, the three interleaved over ``rounds`` rounds. Prints GOP/s per dtype and
-the ratio to float32, with the CPU model and flags (``bench.machine``); ``--out`` writes
-``result.json`` there.
+the ratio to float32, with the CPU model and flags (``bench.machine``); ``--out DIR`` writes
+``result.json`` and ``table.md`` there (kind ``xla-dot``; a directory in ``bench/results`` also
+updates its index).
 
 Why (issue 15, item 2): faster-whisper runs int8 CTranslate2 GEMMs; whether an int8 encoder could
 close Chorus's per-core gap on a CPU depends on XLA:CPU's int8 dot being faster than its fp32 one.
@@ -14,11 +15,14 @@ close Chorus's per-core gap on a CPU depends on XLA:CPU's int8 dot being faster 
 from __future__ import annotations
 
 import argparse
-import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench import report
 
 M, K, N = 1500, 512, 2048  # frames of a 30 s window, base's d_model, its MLP width
 
@@ -80,9 +84,28 @@ def main(argv: list[str] | None = None) -> None:
     for k, r in rows.items():
         print(f"{k:9s} {r['ms']:8.2f} ms  {r['gops']:7.1f} GOP/s  {r['x_float32']:.2f}x float32")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        record = {"shape": [M, K, N], "seconds": seconds, "best": rows, "machine": info}
-        (args.out / "result.json").write_text(json.dumps(record, indent=2))
+        record = {
+            "kind": "xla-dot",
+            "name": args.out.name,
+            "command": shlex.join(["python", "-m", "bench.xla_dot", *(sys.argv[1:] if argv is None else argv)]),
+            "created": report.now_iso(),
+            "shape": [M, K, N],
+            "seconds": seconds,
+            "best": rows,
+            "machine": info,
+        }
+        report.write_result(args.out, record, table(rows))
+        if args.out.resolve().parent == report.RESULTS_DIR.resolve():
+            report.update_index()
+
+
+def table(rows: dict[str, dict]) -> str:
+    """The Markdown table of :func:`main`'s rows (``{dtype: {ms, gops, x_float32}}``)."""
+    return report.markdown_table(
+        ["dtype", "ms per product", "GOP/s", "x float32"],
+        [(k, f"{r['ms']:.2f}", f"{r['gops']:.1f}", f"{r['x_float32']:.2f}") for k, r in rows.items()],
+        "lrrr",
+    )
 
 
 if __name__ == "__main__":

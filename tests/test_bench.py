@@ -338,3 +338,6 @@ def test_xla_dot_times_three_dtypes(tmp_path, capsys):
     assert set(record["best"]) == {"float32", "bfloat16", "int8"} and record["best"]["float32"]["x_float32"] == 1.0
     assert all(len(v) == 1 and v[0] > 0 for v in record["seconds"].values())
     assert "GOP/s" in capsys.readouterr().out and record["machine"]["cpu_flags"] is not None
+    table = (tmp_path / "table.md").read_text()
+    assert record["kind"] == "xla-dot" and "python -m bench.xla_dot --repeats 1" in table
+    assert "| int8 |" in table and "Audio:" not in table

@@ -10,11 +10,12 @@ weights, transformers' tokenizer; no EasyDeL, nothing fetched) on whatever ``jax
 2. **RTFx by batch.** For base (real speech windows) and a random-weight model shaped like
    large-v3-turbo (d_model 1280, 32 encoder and 4 decoder layers, 20 heads, 128 mel bins, vocab
    51866; decoding capped at ``--turbo-tokens`` tokens per window since random weights seldom stop),
-   in float32 and bfloat16: ``B`` windows are submitted at once to an engine whose largest compiled
+   in float32, bfloat16 and int8: ``B`` windows are submitted at once to an engine whose largest compiled
    batch is ``B``, so they run as one batch (each window encoded alone, decoded together, as the
    engine does); RTFx = audio seconds / wall seconds of that batch, log-mel included, best of
-   ``--repeats``. int8 is not measured: the engine's int8 is EasyDeL's, which the functional
-   backend does not have. The compile seconds of each executable are recorded beside.
+   ``--repeats``; then ``int8`` (``quantization="int8"``: int8 weights and per-row int8
+   activations, ``functional.Int8Linear``) for both. The compile seconds of each executable are
+   recorded beside.
 
 Writes ``gpu-bench.json`` and ``gpu-bench.md`` under ``--out``; stops starting new measurements
 once ``--budget-s`` is spent (what was skipped is listed). ``--cpu-smoke`` runs the same steps on
@@ -266,19 +267,23 @@ def run(args) -> dict:
         ("large-v3-turbo-shaped (random)", "bfloat16"),
         ("base", "bfloat16"),
         ("large-v3-turbo-shaped (random)", "float32"),
+        ("base", "int8"),
+        ("large-v3-turbo-shaped (random)", "int8"),
     ]
-    if smoke:  # every code path once: base, the random model, bfloat16
-        plans = plans[:2]
+    if smoke:  # every code path once: base, the random model, bfloat16, int8
+        plans = [*plans[:2], plans[-1]]
     for model, dtype in plans:
         if time.monotonic() > deadline:
             result["skipped"].append(f"{model} {dtype}: time budget spent")
             continue
         t0 = time.perf_counter()
+        quantization = "int8" if dtype == "int8" else "none"
+        dtype_kw = {"dtype": "float32" if dtype == "int8" else dtype, "quantization": quantization}
         if model == "base":
             engine = WhisperEngine(
                 str(args.model_dir),
                 backend="functional",
-                dtype=dtype,
+                **dtype_kw,
                 batch_size=max(batches),
                 max_new_tokens=32 if smoke else 224,
             )
@@ -286,7 +291,7 @@ def run(args) -> dict:
             engine = random_engine_class()(
                 str(turbo),
                 backend="functional",
-                dtype=dtype,
+                **dtype_kw,
                 batch_size=max(batches),
                 max_new_tokens=8 if smoke else args.turbo_tokens,
             )
@@ -300,7 +305,6 @@ def run(args) -> dict:
             result["rtfx"].append(row)
             print(json.dumps(row), flush=True)
         write(args.out, result)  # a run stopped by its timeout keeps what it measured
-    result["skipped"].append("int8: the engine's int8 is EasyDeL's; the functional backend has none")
     result["wall_s"] = round(time.monotonic() - t_start, 1)
     return result
 
