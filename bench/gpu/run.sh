@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU bench of issue 15 (item 5): transcripts equal to the CPU's on base, RTFx at batch 1/8/32/64
-# for base and a random-weight large-v3-turbo-shaped model, float32 and bfloat16.
+# for base and a random-weight large-v3-turbo-shaped model, float32, bfloat16 and int8.
 #
 # On a GPU host with jax (CUDA), flax, transformers, torch and safetensors installed and no network:
 #   here, once:  python -m bench.gpu.pack pack ~/.cache/chorus/models/whisper-base .gpu-carry/base.npz
