@@ -24,8 +24,9 @@ QUANTIZATIONS = ("int8", "nf4", "affine4", "mxfp8")
 
 @dataclass(frozen=True)
 class QuantSetting:
-    """A named engine setting: ``fp32``, ``bf16``, ``fp16``, ``int8`` (fp32 + int8 weights),
-    ``bf16-int8`` (bf16 + int8 weights), … any ``[<dtype>-]<quantization>``."""
+    """A named engine setting: ``fp32``, ``bf16``, ``fp16``, ``int8`` (int8 weights times int8
+    activations on the functional backend, ``functional.Int8Linear``; the rest fp32), ``bf16-int8``
+    (the same with bf16 around the products), EasyDeL's ``nf4`` …, any ``[<dtype>-]<quantization>``."""
 
     name: str
     dtype: str

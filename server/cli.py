@@ -37,9 +37,12 @@ def whisper_options(fn):
     """Options shared by ``serve whisper`` and ``transcribe`` (defaults from CHORUS_WHISPER_*)."""
     fn = click.option("--model", default=None, help="base | small | local HF/CT2 directory | hub id")(fn)
     fn = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None)(fn)
-    fn = click.option("--quantization", type=click.Choice(["none", "int8", "nf4", "affine4", "mxfp8"]), default=None)(
-        fn
-    )
+    fn = click.option(
+        "--quantization",
+        type=click.Choice(["none", "int8", "nf4", "affine4", "mxfp8"]),
+        default=None,
+        help="int8: int8 weights and activations (faster on CPUs with AMX/VNNI); nf4|affine4|mxfp8: EasyDeL's",
+    )(fn)
     fn = click.option("--batch-size", type=int, default=None, help="largest batch of 30 s windows")(fn)
     return fn
 

@@ -68,7 +68,11 @@ class WhisperSettings(ServerSettings):
         description="Extra names accepted in the request's `model` field (OpenAI clients send whisper-1).",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    quantization: Literal["none", "int8", "nf4", "affine4", "mxfp8"] = "none"
+    quantization: Literal["none", "int8", "nf4", "affine4", "mxfp8"] = Field(
+        "none",
+        description="int8: int8 weights and activations (faster where the CPU has AMX/VNNI int8 units; "
+        "bench/NOTES.md); nf4/affine4/mxfp8: EasyDeL's weight quantization.",
+    )
     batch_size: int = Field(8, ge=1, description="Largest batch of 30 s windows decoded together.")
     engine_workers: int = Field(2, ge=1, description="Batches run at once (scheduler threads of the engine).")
     max_new_tokens: int = Field(224, ge=1, le=448)
