@@ -36,6 +36,7 @@ from server.router.merge import (
     assign_speakers,
     cover_turns,
     fit_times,
+    split_at_pauses,
     split_by_words,
     untranscribed_turns,
 )
@@ -542,6 +543,66 @@ def test_cover_turns_bounds():
     assert (out.start, out.end) == (2.0, round(2.2 + TURN_REACH_S, 3)) and out.words == words
     (out,) = cover_turns([seg], [SpeakerTurn(2.4, 2.45, "A", 0.9)])
     assert (out.start, out.end) == (round(2.4 - TURN_REACH_S, 3), 2.5)
+
+
+def test_a_segment_across_its_speakers_pause_becomes_one_segment_per_stretch():
+    """One Whisper segment whose words all went to A, across a 2 s pause in A's turns: two
+    diarized segments, one per stretch of A's turns, so the pause is not claimed for A."""
+    words = (
+        Word(" We", 0.5, 0.9),
+        Word(" start,", 1.0, 1.8),
+        Word(" um", 2.3, 2.6),  # in no turn of A: stays with the word before it
+        Word(" then", 4.2, 4.6),
+        Word(" go.", 4.7, 5.5),
+    )
+    seg = Segment(3, 0.5, 5.5, "".join(w.word for w in words), words=words, speaker="A", avg_logprob=-0.3)
+    turns = [SpeakerTurn(0.4, 2.0, "A", 0.9), SpeakerTurn(2.1, 2.2, "A", 0.8), SpeakerTurn(4.0, 6.0, "A", 0.7)]
+    first, second = split_at_pauses([seg], turns)
+    assert [w.word for w in first.words] == [" We", " start,", " um"] and first.text == " We start, um"
+    assert [w.word for w in second.words] == [" then", " go."] and second.text == " then go."
+    assert (first.start, first.end, second.start, second.end) == (0.5, 2.6, 4.2, 5.5)
+    assert {p.speaker for p in (first, second)} == {"A"} and {p.avg_logprob for p in (first, second)} == {-0.3}
+    assert first.tokens == () and second.confidence == 0.7
+    covered = cover_turns([first, second], turns)  # then each covers its own stretch, not the pause
+    assert [(c.start, c.end) for c in covered] == [(0.4, round(2.2 + TURN_REACH_S, 3)), (4.0, 6.0)]
+    # turns 0.25 s apart or less are one stretch; no speaker, one word, or no turns of the speaker: unchanged
+    joined = [SpeakerTurn(0.4, 2.0, "A", 0.9), SpeakerTurn(2.2, 6.0, "A", 0.9)]
+    assert split_at_pauses([seg], joined) == [seg]
+    assert split_at_pauses([replace(seg, speaker=None)], turns) == [replace(seg, speaker=None)]
+    assert split_at_pauses([replace(seg, speaker="B")], turns) == [replace(seg, speaker="B")]
+    one = replace(seg, text=" We", words=words[:1])
+    assert split_at_pauses([one], turns) == [one]
+    # a word Whisper timed across the pause belongs to the side it overlaps most: one stretch, so the
+    # segment is not split, and it covers only that stretch (its edge TURN_REACH_S past it), not the pause
+    long = (Word(" I", 1.0, 1.4), Word(" think", 1.5, 4.3))  # 0.7 s in A's first stretch, 0.3 s in the second
+    seg2 = replace(seg, start=1.0, end=4.3, text=" I think", words=long)
+    assert split_at_pauses([seg2], turns) == [seg2]
+    (out,) = cover_turns([seg2], turns)
+    assert (out.start, out.end) == (0.4, round(2.2 + TURN_REACH_S, 3)) and out.words == long
+
+
+PAUSE_WORDS = [
+    {
+        "start": 0.4,
+        "end": 7.6,
+        "words": words_of((" We", 0.5, 0.9), (" start.", 1.0, 1.8), (" Then", 6.2, 6.6), (" go.", 6.7, 7.5)),
+    }
+]
+PAUSE_TURNS = [(0.4, 2.0, "spk0", 0.9), (6.0, 8.0, "spk0", 0.8)]
+
+
+async def test_diarized_json_and_its_stream_split_a_segment_at_its_speakers_pause():
+    """Through the router, offline and streamed: the pause (2-6 s) is in no diarized segment."""
+    client, data, out = await canned_diarized(PAUSE_WORDS, PAUSE_TURNS)
+    got = [(s.speaker, s.start, s.end, s.text.strip()) for s in out.segments]
+    assert (
+        got == [("A", 0.4, 2.0, "We start."), ("A", 6.0, 8.0, "Then go.")] and out.text.strip() == "We start. Then go."
+    )
+    stream = await client.audio.transcriptions.create(
+        model=DIARIZE, file=data, response_format="diarized_json", stream=True
+    )
+    events = [ev for ev in [ev async for ev in stream] if ev.type == "transcript.text.segment"]
+    assert [(e.speaker, e.start, e.end) for e in events] == [g[:3] for g in got]
 
 
 # Whisper times "Well," (0.2-0.6) before A's turn (1.4-3.0) starts and "today." after it ends: the

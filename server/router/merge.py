@@ -7,7 +7,8 @@ exactly their words, and a speaker who talks on through someone else's words (ov
 keeps one piece, so overlapping speech gives overlapping segments. Segments without usable words
 are split proportionally to their characters over each speaker's speech time, the cut snapped to a
 nearby sentence end, and their edges pulled in to the speech inside them. For ``diarized_json``
-(speaker turns, not subtitles) ``cover_turns`` then widens every piece to its speaker's turn around
+(speaker turns, not subtitles) ``split_at_pauses`` cuts a piece between its words where its
+speaker's turns pause, and ``cover_turns`` then widens every piece to its speaker's turn around
 its words, so the pauses inside a turn and its edges belong to the speaker (and keeps its edges
 within ``TURN_REACH_S`` of that speaker's turns where Whisper timed a word outside them), and
 ``untranscribed_turns`` reports each turn that got none of its speaker's words (a second voice
@@ -357,6 +358,86 @@ def _stretches(turns: Sequence[SpeakerTurn]) -> dict[str, list[tuple[float, floa
     return out
 
 
+def _word_stretch(w: Word, mine: list[tuple[float, float]], ends: list[float]) -> int | None:
+    """Index of the stretch in ``mine`` (sorted, disjoint; ``ends`` their ends) that overlaps the
+    word most, or ``None``: a word Whisper timed across a pause belongs to one side of it."""
+    end = max(w.end, w.start + 1e-3)
+    best, most = None, 0.0
+    k = bisect.bisect_right(ends, w.start)  # the first stretch ending after the word starts
+    while k < len(mine) and mine[k][0] < end:
+        ov = min(mine[k][1], end) - max(mine[k][0], w.start)
+        if ov > most:
+            best, most = k, ov
+        k += 1
+    return best
+
+
+def split_at_pauses(segments: Sequence[Segment], turns: Sequence[SpeakerTurn]) -> list[Segment]:
+    """Cut a speaker's segment between its words where that speaker's turns stop and start again.
+
+    A ``diarized_json`` segment is a speaker turn; one Whisper segment whose words all went to
+    speaker X can run across a pause where the diarizer heard X stop (a gap of more than ``GAP_S``
+    between two stretches of X's turns, see ``_stretches``), and as one segment its time span would
+    claim that pause for X. Each word goes to the stretch of X it overlaps (a word in no stretch
+    stays with the word before it, the first ones with the next placed word); a segment whose words
+    fall in two or more stretches becomes one piece per stretch, spanning its words, with the
+    segment's speaker and statistics, its words' text, and its confidence over its own span.
+    Segments without a speaker, without words that spell their text, or within one stretch are
+    returned as they are.
+
+    Args:
+        segments: speaker-attributed segments (``assign_speakers``), absolute seconds.
+        turns: the speaker turns they were attributed from.
+
+    Returns:
+        the segments in their input order, each split segment's pieces in place of it (ids kept).
+    """
+    from intervaltree import IntervalTree
+
+    stretches = _stretches(turns)
+    ends = {k: [b for _, b in v] for k, v in stretches.items()}
+    tree = None
+    out: list[Segment] = []
+    for seg in segments:
+        mine = stretches.get(seg.speaker) if seg.speaker is not None else None
+        if not mine or len(seg.words) < 2 or not words_spell_text(seg):
+            out.append(seg)
+            continue
+        slots = [_word_stretch(w, mine, ends[seg.speaker]) for w in seg.words]
+        placed = [k for k in slots if k is not None]
+        if len(set(placed)) < 2:
+            out.append(seg)
+            continue
+        last = placed[0]
+        runs: list[list[Word]] = []
+        for w, k in zip(seg.words, slots):
+            k = last if k is None else k
+            if runs and k == last:
+                runs[-1].append(w)
+            else:
+                runs.append([w])
+            last = k
+        if tree is None:
+            tree = IntervalTree()
+            for t in turns:
+                if t.end > t.start:
+                    tree.addi(t.start, t.end, t)
+        for words in runs:
+            a, b = words[0].start, max(w.end for w in words)
+            out.append(
+                replace(
+                    seg,
+                    start=round(a, 3),
+                    end=round(max(a, b), 3),
+                    text="".join(w.word for w in words),
+                    words=tuple(words),
+                    tokens=(),
+                    confidence=_piece_confidence(tree, seg.speaker, a, b),
+                )
+            )
+    return out
+
+
 def cover_turns(
     segments: Sequence[Segment], turns: Sequence[SpeakerTurn], *, start: float = 0.0, end: float = float("inf")
 ) -> list[Segment]:
@@ -365,7 +446,9 @@ def cover_turns(
     ``diarized_json`` segments are speaker turns (OpenAI's ``TranscriptionDiarized``), so the
     pauses between a speaker's words and the edges of the turn the diarizer found belong to that
     speaker; a segment spanning only its words leaves them as missed speech. A segment of speaker
-    X grows to the stretch of X's turns (joined over gaps ≤ ``GAP_S``) that overlaps it, but never
+    X grows to the stretch of X's turns (joined over gaps ≤ ``GAP_S``) that its words lie in (a word
+    Whisper timed across a pause counts for the stretch it overlaps most; a segment without words in
+    any stretch: the stretches overlapping it), but never
     over X's own neighbouring segments (X's consecutive segments in one turn meet at the next
     one's first word, so they never overlap each other) and never outside ``[start, end]``. It
     holds its words, except where Whisper timed a word outside X's turns: then its edge stops
@@ -393,10 +476,15 @@ def cover_turns(
         if not mine:
             continue
         hi = max(s.end, s.start + 1e-3)
-        # stretches are sorted and disjoint: those overlapping [start, hi) are a contiguous run
-        lo_i = bisect.bisect_right(ends[s.speaker], s.start)
-        hi_i = bisect.bisect_left(starts[s.speaker], hi)
-        hits = mine[lo_i:hi_i]
+        # the stretches its words belong to (a word across a pause: the side it overlaps most),
+        # else (no words, or none in a stretch) those overlapping [start, hi): a contiguous run
+        own = sorted({k for w in s.words if (k := _word_stretch(w, mine, ends[s.speaker])) is not None})
+        if own:
+            hits = mine[own[0] : own[-1] + 1]
+        else:
+            lo_i = bisect.bisect_right(ends[s.speaker], s.start)
+            hi_i = bisect.bisect_left(starts[s.speaker], hi)
+            hits = mine[lo_i:hi_i]
         if hits:
             a, b = max(start, min(a for a, _ in hits)), min(end, max(b for _, b in hits))
             # the segment's own edges (its words), pulled in to within TURN_REACH_S of the stretches
