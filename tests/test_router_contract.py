@@ -140,6 +140,14 @@ async def canned_diarized(segments, turns):
     return client, data, out
 
 
+async def streamed_segments(client, data, model: str = DIARIZE) -> list:
+    """The ``transcript.text.segment`` events of a streamed ``diarized_json`` request for ``data``."""
+    stream = await client.audio.transcriptions.create(
+        model=model, file=data, response_format="diarized_json", stream=True
+    )
+    return [ev for ev in [ev async for ev in stream] if ev.type == "transcript.text.segment"]
+
+
 # What the whisper server can send (seen on AMI dev00): word times from the alignment disagree with
 # the segment's timestamp tokens, here a first word 1.2 s before its segment's start; and a last
 # segment whose timestamp and last word run past the end of the audio (10 s).
@@ -203,10 +211,7 @@ async def test_segment_times_are_ordered_and_inside_the_audio_in_every_format(mo
     # diarized_json segments are speaker turns: each covers its speaker's turn around its words
     # (B's "Yeah," is said at 3.0-3.5 inside B's turn 2.9-3.6; the last turn is cut at the audio's end)
     assert [(s.start, s.end) for s in out.segments] == [(0.3, 1.6), (2.9, 3.6), (4.2, 5.3), (8.0, 10.0)]
-    stream = await client.audio.transcriptions.create(
-        model=model, file=data, response_format="diarized_json", stream=True
-    )
-    segments = [ev for ev in [ev async for ev in stream] if ev.type == "transcript.text.segment"]
+    segments = await streamed_segments(client, data, model)
     check_spans([(s.start, s.end) for s in segments], duration, "stream")
     assert [(s.start, s.end) for s in segments] == [(s.start, s.end) for s in out.segments]
     assert all(s.model_extra.get("confidence") is not None for s in segments)
@@ -514,10 +519,7 @@ async def test_diarized_json_segments_cover_their_speakers_turns():
     # subtitles and verbose_json keep openai/whisper's timing: a segment spans exactly its words
     verbose = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="verbose_json")
     assert [(s.start, s.end) for s in verbose.segments] == [(0.4, 1.6), (3.0, 4.4), (5.3, 8.5), (9.4, 9.8)]
-    stream = await client.audio.transcriptions.create(
-        model=DIARIZE, file=data, response_format="diarized_json", stream=True
-    )
-    events = [ev for ev in [ev async for ev in stream] if ev.type == "transcript.text.segment"]
+    events = await streamed_segments(client, data)
     assert [(e.speaker, e.start, e.end) for e in events] == [g[:3] for g in got]
 
 
@@ -598,10 +600,7 @@ async def test_diarized_json_and_its_stream_split_a_segment_at_its_speakers_paus
     assert (
         got == [("A", 0.4, 2.0, "We start."), ("A", 6.0, 8.0, "Then go.")] and out.text.strip() == "We start. Then go."
     )
-    stream = await client.audio.transcriptions.create(
-        model=DIARIZE, file=data, response_format="diarized_json", stream=True
-    )
-    events = [ev for ev in [ev async for ev in stream] if ev.type == "transcript.text.segment"]
+    events = await streamed_segments(client, data)
     assert [(e.speaker, e.start, e.end) for e in events] == [g[:3] for g in got]
 
 
@@ -623,10 +622,7 @@ async def test_a_diarized_segment_stops_near_its_speakers_turn_but_keeps_its_wor
     got = [(s.speaker, s.start, s.end, s.text) for s in out.segments]
     assert got == [("A", *want, "Well, we ship today."), ("B", 6.0, 7.0, "")]
     assert out.text == "Well, we ship today."
-    stream = await client.audio.transcriptions.create(
-        model=DIARIZE, file=data, response_format="diarized_json", stream=True
-    )
-    segments = [e for e in [ev async for ev in stream] if e.type == "transcript.text.segment"]
+    segments = await streamed_segments(client, data)
     assert [(e.speaker, e.start, e.end, e.text) for e in segments] == got
     # subtitles and verbose_json still span exactly the words
     verbose = await client.audio.transcriptions.create(model=DIARIZE, file=data, response_format="verbose_json")
