@@ -86,7 +86,8 @@ class ChorusRunner:
     ``~/.cache/ejkernel-cache/ejit_compiled_functions``) when its decorated functions are defined, so
     a warm-up would silently reuse whatever an earlier process compiled. Without
     ``compile_cache_dir`` the cache goes to a fresh empty directory (a cold compile, measured);
-    with it, to ``<compile_cache_dir>/xla`` (Chorus's cache). The directory used is reported in
+    with it, to this CPU's directory of Chorus's cache (``compile_cache.enable``, as the servers
+    use it: ``<compile_cache_dir>/xla/<machine>-<digest>``). The directory used is reported in
     :attr:`compilation_cache_dir` after :meth:`load`.
     """
 
@@ -99,20 +100,21 @@ class ChorusRunner:
         import tempfile
         from pathlib import Path
 
+        import jax
+
+        from jax_models import compile_cache
+
         p = self.spec.params
-        if p.get("compile_cache_dir"):
-            cache = Path(p["compile_cache_dir"]) / "xla"
-            cache.mkdir(parents=True, exist_ok=True)
+        if p.get("compile_cache_dir"):  # this CPU's directory, its loader lines filtered, as the servers do
+            cache = compile_cache.enable(Path(p["compile_cache_dir"]))
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="chorus-bench-xla-")
             cache = Path(self._tmp.name)
-        os.environ["COMPILE_FUNC_DIR"] = str(cache)  # read by ejkernel when EasyDeL is first imported
-
-        import jax
+            os.environ["COMPILE_FUNC_DIR"] = str(cache)  # read by ejkernel when EasyDeL is first imported
+            jax.config.update("jax_compilation_cache_dir", str(cache))
 
         from jax_models.engine import WhisperEngine
 
-        jax.config.update("jax_compilation_cache_dir", str(cache))
         self.engine = WhisperEngine(
             self.spec.model,
             dtype=p.get("dtype", "float32"),
