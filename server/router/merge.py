@@ -178,12 +178,7 @@ def assign_speakers(
         its segment's decoding statistics (``seek``, ``avg_logprob``, ``compression_ratio``,
         ``no_speech_prob``, ``temperature``); ``tokens`` only when it is the whole segment.
     """
-    from intervaltree import IntervalTree
-
-    tree = IntervalTree()
-    for t in turns:
-        if t.end > t.start:
-            tree.addi(t.start, t.end, t)
+    tree = _turn_tree(turns)
     out: list[Segment] = []
     for seg in segments:
         if seg.words and words_spell_text(seg):
@@ -206,6 +201,34 @@ def assign_speakers(
             out.append(replace(p, confidence=_piece_confidence(tree, p.speaker, p.start, p.end)))
     out.sort(key=lambda s: s.start)  # stable: pieces of one segment keep their order at equal starts
     return [replace(s, id=i) for i, s in enumerate(out)]
+
+
+def _turn_tree(turns: Sequence[SpeakerTurn]):
+    """``intervaltree.IntervalTree`` of the turns (empty ones left out), each interval's data its turn."""
+    from intervaltree import IntervalTree
+
+    tree = IntervalTree()
+    for t in turns:
+        if t.end > t.start:
+            tree.addi(t.start, t.end, t)
+    return tree
+
+
+def _words_piece(seg: Segment, words: Sequence[Word], speaker: str | None, tree, *, whole: bool = False) -> Segment:
+    """The part of ``seg`` that holds ``words``, spoken by ``speaker``: spanning exactly its words,
+    its text theirs (``seg``'s own text and tokens when it is ``whole``), the words labelled with
+    ``speaker``, its confidence over its span (``_piece_confidence``); statistics kept."""
+    start, end = min(w.start for w in words), max(w.end for w in words)
+    return replace(
+        seg,
+        start=round(start, 3),
+        end=round(max(end, start), 3),
+        text=seg.text if whole else "".join(w.word for w in words),
+        words=tuple(replace(w, speaker=speaker) for w in words),
+        tokens=seg.tokens if whole else (),
+        speaker=speaker,
+        confidence=_piece_confidence(tree, speaker, start, end),
+    )
 
 
 def words_spell_text(seg: Segment) -> bool:
@@ -321,22 +344,7 @@ def split_by_words(seg: Segment, tree, nearest_s: float = 2.0) -> list[Segment]:
         else:
             groups.append((spk, list(words)))
     whole = len(groups) == 1
-    out = []
-    for spk, words in groups:
-        start, end = min(w.start for w in words), max(w.end for w in words)
-        out.append(
-            replace(
-                seg,
-                start=round(start, 3),
-                end=round(max(end, start), 3),
-                text=seg.text if whole else "".join(w.word for w in words),
-                words=tuple(replace(w, speaker=spk) for w in words),
-                tokens=seg.tokens if whole else (),
-                speaker=spk,
-                confidence=_piece_confidence(tree, spk, start, end),
-            )
-        )
-    return out
+    return [_words_piece(seg, words, spk, tree, whole=whole) for spk, words in groups]
 
 
 def _stretches(turns: Sequence[SpeakerTurn]) -> dict[str, list[tuple[float, float]]]:
@@ -372,18 +380,43 @@ def _word_stretch(w: Word, mine: list[tuple[float, float]], ends: list[float]) -
     return best
 
 
+def _pause_pieces(
+    seg: Segment, stretches: dict[str, list[tuple[float, float]]], ends: dict[str, list[float]], tree
+) -> list[tuple[Segment, list[int]]]:
+    """``seg`` cut as :func:`split_at_pauses` cuts it, each piece with the sorted indices of its
+    speaker's stretches (``_stretches``; ``ends`` their ends) that its words lie in (``_word_stretch``)."""
+    if seg.speaker is None or seg.speaker not in stretches:
+        return [(seg, [])]
+    mine = stretches[seg.speaker]
+    slots = [_word_stretch(w, mine, ends[seg.speaker]) for w in seg.words]
+    placed = [k for k in slots if k is not None]
+    if len(set(placed)) < 2 or not words_spell_text(seg):
+        return [(seg, sorted(set(placed)))]
+    last = placed[0]
+    runs: list[tuple[int, list[Word]]] = []
+    for w, k in zip(seg.words, slots):
+        k = last if k is None else k
+        if runs and k == last:
+            runs[-1][1].append(w)
+        else:
+            runs.append((k, [w]))
+        last = k
+    return [(_words_piece(seg, words, seg.speaker, tree), [k]) for k, words in runs]
+
+
 def split_at_pauses(segments: Sequence[Segment], turns: Sequence[SpeakerTurn]) -> list[Segment]:
-    """Cut a speaker's segment between its words where that speaker's turns stop and start again.
+    """Cut a speaker's segment between its words where that speaker's turns stop and start again
+    (the first step of :func:`cover_turns`).
 
     A ``diarized_json`` segment is a speaker turn; one Whisper segment whose words all went to
     speaker X can run across a pause where the diarizer heard X stop (a gap of more than ``GAP_S``
     between two stretches of X's turns, see ``_stretches``), and as one segment its time span would
-    claim that pause for X. Each word goes to the stretch of X it overlaps (a word in no stretch
-    stays with the word before it, the first ones with the next placed word); a segment whose words
-    fall in two or more stretches becomes one piece per stretch, spanning its words, with the
-    segment's speaker and statistics, its words' text, and its confidence over its own span.
-    Segments without a speaker, without words that spell their text, or within one stretch are
-    returned as they are.
+    claim that pause for X. Each word goes to the stretch of X it overlaps most (a word in no
+    stretch stays with the word before it, the first ones with the next placed word); a segment
+    whose words fall in two or more stretches becomes one piece per stretch, spanning its words,
+    with the segment's speaker and statistics, its words' text, and its confidence over its own
+    span. Segments without a speaker, without words that spell their text, or within one stretch
+    are returned as they are.
 
     Args:
         segments: speaker-attributed segments (``assign_speakers``), absolute seconds.
@@ -392,50 +425,9 @@ def split_at_pauses(segments: Sequence[Segment], turns: Sequence[SpeakerTurn]) -
     Returns:
         the segments in their input order, each split segment's pieces in place of it (ids kept).
     """
-    from intervaltree import IntervalTree
-
-    stretches = _stretches(turns)
+    stretches, tree = _stretches(turns), _turn_tree(turns)
     ends = {k: [b for _, b in v] for k, v in stretches.items()}
-    tree = None
-    out: list[Segment] = []
-    for seg in segments:
-        mine = stretches.get(seg.speaker) if seg.speaker is not None else None
-        if not mine or len(seg.words) < 2 or not words_spell_text(seg):
-            out.append(seg)
-            continue
-        slots = [_word_stretch(w, mine, ends[seg.speaker]) for w in seg.words]
-        placed = [k for k in slots if k is not None]
-        if len(set(placed)) < 2:
-            out.append(seg)
-            continue
-        last = placed[0]
-        runs: list[list[Word]] = []
-        for w, k in zip(seg.words, slots):
-            k = last if k is None else k
-            if runs and k == last:
-                runs[-1].append(w)
-            else:
-                runs.append([w])
-            last = k
-        if tree is None:
-            tree = IntervalTree()
-            for t in turns:
-                if t.end > t.start:
-                    tree.addi(t.start, t.end, t)
-        for words in runs:
-            a, b = words[0].start, max(w.end for w in words)
-            out.append(
-                replace(
-                    seg,
-                    start=round(a, 3),
-                    end=round(max(a, b), 3),
-                    text="".join(w.word for w in words),
-                    words=tuple(words),
-                    tokens=(),
-                    confidence=_piece_confidence(tree, seg.speaker, a, b),
-                )
-            )
-    return out
+    return [piece for seg in segments for piece, _ in _pause_pieces(seg, stretches, ends, tree)]
 
 
 def cover_turns(
@@ -455,8 +447,9 @@ def cover_turns(
     ``TURN_REACH_S`` beyond the stretches it overlaps (the diarizer heard no speech of X there, so
     reaching further is false alarm); the word stays in the segment's text. Another speaker's
     segment bounds it only where the diarizer's turns say so (X's turn ends where Y's begins);
-    where the turns overlap (two people at once) the segments overlap too. Text, words, speakers
-    and statistics are unchanged.
+    where the turns overlap (two people at once) the segments overlap too. A segment whose words
+    lie in two or more of X's stretches is first cut between them (:func:`split_at_pauses`); text,
+    words, speakers and statistics are otherwise unchanged.
 
     Args:
         segments: speaker-attributed segments (``assign_speakers``), absolute seconds; segments
@@ -465,22 +458,24 @@ def cover_turns(
         start, end: bounds in seconds (the audio, or the chunk a stream emits).
 
     Returns:
-        the segments in their input order, ``start ≤ end`` each.
+        the segments in their input order (a cut segment's pieces in its place), ``start ≤ end`` each.
     """
     stretches = _stretches(turns)
     starts = {k: [a for a, _ in v] for k, v in stretches.items()}
     ends = {k: [b for _, b in v] for k, v in stretches.items()}
+    tree = _turn_tree(turns)
+    pieces = [piece for seg in segments for piece in _pause_pieces(seg, stretches, ends, tree)]
+    segments = [seg for seg, _ in pieces]
     span: dict[int, tuple[float, float]] = {}
-    for i, s in enumerate(segments):
+    for i, (s, words_in) in enumerate(pieces):
         mine = stretches.get(s.speaker) if s.speaker is not None else None
         if not mine:
             continue
         hi = max(s.end, s.start + 1e-3)
         # the stretches its words belong to (a word across a pause: the side it overlaps most),
         # else (no words, or none in a stretch) those overlapping [start, hi): a contiguous run
-        own = sorted({k for w in s.words if (k := _word_stretch(w, mine, ends[s.speaker])) is not None})
-        if own:
-            hits = mine[own[0] : own[-1] + 1]
+        if words_in:
+            hits = mine[words_in[0] : words_in[-1] + 1]
         else:
             lo_i = bisect.bisect_right(ends[s.speaker], s.start)
             hi_i = bisect.bisect_left(starts[s.speaker], hi)

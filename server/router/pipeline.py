@@ -11,8 +11,8 @@
    the known speakers'. One window needs no linking.
 4. **merge** (``server.router.merge``): transcript segments × speaker turns, word by word, split where
    the speaker changes (overlapping turns give overlapping segments); for ``diarized_json``
-   (``Job.turn_spans``) a segment is cut where its speaker's turns pause (``split_at_pauses``),
-   and each segment then covers its speaker's turn around its words, reaching at
+   (``Job.turn_spans``) a segment is cut where its speaker's turns pause, and each segment then
+   covers its speaker's turn around its words, reaching at
    most ``TURN_REACH_S`` outside that speaker's turns (``cover_turns``); ``fit_times`` keeps every
    segment ordered, inside the audio and spanning its words (with turn spans: keeping the span
    ``cover_turns`` gave it). The text is the whisper server's, chunk texts joined; the speaker
@@ -46,7 +46,6 @@ from server.router.merge import (
     assign_speakers,
     cover_turns,
     fit_times,
-    split_at_pauses,
     untranscribed_turns,
 )
 from server.router.speakers import (
@@ -347,7 +346,7 @@ class Router:
         turns = [replace(t, speaker=names[int(t.speaker)]) for t in turns]
         segments = assign_speakers(segments, turns, nearest_s=DIARIZED_NEAREST_S if turn_spans else NEAREST_S)
         if turn_spans:
-            segments = cover_turns(split_at_pauses(segments, turns), turns, end=duration)
+            segments = cover_turns(segments, turns, end=duration)
             segments += untranscribed_turns(segments, turns, end=duration)
         return segments, warnings
 
@@ -402,10 +401,7 @@ class Router:
                         if job.turn_spans:  # inside this chunk: the next chunk's segments are not known yet
                             chunk = plan.chunks[ci]
                             segs = cover_turns(
-                                split_at_pauses(segs, window_turns[w]),
-                                window_turns[w],
-                                start=chunk.offset,
-                                end=chunk.offset + chunk.duration,
+                                segs, window_turns[w], start=chunk.offset, end=chunk.offset + chunk.duration
                             )
                 segs = [s for s in fit_times(segs, plan.duration, spans_words=not job.turn_spans) if s.text.strip()]
                 silent: list[Segment] = []  # speaker turns without a transcribed word (diarized_json)
