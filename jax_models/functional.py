@@ -70,12 +70,19 @@ class Int8Linear(NamedTuple):
     scale: jax.Array
 
 
-def _int8_kernel(w) -> Int8Linear:
-    """:class:`Int8Linear` of a float ``(in, out)`` kernel (an all-zero column gets scale 1)."""
-    w32 = jnp.asarray(w, jnp.float32)
-    scale = jnp.max(jnp.abs(w32), axis=0) / 127.0
+def _to_int8(x, axis: int, keepdims: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Symmetric int8 of ``x`` with one float32 scale ``max|x| / 127`` along ``axis`` (1 where all
+    values are zero): ``(q int8 shape of x, scale)``, ``x ≈ q * scale``."""
+    x32 = jnp.asarray(x, jnp.float32)
+    scale = jnp.max(jnp.abs(x32), axis=axis, keepdims=True) / 127.0
     scale = jnp.where(scale == 0, 1.0, scale)
-    return Int8Linear(jnp.round(w32 / scale).astype(jnp.int8), scale.astype(jnp.float32))
+    q = jnp.round(x32 / scale).astype(jnp.int8)
+    return q, scale if keepdims else jnp.squeeze(scale, axis)
+
+
+def _int8_kernel(w) -> Int8Linear:
+    """:class:`Int8Linear` of a float ``(in, out)`` kernel: one scale per output column."""
+    return Int8Linear(*_to_int8(w, axis=0))
 
 
 def quantize_int8(weights: dict) -> dict:
@@ -235,10 +242,7 @@ def _compute_dtype(kernel, norm_scale):
 def _linear(x, w, b=None):
     """``x @ w + b`` over the last axis; ``w`` a float ``(in, out)`` kernel or :class:`Int8Linear`."""
     if isinstance(w, Int8Linear):
-        x32 = x.astype(jnp.float32)
-        sx = jnp.max(jnp.abs(x32), axis=-1, keepdims=True) / 127.0
-        sx = jnp.where(sx == 0, 1.0, sx)
-        xq = jnp.round(x32 / sx).astype(jnp.int8)
+        xq, sx = _to_int8(x, axis=-1, keepdims=True)  # one scale per row
         y = jax.lax.dot_general(xq, w.q, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
         y = y.astype(jnp.float32) * (sx * w.scale)
         return (y if b is None else y + b.astype(jnp.float32)).astype(x.dtype)
