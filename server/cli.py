@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
 
 import click
@@ -37,11 +38,12 @@ def whisper_options(fn):
     """Options shared by ``serve whisper`` and ``transcribe`` (defaults from CHORUS_WHISPER_*)."""
     fn = click.option("--model", default=None, help="base | small | local HF/CT2 directory | hub id")(fn)
     fn = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None)(fn)
+    quantization = WhisperSettings.model_fields["quantization"]  # the choices and their help, declared once
     fn = click.option(
         "--quantization",
-        type=click.Choice(["none", "int8", "nf4", "affine4", "mxfp8"]),
+        type=click.Choice(list(typing.get_args(quantization.annotation))),
         default=None,
-        help="int8: int8 weights and activations (faster on CPUs with AMX/VNNI); nf4|affine4|mxfp8: EasyDeL's",
+        help=quantization.description,
     )(fn)
     fn = click.option("--batch-size", type=int, default=None, help="largest batch of 30 s windows")(fn)
     return fn
