@@ -145,6 +145,9 @@ def speech_for(minutes: float) -> np.ndarray:
 @click.option("--thresholds", default=None, help="Comma-separated clustering thresholds to compare (sweep).")
 @click.option("--min-cluster-sizes", default=None, help="Comma-separated min_cluster_size values (sweep).")
 @click.option("--min-cluster-fractions", default=None, help="Comma-separated min_cluster_fraction values (sweep).")
+@click.option(
+    "--min-durations-off", default=None, help="Comma-separated min_duration_off values in seconds (sweep)."
+)
 @click.option("--step", type=float, default=None, help="Segmentation step (s); default: the sidecar's.")
 @click.option("--piece", type=float, default=None, help="Piece length (s) of local speakers; 0: whole (pyannote 3.1).")
 @click.option("--rtfx-minutes", type=float, default=0.0, help="Also time the diarizer on this much speech.")
@@ -156,7 +159,17 @@ def speech_for(minutes: float) -> np.ndarray:
     help="Result folder (default bench/results/diarization-der-<date>).",
 )
 def main(
-    clips, data, thresholds, min_cluster_sizes, min_cluster_fractions, step, piece, rtfx_minutes, threads, out
+    clips,
+    data,
+    thresholds,
+    min_cluster_sizes,
+    min_cluster_fractions,
+    min_durations_off,
+    step,
+    piece,
+    rtfx_minutes,
+    threads,
+    out,
 ) -> None:
     """Print per-clip DER (collar 0 and 0.25 s) and write result.json + table.md."""
     import torch
@@ -184,6 +197,9 @@ def main(
         "min_cluster_fraction": [float(x) for x in min_cluster_fractions.split(",")]
         if min_cluster_fractions
         else [c0.min_cluster_fraction],
+        "min_duration_off": [float(x) for x in min_durations_off.split(",")]
+        if min_durations_off
+        else [c0.min_duration_off],
     }
     values = [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
     swept = [k for k, v in grid.items() if len(v) > 1] or ["threshold"]
