@@ -7,6 +7,9 @@ PIP := $(PY) -m pip
 CHORUS := $(VENV)/bin/chorus
 STAMP := $(VENV)/.chorus-installed
 PYTEST_ARGS ?=
+# two pytest-xdist workers, a test file's tests on one of them (module fixtures such as the Ray
+# cluster are built once); PYTEST_XDIST= runs the suite in this one process
+PYTEST_XDIST ?= -n 2 --dist loadfile
 
 .PHONY: setup sysdeps serve test test-fast lint clean
 
@@ -34,7 +37,7 @@ serve: setup
 	$(CHORUS) up
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -43,7 +46,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

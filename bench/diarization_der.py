@@ -145,9 +145,7 @@ def speech_for(minutes: float) -> np.ndarray:
 @click.option("--thresholds", default=None, help="Comma-separated clustering thresholds to compare (sweep).")
 @click.option("--min-cluster-sizes", default=None, help="Comma-separated min_cluster_size values (sweep).")
 @click.option("--min-cluster-fractions", default=None, help="Comma-separated min_cluster_fraction values (sweep).")
-@click.option(
-    "--min-durations-off", default=None, help="Comma-separated min_duration_off values in seconds (sweep)."
-)
+@click.option("--min-durations-off", default=None, help="Comma-separated min_duration_off values in seconds (sweep).")
 @click.option("--step", type=float, default=None, help="Segmentation step (s); default: the sidecar's.")
 @click.option("--piece", type=float, default=None, help="Piece length (s) of local speakers; 0: whole (pyannote 3.1).")
 @click.option("--rtfx-minutes", type=float, default=0.0, help="Also time the diarizer on this much speech.")

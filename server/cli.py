@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import typing
 from pathlib import Path
@@ -14,13 +13,9 @@ from server.kit.settings import WhisperSettings, default_cache_dir
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # one INFO line per call the router makes to a backend (and per /ready poll at start-up) drowns
-    # the request log; failures still surface as warnings from chorus.clients
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    from server.kit.app import configure_logging
+
+    configure_logging(level)
 
 
 @click.group()

@@ -91,6 +91,35 @@ def start_slow_app(drain_s: float) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def test_building_the_uvicorn_server_leaves_installed_log_handlers_alone():
+    """uvicorn's default ``log_config`` (``dictConfig``) closed every handler already installed;
+    absl's closes the stream under it, which broke pytest's capture in the tests after it."""
+    import logging
+
+    from starlette.applications import Starlette
+
+    from server.kit.app import uvicorn_server
+    from server.kit.settings import ServerSettings
+
+    class Recording(logging.Handler):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+            super().close()
+
+    handler = Recording()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        server = uvicorn_server(Starlette(), ServerSettings(log_level="info"))
+        assert server.config.access_log is False
+        assert handler in root.handlers and not handler.closed
+        assert logging.getLogger("uvicorn.error").level == logging.INFO
+    finally:
+        root.removeHandler(handler)
+
+
 def test_sigterm_refuses_new_connections_finishes_the_request_in_flight_and_exits_0():
     proc, port = start_slow_app(drain_s=20)
     try:

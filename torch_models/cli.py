@@ -63,12 +63,13 @@ def sidecar_command(**flags) -> None:
     """Serve diarization, speaker fingerprints and Phi-4-multimodal (default port 8002).
 
     SIGTERM drains requests in flight (up to ``shutdown_timeout_s``), then exits 0."""
-    from server.kit.app import serve
+    from server.kit.app import configure_logging, serve
     from torch_models.settings import SidecarSettings
     from torch_models.sidecar_app import create_app
 
     overrides = {k: v for k, v in flags.items() if v is not None and v != ()}
     settings = SidecarSettings(**overrides)
+    configure_logging(settings.log_level)
     raise SystemExit(serve(create_app(settings), settings))
 
 

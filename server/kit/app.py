@@ -9,6 +9,7 @@ import hmac
 import logging
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -335,12 +336,29 @@ def build_app(
     return app
 
 
+def configure_logging(level: str) -> None:
+    """One log format on stderr for a server process: Chorus's loggers and uvicorn's alike.
+
+    ``level`` is a ``logging`` level name (``info``, ``WARNING``, …). httpx/httpcore stay at WARNING or
+    above: one INFO line per call the router makes to a backend (and per ``/ready`` poll at start-up)
+    drowned the request log; failures still surface as warnings from ``chorus.clients``.
+    """
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
 def uvicorn_server(app: ASGIApp, settings: ServerSettings) -> Any:
     """The ``uvicorn.Server`` that ``serve`` runs.
 
     uvicorn's access log is off: it wrote a line for every ``/ready`` poll (1,238 during one start-up
     under ``chorus up``); the request log is ``RequestLog``'s one line per API request, with its
-    duration and RTFx.
+    duration and RTFx. uvicorn's own lines go through the root logger (:func:`configure_logging`):
+    with its default ``log_config`` uvicorn (0.54) runs ``logging.config.dictConfig``, which closes
+    every handler already installed, absl's among them, and absl's ``PythonHandler.close`` closes
+    its stream when that is not the current ``sys.stderr``.
     """
     import uvicorn
 
@@ -349,6 +367,7 @@ def uvicorn_server(app: ASGIApp, settings: ServerSettings) -> Any:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
         access_log=False,
     )
