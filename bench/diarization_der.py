@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -275,7 +276,7 @@ def main(
         "config": {k: getattr(diarizer.config, k) for k in diarizer.config.__dataclass_fields__},
         "torch": torch.__version__,
         "command": "python -m bench.diarization_der " + " ".join(sys.argv[1:]),
-        "note": "2-core CPU shared with other jobs (load average ~7-11): timings are pessimistic",
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min: was the CPU shared?
     }
     (out / "result.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "summary": summary, "rtfx": rtfx}, indent=2)
