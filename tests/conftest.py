@@ -22,31 +22,6 @@ server process (or ``tiny_engine`` in this process, see ``xla_cache``) compiled 
 variant."""
 
 
-# The files with the most test time (seconds on 2 cores, `pytest --durations=60`, 2026-12-01: Ray
-# Serve 78, engine 65, bench smoke 46, router e2e 32, long-form 27, …), run first: `make test` runs
-# the files on two pytest-xdist workers (`--dist loadfile`, a file's tests on one worker, files handed
-# out in this order), so the run does not end with one worker alone on a long file. Other files keep
-# their collection order after these; so do the tests inside a file.
-LONGEST_FIRST = (
-    "test_ray_serve.py",
-    "test_engine.py",
-    "test_bench_smoke.py",
-    "test_router_e2e.py",
-    "test_router_longform.py",
-    "test_reliability.py",
-    "test_soak.py",
-    "test_bad_input.py",
-    "test_startup.py",
-    "test_openapi.py",
-    "test_whisper_server.py",
-)
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort
-
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One Chorus cache for the session (imported models, XLA cache)."""
