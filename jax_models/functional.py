@@ -446,7 +446,6 @@ def _decoder(weights, cache, tokens, positions, start, valid, heads, cross_probs
 
 
 def logits(weights: dict, hidden: jax.Array) -> jax.Array:
-    """float32 ``(..., vocab)`` logits of hidden states ``(..., d_model)``."""
-    if isinstance(weights["proj"], Int8Linear):
-        return _linear(hidden, weights["proj"]).astype(jnp.float32)
-    return jnp.einsum("...i,iv->...v", hidden, weights["proj"].astype(hidden.dtype)).astype(jnp.float32)
+    """float32 ``(..., vocab)`` logits of hidden states ``(..., d_model)`` (``proj`` a float kernel or
+    :class:`Int8Linear`)."""
+    return _linear(hidden, weights["proj"]).astype(jnp.float32)
