@@ -242,7 +242,8 @@ def apply_logit_filters(
     Args:
         logits: float32 ``(B, V)`` next-token logits.
         generated: int32 ``(B, M)`` tokens sampled so far (valid where index < ``step``).
-        step: int32 scalar, number of tokens sampled so far.
+        step: int32 scalar or ``(B,)`` (each row's own count: continuous batching), number of
+            tokens sampled so far.
         suppress_mask: bool ``(V,)``, True for always-suppressed tokens.
         max_initial_timestamp_index: the first timestamp may be at most this × 0.02 s (1.0 s).
         history: tokens sampled before this decode (``prefix_history``); the rules then see
@@ -259,17 +260,18 @@ def apply_logit_filters(
         history = no_history(B)
     idx = jnp.arange(V)
     tsb = ids.timestamp_begin
+    step = jnp.broadcast_to(step, (B,))
     first = step == 0
     logits = jnp.where(suppress_mask[None, :], NEG_INF, logits)
     blank = jnp.zeros((V,), bool).at[jnp.array(list(ids.blank) + [ids.eot])].set(True)
-    logits = jnp.where(first & blank[None, :], NEG_INF, logits)
+    logits = jnp.where(first[:, None] & blank[None, :], NEG_INF, logits)
     logits = logits.at[:, ids.no_timestamps].set(NEG_INF)
 
     M = generated.shape[1]
     pos = jnp.arange(M)
 
     def sampled(back: int) -> jax.Array:  # the token sampled ``back`` steps ago, (B,)
-        return jnp.take_along_axis(generated, jnp.clip(step - back, 0, M - 1)[None, None].repeat(B, 0), 1)[:, 0]
+        return jnp.take_along_axis(generated, jnp.clip(step - back, 0, M - 1)[:, None], 1)[:, 0]
 
     last = jnp.where(step >= 1, sampled(1), history.last)
     pen = jnp.where(step >= 2, sampled(2), jnp.where(step == 1, history.last, history.pen))
@@ -284,7 +286,7 @@ def apply_logit_filters(
     logits = jnp.where((last_was_ts & pen_was_ts)[:, None] & is_ts_vocab[None, :], NEG_INF, logits)
     logits = jnp.where((last_was_ts & ~pen_was_ts)[:, None] & is_text_vocab[None, :], NEG_INF, logits)
 
-    valid_ts = (pos[None, :] < step) & (generated >= tsb)
+    valid_ts = (pos[None, :] < step[:, None]) & (generated >= tsb)
     last_ts = jnp.maximum(jnp.max(jnp.where(valid_ts, generated, -1), axis=1), history.last_ts)
     threshold = jnp.where(last_was_ts & ~pen_was_ts, last_ts, last_ts + 1)
     monotonic = (last_ts >= 0)[:, None] & is_ts_vocab[None, :] & (idx[None, :] < threshold[:, None])
@@ -532,6 +534,151 @@ def functional_decoder(ids: SpecialTokens, max_new_tokens: int, heads: int, enc_
         )
 
     return encode_fn, decode_fn, detect_fn, align_fn
+
+
+class Slots(NamedTuple):
+    """Device state of continuous batching (vLLM's idea, Kwon et al., SOSP 2023, "Efficient Memory
+    Management for Large Language Model Serving with PagedAttention", on a fixed-size cache): ``B``
+    rows, each a window at its own step; a finished row's slot takes the next window while the
+    others decode on. Every array has the rows first.
+
+    ``cache``: ``functional.KVCache`` of ``S`` = largest slot prefix + max new tokens positions;
+    ``write``/``position``: int32 ``(B,)``, each row's next cache slot and learned position;
+    ``step``: int32 ``(B,)``, tokens sampled so far; ``tokens``: int32 ``(B, max_new)``
+    (end-of-text padded); ``logits``: float32 ``(B, V)`` for the next token; ``sum_logprob``,
+    ``no_speech``, ``temperature``: float32 ``(B,)``; ``finished``: bool ``(B,)`` (True for an
+    empty slot); ``keys``: uint32 ``(B, 2)``; ``history``: :class:`History`.
+    """
+
+    cache: object
+    write: jax.Array
+    position: jax.Array
+    step: jax.Array
+    tokens: jax.Array
+    logits: jax.Array
+    sum_logprob: jax.Array
+    no_speech: jax.Array
+    temperature: jax.Array
+    finished: jax.Array
+    keys: jax.Array
+    history: History
+
+
+def functional_slots(ids: SpecialTokens, max_new_tokens: int, heads: int, prefix_length: int, block: int):
+    """``(empty, insert, run, grow)``: continuous batching over ``jax_models.functional``, the same
+    decode as ``functional_decoder``'s (filters, sampling keys folded with each row's own step, so
+    a row's tokens do not depend on which rows share its steps).
+
+    - ``empty(state, enc_row, B)`` (``B`` static): :class:`Slots` of ``B`` empty rows; ``enc_row``
+      any ``(1, 1500, d_model)`` encoder states (for shapes).
+    - ``insert(state, slots, slot, enc, prefix, prefix_mask, sot_index, temperature, key, n_hist)``:
+      ``slots`` with row ``slot`` (int32 scalar) starting one window: ``enc`` ``(1, 1500, d_model)``,
+      the left-padded ``prefix``/``prefix_mask`` ``(1, P)`` (``P`` ≤ ``prefix_length``) and the other
+      ``(1,)`` arguments of ``functional_decoder``'s ``decode``. ``slots`` is donated.
+    - ``run(state, slots, suppress_mask)``: ``(slots, steps run)`` after up to ``block`` steps of
+      every row (fewer when all rows finish), ``slots`` donated. A row finishes at end-of-text or
+      ``max_new_tokens``.
+    - ``grow(slots, B)`` (``B`` static): the same rows followed by empty ones up to ``B``.
+    """
+    from jax_models import functional as fn
+
+    length = prefix_length + max_new_tokens
+
+    @jax.jit
+    def start_rows(state, enc, prefix, prefix_mask, sot_index, temperature, keys, n_hist) -> Slots:
+        w = state["fn"]["decoder"]
+        B, P = prefix.shape
+        cache = fn.init_cache(w, enc, heads, length)
+        positions = jnp.cumsum(prefix_mask, axis=-1) - 1
+        hidden, cache = fn.forward(w, cache, prefix, positions, jnp.int32(0), prefix_mask, heads)
+        sot_hidden = jnp.take_along_axis(hidden, sot_index[:, None, None], axis=1)[:, 0]
+        no_speech = jax.nn.softmax(fn.logits(w, sot_hidden), axis=-1)[:, ids.no_speech]
+        return Slots(
+            cache=cache,
+            write=jnp.full((B,), P, jnp.int32),
+            position=prefix_mask.sum(axis=-1).astype(jnp.int32),
+            step=jnp.zeros((B,), jnp.int32),
+            tokens=jnp.full((B, max_new_tokens), ids.eot, jnp.int32),
+            logits=fn.logits(w, hidden[:, -1]),
+            sum_logprob=jnp.zeros((B,), jnp.float32),
+            no_speech=no_speech,
+            temperature=temperature,
+            finished=jnp.zeros((B,), bool),
+            keys=keys,
+            history=prefix_history(prefix, n_hist, ids),
+        )
+
+    def empty(state, enc_row, B: int) -> Slots:
+        one, i32 = jnp.ones((1, 1), bool), jnp.zeros((1,), jnp.int32)
+        row = jax.eval_shape(
+            start_rows, state, enc_row, jnp.full((1, 1), ids.sot, jnp.int32), one, i32,
+            jnp.zeros((1,), jnp.float32), jnp.zeros((1, 2), jnp.uint32), i32,
+        )
+        rows = jax.tree.map(lambda a: jnp.zeros((B, *a.shape[1:]), a.dtype), row)
+        return rows._replace(finished=jnp.ones((B,), bool))
+
+    empty = jax.jit(empty, static_argnums=2)
+
+    def insert(state, slots, slot, enc, prefix, prefix_mask, sot_index, temperature, key, n_hist) -> Slots:
+        row = start_rows(state, enc, prefix, prefix_mask, sot_index, temperature, key, n_hist)
+        return jax.tree.map(lambda a, r: jax.lax.dynamic_update_slice_in_dim(a, r.astype(a.dtype), slot, 0), slots, row)
+
+    insert = jax.jit(insert, donate_argnums=1)
+
+    def run(state, slots: Slots, suppress_mask) -> Slots:
+        w = state["fn"]["decoder"]
+        B = slots.step.shape[0]
+        ones = jnp.ones((B, 1), bool)
+
+        def cond(c):
+            i, s = c
+            return (i < block) & ~jnp.all(s.finished)
+
+        def body(c):
+            i, s = c
+            logits, logprobs = apply_logit_filters(s.logits, s.tokens, s.step, ids, suppress_mask, history=s.history)
+            greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+            def sample():
+                step_keys = jax.vmap(jax.random.fold_in)(s.keys, s.step)
+                t = jnp.maximum(s.temperature, 1e-6)[:, None]
+                sampled = jax.vmap(jax.random.categorical)(step_keys, logits / t).astype(jnp.int32)
+                return jnp.where(s.temperature > 0, sampled, greedy)
+
+            nxt = jax.lax.cond(jnp.any((s.temperature > 0) & ~s.finished), sample, lambda: greedy)
+            live = ~s.finished
+            nxt = jnp.where(live, nxt, ids.eot)
+            chosen = jnp.take_along_axis(logprobs, nxt[:, None], axis=1)[:, 0]
+            put = jax.vmap(lambda row, tok, at: jax.lax.dynamic_update_slice(row, tok[None], (at,)))
+            tokens = jnp.where(live[:, None], put(s.tokens, nxt, jnp.minimum(s.step, max_new_tokens - 1)), s.tokens)
+            h, cache = fn.forward(w, s.cache, nxt[:, None], s.position[:, None], s.write, ones, heads)
+            step = s.step + live
+            return i + 1, Slots(
+                cache=cache,
+                write=s.write + live,
+                position=s.position + live,
+                step=step,
+                tokens=tokens,
+                logits=fn.logits(w, h[:, 0]),
+                sum_logprob=s.sum_logprob + jnp.where(live, chosen, 0.0),
+                no_speech=s.no_speech,
+                temperature=s.temperature,
+                finished=s.finished | (nxt == ids.eot) | (step >= max_new_tokens),
+                keys=s.keys,
+                history=s.history,
+            )
+
+        steps, slots = jax.lax.while_loop(cond, body, (jnp.int32(0), slots))
+        return slots, steps
+
+    run = jax.jit(run, donate_argnums=1)
+
+    def grow(slots: Slots, B: int) -> Slots:
+        big = jax.tree.map(lambda a: jnp.zeros((B, *a.shape[1:]), a.dtype), slots)._replace(finished=jnp.ones((B,), bool))
+        return jax.tree.map(lambda n, o: jax.lax.dynamic_update_slice_in_dim(n, o, 0, 0), big, slots)
+
+    grow = jax.jit(grow, static_argnums=1)
+    return empty, insert, run, grow
 
 
 def compression_ratio(text: str) -> float:

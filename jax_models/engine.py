@@ -33,6 +33,7 @@ from jax_models.decoding import (
     WhisperTokenizer,
     compression_ratio,
     functional_decoder,
+    functional_slots,
     make_decoder,
     needs_fallback,
     pick_fallback,
@@ -53,6 +54,12 @@ ALIGN_LENGTH = 232
 TAIL_MIN_S = 1.0
 """A window whose transcript ends this many seconds before the window does is continued."""
 CONTINUE_BUCKET = 64
+SLOT_PREFIX = PREFIX_BUCKETS[1]
+"""Windows whose prefix fits this bucket (task tokens, a continuation, a short prompt) decode by
+continuous batching on the functional backend (``WhisperEngine._run``); longer prompts, language
+detection and alignment run as fixed batches between its blocks."""
+SLOT_BLOCK = 4
+"""Decode steps between two looks at the slots (finished rows out, waiting windows in)."""
 """Prefix length of a continuation: task tokens + the window's last sampled tokens (its context)."""
 QUANTIZATION_PATTERN = r"^(?!.*(?:embedding|norm|lm_head|proj_out|embed_positions)).*$"
 """EasyDeL's default pattern also quantizes Whisper's output projection, whose 51865 rows (51866 in
@@ -87,7 +94,9 @@ def batch_buckets(batch_size: int) -> tuple[int, ...]:
 class CompiledShape:
     """One executable the engine compiles: ``kind`` ``encode`` | ``detect`` | ``decode`` | ``align``,
     ``batch`` rows of 30 s windows, ``length`` the decoder prefix bucket (``decode``) or the
-    teacher-forced length (``align``; 0 for the others)."""
+    teacher-forced length (``align``; 0 for the others); ``slots``: the continuous-batching
+    functions of ``batch`` rows (empty, insert at each common prefix, a block of steps, and for
+    the largest size growing into it)."""
 
     kind: str
     batch: int
@@ -97,7 +106,9 @@ class CompiledShape:
         return f"{self.kind} B={self.batch}" + (f" P={self.length}" if self.length else "")
 
 
-def compile_plan(buckets: tuple[int, ...], align: bool = True) -> tuple[list[CompiledShape], list[CompiledShape]]:
+def compile_plan(
+    buckets: tuple[int, ...], align: bool = True, continuous: bool = False
+) -> tuple[list[CompiledShape], list[CompiledShape]]:
     """``(ready, later)``: the executables compiled before a server is ready, and the rest in the
     order they are compiled afterwards (bench/NOTES.md, "Cold start", has what each one costs).
 
@@ -107,15 +118,17 @@ def compile_plan(buckets: tuple[int, ...], align: bool = True) -> tuple[list[Com
     largest batch, then the batches between, then the rare shapes (long prompts, word alignment).
     A batch is only ever run at a compiled size (``WhisperEngine._take_batch``), so a request
     during the background compilation is split into batches of the sizes already compiled.
+    ``continuous``: the two common prefixes decode in ``slots`` of each batch size instead (the
+    slot functions of ``decoding.functional_slots``), not as ``decode`` batches.
     """
     small, rest = buckets[0], sorted(buckets[1:], reverse=True)
     common = PREFIX_BUCKETS[:2]
-    ready = [
-        CompiledShape("encode", 1),
-        CompiledShape("detect", small),
-        *(CompiledShape("decode", small, p) for p in common),
-    ]
-    later = [s for b in rest for s in (*(CompiledShape("decode", b, p) for p in common), CompiledShape("detect", b))]
+
+    def decoders(b: int) -> list[CompiledShape]:
+        return [CompiledShape("slots", b)] if continuous else [CompiledShape("decode", b, p) for p in common]
+
+    ready = [CompiledShape("encode", 1), CompiledShape("detect", small), *decoders(small)]
+    later = [s for b in rest for s in (*decoders(b), CompiledShape("detect", b))]
     later += [CompiledShape("decode", b, p) for p in PREFIX_BUCKETS[2:] for b in buckets]
     later += [CompiledShape("align", b, ALIGN_LENGTH) for b in buckets] if align else []
     return ready, later
@@ -279,6 +292,89 @@ FUNCTIONAL_QUANTIZATIONS = ("none", "int8")
 """Quantizations the functional backend runs itself (``int8``: ``functional.Int8Linear``)."""
 
 
+class _Session:
+    """One scheduler thread's continuous batch: ``size`` rows on the device (``decoding.Slots``),
+    the job each row decodes (None: free) and its encoder states (returned with the result, for
+    fallback and continuation decodes)."""
+
+    def __init__(self, engine: WhisperEngine, size: int) -> None:
+        self.engine, self.size = engine, size
+        self.slots = engine._slot_empty(engine._state, engine._enc_zero(), size)
+        self.jobs: list[_Job | None] = [None] * size
+        self.states: list = [None] * size
+
+    @property
+    def busy(self) -> int:
+        """Rows decoding."""
+        return sum(j is not None for j in self.jobs)
+
+    def grow(self, size: int) -> None:
+        self.slots = self.engine._slot_grow(self.slots, size)
+        self.jobs += [None] * (size - self.size)
+        self.states += [None] * (size - self.size)
+        self.size = size
+
+    def insert(self, job: _Job) -> None:
+        """Start ``job`` in a free row (its encoder pass here unless it has encoder states)."""
+        import jax
+        import jax.numpy as jnp
+
+        eng = self.engine
+        slot = self.jobs.index(None)
+        enc = job.encoded if job.encoded is not None else eng._encode(eng._state, jnp.asarray(job.features[None]))
+        P, k = job.bucket, len(job.prefix)
+        prefix = np.full((1, P), eng.pad_token_id, np.int32)
+        prefix[0, P - k :] = job.prefix
+        mask = np.zeros((1, P), bool)
+        mask[0, P - k :] = True
+        sot = np.array([P - k + job.prefix.index(eng.ids.sot)], np.int32)
+        key = np.asarray(jax.random.key_data(jax.random.PRNGKey(job.seed)))[None]
+        self.slots = eng._slot_insert(
+            eng._state,
+            self.slots,
+            np.int32(slot),
+            enc,
+            prefix,
+            mask,
+            sot,
+            np.array([job.temperature], np.float32),
+            key,
+            np.array([job.history], np.int32),
+        )
+        self.jobs[slot], self.states[slot] = job, enc
+
+    def step(self) -> list[tuple[_Job, WindowResult]]:
+        """One block of decode steps; the jobs whose rows finished, with their results (their
+        rows are free again)."""
+        import jax
+
+        eng = self.engine
+        self.slots, steps = eng._slot_run(eng._state, self.slots, eng._suppress)
+        s = self.slots
+        steps, finished, tokens, sum_lp, no_speech = (
+            np.asarray(x) for x in jax.device_get((steps, s.finished, s.tokens, s.sum_logprob, s.no_speech))
+        )
+        with eng._cv:
+            eng.decode_steps += int(steps)
+        done = []
+        for slot, job in enumerate(self.jobs):
+            if job is None or not finished[slot]:
+                continue
+            row = tokens[slot]
+            ends = np.flatnonzero(row == eng.ids.eot)
+            toks = row[: ends[0] if len(ends) else len(row)].tolist()
+            res = WindowResult(
+                tokens=toks,
+                avg_logprob=float(sum_lp[slot]) / (len(toks) + 1),
+                no_speech_prob=float(no_speech[slot]),
+                temperature=float(job.temperature),
+                encoded=self.states[slot],
+            )
+            done.append((job, res))
+            self.jobs[slot] = self.states[slot] = None
+        return done
+
+
 class WhisperEngine:
     """Whisper (``jax_models.functional`` or EasyDeL) with batched, fixed-shape encode/decode.
 
@@ -304,6 +400,11 @@ class WhisperEngine:
             default) picks ``functional`` where it can (``none`` or ``int8``, ``kv_cache``, a local
             directory with safetensors weights), else ``easydel``; the two give the same
             transcripts and word times (they run the same kernels; tests/test_engine.py).
+        continuous: on the functional backend, decode by continuous batching: a finished
+            window's row takes the next waiting window between blocks of ``SLOT_BLOCK`` steps,
+            instead of every batch running as many steps as its longest window (the transcripts
+            are the same; bench/NOTES.md has what it gains). False, and the EasyDeL backend,
+            decode in fixed batches.
 
     Raises:
         EngineError: the model could not be loaded.
@@ -320,6 +421,7 @@ class WhisperEngine:
         kv_cache: bool = True,
         workers: int = 1,
         backend: str = "auto",
+        continuous: bool = True,
     ) -> None:
         import jax.numpy as jnp
 
@@ -363,6 +465,9 @@ class WhisperEngine:
                 int(cfg.encoder_attention_heads),
                 self.alignment_heads,
             )
+            self._slot_empty, self._slot_insert, self._slot_run, self._slot_grow = functional_slots(
+                self.ids, max_new_tokens, int(cfg.decoder_attention_heads), SLOT_PREFIX, SLOT_BLOCK
+            )
         else:
             self.model = self._load(model_path, jdtype, quantization)
             self.alignment_heads = alignment_heads(self.model.config, self.generation_config)
@@ -370,6 +475,7 @@ class WhisperEngine:
                 self.model, self.ids, max_new_tokens, self.pad_token_id, self.alignment_heads, kv_cache=kv_cache
             )
         self.kv_cache = self._state["fn"] is not None
+        self.continuous = continuous and backend == "functional"
         vocab = int(self.model.config.vocab_size)
         mask = np.zeros((vocab,), bool)
         mask[[t for t in self.ids.suppress if t < vocab]] = True
@@ -393,6 +499,8 @@ class WhisperEngine:
             for i in range(workers)
         ]
         self.batches_run = 0
+        self.decode_steps = 0
+        """Decoder steps run, each over every row of its batch or slots (finished rows too)."""
         self._fallback_decodes: Counter[float] = Counter()
         self._fallback_kept: Counter[float] = Counter()
         for thread in self._threads:
@@ -460,7 +568,9 @@ class WhisperEngine:
             self._cv.notify()
         return [job.future for job in jobs]
 
-    def _take_batch(self) -> list[_Job]:
+    def _take_batch(
+        self, accept: Callable[[_Job], bool] | None = None, limit: int | None = None, mixed: bool = False
+    ) -> list[_Job]:
         """The next batch: requests take turns, least recently served first.
 
         The request served longest ago (a new one counts as never served) gives the batch its
@@ -469,18 +579,24 @@ class WhisperEngine:
         is full. A window therefore waits for at most ``ceil(active requests / largest batch)``
         batches once it is its request's oldest, however many windows other requests queued:
         a short request is not starved behind a long one.
+
+        ``accept``: only jobs it accepts are taken; ``mixed``: of any kind and bucket (continuous
+        batching's rows), else of the first one's kind and bucket; at most ``limit``, by default a
+        compiled batch size.
         """
         owners: dict[int, list[_Job]] = {}
         for job in self._queue:
-            owners.setdefault(job.owner, []).append(job)
+            if accept is None or accept(job):
+                owners.setdefault(job.owner, []).append(job)
         order = sorted(owners, key=lambda o: self._served.get(o, -1))  # stable: ties keep queue order
         first = owners[order[0]][0]
-        lanes = [[j for j in owners[o] if j.kind == first.kind and j.bucket == first.bucket] for o in order]
-        limit = (
-            max(self._compiled_sizes(first) or self.batch_buckets[:1])
-            if self._compiling_in_background
-            else self.batch_buckets[-1]
-        )
+        lanes = [[j for j in owners[o] if mixed or (j.kind == first.kind and j.bucket == first.bucket)] for o in order]
+        if limit is None:
+            limit = (
+                max(self._compiled_sizes(first) or self.batch_buckets[:1])
+                if self._compiling_in_background
+                else self.batch_buckets[-1]
+            )
         batch: list[_Job] = []
         depth = 0
         while len(batch) < limit and any(depth < len(lane) for lane in lanes):
@@ -500,26 +616,98 @@ class WhisperEngine:
             del self._served[owner]
         return batch
 
+    def _slotted(self, job: _Job) -> bool:
+        """Whether ``job`` decodes in continuous-batching slots (else in a fixed batch)."""
+        return self.continuous and job.kind == "decode" and job.bucket <= SLOT_PREFIX
+
+    def _slot_sizes(self) -> list[int]:
+        """Slot counts a session can have now: the compiled ones while the rest compile."""
+        if not self._compiling_in_background:
+            return list(self.batch_buckets)
+        return [b for b in self.batch_buckets if CompiledShape("slots", b) in self._compiled] or [
+            self.batch_buckets[0]
+        ]
+
     def _run(self) -> None:
+        """A scheduler thread: fixed batches (``_take_batch`` → ``_run_batch``) and, with
+        ``continuous``, one ``_Session`` of slots whose rows are refilled between blocks."""
+        session: _Session | None = None
         while True:
+            batch: list[_Job] = []
+            fill: list[_Job] = []
+            size = 0
             with self._cv:
-                while not self._queue and not self._stop:
+                while not self._queue and not self._stop and not (session and session.busy):
                     self._cv.wait()
                 if self._stop:
-                    for job in self._queue:
-                        job.future.set_exception(EngineError("engine closed"))
+                    for job in [*self._queue, *(session.jobs if session else [])]:
+                        if job is not None and not job.future.done():
+                            job.future.set_exception(EngineError("engine closed"))
                     self._queue.clear()
                     return
-                batch = self._take_batch()
+                slotted = [j for j in self._queue if self._slotted(j)]
+                if len(slotted) < len(self._queue):  # detection, alignment, long prompts: between blocks
+                    batch = self._take_batch(accept=lambda j: not self._slotted(j))
+                elif slotted:
+                    sizes = self._slot_sizes()
+                    busy = session.busy if session else 0
+                    want = min(busy + len(slotted), sizes[-1])
+                    size = next(b for b in sizes if b >= want)
+                    if session is not None and busy:  # grow only into the largest (compiled) size
+                        size = session.size if size <= session.size else sizes[-1]
+                    if size > busy:
+                        fill = self._take_batch(accept=self._slotted, limit=size - busy, mixed=True)
+                        if not busy:
+                            self.batches_run += 1
+            if batch:
+                self._run_fixed(batch)
+                continue
             try:
-                results = self._run_batch(batch)
-                for job, res in zip(batch, results):
-                    job.future.set_result(res)
-            except Exception as exc:  # a failed batch fails its own jobs only
-                log.exception("batch of %d failed", len(batch))
-                for job in batch:
-                    if not job.future.done():
+                if fill:
+                    if session is None or not session.busy or size > session.size:
+                        session = self._open_session(session, size)
+                    for job in fill:
+                        session.insert(job)
+                if session is not None and session.busy:
+                    for job, res in session.step():
+                        job.future.set_result(res)
+            except Exception as exc:  # a failed session fails its own jobs only
+                log.exception("continuous batch failed")
+                for job in [*(session.jobs if session else []), *fill]:
+                    if job is not None and not job.future.done():
                         job.future.set_exception(EngineError(f"decoding failed: {exc}"))
+                session = None
+
+    def _enc_zero(self):
+        """Zero encoder states ``(1, frames, d_model)`` (shapes for empty slots)."""
+        if getattr(self, "_enc_zero_row", None) is None:
+            import jax
+            import jax.numpy as jnp
+
+            mel = jax.ShapeDtypeStruct((1, int(self.model.config.num_mel_bins), 3000), jnp.float32)
+            out = jax.eval_shape(self._encode, self._state, mel)
+            self._enc_zero_row = jnp.zeros(out.shape, out.dtype)
+        return self._enc_zero_row
+
+    def _open_session(self, session: _Session | None, size: int) -> _Session:
+        """A session of ``size`` slots: ``session`` grown (its rows kept) or a new, empty one."""
+        if session is not None and session.busy:
+            session.grow(size)
+            return session
+        if session is not None and session.size == size:
+            return session  # every row finished: the slots are free already
+        return _Session(self, size)
+
+    def _run_fixed(self, batch: list[_Job]) -> None:
+        try:
+            results = self._run_batch(batch)
+            for job, res in zip(batch, results):
+                job.future.set_result(res)
+        except Exception as exc:  # a failed batch fails its own jobs only
+            log.exception("batch of %d failed", len(batch))
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(EngineError(f"decoding failed: {exc}"))
 
     def _shape(self, job: _Job, batch: int) -> CompiledShape:
         return CompiledShape(job.kind, batch, 0 if job.kind == "detect" else job.bucket)
@@ -581,6 +769,8 @@ class WhisperEngine:
             jnp.asarray(n_hist),
         )
         tokens, sum_lp, n_tok, no_speech = (np.asarray(x) for x in jax.device_get(out))
+        with self._cv:  # the loop stops once every row has sampled end-of-text
+            self.decode_steps += int(min(self.max_new_tokens, n_tok.max() + 1))
         results = []
         for i in range(n):
             toks = tokens[i, : n_tok[i]].tolist()
@@ -613,7 +803,7 @@ class WhisperEngine:
         import jax
 
         t0 = time.perf_counter()
-        ready, later = compile_plan(self.batch_buckets)
+        ready, later = compile_plan(self.batch_buckets, continuous=self.continuous)
         for shape in ready:
             self._compile(shape)
         jax.random.key_data(jax.random.PRNGKey(0))  # the per-row sampling keys' small executables
@@ -666,7 +856,9 @@ class WhisperEngine:
         else:
             enc = sds((B, *self._enc_row.shape[1:]), self._enc_row.dtype)
             i32 = jnp.int32
-            if shape.kind == "detect":
+            if shape.kind == "slots":
+                lowered = self._lower_slots(B)
+            elif shape.kind == "detect":
                 lowered = self._detect.lower(self._state, enc)
             elif shape.kind == "align":
                 lowered = self._align.lower(self._state, enc, sds((B, shape.length), i32))
@@ -684,8 +876,9 @@ class WhisperEngine:
                     sds((B,), i32),
                 )
         t1 = time.perf_counter()
-        lowered.compile()
-        if B > 1:  # _run_batch joins the rows' encoder states
+        for one in lowered if isinstance(lowered, list) else [lowered]:
+            one.compile()
+        if B > 1 and shape.kind != "slots":  # _run_batch joins the rows' encoder states
             row = jnp.zeros(self._enc_row.shape, self._enc_row.dtype)
             jnp.concatenate([row] * B, axis=0).block_until_ready()
         seconds = time.perf_counter() - t0
@@ -700,6 +893,28 @@ class WhisperEngine:
             seconds - (t1 - t0),
         )
         return seconds
+
+    def _lower_slots(self, B: int) -> list:
+        """The lowered continuous-batching functions of ``B`` slots (``CompiledShape("slots", B)``)."""
+        import jax
+        import jax.numpy as jnp
+
+        sds, i32 = jax.ShapeDtypeStruct, jnp.int32
+        enc = self._enc_zero()
+        empty = self._slot_empty.lower(self._state, enc, B)
+        slots = empty.out_info
+        out = [empty, self._slot_run.lower(self._state, slots, self._suppress)]
+        for P in (p for p in PREFIX_BUCKETS if p <= SLOT_PREFIX):
+            args = (sds((1, P), i32), sds((1, P), jnp.bool_), sds((1,), i32), sds((1,), jnp.float32))
+            out.append(
+                self._slot_insert.lower(
+                    self._state, slots, sds((), i32), enc, *args, sds((1, 2), jnp.uint32), sds((1,), i32)
+                )
+            )
+        if B == self.batch_buckets[-1]:
+            for b in self.batch_buckets[:-1]:
+                out.append(self._slot_grow.lower(self._slot_empty.lower(self._state, enc, b).out_info, B))
+        return out
 
     def _align_prefix(self, language: str) -> list[int]:
         return self.ids.task_tokens(language, "transcribe") + [self.ids.no_timestamps]
@@ -978,6 +1193,7 @@ class WhisperEngine:
             "dtype": self.dtype,
             "quantization": self.quantization,
             "backend": self.backend,
+            "continuous_batching": self.continuous,
             "batch_buckets": list(self.batch_buckets),
             "compiled": sorted(str(shape) for shape in self._compiled),
             "prefix_buckets": list(PREFIX_BUCKETS),

@@ -17,6 +17,7 @@ weights multiplied with dynamically quantized int8 activations (:class:`Int8Line
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -243,7 +244,14 @@ def _linear(x, w, b=None):
     """``x @ w + b`` over the last axis; ``w`` a float ``(in, out)`` kernel or :class:`Int8Linear`."""
     if isinstance(w, Int8Linear):
         xq, sx = _to_int8(x, axis=-1, keepdims=True)  # one scale per row
-        y = jax.lax.dot_general(xq, w.q, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+        if math.prod(x.shape[:-1]) == 1:
+            # XLA:CPU (jaxlib 0.9.2) runs a one-row int8 product on a slow path: 9.7 ms for the output
+            # projection on the Xeon of bench/NOTES.md against 2.0 ms for two rows; give it two.
+            two = jnp.pad(xq.reshape(1, -1), ((0, 1), (0, 0)))
+            y = jax.lax.dot_general(two, w.q, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+            y = y[:1].reshape(*x.shape[:-1], -1)
+        else:
+            y = jax.lax.dot_general(xq, w.q, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
         y = y.astype(jnp.float32) * (sx * w.scale)
         return (y if b is None else y + b.astype(jnp.float32)).astype(x.dtype)
     y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype))
@@ -373,7 +381,8 @@ def forward(
     Args:
         tokens: int32 ``(B, T)``; positions: int32 ``(B, T)`` learned-position indices (a row's
             count of real tokens before each one, so left padding does not shift them).
-        start: int32 scalar, cache slot of ``tokens[:, 0]``.
+        start: int32 scalar, cache slot of ``tokens[:, 0]``, or ``(B,)``: each row's own slot
+            (continuous batching, rows at different steps).
         valid: bool ``(B, T)``, False for left padding (never attended to).
 
     Returns:
@@ -408,6 +417,18 @@ def alignment_weights(
     return jnp.stack([probs[layer][:, head] for layer, head in alignment_heads], axis=1)
 
 
+def _put(buf: jax.Array, new: jax.Array, start: jax.Array, axis: int) -> jax.Array:
+    """``buf`` with ``new`` written from index ``start`` along ``axis`` (the batch is axis 0):
+    ``start`` an int32 scalar (every row at the same slot) or ``(B,)`` (each row at its own)."""
+    if jnp.ndim(start) == 0:
+        return jax.lax.dynamic_update_slice(buf, new, tuple(start if a == axis else 0 for a in range(buf.ndim)))
+
+    def row(b, n, s):
+        return jax.lax.dynamic_update_slice(b, n, tuple(s if a == axis - 1 else 0 for a in range(b.ndim)))
+
+    return jax.vmap(row)(buf, new, start)
+
+
 def _decoder(weights, cache, tokens, positions, start, valid, heads, cross_probs_of: tuple[int, ...]):
     """:func:`forward`, plus the cross-attention weights ``{layer: (B, heads, T, 1500)}`` of the
     layers in ``cross_probs_of`` (the computation a caller does not use is removed by XLA)."""
@@ -415,9 +436,12 @@ def _decoder(weights, cache, tokens, positions, start, valid, heads, cross_probs
     B, T = tokens.shape
     S = cache.self_k[0].shape[2]
     x = (weights["embed"][tokens] + weights["pos"][jnp.clip(positions, 0, weights["pos"].shape[0] - 1)]).astype(dtype)
-    kv_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, start))
-    causal = jnp.arange(S)[None, :] <= (start + jnp.arange(T))[:, None]  # (T, S)
-    mask = kv_valid[:, None, :] & causal[None]
+    kv_valid = _put(cache.valid, valid, start, axis=1)
+    if jnp.ndim(start) == 0:
+        causal = (jnp.arange(S)[None, :] <= (start + jnp.arange(T))[:, None])[None]  # (1, T, S)
+    else:  # each row at its own slot
+        causal = jnp.arange(S)[None, None, :] <= (start[:, None] + jnp.arange(T)[None, :])[:, :, None]
+    mask = kv_valid[:, None, :] & causal
 
     new_k, new_v, probs = [], [], {}
     for i, w in enumerate(weights["layers"]):
@@ -425,8 +449,8 @@ def _decoder(weights, cache, tokens, positions, start, valid, heads, cross_probs
         q = _heads(_linear(h, w["sa_q_w"], w["sa_q_b"]), heads)
         k = _heads(_linear(h, w["sa_k_w"]), heads)
         v = _heads(_linear(h, w["sa_v_w"], w["sa_v_b"]), heads)
-        ks = jax.lax.dynamic_update_slice(cache.self_k[i], k, (0, 0, start, 0))
-        vs = jax.lax.dynamic_update_slice(cache.self_v[i], v, (0, 0, start, 0))
+        ks = _put(cache.self_k[i], k, start, axis=2)
+        vs = _put(cache.self_v[i], v, start, axis=2)
         new_k.append(ks)
         new_v.append(vs)
         x = x + _linear(_attend(q, ks, vs, mask), w["sa_o_w"], w["sa_o_b"])

@@ -518,6 +518,77 @@ def test_window_that_stops_early_is_continued_on_its_encoder_states(tiny_engine,
     assert eng._merge_tail((res, "hello there"), poor, opts)[0] is res
 
 
+def _mixed_jobs(eng, speech_samples, owner: int) -> list:
+    """Six decode jobs of different kinds: greedy and sampled (T=0.4, 0.6), with timestamps and
+    text-only, a continuation (history tokens in its prefix, prefix bucket 64), on four windows."""
+    from concurrent.futures import Future
+
+    from jax_models.engine import _Job
+
+    x = speech_samples
+    windows = [x, x[::-1].copy(), 0.3 * x, np.concatenate([x[: len(x) // 3], np.zeros(len(x) // 2, np.float32)])]
+    feats = eng.log_mel(windows)
+    task = eng.ids.task_tokens("en", "transcribe")
+    tsb = eng.ids.timestamp_begin
+    history = [tsb, *eng.tokenizer.encode(" hello there", add_special_tokens=False), tsb + 150]
+    return [
+        _Job("decode", feats[0], task, 0.4, Future(), owner),
+        _Job("decode", feats[1], task + [eng.ids.no_timestamps], 0.6, Future(), owner),
+        _Job("decode", feats[2], task, 0.6, Future(), owner),
+        _Job("decode", feats[3], task + history, 0.0, Future(), owner, history=len(history)),
+        _Job("decode", feats[3], task, 0.4, Future(), owner),
+        _Job("decode", feats[1], task, 0.0, Future(), owner),
+    ]
+
+
+def _ends_sooner(eng, monkeypatch, scale: float = 0.5) -> None:
+    """Give the random tiny model an end-of-text logit that wins at some steps (its output
+    projection's end-of-text column a scaled random vector), so windows decode to different
+    lengths instead of all to the token limit. Same shapes: nothing recompiles."""
+    import jax.numpy as jnp
+
+    dec = dict(eng._state["fn"]["decoder"])
+    column = np.random.default_rng(0).standard_normal(dec["proj"].shape[0]).astype(np.float32)
+    dec["proj"] = dec["proj"].at[:, eng.ids.eot].set(jnp.asarray(scale * column))
+    monkeypatch.setattr(eng, "_state", {"fn": {**eng._state["fn"], "decoder": dec}})
+
+
+def test_continuous_batching_equals_fixed_batches(tiny_engine, speech_samples, monkeypatch):
+    """Windows decoded by continuous batching, six at once in two slots (rows refilled as they
+    finish, prefixes of two buckets in one batch), give the tokens, log-probabilities and
+    no-speech probabilities of the same windows decoded one by one in fixed batches; a sampled
+    row too (its key is folded with its own step, not the batch's)."""
+    eng = tiny_engine
+    assert eng.continuous
+    _ends_sooner(eng, monkeypatch)
+    together = [f.result(timeout=120) for f in eng._submit_all(_mixed_jobs(eng, speech_samples, 30_001))]
+    monkeypatch.setattr(eng, "continuous", False)
+    alone = [eng._submit(job).result(timeout=120) for job in _mixed_jobs(eng, speech_samples, 30_002)]
+    assert len({len(r.tokens) for r in alone}) > 2, "windows decoded to the same lengths: nothing to refill"
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    np.testing.assert_allclose([r.avg_logprob for r in together], [r.avg_logprob for r in alone], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        [r.no_speech_prob for r in together], [r.no_speech_prob for r in alone], rtol=1e-4, atol=1e-6
+    )
+    assert all(r.encoded is not None for r in together)  # kept for fallback and continuation decodes
+
+
+def test_continuous_batching_refills_finished_rows(tiny_engine, speech_samples, monkeypatch):
+    """A row that finishes early takes the next waiting window while the others decode on: the
+    six windows take fewer decoder steps than in fixed batches of the same size, where each
+    batch runs as long as its longest window."""
+    eng = tiny_engine
+    _ends_sooner(eng, monkeypatch)
+    start = eng.decode_steps
+    [f.result(timeout=120) for f in eng._submit_all(_mixed_jobs(eng, speech_samples, 30_003))]
+    continuous = eng.decode_steps - start
+    monkeypatch.setattr(eng, "continuous", False)
+    start = eng.decode_steps
+    [f.result(timeout=120) for f in eng._submit_all(_mixed_jobs(eng, speech_samples, 30_004))]
+    fixed = eng.decode_steps - start
+    assert continuous < fixed, (continuous, fixed)
+
+
 # ---------------------------------------------------------------- temperature fallback
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 PASS, FAIL, SILENT = -0.3, -2.0, "silent"
@@ -557,8 +628,10 @@ class ScriptedDecodes:
 
 
 def scripted(monkeypatch, engine, outcome) -> ScriptedDecodes:
-    """Swap ``engine``'s device work for ``ScriptedDecodes`` with batches of up to 8 rows."""
+    """Swap ``engine``'s device work for ``ScriptedDecodes`` with fixed batches of up to 8 rows
+    (the scheduler's choices are what these tests check, the same with continuous batching)."""
     fake = ScriptedDecodes(engine, outcome)
+    monkeypatch.setattr(engine, "continuous", False)
     monkeypatch.setattr(engine, "_run_batch", fake)
     monkeypatch.setattr(engine, "batch_buckets", (1, 2, 4, 8))
     monkeypatch.setattr(engine, "_compiled_sizes", lambda job: [1, 2, 4, 8])  # no device work: any size runs

@@ -135,6 +135,14 @@ def gated_engine(tiny_whisper_dir):
 
     recording.lower = decode.lower  # warm-up compiles through it
     engine._decode = recording
+    run = engine._slot_run
+
+    def recording_slots(state, slots, *args):  # continuous batching: a block of the slots' rows
+        engine.decode_batches.append(int(slots.step.shape[0]))
+        return run(state, slots, *args)
+
+    recording_slots.lower = run.lower
+    engine._slot_run = recording_slots
     yield engine, gate, held
     gate.set()
     engine.close()
@@ -185,8 +193,9 @@ async def test_ready_before_large_batches_compile_and_requests_are_served_meanwh
         await wait_ready(http)
         assert held.is_set() and not engine.compiled_all.is_set()
         assert engine.batch_buckets == (1, 2)
-        assert CompiledShape("decode", 2, 8) not in engine._compiled
-        assert CompiledShape("decode", 1, 8) in engine._compiled
+        assert engine.continuous
+        assert CompiledShape("slots", 2) not in engine._compiled
+        assert CompiledShape("slots", 1) in engine._compiled
 
         long = np.concatenate([sent, np.zeros(16000 * 25, np.float32)] * 4)  # 5 windows, submitted at once
         options = TranscribeOptions(language="en", without_timestamps=True)
@@ -209,7 +218,7 @@ async def test_ready_before_large_batches_compile_and_requests_are_served_meanwh
 
         gate.set()
         await asyncio.to_thread(engine.compiled_all.wait, 900)
-        ready, later = compile_plan(engine.batch_buckets)
+        ready, later = compile_plan(engine.batch_buckets, continuous=True)
         assert [shape for shape, _ in engine.compile_log] == ready + later  # one line per executable
         assert all(seconds > 0 for _, seconds in engine.compile_log)
 
