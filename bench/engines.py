@@ -122,6 +122,7 @@ class ChorusRunner:
             batch_size=int(p.get("batch_size", 4)),
             max_new_tokens=int(p.get("max_new_tokens") or 224),
             workers=int(p.get("workers", 1)),
+            continuous=bool(p.get("continuous", True)),
         )
         self.compilation_cache_dir = jax.config.jax_compilation_cache_dir
         if self.compilation_cache_dir != str(cache):

@@ -25,6 +25,8 @@ PEERS = (
     "chorus-text",
     "chorus-int8",
     "chorus-int8-text",
+    "chorus-int8-fixed",
+    "chorus-int8-text-fixed",
     "faster-whisper-int8",
     "faster-whisper-fp32",
     "faster-whisper-batched-int8",
@@ -38,7 +40,9 @@ chunks per call): what Chorus's own engine adds over its seed design. ``chorus-t
 for ``response_format`` ``json`` and ``text``, and as faster-whisper's batched pipeline does by
 default (``without_timestamps=True``). ``chorus-int8…``: the engine with ``quantization="int8"`` (int8
 weights and dynamically quantized int8 activations, CTranslate2's scheme: ``functional.Int8Linear``). ``…-w2``: two CTranslate2 workers (``num_workers=2``) with the threads split between them, so two
-concurrent requests run in parallel (faster-whisper's advice for multi-threaded callers)."""
+concurrent requests run in parallel (faster-whisper's advice for multi-threaded callers).
+``…-fixed``: the engine without continuous batching (``continuous=False``: every batch runs as many
+steps as its longest window), to measure what continuous batching adds."""
 DEFAULT_PEERS = (
     "chorus",
     "chorus-text",
@@ -115,14 +119,15 @@ def peer_specs(
     for name in names:
         if name not in PEERS:
             raise ValueError(f"unknown engine {name!r}; choose from {', '.join(PEERS)}")
-        if name in ("chorus", "chorus-text", "chorus-int8", "chorus-int8-text"):
+        if name == CHORUS or name.startswith(CHORUS + "-"):
             workers = WhisperSettings.model_fields["engine_workers"].default  # as `chorus serve whisper` runs
-            text_only = name.endswith("-text")
+            text_only = "-text" in name
             int8 = "-int8" in name
+            fixed = name.endswith("-fixed")
             specs.append(
                 EngineSpec(
                     f"chorus {'int8' if int8 else 'fp32'}{' text-only' if text_only else ''}"
-                    f" (batch {batch_size}, {workers} workers)",
+                    f" (batch {batch_size}, {workers} workers{', fixed batches' if fixed else ''})",
                     "chorus",
                     weights.hf_dir,
                     {
@@ -132,6 +137,7 @@ def peer_specs(
                         "workers": workers,
                         "compile_cache_dir": compile_cache_dir,
                         "without_timestamps": text_only,
+                        "continuous": not fixed,
                         **common,
                     },
                 )

@@ -155,7 +155,8 @@ def test_quant_one_setting(tiny_whisper_dir, cache_dir, tmp_path):
 
 def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir, tmp_path):
     """Every engine kind once, two files at once. Rows that differ from a run row only in a parameter
-    (``chorus-text``: ``without_timestamps``; ``chorus-int8``: ``quantization``; ``faster-whisper-batched-int8``: one worker, as the
+    (``chorus-text``: ``without_timestamps``; ``chorus-int8``: ``quantization``; ``…-fixed``:
+    ``continuous``; ``faster-whisper-batched-int8``: one worker, as the
     ``-w2`` row with two; the fp32 twins of the int8 CTranslate2 rows: ``compute_type``) are checked
     as specs, not run, to keep the suite short. ``--compile-cache`` points the Chorus row at
     Chorus's XLA cache (``test_quant_one_setting`` covers the cold-compile default)."""
@@ -174,6 +175,9 @@ def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir
     assert spec["chorus-text"].params == {**spec["chorus"].params, "without_timestamps": True}
     assert spec["chorus-int8"].params == {**spec["chorus"].params, "quantization": "int8"}
     assert spec["chorus-int8-text"].params == {**spec["chorus-text"].params, "quantization": "int8"}
+    assert spec["chorus"].params["continuous"] is True
+    assert spec["chorus-int8-fixed"].params == {**spec["chorus-int8"].params, "continuous": False}
+    assert spec["chorus-int8-text-fixed"].params == {**spec["chorus-int8-text"].params, "continuous": False}
     w1, w2 = spec["faster-whisper-batched-int8"], spec["faster-whisper-batched-int8-w2"]
     assert "num_workers" not in w1.params and {**w1.params, "num_workers": 2} == w2.params  # 1: the default
     engines = "chorus,faster-whisper-int8,faster-whisper-batched-int8-w2,transformers-fp32,easydel-vwhisper"
