@@ -58,7 +58,7 @@ SLOT_PREFIX = PREFIX_BUCKETS[1]
 """Windows whose prefix fits this bucket (task tokens, a continuation, a short prompt) decode by
 continuous batching on the functional backend (``WhisperEngine._run``); longer prompts, language
 detection and alignment run as fixed batches between its blocks."""
-SLOT_BLOCK = 4
+SLOT_BLOCK = 2
 """Decode steps between two looks at the slots (finished rows out, waiting windows in)."""
 """Prefix length of a continuation: task tokens + the window's last sampled tokens (its context)."""
 QUANTIZATION_PATTERN = r"^(?!.*(?:embedding|norm|lm_head|proj_out|embed_positions)).*$"
