@@ -306,6 +306,26 @@ def apply_logit_filters(
     return logits, logprobs
 
 
+def _next_tokens(ids: SpecialTokens, logits, logprobs, temperature, keys, step, live) -> tuple[jax.Array, jax.Array]:
+    """Each row's next token and its log-probability: greedy where ``temperature`` is 0, else
+    sampled at it with the row's key folded with ``step`` (int32 scalar or ``(B,)``); end-of-text
+    and 0.0 for rows that are not ``live`` (bool ``(B,)``). ``logits``/``logprobs``: filtered,
+    float32 ``(B, V)``. Returns int32 ``(B,)`` and float32 ``(B,)``."""
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def sample():
+        step_keys = jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(step, temperature.shape))
+        t = jnp.maximum(temperature, 1e-6)[:, None]
+        sampled = jax.vmap(jax.random.categorical)(step_keys, logits / t).astype(jnp.int32)
+        return jnp.where(temperature > 0, sampled, greedy)
+
+    # Gumbel noise over the vocabulary costs more than the filters: draw it only when a row samples.
+    nxt = jax.lax.cond(jnp.any((temperature > 0) & live), sample, lambda: greedy)
+    nxt = jnp.where(live, nxt, ids.eot)
+    chosen = jnp.take_along_axis(logprobs, nxt[:, None], axis=1)[:, 0]
+    return nxt, jnp.where(live, chosen, 0.0)
+
+
 class LoopState(NamedTuple):
     step: jax.Array
     tokens: jax.Array
@@ -343,19 +363,8 @@ def _sample_loop(
 
     def body(s: LoopState):
         logits, logprobs = apply_logit_filters(s.logits, s.tokens, s.step, ids, suppress_mask, history=history)
-        greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-        def sample():
-            step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.key, s.step)
-            t = jnp.maximum(temperature, 1e-6)[:, None]
-            sampled = jax.vmap(jax.random.categorical)(step_keys, logits / t).astype(jnp.int32)
-            return jnp.where(temperature > 0, sampled, greedy)
-
-        # Gumbel noise over the vocabulary costs more than the filters: draw it only when a row samples.
-        nxt = jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)
-        nxt = jnp.where(s.finished, ids.eot, nxt)
-        chosen = jnp.take_along_axis(logprobs, nxt[:, None], axis=1)[:, 0]
-        sum_lp = s.sum_logprob + jnp.where(s.finished, 0.0, chosen)
+        nxt, chosen = _next_tokens(ids, logits, logprobs, temperature, s.key, s.step, ~s.finished)
+        sum_lp = s.sum_logprob + chosen
         finished = s.finished | (nxt == ids.eot)
         tokens = jax.lax.dynamic_update_slice(s.tokens, nxt[:, None], (0, s.step))
         new_logits, carry = step_fn(s.carry, nxt, s.step)
@@ -611,8 +620,15 @@ def functional_slots(ids: SpecialTokens, max_new_tokens: int, heads: int, prefix
     def empty(state, enc_row, B: int) -> Slots:
         one, i32 = jnp.ones((1, 1), bool), jnp.zeros((1,), jnp.int32)
         row = jax.eval_shape(
-            start_rows, state, enc_row, jnp.full((1, 1), ids.sot, jnp.int32), one, i32,
-            jnp.zeros((1,), jnp.float32), jnp.zeros((1, 2), jnp.uint32), i32,
+            start_rows,
+            state,
+            enc_row,
+            jnp.full((1, 1), ids.sot, jnp.int32),
+            one,
+            i32,
+            jnp.zeros((1,), jnp.float32),
+            jnp.zeros((1, 2), jnp.uint32),
+            i32,
         )
         rows = jax.tree.map(lambda a: jnp.zeros((B, *a.shape[1:]), a.dtype), row)
         return rows._replace(finished=jnp.ones((B,), bool))
@@ -637,18 +653,8 @@ def functional_slots(ids: SpecialTokens, max_new_tokens: int, heads: int, prefix
         def body(c):
             i, s = c
             logits, logprobs = apply_logit_filters(s.logits, s.tokens, s.step, ids, suppress_mask, history=s.history)
-            greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-            def sample():
-                step_keys = jax.vmap(jax.random.fold_in)(s.keys, s.step)
-                t = jnp.maximum(s.temperature, 1e-6)[:, None]
-                sampled = jax.vmap(jax.random.categorical)(step_keys, logits / t).astype(jnp.int32)
-                return jnp.where(s.temperature > 0, sampled, greedy)
-
-            nxt = jax.lax.cond(jnp.any((s.temperature > 0) & ~s.finished), sample, lambda: greedy)
             live = ~s.finished
-            nxt = jnp.where(live, nxt, ids.eot)
-            chosen = jnp.take_along_axis(logprobs, nxt[:, None], axis=1)[:, 0]
+            nxt, chosen = _next_tokens(ids, logits, logprobs, s.temperature, s.keys, s.step, live)
             put = jax.vmap(lambda row, tok, at: jax.lax.dynamic_update_slice(row, tok[None], (at,)))
             tokens = jnp.where(live[:, None], put(s.tokens, nxt, jnp.minimum(s.step, max_new_tokens - 1)), s.tokens)
             h, cache = fn.forward(w, s.cache, nxt[:, None], s.position[:, None], s.write, ones, heads)
@@ -660,7 +666,7 @@ def functional_slots(ids: SpecialTokens, max_new_tokens: int, heads: int, prefix
                 step=step,
                 tokens=tokens,
                 logits=fn.logits(w, h[:, 0]),
-                sum_logprob=s.sum_logprob + jnp.where(live, chosen, 0.0),
+                sum_logprob=s.sum_logprob + chosen,
                 no_speech=s.no_speech,
                 temperature=s.temperature,
                 finished=s.finished | (nxt == ids.eot) | (step >= max_new_tokens),
@@ -674,7 +680,9 @@ def functional_slots(ids: SpecialTokens, max_new_tokens: int, heads: int, prefix
     run = jax.jit(run, donate_argnums=1)
 
     def grow(slots: Slots, B: int) -> Slots:
-        big = jax.tree.map(lambda a: jnp.zeros((B, *a.shape[1:]), a.dtype), slots)._replace(finished=jnp.ones((B,), bool))
+        big = jax.tree.map(lambda a: jnp.zeros((B, *a.shape[1:]), a.dtype), slots)._replace(
+            finished=jnp.ones((B,), bool)
+        )
         return jax.tree.map(lambda n, o: jax.lax.dynamic_update_slice_in_dim(n, o, 0, 0), big, slots)
 
     grow = jax.jit(grow, static_argnums=1)

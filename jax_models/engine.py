@@ -3,7 +3,8 @@
 Scheduler threads (``workers``; one by default) own the device. Requests (any number of threads)
 split their audio into 30 s windows and submit them; the scheduler gathers windows from every
 in-flight request into fixed-shape batches (batch buckets × prefix buckets, compiled at warm-up as
-whisper-jax does), so throughput grows with concurrency and no request compiles anything. A
+whisper-jax does), so throughput grows with concurrency and no request compiles anything; on the
+functional backend decode rows are refilled as windows finish (continuous batching, ``_Session``). A
 window whose transcript stops early is decoded on from its own tokens on the encoder states it
 already has (``WhisperEngine._tail_job``).
 """
@@ -402,9 +403,10 @@ class WhisperEngine:
             transcripts and word times (they run the same kernels; tests/test_engine.py).
         continuous: on the functional backend, decode by continuous batching: a finished
             window's row takes the next waiting window between blocks of ``SLOT_BLOCK`` steps,
-            instead of every batch running as many steps as its longest window (the transcripts
-            are the same; bench/NOTES.md has what it gains). False, and the EasyDeL backend,
-            decode in fixed batches.
+            instead of every batch running as many steps as its longest window (the same decode:
+            tokens differ only where float results differ with the batch's shape, as between fixed
+            batches of 1 and 8 rows; bench/NOTES.md "Continuous batching" has what it gains).
+            False, and the EasyDeL backend, decode in fixed batches.
 
     Raises:
         EngineError: the model could not be loaded.
@@ -624,9 +626,7 @@ class WhisperEngine:
         """Slot counts a session can have now: the compiled ones while the rest compile."""
         if not self._compiling_in_background:
             return list(self.batch_buckets)
-        return [b for b in self.batch_buckets if CompiledShape("slots", b) in self._compiled] or [
-            self.batch_buckets[0]
-        ]
+        return [b for b in self.batch_buckets if CompiledShape("slots", b) in self._compiled] or [self.batch_buckets[0]]
 
     def _run(self) -> None:
         """A scheduler thread: fixed batches (``_take_batch`` → ``_run_batch``) and, with
