@@ -75,7 +75,7 @@ def cache_dir_for(cache_dir: Path, cpuinfo: str | None = None, machine: str | No
     return Path(cache_dir) / "xla" / f"{arch}-{digest}"
 
 
-def enable(cache_dir: Path, min_compile_time_s: float = 1.0, *, filter_warnings: bool = True) -> Path:
+def enable(cache_dir: Path, min_compile_time_s: float = 0.2, *, filter_warnings: bool = True) -> Path:
     """Point JAX's persistent compile cache (and ejkernel's) at this CPU's directory.
 
     Call before EasyDeL is imported: ejkernel 0.0.x (under easydel 0.3.0) points JAX's cache at
