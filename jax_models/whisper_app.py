@@ -73,7 +73,9 @@ class FallbackMetrics:
     ``chorus_whisper_fallback_total{temperature}``: window decodes at a fallback temperature (a
     window that fails Whisper's thresholds at T=0 is decoded at every hotter one, 0.2 … 1.0, in
     one batch); ``chorus_whisper_fallback_kept_total{temperature}``: windows that fell back, by
-    the temperature whose decode was kept (the lowest that passed, else 1.0).
+    the temperature whose decode was kept (the lowest that passed, else 1.0);
+    ``chorus_whisper_decode_steps_total``: decoder steps run, each over every row of its batch or
+    slots (with continuous batching, fewer for the same windows: ``WhisperEngine.decode_steps``).
 
     Args:
         engine: returns the engine (or None while it loads); an engine without
@@ -103,6 +105,9 @@ class FallbackMetrics:
                 family.add_metric([f"{t:g}"], n)
         yield decoded
         yield kept
+        steps = CounterMetricFamily("chorus_whisper_decode_steps", "Decoder steps run (each over every row)")
+        steps.add_metric([], getattr(engine, "decode_steps", 0))
+        yield steps
 
 
 def create_app(settings: WhisperSettings, engine: Any = None) -> FastAPI:

@@ -309,6 +309,23 @@ async def test_metrics_count_fallback_by_temperature(app, client, tiny_engine, s
     assert delta == expected
 
 
+async def test_metrics_count_decoder_steps(app, client, tiny_engine, speech_samples):
+    """``/metrics`` counts the engine's decoder steps: a request adds what the engine ran."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def steps() -> float:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            text = (await http.get("/metrics")).text
+        found = [s.value for f in text_string_to_metric_families(text) for s in f.samples]
+        names = [s.name for f in text_string_to_metric_families(text) for s in f.samples]
+        return found[names.index("chorus_whisper_decode_steps_total")]
+
+    before, engine_before = await steps(), tiny_engine.decode_steps
+    await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav(speech_samples)), language="en")
+    ran = tiny_engine.decode_steps - engine_before
+    assert ran > 0 and await steps() - before == ran
+
+
 async def test_large_v3_shaped_model_through_the_sdk(tiny_v3_engine, tiny_v3_dir, cache_dir, speech_samples):
     """A large-v3-shaped model (128 mel bins, 51866 tokens, ``<|yue|>``) serves transcriptions
     (Cantonese asked for, and detected) and translations through the unmodified OpenAI SDK."""
