@@ -485,12 +485,15 @@ def make_decoder(
     return (state, *functional_decoder(ids, max_new_tokens, heads, enc_heads)[:3], align)
 
 
-def functional_decoder(ids: SpecialTokens, max_new_tokens: int, heads: int, enc_heads: int, alignment_heads=()):
+def functional_decoder(
+    ids: SpecialTokens, max_new_tokens: int, heads: int, enc_heads: int, alignment_heads=(), attention_dtype=None
+):
     """``(encode, decode, detect_language, align)`` of :func:`make_decoder` over
     ``jax_models.functional``: each takes a state whose ``"fn"`` entry is the
     ``functional.whisper_weights`` pytree (the only entry they read, so they run without EasyDeL).
     ``align`` returns the cross-attention of ``alignment_heads`` (``functional.alignment_weights``),
-    the same weights as EasyDeL's ``output_attentions`` (tests/test_engine.py compares them)."""
+    the same weights as EasyDeL's ``output_attentions`` (tests/test_engine.py compares them).
+    ``attention_dtype``: the encoder self-attention's product dtype (``functional.encode``)."""
     from jax_models import functional as fn
 
     align_heads = tuple((int(layer), int(head)) for layer, head in alignment_heads)
@@ -503,7 +506,7 @@ def functional_decoder(ids: SpecialTokens, max_new_tokens: int, heads: int, enc_
 
     @jax.jit
     def encode_fn(state, mel):
-        return fn.encode(state["fn"]["encoder"], mel, enc_heads)
+        return fn.encode(state["fn"]["encoder"], mel, enc_heads, attention_dtype)
 
     @jax.jit
     def detect_fn(state, enc):

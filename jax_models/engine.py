@@ -293,6 +293,15 @@ FUNCTIONAL_QUANTIZATIONS = ("none", "int8")
 """Quantizations the functional backend runs itself (``int8``: ``functional.Int8Linear``)."""
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (``avx512_bf16`` or ``amx_bf16`` in its
+    flags), where XLA:CPU's bfloat16 products run faster than float32 ones (bench/NOTES.md)."""
+    from jax_models.compile_cache import cpu_description
+
+    flags = set(cpu_description().rsplit("|", 1)[-1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 class _Session:
     """One scheduler thread's continuous batch: ``size`` rows on the device (``decoding.Slots``),
     the job each row decodes (None: free) and its encoder states (returned with the result, for
@@ -407,6 +416,11 @@ class WhisperEngine:
             tokens differ only where float results differ with the batch's shape, as between fixed
             batches of 1 and 8 rows; bench/NOTES.md "Continuous batching" has what it gains).
             False, and the EasyDeL backend, decode in fixed batches.
+        encoder_attention: the functional encoder's self-attention products: ``float32`` (the
+            weights' dtype), ``bfloat16`` (operands in bfloat16, float32 accumulation and softmax),
+            or ``auto``: ``bfloat16`` for ``int8`` on a CPU with bfloat16 matrix instructions
+            (``avx512_bf16`` or ``amx_bf16``), else the weights' dtype (bench/NOTES.md,
+            "Continuous batching").
 
     Raises:
         EngineError: the model could not be loaded.
@@ -424,6 +438,7 @@ class WhisperEngine:
         workers: int = 1,
         backend: str = "auto",
         continuous: bool = True,
+        encoder_attention: str = "auto",
     ) -> None:
         import jax.numpy as jnp
 
@@ -460,17 +475,24 @@ class WhisperEngine:
             cfg = self.model.config
             self.alignment_heads = alignment_heads(cfg, self.generation_config)
             self._state = {"fn": weights}
+            if encoder_attention == "auto":
+                encoder_attention = "bfloat16" if quantization == "int8" and _cpu_has_bf16() else "float32"
+            if encoder_attention not in ("float32", "bfloat16"):
+                raise ValueError(f"unknown encoder_attention {encoder_attention!r}")
+            self.encoder_attention = encoder_attention
             self._encode, self._decode, self._detect, self._align = functional_decoder(
                 self.ids,
                 max_new_tokens,
                 int(cfg.decoder_attention_heads),
                 int(cfg.encoder_attention_heads),
                 self.alignment_heads,
+                jnp.bfloat16 if encoder_attention == "bfloat16" else None,
             )
             self._slot_empty, self._slot_insert, self._slot_run, self._slot_grow = functional_slots(
                 self.ids, max_new_tokens, int(cfg.decoder_attention_heads), SLOT_PREFIX, SLOT_BLOCK
             )
         else:
+            self.encoder_attention = dtype
             self.model = self._load(model_path, jdtype, quantization)
             self.alignment_heads = alignment_heads(self.model.config, self.generation_config)
             self._state, self._encode, self._decode, self._detect, self._align = make_decoder(
@@ -1194,6 +1216,7 @@ class WhisperEngine:
             "quantization": self.quantization,
             "backend": self.backend,
             "continuous_batching": self.continuous,
+            "encoder_attention": self.encoder_attention,
             "batch_buckets": list(self.batch_buckets),
             "compiled": sorted(str(shape) for shape in self._compiled),
             "prefix_buckets": list(PREFIX_BUCKETS),

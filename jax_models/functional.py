@@ -276,7 +276,7 @@ def _attend(q, k, v, mask, with_probs: bool = False):
     return (out, probs) if with_probs else out
 
 
-def _attend_tiled(q, k, v, heads_per_tile: int = 1, queries_per_tile: int = 500):
+def _attend_tiled(q, k, v, heads_per_tile: int = 1, queries_per_tile: int = 500, product_dtype=None):
     """Unmasked attention computed tile by tile (``heads_per_tile`` heads × ``queries_per_tile``
     queries), for the encoder's 1500 × 1500 self-attention.
 
@@ -287,18 +287,24 @@ def _attend_tiled(q, k, v, heads_per_tile: int = 1, queries_per_tile: int = 500)
     pass instead of a ``(500, 1500)`` one). Per ``base`` layer on the development CPU: plain
     106 ms, 2 × 300 tiles 62 ms, 1 × 500 tiles 38 ms (bench/NOTES.md). Same maths as
     :func:`_attend` (exact softmax per row); shapes that do not divide fall back to it.
+    ``product_dtype`` (e.g. bfloat16): both products take their operands in it and accumulate in
+    float32 (the softmax stays float32).
     """
     B, H, T, d = q.shape
     if H % heads_per_tile or T % queries_per_tile:
         return _attend(q, k, v, None)
     nh, nt = H // heads_per_tile, T // queries_per_tile
 
+    pdt = product_dtype or v.dtype
+    f32 = jnp.float32
+
     def tile(args):
         qt, kt, vt = args  # (B, hc, tc, d), (B, hc, S, d), (B, hc, S, d)
-        scores = jnp.einsum("bhtd,bhsd->bhts", qt, kt).astype(jnp.float32) * (d**-0.5)
+        scores = jnp.einsum("bhtd,bhsd->bhts", qt.astype(pdt), kt.astype(pdt), preferred_element_type=f32)
+        scores = scores.astype(f32) * (d**-0.5)
         e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-        out = jnp.einsum("bhts,bhsd->bhtd", e.astype(vt.dtype), vt).astype(jnp.float32)
-        return (out / jnp.sum(e, axis=-1, keepdims=True)).astype(vt.dtype)
+        out = jnp.einsum("bhts,bhsd->bhtd", e.astype(pdt), vt.astype(pdt), preferred_element_type=f32)
+        return (out.astype(f32) / jnp.sum(e, axis=-1, keepdims=True)).astype(v.dtype)
 
     qs = q.reshape(B, nh, heads_per_tile, nt, queries_per_tile, d).transpose(1, 3, 0, 2, 4, 5)
     qs = qs.reshape(nh * nt, B, heads_per_tile, queries_per_tile, d)
@@ -309,13 +315,15 @@ def _attend_tiled(q, k, v, heads_per_tile: int = 1, queries_per_tile: int = 500)
     return out.reshape(B, T, H * d)
 
 
-def encode(weights: dict, mel: jax.Array, heads: int) -> jax.Array:
+def encode(weights: dict, mel: jax.Array, heads: int, attention_dtype=None) -> jax.Array:
     """Whisper's audio encoder: two GELU convolutions (the second with stride 2), sinusoidal
     positions, pre-LayerNorm self-attention/MLP blocks, a final LayerNorm.
 
     Args:
         weights: ``whisper_weights(model)["encoder"]``.
         mel: float32 ``(B, n_mels, 3000)`` log-mel features of 30 s windows.
+        attention_dtype: the self-attention products' operand dtype (``_attend_tiled``'s
+            ``product_dtype``); None: the weights' dtype.
 
     Returns:
         ``(B, 1500, d_model)`` encoder states in the weights' dtype.
@@ -335,7 +343,7 @@ def encode(weights: dict, mel: jax.Array, heads: int) -> jax.Array:
         q = _heads(_linear(h, w["sa_q_w"], w["sa_q_b"]), heads)
         k = _heads(_linear(h, w["sa_k_w"]), heads)
         v = _heads(_linear(h, w["sa_v_w"], w["sa_v_b"]), heads)
-        x = x + _linear(_attend_tiled(q, k, v), w["sa_o_w"], w["sa_o_b"])
+        x = x + _linear(_attend_tiled(q, k, v, product_dtype=attention_dtype), w["sa_o_w"], w["sa_o_b"])
         h = _layer_norm(x, w["mlp_ln_s"], w["mlp_ln_b"])
         x = x + _linear(jax.nn.gelu(_linear(h, w["fc1_w"], w["fc1_b"]), approximate=False), w["fc2_w"], w["fc2_b"])
     return _layer_norm(x, weights["ln_s"], weights["ln_b"])

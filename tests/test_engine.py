@@ -311,6 +311,33 @@ def test_tiled_attention_equals_plain():
         )
 
 
+def test_tiled_attention_in_bfloat16_products_stays_close(tiny_whisper_dir, monkeypatch):
+    """bfloat16 operands with float32 accumulation and softmax: within 1 % of the float32
+    attention (the int8 engine's default on CPUs with bfloat16 matrix instructions, and only there)."""
+    import jax.numpy as jnp
+
+    import jax_models.engine as engine_mod
+    from jax_models import functional as fn
+
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, 8, 1500, 64)).astype(np.float32) * s) for s in (1.5, 1.5, 1.0))
+    exact = np.asarray(fn._attend_tiled(q, k, v))
+    bf16 = np.asarray(fn._attend_tiled(q, k, v, product_dtype=jnp.bfloat16))
+    assert bf16.dtype == np.float32 and not np.array_equal(bf16, exact)  # the products did change
+    assert np.linalg.norm(bf16 - exact) / np.linalg.norm(exact) < 0.01
+    for has_bf16, quantization, expected in (
+        (True, "int8", "bfloat16"),
+        (False, "int8", "float32"),
+        (True, "none", "float32"),
+    ):
+        monkeypatch.setattr(engine_mod, "_cpu_has_bf16", lambda: has_bf16)
+        eng = engine_mod.WhisperEngine(str(tiny_whisper_dir), quantization=quantization, batch_size=1)
+        try:
+            assert eng.encoder_attention == expected and eng.describe()["encoder_attention"] == expected
+        finally:
+            eng.close()
+
+
 def test_int8_linear_is_ctranslate2s_int8_scheme():
     """``functional.Int8Linear``: int8 weights with one scale per output channel times activations
     quantized per row at run time, int32 accumulation: equal to a numpy reference of that scheme
