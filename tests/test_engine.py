@@ -330,7 +330,7 @@ def test_tiled_attention_in_bfloat16_products_stays_close(tiny_whisper_dir, monk
         (False, "int8", "float32"),
         (True, "none", "float32"),
     ):
-        monkeypatch.setattr(engine_mod, "_cpu_has_bf16", lambda: has_bf16)
+        monkeypatch.setattr(engine_mod, "_cpu_has_bf16", lambda has=has_bf16: has)
         eng = engine_mod.WhisperEngine(str(tiny_whisper_dir), quantization=quantization, batch_size=1)
         try:
             assert eng.encoder_attention == expected and eng.describe()["encoder_attention"] == expected
