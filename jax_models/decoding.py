@@ -485,6 +485,20 @@ def make_decoder(
     return (state, *functional_decoder(ids, max_new_tokens, heads, enc_heads)[:3], align)
 
 
+def _prefill(state, enc, prefix, prefix_mask, sot_index, heads: int, length: int):
+    """Run the left-padded prefixes through ``jax_models.functional``'s decoder into a fresh cache
+    of ``length`` positions: ``(cache, (sot_logits, last_logits))``, the logits float32 ``(B, V)`` at
+    ``<|startoftranscript|>`` (for ``no_speech_prob``) and at each row's last prefix token."""
+    from jax_models import functional as fn
+
+    w = state["fn"]["decoder"]
+    cache = fn.init_cache(w, enc, heads, length)
+    positions = jnp.cumsum(prefix_mask, axis=-1) - 1
+    hidden, cache = fn.forward(w, cache, prefix, positions, jnp.int32(0), prefix_mask, heads)
+    sot_hidden = jnp.take_along_axis(hidden, sot_index[:, None, None], axis=1)[:, 0]
+    return cache, (fn.logits(w, sot_hidden), fn.logits(w, hidden[:, -1]))
+
+
 def functional_decoder(
     ids: SpecialTokens, max_new_tokens: int, heads: int, enc_heads: int, alignment_heads=(), attention_dtype=None
 ):
@@ -521,11 +535,7 @@ def functional_decoder(
     def decode_fn(state, enc, prefix, prefix_mask, sot_index, temperature, keys, suppress_mask, n_hist):
         w = state["fn"]["decoder"]
         B, P = prefix.shape
-        cache = fn.init_cache(w, enc, heads, P + max_new_tokens)
-        positions = jnp.cumsum(prefix_mask, axis=-1) - 1
-        hidden, cache = fn.forward(w, cache, prefix, positions, jnp.int32(0), prefix_mask, heads)
-        sot_hidden = jnp.take_along_axis(hidden, sot_index[:, None, None], axis=1)[:, 0]
-        prefill = (fn.logits(w, sot_hidden), fn.logits(w, hidden[:, -1]))
+        cache, prefill = _prefill(state, enc, prefix, prefix_mask, sot_index, heads, P + max_new_tokens)
         n_real = prefix_mask.sum(axis=-1).astype(jnp.int32)
         ones = jnp.ones((B, 1), bool)
 
@@ -576,6 +586,12 @@ class Slots(NamedTuple):
     history: History
 
 
+def _empty_rows(rows: Slots, B: int) -> Slots:
+    """``B`` free rows (zeros, finished) shaped like ``rows`` (arrays or shape structs)."""
+    empty = jax.tree.map(lambda a: jnp.zeros((B, *a.shape[1:]), a.dtype), rows)
+    return empty._replace(finished=jnp.ones((B,), bool))
+
+
 def functional_slots(ids: SpecialTokens, max_new_tokens: int, heads: int, prefix_length: int, block: int):
     """``(empty, insert, run, grow)``: continuous batching over ``jax_models.functional``, the same
     decode as ``functional_decoder``'s (filters, sampling keys folded with each row's own step, so
@@ -598,22 +614,17 @@ def functional_slots(ids: SpecialTokens, max_new_tokens: int, heads: int, prefix
 
     @jax.jit
     def start_rows(state, enc, prefix, prefix_mask, sot_index, temperature, keys, n_hist) -> Slots:
-        w = state["fn"]["decoder"]
         B, P = prefix.shape
-        cache = fn.init_cache(w, enc, heads, length)
-        positions = jnp.cumsum(prefix_mask, axis=-1) - 1
-        hidden, cache = fn.forward(w, cache, prefix, positions, jnp.int32(0), prefix_mask, heads)
-        sot_hidden = jnp.take_along_axis(hidden, sot_index[:, None, None], axis=1)[:, 0]
-        no_speech = jax.nn.softmax(fn.logits(w, sot_hidden), axis=-1)[:, ids.no_speech]
+        cache, (sot_logits, last_logits) = _prefill(state, enc, prefix, prefix_mask, sot_index, heads, length)
         return Slots(
             cache=cache,
             write=jnp.full((B,), P, jnp.int32),
             position=prefix_mask.sum(axis=-1).astype(jnp.int32),
             step=jnp.zeros((B,), jnp.int32),
             tokens=jnp.full((B, max_new_tokens), ids.eot, jnp.int32),
-            logits=fn.logits(w, hidden[:, -1]),
+            logits=last_logits,
             sum_logprob=jnp.zeros((B,), jnp.float32),
-            no_speech=no_speech,
+            no_speech=jax.nn.softmax(sot_logits, axis=-1)[:, ids.no_speech],
             temperature=temperature,
             finished=jnp.zeros((B,), bool),
             keys=keys,
@@ -633,8 +644,7 @@ def functional_slots(ids: SpecialTokens, max_new_tokens: int, heads: int, prefix
             jnp.zeros((1, 2), jnp.uint32),
             i32,
         )
-        rows = jax.tree.map(lambda a: jnp.zeros((B, *a.shape[1:]), a.dtype), row)
-        return rows._replace(finished=jnp.ones((B,), bool))
+        return _empty_rows(row, B)
 
     empty = jax.jit(empty, static_argnums=2)
 
@@ -658,8 +668,8 @@ def functional_slots(ids: SpecialTokens, max_new_tokens: int, heads: int, prefix
             logits, logprobs = apply_logit_filters(s.logits, s.tokens, s.step, ids, suppress_mask, history=s.history)
             live = ~s.finished
             nxt, chosen = _next_tokens(ids, logits, logprobs, s.temperature, s.keys, s.step, live)
-            put = jax.vmap(lambda row, tok, at: jax.lax.dynamic_update_slice(row, tok[None], (at,)))
-            tokens = jnp.where(live[:, None], put(s.tokens, nxt, jnp.minimum(s.step, max_new_tokens - 1)), s.tokens)
+            written = fn.put_at(s.tokens, nxt[:, None], jnp.minimum(s.step, max_new_tokens - 1), axis=1)
+            tokens = jnp.where(live[:, None], written, s.tokens)
             h, cache = fn.forward(w, s.cache, nxt[:, None], s.position[:, None], s.write, ones, heads)
             step = s.step + live
             return i + 1, Slots(
@@ -683,10 +693,7 @@ def functional_slots(ids: SpecialTokens, max_new_tokens: int, heads: int, prefix
     run = jax.jit(run, donate_argnums=1)
 
     def grow(slots: Slots, B: int) -> Slots:
-        big = jax.tree.map(lambda a: jnp.zeros((B, *a.shape[1:]), a.dtype), slots)._replace(
-            finished=jnp.ones((B,), bool)
-        )
-        return jax.tree.map(lambda n, o: jax.lax.dynamic_update_slice_in_dim(n, o, 0, 0), big, slots)
+        return jax.tree.map(lambda n, o: jax.lax.dynamic_update_slice_in_dim(n, o, 0, 0), _empty_rows(slots, B), slots)
 
     grow = jax.jit(grow, static_argnums=1)
     return empty, insert, run, grow

@@ -293,6 +293,17 @@ FUNCTIONAL_QUANTIZATIONS = ("none", "int8")
 """Quantizations the functional backend runs itself (``int8``: ``functional.Int8Linear``)."""
 
 
+def _window_result(job: _Job, tokens: list[int], sum_logprob, no_speech, encoded) -> WindowResult:
+    """A decode's result: the average log-probability counts end-of-text (openai/whisper's)."""
+    return WindowResult(
+        tokens=tokens,
+        avg_logprob=float(sum_logprob) / (len(tokens) + 1),
+        no_speech_prob=float(no_speech),
+        temperature=float(job.temperature),  # 0.2, not float32's 0.20000000298
+        encoded=encoded,
+    )
+
+
 def _cpu_has_bf16() -> bool:
     """Whether this CPU has bfloat16 matrix instructions (``avx512_bf16`` or ``amx_bf16`` in its
     flags), where XLA:CPU's bfloat16 products run faster than float32 ones (bench/NOTES.md)."""
@@ -326,30 +337,14 @@ class _Session:
 
     def insert(self, job: _Job) -> None:
         """Start ``job`` in a free row (its encoder pass here unless it has encoder states)."""
-        import jax
         import jax.numpy as jnp
 
         eng = self.engine
         slot = self.jobs.index(None)
         enc = job.encoded if job.encoded is not None else eng._encode(eng._state, jnp.asarray(job.features[None]))
-        P, k = job.bucket, len(job.prefix)
-        prefix = np.full((1, P), eng.pad_token_id, np.int32)
-        prefix[0, P - k :] = job.prefix
-        mask = np.zeros((1, P), bool)
-        mask[0, P - k :] = True
-        sot = np.array([P - k + job.prefix.index(eng.ids.sot)], np.int32)
-        key = np.asarray(jax.random.key_data(jax.random.PRNGKey(job.seed)))[None]
+        prefix, mask, sot, temps, keys, n_hist = eng._decode_inputs([job], job.bucket)
         self.slots = eng._slot_insert(
-            eng._state,
-            self.slots,
-            np.int32(slot),
-            enc,
-            prefix,
-            mask,
-            sot,
-            np.array([job.temperature], np.float32),
-            key,
-            np.array([job.history], np.int32),
+            eng._state, self.slots, np.int32(slot), enc, prefix, mask, sot, temps, keys, n_hist
         )
         self.jobs[slot], self.states[slot] = job, enc
 
@@ -373,14 +368,7 @@ class _Session:
             row = tokens[slot]
             ends = np.flatnonzero(row == eng.ids.eot)
             toks = row[: ends[0] if len(ends) else len(row)].tolist()
-            res = WindowResult(
-                tokens=toks,
-                avg_logprob=float(sum_lp[slot]) / (len(toks) + 1),
-                no_speech_prob=float(no_speech[slot]),
-                temperature=float(job.temperature),
-                encoded=self.states[slot],
-            )
-            done.append((job, res))
+            done.append((job, _window_result(job, toks, sum_lp[slot], no_speech[slot], self.states[slot])))
             self.jobs[slot] = self.states[slot] = None
         return done
 
@@ -767,10 +755,24 @@ class WhisperEngine:
                 tokens[i, : len(job.prefix)] = job.prefix[:ALIGN_LENGTH]
             weights = np.asarray(jax.device_get(self._align(self._state, enc, jnp.asarray(tokens))))
             return [weights[i] for i in range(n)]
-        P = batch[0].bucket
-        prefix = np.full((size, P), self.pad_token_id, np.int32)
-        mask = np.zeros((size, P), bool)
-        sot = np.zeros((size,), np.int32)
+        prefix, mask, sot, temps, keys, n_hist = (jnp.asarray(a) for a in self._decode_inputs(rows, batch[0].bucket))
+        out = self._decode(self._state, enc, prefix, mask, sot, temps, keys, self._suppress, n_hist)
+        tokens, sum_lp, n_tok, no_speech = (np.asarray(x) for x in jax.device_get(out))
+        with self._cv:  # the loop stops once every row has sampled end-of-text
+            self.decode_steps += int(min(self.max_new_tokens, n_tok.max() + 1))
+        return [
+            _window_result(batch[i], tokens[i, : n_tok[i]].tolist(), sum_lp[i], no_speech[i], states[i])
+            for i in range(n)
+        ]
+
+    def _decode_inputs(self, rows: list[_Job], P: int) -> tuple[np.ndarray, ...]:
+        """The decoders' per-row inputs of ``rows`` (numpy): ``(prefix, prefix_mask, sot_index,
+        temperature, keys, n_hist)``, each prefix left-padded to ``P``."""
+        import jax
+
+        prefix = np.full((len(rows), P), self.pad_token_id, np.int32)
+        mask = np.zeros((len(rows), P), bool)
+        sot = np.zeros((len(rows),), np.int32)
         for i, job in enumerate(rows):
             k = len(job.prefix)
             prefix[i, P - k :] = job.prefix
@@ -779,33 +781,7 @@ class WhisperEngine:
         temps = np.array([j.temperature for j in rows], np.float32)
         keys = np.stack([np.asarray(jax.random.key_data(jax.random.PRNGKey(j.seed))) for j in rows])
         n_hist = np.array([j.history for j in rows], np.int32)
-        out = self._decode(
-            self._state,
-            enc,
-            jnp.asarray(prefix),
-            jnp.asarray(mask),
-            jnp.asarray(sot),
-            jnp.asarray(temps),
-            jnp.asarray(keys),
-            self._suppress,
-            jnp.asarray(n_hist),
-        )
-        tokens, sum_lp, n_tok, no_speech = (np.asarray(x) for x in jax.device_get(out))
-        with self._cv:  # the loop stops once every row has sampled end-of-text
-            self.decode_steps += int(min(self.max_new_tokens, n_tok.max() + 1))
-        results = []
-        for i in range(n):
-            toks = tokens[i, : n_tok[i]].tolist()
-            results.append(
-                WindowResult(
-                    tokens=toks,
-                    avg_logprob=float(sum_lp[i]) / (len(toks) + 1),
-                    no_speech_prob=float(no_speech[i]),
-                    temperature=float(batch[i].temperature),  # 0.2, not float32's 0.20000000298
-                    encoded=states[i],
-                )
-            )
-        return results
+        return prefix, mask, sot, temps, keys, n_hist
 
     # ------------------------------------------------------------------ API
     def warmup(self, *, background: bool = False) -> float:

@@ -17,7 +17,6 @@ weights multiplied with dynamically quantized int8 activations (:class:`Int8Line
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -244,14 +243,14 @@ def _linear(x, w, b=None):
     """``x @ w + b`` over the last axis; ``w`` a float ``(in, out)`` kernel or :class:`Int8Linear`."""
     if isinstance(w, Int8Linear):
         xq, sx = _to_int8(x, axis=-1, keepdims=True)  # one scale per row
-        if math.prod(x.shape[:-1]) == 1:
+        rows = xq.reshape(-1, xq.shape[-1])
+        n = rows.shape[0]
+        if n == 1:
             # XLA:CPU (jaxlib 0.9.2) runs a one-row int8 product on a slow path: 9.7 ms for the output
             # projection on the Xeon of bench/NOTES.md against 2.0 ms for two rows; give it two.
-            two = jnp.pad(xq.reshape(1, -1), ((0, 1), (0, 0)))
-            y = jax.lax.dot_general(two, w.q, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
-            y = y[:1].reshape(*x.shape[:-1], -1)
-        else:
-            y = jax.lax.dot_general(xq, w.q, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+            rows = jnp.pad(rows, ((0, 1), (0, 0)))
+        y = jax.lax.dot_general(rows, w.q, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+        y = y[:n].reshape(*x.shape[:-1], -1)
         y = y.astype(jnp.float32) * (sx * w.scale)
         return (y if b is None else y + b.astype(jnp.float32)).astype(x.dtype)
     y = jnp.einsum("...i,io->...o", x, w.astype(x.dtype))
@@ -425,7 +424,7 @@ def alignment_weights(
     return jnp.stack([probs[layer][:, head] for layer, head in alignment_heads], axis=1)
 
 
-def _put(buf: jax.Array, new: jax.Array, start: jax.Array, axis: int) -> jax.Array:
+def put_at(buf: jax.Array, new: jax.Array, start: jax.Array, axis: int) -> jax.Array:
     """``buf`` with ``new`` written from index ``start`` along ``axis`` (the batch is axis 0):
     ``start`` an int32 scalar (every row at the same slot) or ``(B,)`` (each row at its own)."""
     if jnp.ndim(start) == 0:
@@ -444,11 +443,9 @@ def _decoder(weights, cache, tokens, positions, start, valid, heads, cross_probs
     B, T = tokens.shape
     S = cache.self_k[0].shape[2]
     x = (weights["embed"][tokens] + weights["pos"][jnp.clip(positions, 0, weights["pos"].shape[0] - 1)]).astype(dtype)
-    kv_valid = _put(cache.valid, valid, start, axis=1)
-    if jnp.ndim(start) == 0:
-        causal = (jnp.arange(S)[None, :] <= (start + jnp.arange(T))[:, None])[None]  # (1, T, S)
-    else:  # each row at its own slot
-        causal = jnp.arange(S)[None, None, :] <= (start[:, None] + jnp.arange(T)[None, :])[:, :, None]
+    kv_valid = put_at(cache.valid, valid, start, axis=1)
+    # (1, T, S) for one slot for all rows, (B, T, S) for each row's own
+    causal = jnp.arange(S)[None, None, :] <= (jnp.reshape(start, (-1, 1)) + jnp.arange(T)[None, :])[:, :, None]
     mask = kv_valid[:, None, :] & causal
 
     new_k, new_v, probs = [], [], {}
@@ -457,8 +454,8 @@ def _decoder(weights, cache, tokens, positions, start, valid, heads, cross_probs
         q = _heads(_linear(h, w["sa_q_w"], w["sa_q_b"]), heads)
         k = _heads(_linear(h, w["sa_k_w"]), heads)
         v = _heads(_linear(h, w["sa_v_w"], w["sa_v_b"]), heads)
-        ks = _put(cache.self_k[i], k, start, axis=2)
-        vs = _put(cache.self_v[i], v, start, axis=2)
+        ks = put_at(cache.self_k[i], k, start, axis=2)
+        vs = put_at(cache.self_v[i], v, start, axis=2)
         new_k.append(ks)
         new_v.append(vs)
         x = x + _linear(_attend(q, ks, vs, mask), w["sa_o_w"], w["sa_o_b"])

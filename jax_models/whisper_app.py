@@ -67,8 +67,8 @@ def load_engine(settings: WhisperSettings):
     )
 
 
-class FallbackMetrics:
-    """Prometheus collector of the engine's temperature fallback, read at each scrape.
+class EngineMetrics:
+    """Prometheus collector of the engine's temperature fallback and decoder steps, read at each scrape.
 
     ``chorus_whisper_fallback_total{temperature}``: window decodes at a fallback temperature (a
     window that fails Whisper's thresholds at T=0 is decoded at every hotter one, 0.2 … 1.0, in
@@ -121,7 +121,7 @@ def create_app(settings: WhisperSettings, engine: Any = None) -> FastAPI:
     state = ServerState("whisper")
     admission = Admission(settings.max_concurrent, settings.max_queue)
     holder: dict[str, Any] = {"engine": engine}
-    state.registry.register(FallbackMetrics(lambda: holder["engine"]))
+    state.registry.register(EngineMetrics(lambda: holder["engine"]))
     if engine is not None and not settings.warmup:
         state.ready, state.detail = True, "ready"  # the caller loaded (and warmed) the engine
     names = {settings.model, Path(settings.model).name, *settings.served_model_names}

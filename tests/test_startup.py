@@ -126,23 +126,19 @@ def gated_engine(tiny_whisper_dir):
         return compile_one(shape)
 
     engine._compile = gated
-    decode = engine._decode
     engine.decode_batches = []
 
-    def recording(state, enc, *args):
-        engine.decode_batches.append(int(enc.shape[0]))
-        return decode(state, enc, *args)
+    def recording(fn, rows):
+        def call(state, x, *args):
+            engine.decode_batches.append(rows(x))
+            return fn(state, x, *args)
 
-    recording.lower = decode.lower  # warm-up compiles through it
-    engine._decode = recording
-    run = engine._slot_run
+        call.lower = fn.lower  # warm-up compiles through it
+        return call
 
-    def recording_slots(state, slots, *args):  # continuous batching: a block of the slots' rows
-        engine.decode_batches.append(int(slots.step.shape[0]))
-        return run(state, slots, *args)
-
-    recording_slots.lower = run.lower
-    engine._slot_run = recording_slots
+    engine._decode = recording(engine._decode, lambda enc: int(enc.shape[0]))
+    # continuous batching: a block of the slots' rows
+    engine._slot_run = recording(engine._slot_run, lambda slots: int(slots.step.shape[0]))
     yield engine, gate, held
     gate.set()
     engine.close()
