@@ -1091,6 +1091,8 @@ class WhisperEngine:
     def _align_words(self, samples, windows, raws, language: str, owner: int) -> dict[int, list[TimedWord]]:
         """Word times (seconds from each window's start) for every window with text."""
         todo = [i for i in range(len(windows)) if raws[i]]
+        if not todo:  # no window has text (noise, silence): nothing to align, no empty feature batch
+            return {}
         feats = self.log_mel([samples[windows[i][0] : windows[i][1]] for i in todo])
         prefix = self._align_prefix(language)
         futures = {}

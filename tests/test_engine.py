@@ -948,3 +948,13 @@ def test_functional_word_timestamps_equal_easydel(tiny_v3_engine, tiny_v3_easyde
     ours, theirs = tiny_v3_engine.transcribe(speech_samples, opts), tiny_v3_easydel.transcribe(speech_samples, opts)
     assert ours.text == theirs.text and ours.text
     assert [(s.start, s.end, s.tokens) for s in ours.segments] == [(s.start, s.end, s.tokens) for s in theirs.segments]
+
+
+def test_word_timestamps_when_no_window_has_text(tiny_engine, monkeypatch):
+    """Noise that Whisper writes nothing for, with word timestamps (the router's diarized requests):
+    no window to align, an empty transcript, not a crash in the feature extractor (white noise gave a
+    500 through the router before)."""
+    monkeypatch.setattr(tiny_engine, "_raw_segments", lambda window, result: [])
+    noise = np.random.default_rng(0).normal(0, 0.1, 16000 * 3).astype(np.float32)
+    t = tiny_engine.transcribe(noise, TranscribeOptions(language="en", word_timestamps=True))
+    assert tuple(t.segments) == () and t.text == ""
