@@ -217,7 +217,8 @@ def fingerprint(spk: str, rng: np.random.Generator) -> list[float]:
 
 
 def fake_sidecar(control: dict) -> Starlette:
-    """Bursts labelled by pitch with window-local labels; ``control``: ``fail``, ``delay``,
+    """Bursts labelled by pitch with window-local labels; ``control``: ``fail``, ``silent`` (no
+    speech found: no turns), ``delay``,
     ``max_window_s`` (reported by ``GET /v1/models`` when set; that route answers 404 otherwise,
     as an old sidecar's list without the field would), ``models_delay``; counts ``calls``,
     ``models_calls`` and the ``seconds`` of each diarized file."""
@@ -235,7 +236,7 @@ def fake_sidecar(control: dict) -> Starlette:
             await asyncio.sleep(control["delay"])
         local: dict[str, str] = {}
         segs = []
-        for a, b, spk in bursts(samples):
+        for a, b, spk in [] if control.get("silent") else bursts(samples):
             label = local.setdefault(spk, f"speaker_{len(local)}")
             segs.append({"start": a, "end": b, "speaker": label, "confidence": 0.9})
         return JSONResponse(
@@ -645,6 +646,25 @@ async def test_only_the_diarize_model_diarizes(conv):
         )
         assert "low" in str(out) and "high" in str(out)
     assert control["calls"] == calls
+
+
+async def test_a_diarizer_that_finds_no_speech_still_gives_every_segment_a_speaker(conv):
+    """Whisper writes text where the diarizer finds no speech (a quiet voice; Whisper's words on
+    silence): diarized_json segments still carry a speaker (OpenAI's type requires a string), one
+    speaker ``A``, with a warning; the same in the stream's segment events."""
+    samples, _ = conv
+    client = make_client(router_app(None, {"silent": True}))
+    out = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)), response_format="diarized_json"
+    )
+    assert "low" in out.text and "high" in out.text and out.segments
+    assert {s.speaker for s in out.segments} == {"A"}
+    assert any("found no speech" in w for w in out.model_extra["warnings"])
+    stream = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize", file=("c.wav", wav(samples)), response_format="diarized_json", stream=True
+    )
+    segs = [ev async for ev in stream if ev.type == "transcript.text.segment"]
+    assert segs and {ev.speaker for ev in segs} == {"A"}
 
 
 async def test_sidecar_failure_degrades_to_a_transcript_with_warnings(conv):

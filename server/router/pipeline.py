@@ -59,6 +59,7 @@ from server.router.speakers import (
     link_speakers,
     local_speakers,
     name_speakers,
+    speaker_letter,
 )
 
 log = logging.getLogger("chorus.router")
@@ -71,6 +72,19 @@ WINDOW_RETRY_S = 30.0  # after a failed GET /v1/models, ask the sidecar again af
 # languages written without spaces between words (openai/whisper's tokenizer splits them by
 # character): chunk texts are joined without a space
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
+
+
+def one_speaker_without_turns(segments: list[Segment], warnings: list[str]) -> list[Segment]:
+    """``diarized_json`` segments when the diarizer found no speech at all although Whisper wrote
+    text (a quiet voice, or Whisper's words on silence): one speaker, ``A`` (OpenAI's
+    ``TranscriptionDiarizedSegment.speaker`` is a string), and a warning saying so. Segments that
+    already have a speaker are kept."""
+    if not any(s.speaker is None for s in segments):
+        return segments
+    note = "the diarizer found no speech where Whisper wrote text: those segments are speaker A"
+    if note not in warnings:
+        warnings.append(note)
+    return [s if s.speaker is not None else replace(s, speaker=speaker_letter(0)) for s in segments]
 
 
 @dataclass(frozen=True)
@@ -345,6 +359,8 @@ class Router:
         names = name_speakers([int(c) for c in order], centroids, known, known_thr)
         turns = [replace(t, speaker=names[int(t.speaker)]) for t in turns]
         segments = assign_speakers(segments, turns, nearest_s=DIARIZED_NEAREST_S if turn_spans else NEAREST_S)
+        if turn_spans and not turns:
+            segments = one_speaker_without_turns(segments, warnings)
         if turn_spans:
             segments = cover_turns(segments, turns, end=duration)
             segments += untranscribed_turns(segments, turns, end=duration)
@@ -398,6 +414,8 @@ class Router:
                         segs = assign_speakers(
                             segs, window_turns[w], nearest_s=DIARIZED_NEAREST_S if job.turn_spans else NEAREST_S
                         )
+                        if job.turn_spans and not window_turns[w]:
+                            segs = one_speaker_without_turns(segs, warnings)
                         if job.turn_spans:  # inside this chunk: the next chunk's segments are not known yet
                             chunk = plan.chunks[ci]
                             segs = cover_turns(
