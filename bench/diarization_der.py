@@ -111,10 +111,15 @@ def synthetic_meeting(name: str):
 
 
 def load_case(name: str, data: Path):
-    """``(samples, reference turns, scored region)`` of an AMI clip name or ``espeak305``."""
+    """``(samples, reference turns, scored region)`` of an AMI clip name, a synthetic meeting,
+    ``espeak305``, or several of those joined end to end (``dev00+dev01``: a longer recording; the
+    reference keeps each clip's speaker labels, so an AMI speaker or a synthetic voice heard in two
+    clips is one speaker, and the scored region is the union of the clips' regions)."""
     from bench.eval_der import read_reference
     from server.core.audio import decode_audio
 
+    if "+" in name:
+        return joined_case([load_case(part, data) for part in name.split("+")])
     if name in MEETINGS:
         return synthetic_meeting(name)
     if name == ESPEAK:
@@ -124,6 +129,29 @@ def load_case(name: str, data: Path):
         return samples, list(ref.turns), (0.0, len(samples) / 16000)
     wav = data / f"pyannote_ami_{name}.wav"
     return decode_audio(wav.read_bytes()), *read_reference(wav)
+
+
+def joined_case(cases):
+    """One case from ``(samples, turns, region)`` cases played one after another (region: a
+    ``pyannote.core.Timeline``, a ``(start, end)`` tuple or None for the whole clip)."""
+    from pyannote.core import Segment, Timeline
+
+    from server.core.transcript import SpeakerTurn
+
+    samples, turns, spans = [], [], []
+    offset = 0.0
+    for x, ref, region in cases:
+        duration = len(x) / 16000
+        samples.append(x)
+        turns += [SpeakerTurn(t.start + offset, t.end + offset, t.speaker) for t in ref]
+        if region is None:
+            spans.append(Segment(offset, offset + duration))
+        elif isinstance(region, tuple):
+            spans.append(Segment(region[0] + offset, region[1] + offset))
+        else:
+            spans += [Segment(s.start + offset, s.end + offset) for s in region]
+        offset += duration
+    return np.concatenate(samples), turns, Timeline(spans)
 
 
 def speech_for(minutes: float) -> np.ndarray:
@@ -147,6 +175,7 @@ def speech_for(minutes: float) -> np.ndarray:
 @click.option("--min-cluster-sizes", default=None, help="Comma-separated min_cluster_size values (sweep).")
 @click.option("--min-cluster-fractions", default=None, help="Comma-separated min_cluster_fraction values (sweep).")
 @click.option("--min-durations-off", default=None, help="Comma-separated min_duration_off values in seconds (sweep).")
+@click.option("--linkages", default=None, help="Comma-separated scipy linkage methods (sweep): centroid, average, ...")
 @click.option("--step", type=float, default=None, help="Segmentation step (s); default: the sidecar's.")
 @click.option("--piece", type=float, default=None, help="Piece length (s) of local speakers; 0: whole (pyannote 3.1).")
 @click.option("--rtfx-minutes", type=float, default=0.0, help="Also time the diarizer on this much speech.")
@@ -164,6 +193,7 @@ def main(
     min_cluster_sizes,
     min_cluster_fractions,
     min_durations_off,
+    linkages,
     step,
     piece,
     rtfx_minutes,
@@ -199,12 +229,13 @@ def main(
         "min_duration_off": [float(x) for x in min_durations_off.split(",")]
         if min_durations_off
         else [c0.min_duration_off],
+        "linkage": linkages.split(",") if linkages else [c0.linkage],
     }
     values = [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
     swept = [k for k, v in grid.items() if len(v) > 1] or ["threshold"]
 
     def label(v: dict) -> str:
-        return ", ".join(f"{k} {v[k]:g}" for k in swept)
+        return ", ".join(f"{k} {v[k]:g}" if isinstance(v[k], float | int) else f"{k} {v[k]}" for k in swept)
 
     names = [c.strip() for c in clips.split(",") if c.strip()]
     rows = []
@@ -239,7 +270,8 @@ def main(
             )
     summary = {}
     for v in values:
-        for group, members in (("ami", CLIPS), ("synthetic", tuple(MEETINGS))):
+        joined = tuple(n for n in names if "+" in n)
+        for group, members in (("ami", CLIPS), ("synthetic", tuple(MEETINGS)), ("joined", joined)):
             sel = [r for r in rows if r["setting"] == label(v) and r["clip"] in members]
             if not sel:
                 continue
@@ -288,7 +320,7 @@ def main(
             f"| {r['clip']}{tag} | {r['speakers_hyp']}/{r['speakers_ref']} | {r['der_c0']:.1%} | {r['der_c0.25']:.1%} |"
         )
     for setting, s in summary.items():
-        for group in ("ami", "synthetic"):
+        for group in ("ami", "synthetic", "joined"):
             if f"mean_{group}_der_c0" in s:
                 lines.append(
                     f"| mean of the {group} clips {', '.join(s[f'{group}_clips'])} ({setting}) | | "

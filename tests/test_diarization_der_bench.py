@@ -1,0 +1,22 @@
+"""bench.diarization_der's joined cases (issue 14): clips played one after another as one longer
+recording, each clip's reference turns and scored region moved by the clips before it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.diarization_der import joined_case
+from server.core.transcript import SpeakerTurn
+
+
+def test_joined_case_shifts_turns_and_scored_regions() -> None:
+    from pyannote.core import Segment, Timeline
+
+    a = (np.zeros(16000, np.float32), [SpeakerTurn(0.2, 0.8, "A")], Timeline([Segment(0.1, 0.9)]))
+    b = (np.ones(32000, np.float32), [SpeakerTurn(0.5, 1.5, "A"), SpeakerTurn(1.0, 1.8, "B")], (0.0, 2.0))
+    c = (np.zeros(8000, np.float32), [], None)
+    samples, turns, region = joined_case([a, b, c])
+    assert samples.shape == (56000,) and samples[16000:48000].all() and not samples[:16000].any()
+    # one label is one speaker across clips (an AMI speaker id, a synthetic voice)
+    assert [(t.start, t.end, t.speaker) for t in turns] == [(0.2, 0.8, "A"), (1.5, 2.5, "A"), (2.0, 2.8, "B")]
+    assert [(s.start, s.end) for s in region] == [(0.1, 0.9), (1.0, 3.0), (3.0, 3.5)]
