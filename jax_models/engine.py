@@ -217,8 +217,8 @@ class TranscribeOptions:
 
     ``temperature`` 0 means greedy with fallback to 0.2 … 1.0 when a window's
     ``compression_ratio`` > 2.4 or ``avg_logprob`` < -1.0 (all of them decoded at once, the lowest
-    that passes kept: ``decoding.pick_fallback``); a positive value samples at that temperature
-    only. A window with ``no_speech_prob`` > 0.6 and a low ``avg_logprob`` is silent.
+    that passes kept; when none passes, the most probable, as faster-whisper keeps:
+    ``decoding.pick_fallback``); a positive value samples at that temperature only. A window with ``no_speech_prob`` > 0.6 and a low ``avg_logprob`` is silent.
     """
 
     task: str = "transcribe"
@@ -975,7 +975,7 @@ class WhisperEngine:
             [_Job("decode", feats[i], prefix, temperatures[0], Future(), owner) for i in range(len(windows))]
         )
         waiting: dict[int, list[Future]] = {i: [f] for i, f in enumerate(first)}
-        hot: dict[int, list] = {}  # window → its fallback decodes so far, judged, coolest first
+        hot: dict[int, list] = {}  # window → its decodes so far (T=0 first), judged, coolest first
         final: dict[int, tuple[WindowResult, str]] = {}
         tails: dict[int, Future] = {}
         done_s = 0.0
@@ -989,10 +989,10 @@ class WhisperEngine:
                 if i in hot:
                     hot[i] += judged
                 elif judged[0][2] and len(temperatures) > 1:
-                    hot[i] = []  # failed at the first temperature: fall back
+                    hot[i] = list(judged)  # failed at the first temperature: fall back
                 if i in hot:
                     failed = [f for _, _, f in hot[i]]
-                    left = temperatures[1 + len(hot[i]) :]
+                    left = temperatures[len(hot[i]) :]
                     if all(failed) and left:
                         # Fallback on the encoder states already computed: the next temperatures
                         # as rows of shared batches (all of them when the device has room).
@@ -1004,9 +1004,13 @@ class WhisperEngine:
                         ]
                         self._count_fallback(left[:count])
                         continue
-                    k = pick_fallback(failed)
+                    k = pick_fallback(
+                        failed,
+                        [r.avg_logprob for r, _, _ in hot[i]],
+                        [compression_ratio(t) <= options.compression_ratio_threshold for _, t, _ in hot[i]],
+                    )
                     res, text, _ = hot[i][k]
-                    self._count_fallback([], kept=temperatures[1 + k])
+                    self._count_fallback([], kept=temperatures[k])
                 else:
                     res, text, _ = judged[0]
                 final[i] = (dataclasses.replace(res, encoded=None), text)

@@ -665,9 +665,10 @@ def scripted(monkeypatch, engine, outcome) -> ScriptedDecodes:
     return fake
 
 
-def sequential_choice(outcome: dict[float, object]) -> float:
-    """openai/whisper ``decode_with_fallback``, one temperature after another: the first decode
-    that is not too repetitive / improbable (or is silence) ends the loop; else the last one."""
+def sequential_stop(outcome: dict[float, object]) -> float:
+    """The temperature where openai/whisper's ``decode_with_fallback`` loop ends, one temperature
+    after another: the first decode that is not too repetitive / improbable (or is silence), else
+    the last one."""
     for t in TEMPERATURES:
         got = outcome[t]
         logprob = -2.0 if got == SILENT else got
@@ -679,10 +680,27 @@ def sequential_choice(outcome: dict[float, object]) -> float:
     return t
 
 
+def sequential_choice(outcome: dict[float, object]) -> float:
+    """The decode kept: where the loop stopped on a pass; when every temperature fails, the most
+    probable decode (faster-whisper ``generate_with_fallback``; ``WORDS`` all pass the compression
+    ratio), the lower temperature on a tie, written out here as a loop over the outcomes."""
+    stop = sequential_stop(outcome)
+    got = outcome[stop]
+    if got == SILENT or (isinstance(got, float) and got >= -1.0):
+        return stop
+    best = TEMPERATURES[0]
+    for t in TEMPERATURES[1:]:
+        if outcome[t] > outcome[best]:
+            best = t
+    return best
+
+
 FALLBACK_CASES = {
     # the lowest passing temperature: neither the first fallback (0.2), nor the hottest, nor the last passing
     "lowest-pass": {0.0: FAIL, 0.2: FAIL, 0.4: PASS, 0.6: PASS, 0.8: FAIL, 1.0: PASS},
-    "none-pass": dict.fromkeys(TEMPERATURES, FAIL),  # openai keeps the last (1.0) decode
+    "none-pass": dict.fromkeys(TEMPERATURES, FAIL),  # all equally improbable: the greedy decode
+    # none passes: the most probable (0.8), neither the greedy nor the hottest (openai's choice)
+    "none-pass-best": {0.0: -2.0, 0.2: -1.5, 0.4: -3.0, 0.6: -2.5, 0.8: -1.2, 1.0: -4.0},
     "first-pass": {0.0: FAIL, 0.2: PASS, 0.4: FAIL, 0.6: PASS, 0.8: PASS, 1.0: FAIL},
     "silence-stops": {0.0: FAIL, 0.2: FAIL, 0.4: FAIL, 0.6: SILENT, 0.8: PASS, 1.0: PASS},
 }
@@ -748,12 +766,12 @@ def test_fallback_goes_one_temperature_at_a_time_when_the_device_is_busy(
     monkeypatch.setattr(tiny_engine, "_queued_decode_rows", lambda: 16)  # two full batches of other requests
     before = tiny_engine.fallback_stats()
     out = tiny_engine.transcribe(speech_samples, TranscribeOptions(language="en"))
-    chosen = sequential_choice(outcome)
-    assert [[t for t, _ in b] for b in fake.batches] == [[t] for t in TEMPERATURES if t <= chosen]
+    chosen, stop = sequential_choice(outcome), sequential_stop(outcome)
+    assert [[t for t, _ in b] for b in fake.batches] == [[t] for t in TEMPERATURES if t <= stop]
     assert out.text == ("" if outcome[chosen] == SILENT else WORDS[chosen])
     after = tiny_engine.fallback_stats()
     for t in TEMPERATURES[1:]:
-        assert after["decoded"].get(t, 0) - before["decoded"].get(t, 0) == (t <= chosen)
+        assert after["decoded"].get(t, 0) - before["decoded"].get(t, 0) == (t <= stop)
     assert after["kept"].get(chosen, 0) - before["kept"].get(chosen, 0) == 1
 
 
@@ -769,18 +787,23 @@ def test_fallback_equals_sequential_decodes_on_a_model(tiny_engine, speech_sampl
     opts = TranscribeOptions(language="en", without_timestamps=True)  # one segment: no continuation
     feats = tiny_engine.log_mel([speech_samples])[0]
     prefix = tiny_engine.ids.task_tokens("en", "transcribe") + [tiny_engine.ids.no_timestamps]
-    alone = []
+    alone, ratios = [], []
     for t in TEMPERATURES:
         res = tiny_engine._submit(_Job("decode", feats, prefix, t, Future(), owner=20_001)).result()
         text = tiny_engine.tokenizer.decode([x for x in res.tokens if x < tiny_engine.ids.eot]).strip()
         alone.append(res)
-        if not needs_fallback(compression_ratio(text), res.avg_logprob, res.no_speech_prob):
+        ratios.append(compression_ratio(text))
+        if not needs_fallback(ratios[-1], res.avg_logprob, res.no_speech_prob):
+            kept = res
             break
+    else:  # every temperature failed: the most probable among those whose ratio passed (faster-whisper)
+        pool = [r for r, c in zip(alone, ratios) if c <= 2.4] or alone
+        kept = max(pool, key=lambda r: r.avg_logprob)
     assert len(alone) > 1, "the random model passed at T=0: this test checks nothing"
     out = tiny_engine.transcribe(speech_samples, opts)
     tokens = [t for s in out.segments for t in s.tokens]
-    assert tokens == [t for t in alone[-1].tokens if t < tiny_engine.ids.eot]
-    assert {s.temperature for s in out.segments} <= {alone[-1].temperature}
+    assert tokens == [t for t in kept.tokens if t < tiny_engine.ids.eot]
+    assert {s.temperature for s in out.segments} <= {kept.temperature}
 
 
 # ---------------------------------------------------------------- large-v3-shaped model
