@@ -303,7 +303,8 @@ class CachedSidecar(_Cached):
 async def transcribe_in_process(samples, whisper: CachedWhisper, sidecar: CachedSidecar) -> tuple[dict, list]:
     """The router's pipeline in this process, as a ``diarized_json`` request with the diarize model
     runs it (``Job(diarize=True, turn_spans=True)``; silero-vad cuts audio over 31 s): the body,
-    and the sidecar's turns (absolute seconds) when the file was diarized in one window, else ``[]``.
+    and the sidecar's turns (seconds from the file's start) when the file was diarized in one window,
+    else ``[]``.
     """
     from server.core.formats import render_diarized_json
     from server.core.vad import SileroVad
@@ -317,7 +318,18 @@ async def transcribe_in_process(samples, whisper: CachedWhisper, sidecar: Cached
     t = await router.transcribe(samples, plan, job)
     body, _ = render_diarized_json(t)
     diarized = [a for a in sidecar.answers[first:] if hasattr(a, "turns")]
-    return body, list(diarized[0].turns) if len(plan.windows) == 1 and len(diarized) == 1 else []
+    if len(plan.windows) != 1 or len(diarized) != 1:
+        return body, []
+    return body, absolute_turns(diarized[0].turns, plan.windows[0].offset)
+
+
+def absolute_turns(turns, offset_s: float) -> list:
+    """A diarization window's turns (seconds from the window's start: the sidecar hears the audio
+    from there) moved to seconds from the file's start. The router's one window starts at the first
+    VAD chunk, past any leading non-speech, once a file is longer than one chunk."""
+    from dataclasses import replace
+
+    return [replace(t, start=t.start + offset_s, end=t.end + offset_s) for t in turns]
 
 
 def _line(name: str, what: str, c: float, sc: dict) -> str:

@@ -20,3 +20,14 @@ def test_joined_case_shifts_turns_and_scored_regions() -> None:
     # one label is one speaker across clips (an AMI speaker id, a synthetic voice)
     assert [(t.start, t.end, t.speaker) for t in turns] == [(0.2, 0.8, "A"), (1.5, 2.5, "A"), (2.0, 2.8, "B")]
     assert [(s.start, s.end) for s in region] == [(0.1, 0.9), (1.0, 3.0), (3.0, 3.5)]
+
+
+def test_router_eval_scores_the_sidecar_turns_from_the_file_start() -> None:
+    """The sidecar hears a diarization window from its start (past leading non-speech once the file
+    is over one chunk): its turns are moved by the window's offset before scoring (without it a
+    60 s file scored 126 % DER for the sidecar: its turns 5.8 s early)."""
+    from bench.router_eval import absolute_turns
+
+    turns = [SpeakerTurn(0.0, 1.5, "speaker_0"), SpeakerTurn(1.0, 2.0, "speaker_1")]
+    moved = absolute_turns(turns, 5.75)
+    assert [(t.start, t.end, t.speaker) for t in moved] == [(5.75, 7.25, "speaker_0"), (6.75, 7.75, "speaker_1")]

@@ -356,6 +356,17 @@ def test_group_windows():
     assert [w.chunks for w in group_windows(chunks, 30)] == [(0, 1), (2, 3)]
     assert [w.chunks for w in group_windows(chunks, 14)] == [(0,), (1,), (2,), (3,)]
     assert [w.chunks for w in group_windows(chunks, 60)] == [(0, 1, 2, 3)]
+    # the VAD's chunks start at 2 s and end at 55 s of a 58 s file: with its length the windows
+    # reach the file's edges where they stay within the window length (the leading 2 s and the
+    # trailing 3 s are diarized), and never grow past it
+    late = [Chunk(0, 2 * s, 10 * s), *chunks[1:]]
+    spans = [(w.start // s, w.end // s) for w in group_windows(late, 60, 58 * s)]
+    assert spans == [(0, 58)]
+    spans = [(w.start // s, w.end // s) for w in group_windows(late, 30, 58 * s)]
+    assert spans == [(0, 25), (26, 55)]  # 26-58 would be over 30 s
+    spans = [(w.start // s, w.end // s) for w in group_windows(late, 24, 58 * s)]
+    assert spans == [(2, 25), (26, 40), (50, 58)]  # 0-25 would be over 24 s
+    assert [(w.start // s, w.end // s) for w in group_windows(late, 30)] == [(2, 25), (26, 55)]
 
 
 def test_chunking_strategy_options():

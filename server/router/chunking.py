@@ -91,8 +91,14 @@ def plan_chunks(samples: np.ndarray, regions: Sequence[tuple[int, int]] | None, 
     return [Chunk(i, a, b) for i, (a, b) in enumerate(merged)]
 
 
-def group_windows(chunks: Sequence[Chunk], window_s: float) -> list[Window]:
-    """Consecutive chunks grouped while the group spans at most ``window_s`` seconds (at least one each)."""
+def group_windows(chunks: Sequence[Chunk], window_s: float, total: int | None = None) -> list[Window]:
+    """Consecutive chunks grouped while the group spans at most ``window_s`` seconds (at least one each).
+
+    With ``total`` (the file's length in samples) the first window starts at sample 0 and the last
+    ends at ``total`` where that keeps them within ``window_s``: the diarizer hears the leading and
+    trailing audio the VAD left out (quiet speech that silero-vad missed is still someone's turn),
+    and a file that fits in one window is diarized whole (issue 14).
+    """
     limit = int(window_s * SAMPLE_RATE)
     groups: list[list[Chunk]] = []
     for c in chunks:
@@ -100,4 +106,10 @@ def group_windows(chunks: Sequence[Chunk], window_s: float) -> list[Window]:
             groups[-1].append(c)
         else:
             groups.append([c])
-    return [Window(i, tuple(c.index for c in g), g[0].start, g[-1].end) for i, g in enumerate(groups)]
+    spans = [[g[0].start, g[-1].end] for g in groups]
+    if total is not None and spans:
+        if spans[0][1] <= limit:
+            spans[0][0] = 0
+        if total - spans[-1][0] <= limit:
+            spans[-1][1] = max(spans[-1][1], total)
+    return [Window(i, tuple(c.index for c in g), a, b) for i, (g, (a, b)) in enumerate(zip(groups, spans))]

@@ -202,13 +202,14 @@ class Router:
         whisper server then sees exactly the file it would be sent directly, and its text is the
         router's. Longer audio is cut at silero-vad regions (or at quiet frames without a VAD).
         Windows group consecutive chunks spanning at most ``window_s`` seconds (at least one chunk
-        each).
+        each); the first starts at the file's start and the last ends at its end where they stay
+        within ``window_s`` (``group_windows``).
         """
         n = int(samples.shape[0])
         duration = n / SAMPLE_RATE
         if n <= (self.max_chunk_s + WHOLE_SLACK_S) * SAMPLE_RATE:
             chunks = [Chunk(0, 0, n)] if n else []
-            return Plan(chunks, group_windows(chunks, window_s), "whole", duration)
+            return Plan(chunks, group_windows(chunks, window_s, n), "whole", duration)
         regions, method = None, "fixed"
         if self.vad is not None:
             try:
@@ -216,7 +217,7 @@ class Router:
             except Exception as exc:  # no torch / silero here: fixed windows still work
                 log.warning("VAD failed (%s); falling back to fixed windows", exc)
         chunks = plan_chunks(samples, regions, self.max_chunk_s)
-        return Plan(chunks, group_windows(chunks, window_s), method, duration)
+        return Plan(chunks, group_windows(chunks, window_s, n), method, duration)
 
     # -- fan out ----------------------------------------------------------------------------
     def _launch_whisper(self, samples: np.ndarray, plan: Plan, job: Job) -> list[asyncio.Task]:
