@@ -269,8 +269,8 @@ def main(
                 f"speakers {row['speakers_hyp']}/{row['speakers_ref']}  {wall:.1f} s"
             )
     summary = {}
+    joined = tuple(n for n in names if "+" in n)
     for v in values:
-        joined = tuple(n for n in names if "+" in n)
         for group, members in (("ami", CLIPS), ("synthetic", tuple(MEETINGS)), ("joined", joined)):
             sel = [r for r in rows if r["setting"] == label(v) and r["clip"] in members]
             if not sel:

@@ -308,7 +308,7 @@ async def transcribe_in_process(samples, whisper: CachedWhisper, sidecar: Cached
     """
     from server.core.formats import render_diarized_json
     from server.core.vad import SileroVad
-    from server.router.pipeline import Job, Router
+    from server.router.pipeline import Job, Router, shift_diarization
 
     router = Router(whisper, sidecar, vad=SileroVad())  # type: ignore[arg-type]
     job = Job(model="whisper-1", diarize=True, timestamps=True, turn_spans=True)
@@ -320,16 +320,8 @@ async def transcribe_in_process(samples, whisper: CachedWhisper, sidecar: Cached
     diarized = [a for a in sidecar.answers[first:] if hasattr(a, "turns")]
     if len(plan.windows) != 1 or len(diarized) != 1:
         return body, []
-    return body, absolute_turns(diarized[0].turns, plan.windows[0].offset)
-
-
-def absolute_turns(turns, offset_s: float) -> list:
-    """A diarization window's turns (seconds from the window's start: the sidecar hears the audio
-    from there) moved to seconds from the file's start. The router's one window starts at the first
-    VAD chunk, past any leading non-speech, once a file is longer than one chunk."""
-    from dataclasses import replace
-
-    return [replace(t, start=t.start + offset_s, end=t.end + offset_s) for t in turns]
+    # the sidecar heard the window from its start: its turns in file time, as the router moves them
+    return body, list(shift_diarization(diarized[0], plan.windows[0].offset).turns)
 
 
 def _line(name: str, what: str, c: float, sc: dict) -> str:

@@ -726,36 +726,28 @@ def needs_fallback(
     return failed and not silent
 
 
-def pick_fallback(
-    failed: list[bool],
-    avg_logprobs: list[float] | None = None,
-    ratio_ok: list[bool] | None = None,
-) -> int:
+def pick_fallback(failed: list[bool], avg_logprobs: list[float], ratio_ok: list[bool]) -> int:
     """Index of the decode kept among one window's decodes at rising temperatures (lowest first).
 
     ``failed[k]`` is ``needs_fallback`` of the decode at the k-th temperature. The first decode that
     needs no fallback is kept (openai/whisper ``decode_with_fallback`` stops there), so decoding
     them all at once and picking here gives the same result as decoding them one after another.
-    When every decode fails: with ``avg_logprobs`` (per decode) the one with the highest average
-    log-probability among those whose compression ratio passed (``ratio_ok``), or among all when
-    none did (faster-whisper 1.2.1 ``generate_with_fallback``: on hard audio the hottest decode is
-    mostly noise, a greedy one rarely); without them the last (hottest) decode, as openai/whisper
-    keeps. Ties go to the lower temperature.
+    When every decode fails, the one with the highest average log-probability (``avg_logprobs``)
+    among those whose compression ratio passed (``ratio_ok``), or among all when none did
+    (faster-whisper 1.2.1 ``generate_with_fallback``; openai/whisper keeps the last, hottest
+    decode, on hard audio mostly noise). Ties go to the lower temperature.
 
     Raises:
         ValueError: ``failed`` is empty, or the lists differ in length.
     """
     if not failed:
         raise ValueError("no decodes to choose from")
+    if not (len(avg_logprobs) == len(ratio_ok) == len(failed)):
+        raise ValueError("failed, avg_logprobs and ratio_ok differ in length")
     passed = next((k for k, f in enumerate(failed) if not f), None)
     if passed is not None:
         return passed
-    if avg_logprobs is None:
-        return len(failed) - 1
-    ok = ratio_ok if ratio_ok is not None else [True] * len(failed)
-    if not (len(avg_logprobs) == len(ok) == len(failed)):
-        raise ValueError("failed, avg_logprobs and ratio_ok differ in length")
-    pool = [k for k in range(len(failed)) if ok[k]] or list(range(len(failed)))
+    pool = [k for k in range(len(failed)) if ratio_ok[k]] or list(range(len(failed)))
     return max(pool, key=lambda k: (avg_logprobs[k], -k))
 
 

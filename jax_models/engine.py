@@ -218,7 +218,8 @@ class TranscribeOptions:
     ``temperature`` 0 means greedy with fallback to 0.2 … 1.0 when a window's
     ``compression_ratio`` > 2.4 or ``avg_logprob`` < -1.0 (all of them decoded at once, the lowest
     that passes kept; when none passes, the most probable, as faster-whisper keeps:
-    ``decoding.pick_fallback``); a positive value samples at that temperature only. A window with ``no_speech_prob`` > 0.6 and a low ``avg_logprob`` is silent.
+    ``decoding.pick_fallback``); a positive value samples at that temperature only. A window with
+    ``no_speech_prob`` > 0.6 and a low ``avg_logprob`` is silent.
     """
 
     task: str = "transcribe"

@@ -24,10 +24,12 @@ def test_joined_case_shifts_turns_and_scored_regions() -> None:
 
 def test_router_eval_scores_the_sidecar_turns_from_the_file_start() -> None:
     """The sidecar hears a diarization window from its start (past leading non-speech once the file
-    is over one chunk): its turns are moved by the window's offset before scoring (without it a
-    60 s file scored 126 % DER for the sidecar: its turns 5.8 s early)."""
-    from bench.router_eval import absolute_turns
+    is over one chunk): bench.router_eval moves its turns by the window's offset before scoring, with
+    the router's own ``shift_diarization`` (without it a 60 s file scored 126 % DER for the sidecar:
+    its turns 5.8 s early)."""
+    from server.router.clients import Diarization
+    from server.router.pipeline import shift_diarization
 
-    turns = [SpeakerTurn(0.0, 1.5, "speaker_0"), SpeakerTurn(1.0, 2.0, "speaker_1")]
-    moved = absolute_turns(turns, 5.75)
+    turns = (SpeakerTurn(0.0, 1.5, "speaker_0"), SpeakerTurn(1.0, 2.0, "speaker_1"))
+    moved = shift_diarization(Diarization(turns, ("speaker_0", "speaker_1")), 5.75).turns
     assert [(t.start, t.end, t.speaker) for t in moved] == [(5.75, 7.25, "speaker_0"), (6.75, 7.75, "speaker_1")]

@@ -111,5 +111,5 @@ def group_windows(chunks: Sequence[Chunk], window_s: float, total: int | None = 
         if spans[0][1] <= limit:
             spans[0][0] = 0
         if total - spans[-1][0] <= limit:
-            spans[-1][1] = max(spans[-1][1], total)
+            spans[-1][1] = total
     return [Window(i, tuple(c.index for c in g), a, b) for i, (g, (a, b)) in enumerate(zip(groups, spans))]

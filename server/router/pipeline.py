@@ -74,12 +74,14 @@ WINDOW_RETRY_S = 30.0  # after a failed GET /v1/models, ask the sidecar again af
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 
 
-def one_speaker_without_turns(segments: list[Segment], warnings: list[str]) -> list[Segment]:
-    """``diarized_json`` segments when the diarizer found no speech at all although Whisper wrote
-    text (a quiet voice, or Whisper's words on silence): one speaker, ``A`` (OpenAI's
-    ``TranscriptionDiarizedSegment.speaker`` is a string), and a warning saying so. Segments that
-    already have a speaker are kept."""
-    if not any(s.speaker is None for s in segments):
+def one_speaker_without_turns(
+    segments: list[Segment], turns: Sequence[SpeakerTurn], warnings: list[str]
+) -> list[Segment]:
+    """``diarized_json`` segments when the diarizer found no speech at all (no ``turns``) although
+    Whisper wrote text (a quiet voice, or Whisper's words on silence): one speaker, ``A`` (OpenAI's
+    ``TranscriptionDiarizedSegment.speaker`` is a string), and a warning saying so. With turns, or
+    segments that already have a speaker, ``segments`` unchanged."""
+    if turns or not any(s.speaker is None for s in segments):
         return segments
     note = "the diarizer found no speech where Whisper wrote text: those segments are speaker A"
     if note not in warnings:
@@ -360,9 +362,8 @@ class Router:
         names = name_speakers([int(c) for c in order], centroids, known, known_thr)
         turns = [replace(t, speaker=names[int(t.speaker)]) for t in turns]
         segments = assign_speakers(segments, turns, nearest_s=DIARIZED_NEAREST_S if turn_spans else NEAREST_S)
-        if turn_spans and not turns:
-            segments = one_speaker_without_turns(segments, warnings)
         if turn_spans:
+            segments = one_speaker_without_turns(segments, turns, warnings)
             segments = cover_turns(segments, turns, end=duration)
             segments += untranscribed_turns(segments, turns, end=duration)
         return segments, warnings
@@ -415,9 +416,9 @@ class Router:
                         segs = assign_speakers(
                             segs, window_turns[w], nearest_s=DIARIZED_NEAREST_S if job.turn_spans else NEAREST_S
                         )
-                        if job.turn_spans and not window_turns[w]:
-                            segs = one_speaker_without_turns(segs, warnings)
-                        if job.turn_spans:  # inside this chunk: the next chunk's segments are not known yet
+                        if job.turn_spans:
+                            segs = one_speaker_without_turns(segs, window_turns[w], warnings)
+                            # inside this chunk: the next chunk's segments are not known yet
                             chunk = plan.chunks[ci]
                             segs = cover_turns(
                                 segs, window_turns[w], start=chunk.offset, end=chunk.offset + chunk.duration

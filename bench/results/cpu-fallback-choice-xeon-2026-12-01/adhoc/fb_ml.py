@@ -11,7 +11,7 @@ eng = WhisperEngine(str(Path.home() / ".cache/chorus/models/whisper-base"), batc
 rows = [l.strip().split("|") for l in open("/tmp/ml/list.txt")]
 for fmt in ("verbose", "text"):
     for rule in ("openai", "faster-whisper"):
-        E.pick_fallback = (lambda f, *a, **k: real_pick(f)) if rule == "openai" else real_pick
+        E.pick_fallback = (lambda f, *a, **k: next((i for i, x in enumerate(f) if not x), len(f) - 1)) if rule == "openai" else real_pick
         refs, hyps = [], []
         for lang, text in rows:
             x = decode_audio(open(f"/tmp/ml/{lang}.wav", "rb").read())

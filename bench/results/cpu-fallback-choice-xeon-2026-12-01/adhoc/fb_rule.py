@@ -10,8 +10,8 @@ import jax_models.engine as E
 from jax_models.engine import WhisperEngine, TranscribeOptions
 
 real_pick = E.pick_fallback
-def openai_pick(failed, *a, **k):
-    return real_pick(failed)
+def openai_pick(failed, *a, **k):  # openai/whisper: the first passing decode, else the last (hottest)
+    return next((k for k, f in enumerate(failed) if not f), len(failed) - 1)
 eng = WhisperEngine(str(Path.home() / ".cache/chorus/models/whisper-base"), batch_size=8, quantization="int8", workers=2)
 eng.warmup()
 for wl in sys.argv[1].split(","):
