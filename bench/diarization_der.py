@@ -174,6 +174,7 @@ def speech_for(minutes: float) -> np.ndarray:
 @click.option("--thresholds", default=None, help="Comma-separated clustering thresholds to compare (sweep).")
 @click.option("--min-cluster-sizes", default=None, help="Comma-separated min_cluster_size values (sweep).")
 @click.option("--min-cluster-fractions", default=None, help="Comma-separated min_cluster_fraction values (sweep).")
+@click.option("--min-cluster-shares", default=None, help="Comma-separated min_cluster_share values (sweep).")
 @click.option("--min-durations-off", default=None, help="Comma-separated min_duration_off values in seconds (sweep).")
 @click.option("--linkages", default=None, help="Comma-separated scipy linkage methods (sweep): centroid, average, ...")
 @click.option("--step", type=float, default=None, help="Segmentation step (s); default: the sidecar's.")
@@ -192,6 +193,7 @@ def main(
     thresholds,
     min_cluster_sizes,
     min_cluster_fractions,
+    min_cluster_shares,
     min_durations_off,
     linkages,
     step,
@@ -226,6 +228,9 @@ def main(
         "min_cluster_fraction": [float(x) for x in min_cluster_fractions.split(",")]
         if min_cluster_fractions
         else [c0.min_cluster_fraction],
+        "min_cluster_share": [float(x) for x in min_cluster_shares.split(",")]
+        if min_cluster_shares
+        else [c0.min_cluster_share],
         "min_duration_off": [float(x) for x in min_durations_off.split(",")]
         if min_durations_off
         else [c0.min_duration_off],

@@ -300,17 +300,30 @@ class CachedSidecar(_Cached):
         return await self._call("max_window_s")
 
 
-async def transcribe_in_process(samples, whisper: CachedWhisper, sidecar: CachedSidecar) -> tuple[dict, list]:
+async def transcribe_in_process(
+    samples,
+    whisper: CachedWhisper,
+    sidecar: CachedSidecar,
+    *,
+    window_s: float | None = None,
+    link_threshold: float | None = None,
+) -> tuple[dict, list]:
     """The router's pipeline in this process, as a ``diarized_json`` request with the diarize model
     runs it (``Job(diarize=True, turn_spans=True)``; silero-vad cuts audio over 31 s): the body,
     and the sidecar's turns (seconds from the file's start) when the file was diarized in one window,
-    else ``[]``.
+    else ``[]``. ``window_s`` and ``link_threshold`` are the ``Router``'s (None: its defaults).
     """
     from server.core.formats import render_diarized_json
     from server.core.vad import SileroVad
     from server.router.pipeline import Job, Router, shift_diarization
 
-    router = Router(whisper, sidecar, vad=SileroVad())  # type: ignore[arg-type]
+    router = Router(
+        whisper,  # type: ignore[arg-type]
+        sidecar,  # type: ignore[arg-type]
+        vad=SileroVad(),
+        window_s=window_s,
+        link_threshold=link_threshold,
+    )
     job = Job(model="whisper-1", diarize=True, timestamps=True, turn_spans=True)
     window = await router.diarization_window_s()
     plan = router.plan(samples, job.vad, window)
@@ -358,8 +371,36 @@ def _line(name: str, what: str, c: float, sc: dict) -> str:
     show_default=True,
     help="Forgiveness collar (seconds) around reference boundaries; repeat to score one answer at several.",
 )
+@click.option(
+    "--window-s",
+    type=float,
+    default=None,
+    help="In-process runs: the longest diarization window (s), below the sidecar's own, so files are "
+    "diarized in several windows whose speakers the router links.",
+)
+@click.option(
+    "--link-threshold",
+    "link_thresholds",
+    type=float,
+    multiple=True,
+    help="In-process runs: the router's speaker-linking cosine threshold; repeat to sweep "
+    "(with --cache the backends answer once). Default: the router's for the sidecar's embedder.",
+)
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def main(files, url, model, espeak_long, overlap_meetings, whisper_url, sidecar_url, cache, collars, json_out) -> None:
+def main(
+    files,
+    url,
+    model,
+    espeak_long,
+    overlap_meetings,
+    whisper_url,
+    sidecar_url,
+    cache,
+    collars,
+    window_s,
+    link_thresholds,
+    json_out,
+) -> None:
     """Print DER (and WER / cpWER where a script exists) of the router on each recording, at each
     ``--collar`` (one request per recording; the row's ``der*`` keys are the first collar's,
     ``by_collar`` holds every collar's). In-process runs (``--whisper-url``/``--sidecar-url`` or
@@ -376,6 +417,10 @@ def main(files, url, model, espeak_long, overlap_meetings, whisper_url, sidecar_
     if not cases:
         raise click.UsageError("give .wav files with .rttm references, --espeak-long or --overlap-meetings")
     in_process = bool(whisper_url or sidecar_url or cache)
+    if (window_s is not None or link_thresholds) and not in_process:
+        raise click.UsageError(
+            "--window-s and --link-threshold need an in-process run (--whisper-url/--sidecar-url/--cache)"
+        )
     if in_process:
         from server.router.clients import SidecarClient, WhisperClient
 
@@ -383,19 +428,25 @@ def main(files, url, model, espeak_long, overlap_meetings, whisper_url, sidecar_
             cache.mkdir(parents=True, exist_ok=True)
         whisper, sidecar = CachedWhisper("whisper", None, cache), CachedSidecar("sidecar", None, cache)
     rows = []
-    for name, data, ref in cases:
+    runs = [(name, data, ref, None) for name, data, ref in cases]
+    if link_thresholds:
+        runs = [(f"{name} link {lt:g}", data, ref, lt) for name, data, ref in cases for lt in link_thresholds]
+    for name, data, ref, link in runs:
         t0 = time.perf_counter()
         sidecar_turns: list[SpeakerTurn] = []
         if in_process:  # fresh clients per run: an httpx pool belongs to one event loop
             whisper.client = whisper_url and WhisperClient(whisper_url, concurrency=2, timeout_s=600.0)
             sidecar.client = sidecar_url and SidecarClient(sidecar_url, concurrency=1, timeout_s=600.0)
-            body, sidecar_turns = asyncio.run(transcribe_in_process(decode_audio(data), whisper, sidecar))
+            body, sidecar_turns = asyncio.run(
+                transcribe_in_process(decode_audio(data), whisper, sidecar, window_s=window_s, link_threshold=link)
+            )
         else:
             body = asyncio.run(transcribe(url, name, data, model))
         wall = time.perf_counter() - t0
         scores = {c: score(body["segments"], ref, collar=c) for c in collars}
         row = {
             "file": name,
+            "link_threshold": link,
             "duration": body["duration"],
             "wall_s": round(wall, 2),
             **scores[collars[0]],
@@ -413,14 +464,20 @@ def main(files, url, model, espeak_long, overlap_meetings, whisper_url, sidecar_
             if sidecar_turns:
                 click.echo(_line(name, "sidecar", c, row["sidecar"][str(c)]))
             click.echo(_line(name, "router", c, sc) + f"  {row['duration']:.0f}s audio in {wall:.1f}s")
-    if len(rows) > 1:
+    for link in dict.fromkeys(r["link_threshold"] for r in rows):
+        group = [r for r in rows if r["link_threshold"] == link]
+        if len(group) < 2:
+            continue
+        tag = "" if link is None else f" at link threshold {link:g}"
         for c in collars:
-            mean = sum(r["by_collar"][str(c)]["der"] for r in rows) / len(rows)
-            side = [r["sidecar"][str(c)]["der"] for r in rows if "sidecar" in r]
+            mean = sum(r["by_collar"][str(c)]["der"] for r in group) / len(group)
+            side = [r["sidecar"][str(c)]["der"] for r in group if "sidecar" in r]
             extra = f", sidecar {sum(side) / len(side):.1%} ({len(side)} files)" if side else ""
-            click.echo(f"mean DER over {len(rows)} files, collar {c:g}: router {mean:.1%}{extra}")
+            click.echo(f"mean DER over {len(group)} files{tag}, collar {c:g}: router {mean:.1%}{extra}")
     if json_out:
-        json_out.write_text(json.dumps({"url": url, "collars": list(collars), "files": rows}, indent=2))
+        json_out.write_text(
+            json.dumps({"url": url, "collars": list(collars), "window_s": window_s, "files": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -33,3 +33,19 @@ def test_router_eval_scores_the_sidecar_turns_from_the_file_start() -> None:
     turns = (SpeakerTurn(0.0, 1.5, "speaker_0"), SpeakerTurn(1.0, 2.0, "speaker_1"))
     moved = shift_diarization(Diarization(turns, ("speaker_0", "speaker_1")), 5.75).turns
     assert [(t.start, t.end, t.speaker) for t in moved] == [(5.75, 7.25, "speaker_0"), (6.75, 7.75, "speaker_1")]
+
+
+def test_router_eval_window_and_link_sweeps_need_an_in_process_run(tmp_path) -> None:
+    """``--window-s`` / ``--link-threshold`` set the in-process ``Router``'s parameters; against a
+    running router they would be silently ignored, so they are refused there."""
+    from click.testing import CliRunner
+
+    from bench.router_eval import main
+    from server.core.audio import to_wav_bytes
+
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(to_wav_bytes(np.zeros(16000, np.float32)))
+    wav.with_suffix(".rttm").write_text("SPEAKER a 1 0.000 0.500 <NA> <NA> S1 <NA> <NA>\n")
+    for extra in (["--window-s", "60"], ["--link-threshold", "0.6"]):
+        out = CliRunner().invoke(main, [str(wav), *extra])
+        assert out.exit_code == 2 and "in-process" in out.output

@@ -112,6 +112,14 @@ def test_a_small_cluster_is_kept_only_above_the_minimum_size():
     assert len(set(agglomerative(x, 0.7, 6, lo=1, hi=10))) == 3
 
 
+def test_min_cluster_share_folds_small_clusters_of_long_files():
+    # a long file: 3 voices, the third with 20 of 420 embeddings (4.8 %), above min_cluster_size 12
+    x = np.concatenate([_blobs(200, np.eye(4)[:2] * 3, 0.3), _blobs(20, [np.eye(4)[2] * 3], 0.3, seed=1)])
+    assert len(set(agglomerative(x, 0.7, 12, lo=1, hi=10))) == 3  # 3.1's rule: 20 >= 12
+    assert len(set(agglomerative(x, 0.7, 12, lo=1, hi=10, min_cluster_share=0.03))) == 3  # 20 >= 12.6
+    assert len(set(agglomerative(x, 0.7, 12, lo=1, hi=10, min_cluster_share=0.05))) == 2  # 20 < 21
+
+
 def test_assign_is_one_to_one_within_a_chunk_when_constrained():
     cents = np.eye(2)
     emb = np.array([[[1.0, 0.1], [0.9, 0.2]], [[0.0, 1.0], [np.nan, np.nan]]])

@@ -92,6 +92,7 @@ class PyannoteConfig:
     linkage: str = "centroid"  # scipy linkage method: "centroid" (3.1), "average", "complete", ...
     min_cluster_size: int = 12
     min_cluster_fraction: float = 0.1  # ... or this share of the clustered embeddings when that is fewer
+    min_cluster_share: float = 0.0  # ... but at least this share of them (long files; 0: off, as 3.1)
     min_active_ratio: float = 0.2  # clustered only if alone for this share of the chunk (or of the piece)
     piece_s: float | None = 2.0  # local speakers cut into pieces of about this much speech (None: whole)
     min_clean_s: float = 0.25  # fewer own (non-overlapped) seconds: embed all the speaker's frames
@@ -295,10 +296,12 @@ def agglomerative(
     hi: int,
     min_cluster_fraction: float = 0.1,
     method: str = "centroid",
+    min_cluster_share: float = 0.0,
 ) -> np.ndarray:
     """Cluster ids ``(n,)`` of unit-norm float ``(n, D)`` embeddings (pyannote 3.1
     ``AgglomerativeClustering``: centroid linkage, distance ``threshold``; clusters smaller than
-    ``min(min_cluster_size, min_cluster_fraction · n)`` (at least 1) join the nearest large one; when the
+    ``max(min(min_cluster_size, min_cluster_fraction · n), min_cluster_share · n)`` (at least 1) join
+    the nearest large one; when the
     number of large clusters falls outside ``[lo, hi]``, the dendrogram cut that gives the count
     nearest to the bound is used instead)."""
     from scipy.cluster.hierarchy import linkage
@@ -307,7 +310,7 @@ def agglomerative(
     n = embeddings.shape[0]
     if n < 2:
         return np.zeros(n, dtype=np.int64)
-    min_size = min(min_cluster_size, max(1, round(min_cluster_fraction * n)))
+    min_size = max(min(min_cluster_size, round(min_cluster_fraction * n)), round(min_cluster_share * n), 1)
     dendrogram = linkage(embeddings, method=method, metric="euclidean")
     clusters, large = _large_clusters(dendrogram, threshold, min_size)
     target = lo if len(large) < lo else hi if len(large) > hi else None
@@ -647,7 +650,9 @@ def cluster_chunks(
     labels = (
         np.zeros(len(x), dtype=np.int64)
         if hi < 2
-        else agglomerative(x, c.threshold, c.min_cluster_size, lo, hi, c.min_cluster_fraction, c.linkage)
+        else agglomerative(
+            x, c.threshold, c.min_cluster_size, lo, hi, c.min_cluster_fraction, c.linkage, c.min_cluster_share
+        )
     )
     k = int(labels.max()) + 1
     centroids = np.stack([x[labels == j].mean(0) for j in range(k)])
