@@ -113,6 +113,7 @@ async def test_language_detected_when_absent(client, speech_samples):
         ({"temperature": -0.5}, 400, "temperature"),
         ({"language": "xx"}, 400, "language"),
         ({"response_format": "diarized_json"}, 400, "response_format"),
+        ({"include": ["logprobs"]}, 400, "include"),
     ],
 )
 async def test_bad_fields_are_openai_errors(client, speech_samples, kwargs, status, param):
@@ -123,6 +124,18 @@ async def test_bad_fields_are_openai_errors(client, speech_samples, kwargs, stat
     assert err.status_code == status
     body = err.body if isinstance(err.body, dict) else {}
     assert body.get("param") == param and body.get("message") and body.get("type")
+
+
+async def test_include_logprobs_is_refused_by_name(client, speech_samples):
+    """The SDK's ``include=["logprobs"]`` gets a 400 that says what is missing, not a generic
+    unrecognized argument (the field is OpenAI's) nor a silent ``logprobs: null``."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", wav(speech_samples)), include=["logprobs"]
+        )
+    body = info.value.body
+    assert body["param"] == "include"
+    assert "log-probabilities" in body["message"] and "Unrecognized" not in body["message"]
 
 
 async def test_undecodable_audio_is_400(client):

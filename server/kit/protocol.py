@@ -68,6 +68,21 @@ class _TranscriptionFields(UploadForm):
     timestamp_granularities: list[TimestampGranularity] = list_field(
         "timestamp_granularities", ["segment"], "'word' adds word times (with verbose_json)."
     )
+    include: list[str] = list_field(
+        "include", description="Refused: token log-probabilities ('logprobs') are not returned (see avg_logprob)."
+    )
+
+    @field_validator("include")
+    @classmethod
+    def _include(cls, v: list[str]) -> list[str]:
+        # OpenAI returns `logprobs` only for its gpt-4o-transcribe models; a plain "unrecognized
+        # argument" would hide what the client asked for, an accepted `logprobs: null` would be a lie
+        if v:
+            raise ValueError(
+                f"{', '.join(map(repr, v))} is not available: Chorus's Whisper returns no token "
+                "log-probabilities; verbose_json gives each segment's avg_logprob"
+            )
+        return v
 
     @field_validator("language")
     @classmethod
