@@ -68,9 +68,27 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+"""One Server-Sent Event (``data:`` a JSON ``transcript.text.*`` event), OpenAPI 3.2's ``itemSchema``
+shape for ``text/event-stream``: validators check each event against it, not the stream as a string."""
+
+
 def text_responses(*media_types: str) -> dict[str, dict[str, Any]]:
-    """OpenAPI ``content`` of plain-text bodies (``text/plain``, ``text/vtt`` …), each a string."""
-    return {m: {"schema": {"type": "string"}} for m in media_types}
+    """OpenAPI ``content`` of plain-text bodies (``text/plain``, ``text/vtt`` …), each a string;
+    ``text/event-stream`` is described per event (``itemSchema``: ``SSE_EVENT_SCHEMA``)."""
+    return {
+        m: {"itemSchema": SSE_EVENT_SCHEMA} if m == "text/event-stream" else {"schema": {"type": "string"}}
+        for m in media_types
+    }
 
 
 class ApiKeyMiddleware:
