@@ -20,6 +20,13 @@ the backends (``--cache DIR`` alone replays):
     python -m bench.router_eval --whisper-url http://127.0.0.1:8001 --sidecar-url http://127.0.0.1:8002 \
         --cache /tmp/router-cache --collar 0.25 ../shared/data/pyannote_ami_dev00.wav --overlap-meetings 6
 
+In-process runs also take ``--window-s`` (cap the diarization window below the sidecar's, so a file
+is diarized in several windows whose local speakers the router links) and ``--link-threshold``
+(repeatable: one run per value on the same cached backend answers), to see how linking holds:
+
+    python -m bench.router_eval --cache /tmp/router-cache --collar 0.25 --window-s 60 \
+        --link-threshold 0.6 --link-threshold 0.66 long_meeting.wav
+
 The hypothesis is what a client gets: the ``diarized_json`` segments (their times and speakers),
 so the DER includes the segment granularity of the transcript, not only the diarizer's turns.
 """
