@@ -225,8 +225,9 @@ def fake_sidecar(control: dict) -> Starlette:
     rng = np.random.default_rng(0)
 
     async def diarize(request: Request):
-        samples, _ = await _upload(request)
+        samples, fields = await _upload(request)
         control["calls"] = control.get("calls", 0) + 1
+        control.setdefault("fields", []).append(fields)
         control.setdefault("seconds", []).append(len(samples) / SAMPLE_RATE)
         if control.get("fail"):
             return JSONResponse(
@@ -453,6 +454,26 @@ def test_an_ambiguous_speaker_keeps_a_low_confidence():
     assert links[(1, "s0")].confidence > 0.95
 
 
+def test_max_clusters_links_past_the_threshold():
+    """A client's ``num_speakers`` / ``max_speakers`` caps the linked speakers: the most similar
+    clusters keep merging below the threshold until no more than that many are left."""
+    rng = np.random.default_rng(2)
+    a, b = _unit(rng.standard_normal(32)), _unit(rng.standard_normal(32))
+    near = similar(a, 0.77, rng)  # below the bar: a speaker of its own without a cap
+    speakers = [
+        LocalSpeaker(0, "s0", a),
+        LocalSpeaker(0, "s1", b),
+        LocalSpeaker(1, "s0", a),
+        LocalSpeaker(1, "s1", b),
+        LocalSpeaker(2, "s0", near),
+    ]
+    assert len({link.cluster for link in link_speakers(speakers, threshold=0.8).values()}) == 3
+    links = link_speakers(speakers, threshold=0.8, max_clusters=2)
+    assert len({link.cluster for link in links.values()}) == 2
+    assert links[(2, "s0")].cluster == links[(0, "s0")].cluster != links[(0, "s1")].cluster
+    assert len({link.cluster for link in link_speakers(speakers, 0.8, max_clusters=5).values()}) == 3
+
+
 def test_single_window_needs_no_fingerprints():
     links = link_speakers([LocalSpeaker(0, "speaker_0", None), LocalSpeaker(0, "speaker_1", None)], 0.8)
     assert {link.cluster for link in links.values()} == {0, 1}
@@ -620,6 +641,48 @@ async def test_diarized_json_end_to_end_with_fakes(conv):
     n_words = sum(max(1, round(d * 2)) for _, d, _ in CONVERSATION)
     assert len(out.text.split()) == n_words  # nothing lost at chunk cuts
     assert not (out.model_extra or {}).get("warnings")
+
+
+async def test_speaker_count_bounds_reach_the_sidecar(conv):
+    """pyannote's ``num_speakers`` / ``min_speakers`` / ``max_speakers`` (``extra_body``): a file
+    diarized in one window passes them as given; over several windows each window gets only the cap
+    (one window may hold fewer people than the file), and the linking keeps to it."""
+    samples, _ = conv
+    control: dict = {}
+    client = make_client(router_app([], control))  # 10 s diarization windows: several
+    out = await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize",
+        file=("c.wav", wav(samples)),
+        response_format="diarized_json",
+        chunking_strategy="auto",
+        extra_body={"num_speakers": 1},
+    )
+    assert control["calls"] >= 3
+    assert all(f.get("max_speakers") == "1" and "num_speakers" not in f for f in control["fields"])
+    assert {s.speaker for s in out.segments} == {"A"}  # two voices, linked into the one asked for
+    control = {}
+    client = make_client(router_app([], control, diarization_window_s=60.0))  # the whole file: one window
+    await client.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize",
+        file=("c.wav", wav(samples)),
+        response_format="diarized_json",
+        chunking_strategy="auto",
+        extra_body={"min_speakers": 2, "max_speakers": 3},
+    )
+    assert control["calls"] == 1
+    assert {k: control["fields"][0].get(k) for k in ("min_speakers", "max_speakers", "num_speakers")} == {
+        "min_speakers": "2",
+        "max_speakers": "3",
+        "num_speakers": None,
+    }
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize",
+            file=("c.wav", wav(samples)),
+            response_format="diarized_json",
+            extra_body={"min_speakers": 3, "max_speakers": 2},
+        )
+    assert info.value.body["param"] == "min_speakers"
 
 
 async def test_only_the_diarize_model_diarizes(conv):

@@ -129,6 +129,9 @@ class TranscriptionForm(_TranscriptionFields):
     known_speaker_references: list[str] = list_field(
         "known_speaker_references", description="data:audio/...;base64 URLs of 2-10 s clips."
     )
+    num_speakers: int | None = Field(None, ge=1, le=64, description="Diarization: exactly this many speakers.")
+    min_speakers: int | None = Field(None, ge=1, le=64, description="Diarization: at least this many speakers.")
+    max_speakers: int | None = Field(None, ge=1, le=64, description="Diarization: at most this many speakers.")
 
     @model_validator(mode="before")
     @classmethod

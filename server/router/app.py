@@ -303,6 +303,8 @@ def create_app(
             raise InvalidRequestError(
                 "known_speaker_names[] must be distinct and non-empty.", param="known_speaker_names"
             )
+        if req.min_speakers and req.max_speakers and req.min_speakers > req.max_speakers:
+            raise InvalidRequestError("min_speakers must not exceed max_speakers.", param="min_speakers")
         diarize = wants_speakers(req, settings)
         refs = []
         if names and diarize:
@@ -321,6 +323,9 @@ def create_app(
             words="word" in req.timestamp_granularities and req.response_format == "verbose_json",
             timestamps=diarize or req.response_format not in TIMELESS_FORMATS,
             turn_spans=diarize and req.response_format == "diarized_json",
+            num_speakers=req.num_speakers,
+            min_speakers=req.min_speakers,
+            max_speakers=req.max_speakers,
         )
         return job
 

@@ -300,16 +300,24 @@ class SidecarClient(_Backend):
 
     name = "sidecar"
 
-    async def diarize(self, wav: bytes, *, num_speakers: int | None = None) -> Diarization:
-        """One audio file (16 kHz 16-bit mono WAV) → speaker turns, one fingerprint per local speaker.
+    async def diarize(
+        self,
+        wav: bytes,
+        *,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+    ) -> Diarization:
+        """One audio file (16 kHz 16-bit mono WAV) → speaker turns, one fingerprint per local speaker;
+        the speaker count bounded as the sidecar's ``/v1/diarize`` fields of the same names bound it.
 
         The deadline is the client's ``timeout_s`` plus the audio's own duration: offline
         diarization on CPU runs at 1-3x real time on 2 cores, so a fixed deadline would drop the
         speakers of every long window (a 305 s window took 305 s on a loaded machine).
         """
         data = [("response_format", "json")]
-        if num_speakers:
-            data.append(("num_speakers", str(num_speakers)))
+        bounds = {"num_speakers": num_speakers, "min_speakers": min_speakers, "max_speakers": max_speakers}
+        data += [(k, str(v)) for k, v in bounds.items() if v]
         audio_s = max(0, len(wav) - 44) / (2 * 16000)
         response = await self._post("/v1/diarize", data=data, files=_wav_file(wav), timeout_s=self.timeout_s + audio_s)
         try:

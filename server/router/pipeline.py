@@ -111,6 +111,20 @@ class Job:
     words: bool = False  # the client asked for timestamp_granularities[]=word
     timestamps: bool = True
     turn_spans: bool = False
+    num_speakers: int | None = None  # the client's bounds on the speaker count (pyannote's names)
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+    def window_bounds(self, windows: int) -> dict[str, int]:
+        """The bounds each diarization window gets: all of them when the file is one window;
+        with several, only the most speakers (``num_speakers`` or ``max_speakers``) as a cap, since
+        one window may hold fewer people than the file."""
+        if windows == 1:
+            bounds = {"num_speakers": self.num_speakers, "min_speakers": self.min_speakers}
+            bounds["max_speakers"] = self.max_speakers
+        else:
+            bounds = {"max_speakers": self.num_speakers or self.max_speakers}
+        return {k: v for k, v in bounds.items() if v}
 
 
 @dataclass
@@ -267,10 +281,12 @@ class Router:
         first_language.add_done_callback(lambda f: f.cancelled() or f.exception())
         return tasks
 
-    def _launch_sidecar(self, samples: np.ndarray, plan: Plan) -> list[asyncio.Task]:
+    def _launch_sidecar(self, samples: np.ndarray, plan: Plan, job: Job) -> list[asyncio.Task]:
+        bounds = job.window_bounds(len(plan.windows))
+
         async def one(w: Window) -> Diarization:
             async with self._sidecar_slots:
-                d = await self.sidecar.diarize(to_wav_bytes(samples[w.start : w.end]))
+                d = await self.sidecar.diarize(to_wav_bytes(samples[w.start : w.end]), **bounds)
             return shift_diarization(d, w.offset)
 
         return [asyncio.create_task(one(w)) for w in plan.windows]
@@ -299,7 +315,7 @@ class Router:
             BackendError: from the whisper server (the sidecar's failures become warnings).
         """
         whisper_tasks = self._launch_whisper(samples, plan, job)
-        sidecar_tasks = self._launch_sidecar(samples, plan) if job.diarize and plan.windows else []
+        sidecar_tasks = self._launch_sidecar(samples, plan, job) if job.diarize and plan.windows else []
         known_task = asyncio.create_task(self._known(job)) if job.diarize else None
         try:
             parts = await asyncio.gather(*whisper_tasks)
@@ -317,7 +333,14 @@ class Router:
             results = await asyncio.gather(*sidecar_tasks, return_exceptions=True)
             known, known_warnings = await known_task
             warnings += known_warnings
-            segments, w = self._attribute(segments, results, known, turn_spans=job.turn_spans, duration=plan.duration)
+            segments, w = self._attribute(
+                segments,
+                results,
+                known,
+                turn_spans=job.turn_spans,
+                duration=plan.duration,
+                max_speakers=job.num_speakers or job.max_speakers,
+            )
             warnings += w
         text = join_texts([p.text for p in parts], language)
         return assemble(segments, text, language, plan.duration, job.task, warnings, spans_words=not job.turn_spans)
@@ -330,9 +353,11 @@ class Router:
         *,
         turn_spans: bool = False,
         duration: float = float("inf"),
+        max_speakers: int | None = None,
     ) -> tuple[list[Segment], list[str]]:
         """Offline link + name + merge (and with ``turn_spans``, ``cover_turns`` inside
-        ``[0, duration]``); failures of the sidecar become warnings."""
+        ``[0, duration]``; linking stops at no more than ``max_speakers``); failures of the sidecar
+        become warnings."""
         warnings = []
         failed = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
         for i, r in failed:
@@ -355,7 +380,7 @@ class Router:
             warnings.append("the sidecar returned no speaker fingerprints: labels are not linked across chunks")
             links = {s.key: Link(hash(s.label) % 10**6, 0.5) for s in locals_}
         else:
-            links = link_speakers(locals_, link_thr)
+            links = link_speakers(locals_, link_thr, max_clusters=max_speakers)
         centroids = cluster_centroids(locals_, links)
         turns = global_turns(ok, links)
         order = list(dict.fromkeys(t.speaker for t in sorted(turns, key=lambda t: t.start)))
@@ -379,7 +404,7 @@ class Router:
             BackendError: from the whisper server, before or between events.
         """
         whisper_tasks = self._launch_whisper(samples, plan, job)
-        sidecar_tasks = self._launch_sidecar(samples, plan) if job.diarize and plan.windows else []
+        sidecar_tasks = self._launch_sidecar(samples, plan, job) if job.diarize and plan.windows else []
         known_task = asyncio.create_task(self._known(job)) if job.diarize else None
         tasks = [*whisper_tasks, *sidecar_tasks, *([known_task] if known_task else [])]
         window_of = {c: w.index for w in plan.windows for c in w.chunks}

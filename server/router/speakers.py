@@ -97,11 +97,14 @@ def local_speakers(diarizations: Sequence[tuple[int, Diarization | None]]) -> li
     return out
 
 
-def link_speakers(speakers: Sequence[LocalSpeaker], threshold: float) -> dict[tuple[int, str], Link]:
+def link_speakers(
+    speakers: Sequence[LocalSpeaker], threshold: float, *, max_clusters: int | None = None
+) -> dict[tuple[int, str], Link]:
     """Offline linking: agglomerative clustering of the fingerprints (centroid linkage).
 
     Clusters start as single local speakers; the two clusters whose speech-weighted centroids are
-    most cosine-similar merge while that similarity is above ``threshold``. Two clusters that share
+    most cosine-similar merge while that similarity is above ``threshold``, and past it while there
+    are more than ``max_clusters`` (the client's ``num_speakers`` / ``max_speakers``; None: no cap). Two clusters that share
     a window (the diarizer called them different people) must clear a stricter bar, halfway from
     ``threshold`` to 1, so a diarizer's over-split speaker can still be joined but two similar
     voices of one window are not. Each local speaker's confidence is a logistic of the margin
@@ -136,10 +139,13 @@ def link_speakers(speakers: Sequence[LocalSpeaker], threshold: float) -> dict[tu
     same = np.array([[a.window == b.window for b in have] for a in have])
     sims[same] -= penalty
     np.fill_diagonal(sims, -np.inf)
+    alive_count = len(have)
     while True:
         a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
-        if not np.isfinite(sims[a, b]) or sims[a, b] <= threshold:
+        over_cap = max_clusters is not None and alive_count > max_clusters
+        if not np.isfinite(sims[a, b]) or (sims[a, b] <= threshold and not over_cap):
             break
+        alive_count -= 1
         a, b = min(a, b), max(a, b)
         members[a] = members[a] + members[b]
         win_sets[a] = win_sets[a] | win_sets[b]
