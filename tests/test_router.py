@@ -491,6 +491,21 @@ def test_online_linker_matches_one_to_one():
     assert second[(1, "r")].cluster not in (first[(0, "x")].cluster, first[(0, "y")].cluster)
 
 
+def test_online_linker_keeps_to_the_cap():
+    """With ``max_clusters`` reached, a speaker that matches no cluster joins its most similar one."""
+    rng = np.random.default_rng(3)
+    a, b = (_unit(rng.standard_normal(32)) for _ in range(2))
+    near_a = similar(a, 0.5, rng)  # far below the threshold, nearer to a than to b
+    linker = OnlineLinker(0.8, max_clusters=2)
+    first = linker.add([LocalSpeaker(0, "x", a, 5), LocalSpeaker(0, "y", b, 5)])
+    second = linker.add([LocalSpeaker(1, "p", b, 5), LocalSpeaker(1, "r", near_a, 5)])
+    assert second[(1, "p")].cluster == first[(0, "y")].cluster
+    assert second[(1, "r")].cluster == first[(0, "x")].cluster
+    uncapped = OnlineLinker(0.8)
+    uncapped.add([LocalSpeaker(0, "x", a, 5), LocalSpeaker(0, "y", b, 5)])
+    assert uncapped.add([LocalSpeaker(1, "r", near_a, 5)])[(1, "r")].cluster == 2  # a new speaker
+
+
 def test_embedder_families_pick_their_thresholds():
     from server.router.speakers import KNOWN_THRESHOLDS, default_threshold, embedder_family
 
@@ -683,6 +698,26 @@ async def test_speaker_count_bounds_reach_the_sidecar(conv):
             extra_body={"min_speakers": 3, "max_speakers": 2},
         )
     assert info.value.body["param"] == "min_speakers"
+
+
+async def test_a_stream_keeps_to_the_speaker_cap(conv):
+    samples, _ = conv
+    client = make_client(router_app([], {}))  # 10 s diarization windows: linked online
+    speakers = set()
+    async with client.audio.transcriptions.with_streaming_response.create(
+        model="gpt-4o-transcribe-diarize",
+        file=("c.wav", wav(samples)),
+        response_format="diarized_json",
+        chunking_strategy="auto",
+        stream=True,
+        extra_body={"max_speakers": 1},
+    ) as response:
+        async for line in response.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                if event["type"] == "transcript.text.segment":
+                    speakers.add(event["speaker"])
+    assert speakers == {"A"}
 
 
 async def test_only_the_diarize_model_diarizes(conv):

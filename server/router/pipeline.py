@@ -434,7 +434,9 @@ class Router:
                             if speakers is None:
                                 known, known_warnings = await known_task
                                 warnings += known_warnings
-                                speakers = StreamSpeakers(*self._thresholds(d.embedder), known)
+                                speakers = StreamSpeakers(
+                                    *self._thresholds(d.embedder), known, job.num_speakers or job.max_speakers
+                                )
                             warnings += [f"sidecar: {x}" for x in d.warnings]
                             window_turns[w] = speakers.add(w, d)
                     if window_turns[w] is not None:

@@ -173,16 +173,20 @@ def link_speakers(
 
 class OnlineLinker:
     """Streaming linking: windows arrive in order; each window's speakers are matched one-to-one
-    (Hungarian) to the clusters so far, or open new clusters when no match is above ``threshold``.
-    Links once given are never changed (they were already sent to the client)."""
+    (Hungarian) to the clusters so far, or open new clusters when no match is above ``threshold``;
+    once there are ``max_clusters`` (the client's cap; None: none), an unmatched speaker joins its
+    most similar cluster instead. Links once given are never changed (they were already sent to the
+    client)."""
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, max_clusters: int | None = None) -> None:
         self.threshold = threshold
+        self.max_clusters = max_clusters
         self.sums: list[np.ndarray] = []
         self.first_window: int | None = None
 
-    def _cents(self) -> np.ndarray:
-        return np.stack([_unit(s) for s in self.sums]) if self.sums else np.zeros((0, 1))
+    def _real(self) -> list[int]:
+        """Clusters with a fingerprint (not the placeholders of speakers without one)."""
+        return [i for i, v in enumerate(self.sums) if v.shape[0] > 1]
 
     def add(self, speakers: Sequence[LocalSpeaker]) -> dict[tuple[int, str], Link]:
         """Link the local speakers of one window (all of the same window)."""
@@ -200,7 +204,7 @@ class OnlineLinker:
                     links[s.key] = Link(len(self.sums) - 1, 1.0)
                 else:
                     links[s.key] = Link(None, 0.0)
-        live = [i for i, v in enumerate(self.sums) if v.shape[0] > 1]
+        live = self._real()
         matched: dict[int, int] = {}
         sims = np.zeros((len(have), len(live)))
         if have and live:
@@ -215,6 +219,14 @@ class OnlineLinker:
                 cluster = live[c]
                 other = max([sims[r, k] for k in range(len(live)) if k != c] or [-1.0])
                 conf = _margin_confidence(float(sims[r, c]), float(other))
+                self.sums[cluster] = self.sums[cluster] + s.fingerprint.astype(np.float64) * w
+            elif self.max_clusters is not None and len(self.sums) >= self.max_clusters and self._real():
+                # at the cap (also within the first window): the most similar cluster so far
+                real = self._real()
+                now = np.array([float(s.fingerprint @ _unit(self.sums[i])) for i in real])
+                k = int(np.argmax(now))
+                cluster = real[k]
+                conf = _margin_confidence(float(now[k]), float(max(np.delete(now, k), default=-1.0)))
                 self.sums[cluster] = self.sums[cluster] + s.fingerprint.astype(np.float64) * w
             else:
                 best = float(sims[r].max()) if len(live) else -1.0
@@ -313,8 +325,14 @@ def global_turns(results: Sequence[tuple[int, Diarization]], links: dict[tuple[i
 class StreamSpeakers:
     """Global speaker names for a stream: windows linked online, names given once and kept."""
 
-    def __init__(self, link_threshold: float, known_threshold: float, known: Sequence[KnownSpeaker]) -> None:
-        self.linker = OnlineLinker(link_threshold)
+    def __init__(
+        self,
+        link_threshold: float,
+        known_threshold: float,
+        known: Sequence[KnownSpeaker],
+        max_speakers: int | None = None,
+    ) -> None:
+        self.linker = OnlineLinker(link_threshold, max_speakers)
         self.known = list(known)
         self.known_threshold = known_threshold
         self.names: dict[int, str] = {}
