@@ -436,18 +436,23 @@ def test_similar_voices_of_one_window_stay_apart():
     assert links[(0, "s0")].cluster == links[(1, "s0")].cluster != links[(1, "s1")].cluster
 
 
-def test_an_ambiguous_speaker_keeps_a_low_confidence():
+def _two_voices_and_a_near_one() -> list[LocalSpeaker]:
+    """Voices a and b in windows 0 and 1; window 2 holds a voice at cosine 0.77 from a: just
+    below a 0.8 link threshold, so it matches no cluster well."""
     rng = np.random.default_rng(2)
     a, b = _unit(rng.standard_normal(32)), _unit(rng.standard_normal(32))
-    near = similar(a, 0.77, rng)  # just below the bar: matches no cluster well
-    speakers = [
+    near = similar(a, 0.77, rng)
+    return [
         LocalSpeaker(0, "s0", a),
         LocalSpeaker(0, "s1", b),
         LocalSpeaker(1, "s0", a),
         LocalSpeaker(1, "s1", b),
         LocalSpeaker(2, "s0", near),
     ]
-    links = link_speakers(speakers, threshold=0.8)
+
+
+def test_an_ambiguous_speaker_keeps_a_low_confidence():
+    links = link_speakers(_two_voices_and_a_near_one(), threshold=0.8)
     amb = links[(2, "s0")]
     assert amb.cluster not in (links[(0, "s0")].cluster, links[(0, "s1")].cluster)  # not forced
     assert amb.confidence < 0.9
@@ -457,16 +462,7 @@ def test_an_ambiguous_speaker_keeps_a_low_confidence():
 def test_max_clusters_links_past_the_threshold():
     """A client's ``num_speakers`` / ``max_speakers`` caps the linked speakers: the most similar
     clusters keep merging below the threshold until no more than that many are left."""
-    rng = np.random.default_rng(2)
-    a, b = _unit(rng.standard_normal(32)), _unit(rng.standard_normal(32))
-    near = similar(a, 0.77, rng)  # below the bar: a speaker of its own without a cap
-    speakers = [
-        LocalSpeaker(0, "s0", a),
-        LocalSpeaker(0, "s1", b),
-        LocalSpeaker(1, "s0", a),
-        LocalSpeaker(1, "s1", b),
-        LocalSpeaker(2, "s0", near),
-    ]
+    speakers = _two_voices_and_a_near_one()  # the near voice: a speaker of its own without a cap
     assert len({link.cluster for link in link_speakers(speakers, threshold=0.8).values()}) == 3
     links = link_speakers(speakers, threshold=0.8, max_clusters=2)
     assert len({link.cluster for link in links.values()}) == 2

@@ -301,9 +301,8 @@ def agglomerative(
     """Cluster ids ``(n,)`` of unit-norm float ``(n, D)`` embeddings (pyannote 3.1
     ``AgglomerativeClustering``: centroid linkage, distance ``threshold``; clusters smaller than
     ``max(min(min_cluster_size, min_cluster_fraction · n), min_cluster_share · n)`` (at least 1) join
-    the nearest large one; when the
-    number of large clusters falls outside ``[lo, hi]``, the dendrogram cut that gives the count
-    nearest to the bound is used instead)."""
+    the nearest large one; when the number of large clusters falls outside ``[lo, hi]``, the
+    dendrogram cut that gives the count nearest to the bound is used instead)."""
     from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import cdist
 

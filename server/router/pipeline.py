@@ -115,15 +115,19 @@ class Job:
     min_speakers: int | None = None
     max_speakers: int | None = None
 
+    @property
+    def speaker_cap(self) -> int | None:
+        """The most speakers the client allows (``num_speakers`` or ``max_speakers``; None: any)."""
+        return self.num_speakers or self.max_speakers
+
     def window_bounds(self, windows: int) -> dict[str, int]:
         """The bounds each diarization window gets: all of them when the file is one window;
-        with several, only the most speakers (``num_speakers`` or ``max_speakers``) as a cap, since
-        one window may hold fewer people than the file."""
+        with several, only ``speaker_cap``, since one window may hold fewer people than the file."""
         if windows == 1:
             bounds = {"num_speakers": self.num_speakers, "min_speakers": self.min_speakers}
             bounds["max_speakers"] = self.max_speakers
         else:
-            bounds = {"max_speakers": self.num_speakers or self.max_speakers}
+            bounds = {"max_speakers": self.speaker_cap}
         return {k: v for k, v in bounds.items() if v}
 
 
@@ -339,7 +343,7 @@ class Router:
                 known,
                 turn_spans=job.turn_spans,
                 duration=plan.duration,
-                max_speakers=job.num_speakers or job.max_speakers,
+                max_speakers=job.speaker_cap,
             )
             warnings += w
         text = join_texts([p.text for p in parts], language)
@@ -434,9 +438,7 @@ class Router:
                             if speakers is None:
                                 known, known_warnings = await known_task
                                 warnings += known_warnings
-                                speakers = StreamSpeakers(
-                                    *self._thresholds(d.embedder), known, job.num_speakers or job.max_speakers
-                                )
+                                speakers = StreamSpeakers(*self._thresholds(d.embedder), known, job.speaker_cap)
                             warnings += [f"sidecar: {x}" for x in d.warnings]
                             window_turns[w] = speakers.add(w, d)
                     if window_turns[w] is not None:

@@ -104,8 +104,9 @@ def link_speakers(
 
     Clusters start as single local speakers; the two clusters whose speech-weighted centroids are
     most cosine-similar merge while that similarity is above ``threshold``, and past it while there
-    are more than ``max_clusters`` (the client's ``num_speakers`` / ``max_speakers``; None: no cap). Two clusters that share
-    a window (the diarizer called them different people) must clear a stricter bar, halfway from
+    are more than ``max_clusters`` (the client's ``num_speakers`` / ``max_speakers``; None: no cap).
+    Two clusters that share a window (the diarizer called them different people) must clear a
+    stricter bar, halfway from
     ``threshold`` to 1, so a diarizer's over-split speaker can still be joined but two similar
     voices of one window are not. Each local speaker's confidence is a logistic of the margin
     between its similarity to the rest of its cluster (or ``threshold`` when alone) and to the
@@ -220,9 +221,8 @@ class OnlineLinker:
                 other = max([sims[r, k] for k in range(len(live)) if k != c] or [-1.0])
                 conf = _margin_confidence(float(sims[r, c]), float(other))
                 self.sums[cluster] = self.sums[cluster] + s.fingerprint.astype(np.float64) * w
-            elif self.max_clusters is not None and len(self.sums) >= self.max_clusters and self._real():
+            elif self.max_clusters is not None and len(self.sums) >= self.max_clusters and (real := self._real()):
                 # at the cap (also within the first window): the most similar cluster so far
-                real = self._real()
                 now = np.array([float(s.fingerprint @ _unit(self.sums[i])) for i in real])
                 k = int(np.argmax(now))
                 cluster = real[k]
