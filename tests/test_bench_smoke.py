@@ -226,15 +226,17 @@ def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir
 
 
 @pytest.mark.slow
-def test_base_weights_in_both_formats(base_model_dir, cache_dir):
+def test_base_weights_in_both_formats(base_model_dir, model_cache):
     from bench.peers import resolve_weights
     from jax_models.ct2_import import embedded_ct2_dirs, locate_ct2_files
+    from tests.conftest import model_cache_lock
 
-    weights = resolve_weights("base", cache_dir)
+    with model_cache_lock(model_cache):  # the run's one copy (``ct2_base_dir`` may have joined it already)
+        weights = resolve_weights("base", model_cache)
     assert weights.hf_dir == str(base_model_dir)
     parts = locate_ct2_files(embedded_ct2_dirs("base")).parts
     model_bin = Path(weights.ct2_dir) / "model.bin"
     assert model_bin.stat().st_size == sum(p.stat().st_size for p in parts)
     mtime = model_bin.stat().st_mtime_ns
-    assert resolve_weights("base", cache_dir).ct2_dir == weights.ct2_dir
+    assert resolve_weights("base", model_cache).ct2_dir == weights.ct2_dir
     assert model_bin.stat().st_mtime_ns == mtime  # assembled once

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,13 @@ from jax_models import ct2_import
 from jax_models.ct2_import import (
     CT2FormatError,
     ModelNotInstalledError,
-    assemble_ct2_dir,
     embedded_ct2_dirs,
     import_ct2,
     list_models,
     read_ct2_model,
     resolve_model,
 )
+from tests.conftest import model_cache_lock
 
 SENTENCE = "Good morning everyone. Today we will talk about the history of music and the piano."
 EXPECTED_WORDS = ("morning", "history", "music", "piano")
@@ -38,12 +39,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(16 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def ct2_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded base as one CTranslate2 directory (model.bin + assets), as faster-whisper loads it."""
-    return assemble_ct2_dir("base", tmp_path_factory.mktemp("ct2") / "ct2-base")
 
 
 @pytest.fixture(scope="module")
@@ -257,8 +252,9 @@ def test_resolve_model_imports_once(imported_base: Path, monkeypatch: pytest.Mon
 
 def test_resolve_local_ct2_dir_and_list_models(imported_base: Path, ct2_base_dir: Path) -> None:
     cache_dir = imported_base.parent.parent
-    path = Path(resolve_model(str(ct2_base_dir), cache_dir, progress=False))
-    assert path.parent == cache_dir / "models" and path.name.startswith("ct2-ct2-base-")
+    with model_cache_lock(cache_dir):
+        path = Path(resolve_model(str(ct2_base_dir), cache_dir, progress=False))
+    assert path.parent == cache_dir / "models" and path.name.startswith(f"ct2-{ct2_base_dir.name}-")
     assert resolve_model(str(ct2_base_dir), cache_dir, progress=False) == str(path)  # stable name
     # one model.bin or two parts in two packages: the same bytes out
     assert _sha256(path / "model.safetensors") == _sha256(imported_base / "model.safetensors")
@@ -267,6 +263,7 @@ def test_resolve_local_ct2_dir_and_list_models(imported_base: Path, ct2_base_dir
     assert entries[str(imported_base)]["name"] == "base" and entries[str(imported_base)]["imported"]
     assert entries[str(imported_base)]["size"] > 280e6
     assert entries[str(path)]["name"] == str(path) and str(ct2_base_dir) in entries[str(path)]["source"]
+    shutil.rmtree(path)  # 290 MB the rest of the run does not use
 
 
 # --- the real model: transformers on the import == faster-whisper on the CTranslate2 files --------

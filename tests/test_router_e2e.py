@@ -35,8 +35,10 @@ def conversation_wav():
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_whisper_dir, cache_dir):
-    """``chorus up`` on free ports: whisper (tiny, 32 tokens), sidecar (cluster), router."""
+def stack(tiny_whisper_dir, tiny_xla_cache):
+    """``chorus up`` on free ports: whisper (tiny, 32 tokens), sidecar (cluster), router. The whisper
+    server loads the tiny engine's executables (``tiny_xla_cache``) instead of compiling them."""
+    cache_dir = tiny_xla_cache
     options = UpOptions(
         router_port=free_port(),
         whisper_port=free_port(),
