@@ -483,7 +483,10 @@ def main(
             click.echo(f"mean DER over {len(group)} files{tag}, collar {c:g}: router {mean:.1%}{extra}")
     if json_out:
         json_out.write_text(
-            json.dumps({"url": url, "collars": list(collars), "window_s": window_s, "files": rows}, indent=2)
+            json.dumps(
+                {"kind": "router-der", "url": url, "collars": list(collars), "window_s": window_s, "files": rows},
+                indent=2,
+            )
         )
 
 
