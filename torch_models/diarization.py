@@ -16,7 +16,7 @@ import numpy as np
 from pyannote.core import Segment, Timeline
 
 from server.core.audio import SAMPLE_RATE
-from server.core.transcript import SpeakerTurn
+from server.core.transcript import SpeakerTurn, speaker_count_error
 
 MIN_FINGERPRINT_S = 0.5  # seconds of a speaker's own (non-overlapped) speech needed for a fingerprint
 
@@ -49,10 +49,8 @@ class DiarizationOptions:
             if value is not None and value < 1:
                 raise OptionError(f"'{name}' must be at least 1, got {value}.", name)
         lo, hi, n = self.min_speakers, self.max_speakers, self.num_speakers
-        if lo is not None and hi is not None and lo > hi:
-            raise OptionError(f"'min_speakers' ({lo}) is larger than 'max_speakers' ({hi}).", "min_speakers")
-        if n is not None and ((lo is not None and n < lo) or (hi is not None and n > hi)):
-            raise OptionError(f"'num_speakers' ({n}) is outside [min_speakers, max_speakers].", "num_speakers")
+        if (bad := speaker_count_error(n, lo, hi)) is not None:
+            raise OptionError(*bad)
         if limit is not None:
             for name, value in (("num_speakers", n), ("min_speakers", lo)):
                 if value is not None and value > limit:

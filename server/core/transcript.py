@@ -64,6 +64,17 @@ class SpeakerTurn:
     confidence: float | None = None
 
 
+def speaker_count_error(num: int | None, lo: int | None, hi: int | None) -> tuple[str, str] | None:
+    """The first inconsistency among speaker-count bounds (pyannote's ``num_speakers``, ``min_speakers``
+    ``lo`` and ``max_speakers`` ``hi``) as ``(message, param)``: ``lo > hi``, or ``num`` outside
+    ``[lo, hi]``; None when they agree. The sidecar and the router refuse such a request alike."""
+    if lo is not None and hi is not None and lo > hi:
+        return f"'min_speakers' ({lo}) is larger than 'max_speakers' ({hi}).", "min_speakers"
+    if num is not None and ((lo is not None and num < lo) or (hi is not None and num > hi)):
+        return f"'num_speakers' ({num}) is outside [min_speakers, max_speakers].", "num_speakers"
+    return None
+
+
 @dataclass(frozen=True)
 class Transcript:
     """A whole transcription result.

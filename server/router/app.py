@@ -29,6 +29,7 @@ from starlette.requests import Request
 
 from server.core.audio import AudioDecodeError, AudioTooLongError, decode_audio, duration_s, to_wav_bytes
 from server.core.formats import RENDERERS, TIMELESS_FORMATS, encode_sse
+from server.core.transcript import speaker_count_error
 from server.core.vad import SileroVad, VadOptions
 from server.kit.app import (
     AUDIO_ERRORS,
@@ -303,8 +304,8 @@ def create_app(
             raise InvalidRequestError(
                 "known_speaker_names[] must be distinct and non-empty.", param="known_speaker_names"
             )
-        if req.min_speakers and req.max_speakers and req.min_speakers > req.max_speakers:
-            raise InvalidRequestError("min_speakers must not exceed max_speakers.", param="min_speakers")
+        if (bad := speaker_count_error(req.num_speakers, req.min_speakers, req.max_speakers)) is not None:
+            raise InvalidRequestError(bad[0], param=bad[1])  # as the sidecar would, before any work
         diarize = wants_speakers(req, settings)
         refs = []
         if names and diarize:
