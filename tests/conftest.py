@@ -27,18 +27,25 @@ variant."""
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """One Chorus cache for the test run (XLA cache, bench's files), shared by the pytest-xdist
-    workers: an executable one worker's engine or server compiled is loaded by the other's."""
-    return _run_dir(tmp_path_factory, "chorus-cache")
-
-
-def _run_dir(tmp_path_factory, name: str) -> Path:
-    """``<the run's base temp dir>/name``, the same folder in every pytest-xdist worker."""
+    """One Chorus cache for the test run (imported models, XLA cache, bench's files), shared by the
+    pytest-xdist workers (a worker's base temp dir is ``<run>/popen-gwN``): an executable one worker
+    compiled is loaded by the other, and the large weights exist once. Each worker importing its own
+    Whisper base (~290 MB of float32 safetensors) and joining its own CTranslate2 ``model.bin``
+    (~145 MB) took a run to 1.4 GB of temporary files, and a CI machine ran out of disk. Imports into
+    it hold :func:`cache_lock`."""
     base = tmp_path_factory.getbasetemp()
-    root = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base  # a worker's is <run>/popen-gwN
-    path = root / name
+    path = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "chorus-cache"
     path.mkdir(exist_ok=True)
     return path
+
+
+@contextmanager
+def cache_lock(cache_dir: Path) -> Iterator[None]:
+    """Hold ``cache_dir``'s file lock (across the pytest-xdist workers) while importing into it."""
+    from filelock import FileLock
+
+    with FileLock(str(cache_dir / ".lock")):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,43 +68,22 @@ def xla_cache(cache_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_cache(tmp_path_factory) -> Path:
-    """A Chorus cache dir for the large weights, one per test run, shared by the pytest-xdist workers.
-
-    Each worker importing its own Whisper base (~290 MB of float32 safetensors) and joining its own
-    CTranslate2 ``model.bin`` (~145 MB) took the run to 1.4 GB of temporary files, and a CI machine
-    ran out of disk. Whoever writes here holds :func:`model_cache_lock`.
-    """
-    return _run_dir(tmp_path_factory, "model-cache")
-
-
-@contextmanager
-def model_cache_lock(model_cache: Path) -> Iterator[None]:
-    """Hold ``model_cache``'s file lock (across the pytest-xdist workers) while writing to it."""
-    from filelock import FileLock
-
-    with FileLock(str(model_cache / ".lock")):
-        yield
-
-
-@pytest.fixture(scope="session")
-def base_model_dir(model_cache) -> Path:
-    """The embedded Whisper base, imported from its CTranslate2 files into HF format once per run
-    (``model_cache``; ``path.parent.parent`` is that cache)."""
+def base_model_dir(cache_dir) -> Path:
+    """The embedded Whisper base, imported from its CTranslate2 files into HF format once per run."""
     from jax_models.ct2_import import resolve_model
 
-    with model_cache_lock(model_cache):
-        return Path(resolve_model("base", model_cache, progress=False))
+    with cache_lock(cache_dir):
+        return Path(resolve_model("base", cache_dir, progress=False))
 
 
 @pytest.fixture(scope="session")
-def ct2_base_dir(model_cache, base_model_dir) -> Path:
+def ct2_base_dir(cache_dir) -> Path:
     """The embedded base as one CTranslate2 directory (``model.bin`` + assets), as faster-whisper
-    loads it: ``bench.peers.resolve_weights``'s, joined once per run in ``model_cache``."""
+    loads it: ``bench.peers.resolve_weights``'s, joined once per run in ``cache_dir``."""
     from bench.peers import resolve_weights
 
-    with model_cache_lock(model_cache):
-        return Path(resolve_weights("base", model_cache).ct2_dir)
+    with cache_lock(cache_dir):
+        return Path(resolve_weights("base", cache_dir).ct2_dir)
 
 
 @pytest.fixture(scope="session")
@@ -264,6 +250,6 @@ def imported_base(base_model_dir) -> Path:
     """The embedded Whisper base as a Hugging Face checkpoint dir (same import as ``base_model_dir``).
 
     Float32 safetensors, configs, tokenizer and feature extractor; ``path.parent.parent`` is the
-    run's ``model_cache``. Costs ~5 s the first time the run uses it.
+    run's cache dir. Costs ~5 s the first time the run uses it.
     """
     return base_model_dir

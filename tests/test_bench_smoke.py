@@ -154,12 +154,13 @@ def test_quant_one_setting(tiny_whisper_dir, cache_dir, tmp_path):
 
 
 def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir, tmp_path):
-    """Every engine kind once, two files at once (transformers and EasyDeL in this process). Rows that differ from a run row only in a parameter
-    (``chorus-text``: ``without_timestamps``; ``chorus-int8``: ``quantization``; ``…-fixed``:
-    ``continuous``; ``faster-whisper-batched-int8``: one worker, as the
-    ``-w2`` row with two; the fp32 twins of the int8 CTranslate2 rows: ``compute_type``) are checked
-    as specs, not run, to keep the suite short. ``--compile-cache`` points the Chorus row at
-    Chorus's XLA cache (``test_quant_one_setting`` covers the cold-compile default)."""
+    """Every engine kind once, two files at once (transformers and EasyDeL in this process). Rows
+    that differ from a run row only in a parameter (``chorus-text``: ``without_timestamps``;
+    ``chorus-int8``: ``quantization``; ``…-fixed``: ``continuous``; ``faster-whisper-batched-int8``:
+    one worker, as the ``-w2`` row with two; the fp32 twins of the int8 CTranslate2 rows:
+    ``compute_type``) are checked as specs, not run, to keep the suite short. ``--compile-cache``
+    points the Chorus row at Chorus's XLA cache (``test_quant_one_setting`` covers the cold-compile
+    default)."""
     from bench.peers import PEERS, Weights, peer_specs
 
     every, _ = peer_specs(
@@ -241,17 +242,17 @@ def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir
 
 
 @pytest.mark.slow
-def test_base_weights_in_both_formats(base_model_dir, model_cache):
+def test_base_weights_in_both_formats(base_model_dir, cache_dir):
     from bench.peers import resolve_weights
     from jax_models.ct2_import import embedded_ct2_dirs, locate_ct2_files
-    from tests.conftest import model_cache_lock
+    from tests.conftest import cache_lock
 
-    with model_cache_lock(model_cache):  # the run's one copy (``ct2_base_dir`` may have joined it already)
-        weights = resolve_weights("base", model_cache)
+    with cache_lock(cache_dir):  # the run's one copy (``ct2_base_dir`` may have joined it already)
+        weights = resolve_weights("base", cache_dir)
     assert weights.hf_dir == str(base_model_dir)
     parts = locate_ct2_files(embedded_ct2_dirs("base")).parts
     model_bin = Path(weights.ct2_dir) / "model.bin"
     assert model_bin.stat().st_size == sum(p.stat().st_size for p in parts)
     mtime = model_bin.stat().st_mtime_ns
-    assert resolve_weights("base", model_cache).ct2_dir == weights.ct2_dir
+    assert resolve_weights("base", cache_dir).ct2_dir == weights.ct2_dir
     assert model_bin.stat().st_mtime_ns == mtime  # assembled once

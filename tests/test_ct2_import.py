@@ -25,7 +25,7 @@ from jax_models.ct2_import import (
     read_ct2_model,
     resolve_model,
 )
-from tests.conftest import model_cache_lock
+from tests.conftest import cache_lock
 
 SENTENCE = "Good morning everyone. Today we will talk about the history of music and the piano."
 EXPECTED_WORDS = ("morning", "history", "music", "piano")
@@ -252,7 +252,7 @@ def test_resolve_model_imports_once(imported_base: Path, monkeypatch: pytest.Mon
 
 def test_resolve_local_ct2_dir_and_list_models(imported_base: Path, ct2_base_dir: Path) -> None:
     cache_dir = imported_base.parent.parent
-    with model_cache_lock(cache_dir):
+    with cache_lock(cache_dir):
         path = Path(resolve_model(str(ct2_base_dir), cache_dir, progress=False))
     assert path.parent == cache_dir / "models" and path.name.startswith(f"ct2-{ct2_base_dir.name}-")
     assert resolve_model(str(ct2_base_dir), cache_dir, progress=False) == str(path)  # stable name
