@@ -106,7 +106,7 @@ def cluster(tiny_whisper_dir, tiny_xla_cache):
     c.add_node(num_cpus=2)
     ray.init(address=c.address, logging_level="ERROR")
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(settings_for(tiny_whisper_dir, cache_dir)), name=APP_NAME, route_prefix="/")
         url = f"http://127.0.0.1:{port}"

@@ -4,9 +4,10 @@ through the router with the real Whisper base model and the sidecar's default of
 
 Checks no words are lost at chunk cuts (WER), who-spoke-when (DER of the returned segments), and
 that speaker labels stay consistent across chunks and across diarization windows (cpWER, meeteval).
-The router's diarization window is capped at 60 s, so the ~121 s conversation (~5 chunks) is
+The router's diarization window is capped at 30 s, so the ~70 s conversation (3 chunks) is
 diarized in 3 sidecar calls whose chunk-local speakers must be linked into one label per voice: the
-same boundaries the five-minute ``bench.router_eval.long_conversation`` crosses, at 2/5 of its cost.
+same boundaries the five-minute ``bench.router_eval.long_conversation`` crosses, at under 1/4 of its
+cost (the test took ~80 s of a 2-core CPU with the first 24 lines and 60 s windows).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from torch_models.synth import espeak_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")]
 
-LINES = 24  # the first 24 lines of the five-minute dialogue: ~121 s with its pauses
-WINDOW_S = 60.0  # diarization window cap: ~121 s / 60 s -> 3 sidecar calls
+LINES = 14  # the first 14 lines of the five-minute dialogue: ~70 s with its pauses
+WINDOW_S = 30.0  # diarization window cap: ~70 s / 30 s -> 3 sidecar calls
 
 
 class CountingTransport(httpx.ASGITransport):
@@ -42,7 +43,7 @@ class CountingTransport(httpx.ASGITransport):
         return await super().handle_async_request(request)
 
 
-async def test_two_minutes_two_voices_across_diarization_windows(base_engine, base_model_dir, cache_dir):
+async def test_seventy_seconds_two_voices_across_diarization_windows(base_engine, base_model_dir, cache_dir):
     from torch_models.settings import SidecarSettings
     from torch_models.sidecar_app import create_app as sidecar_app
     from torch_models.synth import conversation
