@@ -8,8 +8,9 @@ CHORUS := $(VENV)/bin/chorus
 STAMP := $(VENV)/.chorus-installed
 PYTEST_ARGS ?=
 # two pytest-xdist workers, a test file's tests on one of them (module fixtures such as the Ray
-# cluster are built once); PYTEST_XDIST= runs the suite in this one process
-PYTEST_XDIST ?= -n 2 --dist loadfile
+# cluster are built once), the files in tests/conftest.py's FILE_ORDER; PYTEST_XDIST= runs the suite
+# in this one process
+PYTEST_XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup sysdeps serve test test-fast lint clean
 

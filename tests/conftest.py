@@ -253,3 +253,85 @@ def imported_base(base_model_dir) -> Path:
     run's cache dir. Costs ~5 s the first time the run uses it.
     """
     return base_model_dir
+
+
+FILE_ORDER = (
+    # worker 1 starts here: compiles the tiny, large-v3-shaped and base engines (~240 s)
+    "test_engine.py",
+    # worker 2 meanwhile: no Whisper engine in these (~100 s), so the tiny and base executables are in
+    # the shared XLA cache (``xla_cache``) when it needs them, loaded instead of compiled a second time
+    "test_diarization_models.py",
+    "test_sidecar_app.py",
+    "test_ct2_import.py",
+    "test_router.py",
+    "test_phi4.py",
+    "test_diarization_pipeline.py",
+    "test_diarization.py",
+    "test_diarization_nemo.py",
+    "test_bench.py",
+    "test_launcher.py",
+    "test_sidecar_cli.py",
+    "test_diarization_loss.py",
+    "test_diarization_der_bench.py",
+    # then the rest, longest first (wall seconds on a 2-core AMD EPYC, two workers, 2026-12-01)
+    "test_ray_serve.py",  # 160
+    "test_router_e2e.py",  # 140
+    "test_bench_smoke.py",  # 115
+    "test_reliability.py",  # 67
+    "test_bad_input.py",  # 66
+    "test_whisper_server.py",  # 64
+    "test_router_longform.py",  # 60
+    "test_startup.py",  # 45
+    "test_router_contract.py",  # 38
+    "test_soak.py",  # 33
+    "test_openapi.py",  # 32
+    "test_gpu_bench.py",  # 1
+    "test_suite_order.py",
+)
+"""The order in which the test files run (``pytest_collection_modifyitems``; a file's own tests keep
+their order). ``make test`` runs two pytest-xdist workers with ``--dist loadfile
+--no-loadscope-reorder``: each worker takes the next file in this order when it has two tests or
+fewer left. Both workers compiling the same tiny engine at the start (xdist's own order, most tests
+first) cost ~20 s of CPU each run, a second cold base engine ~30 s; files not listed run last."""
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(FILE_ORDER)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FILE_ORDER)))  # stable: in-file order kept
+
+
+_CPU_LOG = os.environ.get("CHORUS_TEST_CPU_LOG")
+
+
+if _CPU_LOG:
+
+    def _tree_cpu_s() -> float:
+        """CPU seconds (user + system) of this process, its reaped children and its live descendants."""
+        import resource
+
+        import psutil
+
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            r = resource.getrusage(who)
+            total += r.ru_utime + r.ru_stime
+        for child in psutil.Process().children(recursive=True):
+            try:
+                t = child.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                pass
+        return total
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        """With ``CHORUS_TEST_CPU_LOG=FILE``: append each test's CPU seconds (set-up, call and
+        teardown; this process and the processes it started) and wall seconds to FILE, one tab-separated
+        line per test, to see where a CPU-bound run's time goes (issue 12)."""
+        import time
+
+        cpu0, wall0 = _tree_cpu_s(), time.perf_counter()
+        yield
+        cpu, wall = _tree_cpu_s() - cpu0, time.perf_counter() - wall0
+        with open(_CPU_LOG, "a", encoding="utf-8") as f:
+            f.write(f"{cpu:.1f}\t{wall:.1f}\t{os.environ.get('PYTEST_XDIST_WORKER', '-')}\t{item.nodeid}\n")
