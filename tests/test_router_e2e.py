@@ -113,13 +113,8 @@ async def test_streaming_through_three_processes(stack, conversation_wav):
     assert events[-1].type == "transcript.text.done"
     assert events[-1].usage.type == "duration"
     segments = [e for e in events if e.type == "transcript.text.segment"]
-    assert all(s.speaker in ("A", "B") for s in segments)
-    srt = await client.audio.transcriptions.create(
-        model="gpt-4o-transcribe-diarize", file=("c.wav", data), response_format="srt"
-    )
-    assert "[A]" in srt or not srt.strip()
-    plain = await client.audio.transcriptions.create(model="whisper-1", file=("c.wav", data), response_format="srt")
-    assert "[A]" not in plain and "[B]" not in plain  # whisper-1 never diarizes
+    assert segments and all(s.speaker in ("A", "B") for s in segments)
+    # srt/vtt with and without speakers: tests/test_router.py (the same router code, in-process)
 
 
 async def test_known_speaker_names_through_three_processes(stack, conversation_wav):
