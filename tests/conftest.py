@@ -305,24 +305,6 @@ _CPU_LOG = os.environ.get("CHORUS_TEST_CPU_LOG")
 
 if _CPU_LOG:
 
-    def _tree_cpu_s() -> float:
-        """CPU seconds (user + system) of this process, its reaped children and its live descendants."""
-        import resource
-
-        import psutil
-
-        total = 0.0
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-            r = resource.getrusage(who)
-            total += r.ru_utime + r.ru_stime
-        for child in psutil.Process().children(recursive=True):
-            try:
-                t = child.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
-                pass
-        return total
-
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(item, nextitem):
         """With ``CHORUS_TEST_CPU_LOG=FILE``: append each test's CPU seconds (set-up, call and
@@ -330,8 +312,10 @@ if _CPU_LOG:
         line per test, to see where a CPU-bound run's time goes (issue 12)."""
         import time
 
-        cpu0, wall0 = _tree_cpu_s(), time.perf_counter()
+        from bench.machine import tree_cpu_s  # this process, its reaped children and live descendants
+
+        cpu0, wall0 = tree_cpu_s(os.getpid()) or 0.0, time.perf_counter()
         yield
-        cpu, wall = _tree_cpu_s() - cpu0, time.perf_counter() - wall0
+        cpu, wall = (tree_cpu_s(os.getpid()) or 0.0) - cpu0, time.perf_counter() - wall0
         with open(_CPU_LOG, "a", encoding="utf-8") as f:
             f.write(f"{cpu:.1f}\t{wall:.1f}\t{os.environ.get('PYTEST_XDIST_WORKER', '-')}\t{item.nodeid}\n")
