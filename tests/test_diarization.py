@@ -8,7 +8,6 @@ import io
 
 import numpy as np
 import pytest
-from pyannote.database.util import load_rttm
 
 from server.core.audio import SAMPLE_RATE
 from server.core.transcript import SpeakerTurn
@@ -68,6 +67,8 @@ def test_relabel_and_rttm_round_trip():
     result = DiarizationResult(renamed, ("speaker_0", "speaker_1"), 4.0, {})
     text = to_rttm(result, "my file")
     assert text.splitlines()[0] == "SPEAKER my_file 1 0.500 1.000 <NA> <NA> speaker_0 <NA> <NA>"
+    from pyannote.database.util import load_rttm  # imports pandas: here, not at collection
+
     back = load_rttm(io.StringIO(text))["my_file"]  # read back by pyannote.database's RTTM loader
     assert [(s.start, s.end, label) for s, _, label in back.itertracks(yield_label=True)] == [
         (0.5, 1.5, "speaker_0"),

@@ -6,6 +6,8 @@ order and error paths, not about who spoke."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,9 @@ from server.core.audio import SAMPLE_RATE, to_wav_bytes
 from tests.sidecar_fixtures import tiny_nemo, tone
 from torch_models.diarization import DiarizationOptions, OptionError
 
-pytest.importorskip("nemo.collections.asr")
+# not ``pytest.importorskip("nemo.collections.asr")``: that imports NeMo's ASR collection at
+# collection time, ~10 s of CPU in every pytest-xdist worker; the tests import it where they use it
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("nemo") is None, reason="nemo_toolkit is not installed")
 
 
 @pytest.fixture(scope="module")
