@@ -219,7 +219,9 @@ class TranscribeOptions:
     ``compression_ratio`` > 2.4 or ``avg_logprob`` < -1.0 (all of them decoded at once, the lowest
     that passes kept; when none passes, the most probable, as faster-whisper keeps:
     ``decoding.pick_fallback``); a positive value samples at that temperature only. A window with
-    ``no_speech_prob`` > 0.6 and a low ``avg_logprob`` is silent.
+    ``no_speech_prob`` > 0.6 and a low ``avg_logprob`` is silent. ``temperature_fallback=False``
+    keeps the greedy decode of a window that fails the thresholds (faster-whisper's
+    ``temperature=[0.0]``; its ``BatchedInferencePipeline`` never falls back).
     """
 
     task: str = "transcribe"
@@ -234,10 +236,16 @@ class TranscribeOptions:
     """Sample text only (``<|notimestamps|>``, openai/whisper's ``without_timestamps``): fewer
     tokens per window, and each window becomes one segment spanning it. For responses that
     return text alone (OpenAI ``json`` and ``text``)."""
+    temperature_fallback: bool = True
+    """With ``temperature`` 0: decode a failing window again at 0.2 … 1.0 (openai/whisper's rule).
+    False: one greedy decode per window, kept whatever its compression ratio and log-probability."""
 
     def temperatures(self) -> tuple[float, ...]:
+        """The temperatures a window may be decoded at, in the order they are tried."""
         if self.temperature > 0:
             return (self.temperature,)
+        if not self.temperature_fallback:
+            return (0.0,)
         return (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
     def validate(self) -> None:

@@ -194,6 +194,7 @@ def create_app(settings: WhisperSettings, engine: Any = None) -> FastAPI:
             temperature=form.temperature,
             word_timestamps=want_words,
             without_timestamps=form.response_format in TIMELESS_FORMATS,
+            temperature_fallback=settings.temperature_fallback,
         )
         async with admission:
             samples = await decode_upload(form.file, settings, request)

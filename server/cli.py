@@ -59,8 +59,16 @@ def _whisper_settings(**overrides) -> WhisperSettings:
     help="ready only once every batch size is compiled (default: ready after the smallest, "
     "the rest compile in the background)",
 )
+@click.option(
+    "--no-temperature-fallback",
+    is_flag=True,
+    help="keep each window's greedy decode (faster-whisper's temperature=[0.0]) "
+    "[env CHORUS_WHISPER_TEMPERATURE_FALLBACK=false]",
+)
 @whisper_options
-def serve_whisper(host, port, api_keys, no_warmup, compile_all_first, model, dtype, quantization, batch_size) -> None:
+def serve_whisper(
+    host, port, api_keys, no_warmup, compile_all_first, no_temperature_fallback, model, dtype, quantization, batch_size
+) -> None:
     """The whisper server (default 127.0.0.1:8001). SIGTERM drains requests in flight, then exits 0."""
     from jax_models.whisper_app import create_app, enable_compilation_cache
     from server.kit.app import serve
@@ -75,6 +83,7 @@ def serve_whisper(host, port, api_keys, no_warmup, compile_all_first, model, dty
         batch_size=batch_size,
         warmup=False if no_warmup else None,
         background_compile=False if compile_all_first else None,
+        temperature_fallback=False if no_temperature_fallback else None,
     )
     _logging(settings.log_level)
     enable_compilation_cache(settings.cache_dir)

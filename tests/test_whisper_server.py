@@ -322,6 +322,32 @@ async def test_metrics_count_fallback_by_temperature(app, client, tiny_engine, s
     assert delta == expected
 
 
+async def test_without_temperature_fallback_the_greedy_decode_is_kept(
+    tiny_engine, tiny_whisper_dir, cache_dir, speech_samples, monkeypatch
+):
+    """``temperature_fallback=False`` (``--no-temperature-fallback``): a window that fails the
+    thresholds at T=0 keeps its greedy decode, one decode and no fallback counted; the same window
+    through the default server falls back to 0.4."""
+    from tests.test_engine import FALLBACK_CASES, WORDS, scripted
+
+    fake = scripted(monkeypatch, tiny_engine, FALLBACK_CASES["lowest-pass"])  # fails at 0 and 0.2
+    texts = {}
+    for fallback in (False, True):
+        settings = WhisperSettings(
+            model=str(tiny_whisper_dir), warmup=False, cache_dir=cache_dir, temperature_fallback=fallback
+        )
+        client = make_client(create_app(settings, engine=tiny_engine))
+        before, batches = tiny_engine.fallback_stats(), len(fake.batches)
+        out = await client.audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", wav(speech_samples)), language="en"
+        )
+        texts[fallback] = out.text
+        if not fallback:
+            assert [sorted(t for t, _ in b) for b in fake.batches[batches:]] == [[0.0]]
+            assert tiny_engine.fallback_stats() == before
+    assert texts == {False: WORDS[0.0], True: WORDS[0.4]}
+
+
 async def test_metrics_count_decoder_steps(app, client, tiny_engine, speech_samples):
     """``/metrics`` counts the engine's decoder steps: a request adds what the engine ran."""
     from prometheus_client.parser import text_string_to_metric_families
