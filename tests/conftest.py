@@ -216,7 +216,7 @@ def base_engine(base_model_dir):
     """The real embedded base model (fp32, batch 1), warmed up."""
     from jax_models.engine import WhisperEngine
 
-    engine = WhisperEngine(str(base_model_dir), batch_size=2)
+    engine = WhisperEngine(str(base_model_dir), batch_size=1)
     engine.warmup()
     yield engine
     engine.close()

@@ -338,7 +338,8 @@ def fuzz(app, wav: bytes, examples: dict[str, int], *, model: str | None) -> dic
 
 
 def test_schemathesis_whisper_server(tiny_engine, speech_samples):
-    app = whisper(tiny_engine, max_upload_mb=2.0)
+    # the random model's windows all fail Whisper's thresholds: at temperature 0, 1 decode instead of 6
+    app = whisper(tiny_engine, max_upload_mb=2.0, temperature_fallback=False)
     seen = fuzz(
         app,
         to_wav_bytes(speech_samples[: SAMPLE_RATE * 3]),
