@@ -839,10 +839,10 @@ def test_large_v3_shaped_model_features_and_transcripts(tiny_v3_engine, speech_s
     assert ours.shape == theirs.shape == (128, 3000)
     assert np.abs(ours - theirs).max() < 2e-3
     duration = len(speech_samples) / SAMPLE_RATE
-    for opts in (
-        TranscribeOptions(language="yue"),
-        TranscribeOptions(),
-        TranscribeOptions(task="translate", word_timestamps=True),
+    for opts in (  # greedy only: the random model's windows all fail the thresholds (6 decodes each)
+        TranscribeOptions(language="yue", temperature_fallback=False),
+        TranscribeOptions(temperature_fallback=False),
+        TranscribeOptions(task="translate", word_timestamps=True, temperature_fallback=False),
     ):
         out = eng.transcribe(speech_samples, opts)
         assert out.language in eng.ids.lang_to_id and out.duration == pytest.approx(duration, abs=0.01)
@@ -959,15 +959,16 @@ def test_functional_alignment_weights_equal_transformers_and_easydel(tiny_v3_eng
 def test_functional_word_timestamps_equal_easydel(tiny_v3_engine, tiny_v3_easydel, speech_samples):
     """Whole requests: the same text, segments (times and tokens) and words from both backends, with
     word timestamps and without timestamps (what bench/gpu/run.sh relies on: the GPU bench runs the
-    EasyDeL-free functional backend)."""
-    opts = TranscribeOptions(language="en", word_timestamps=True)
+    EasyDeL-free functional backend). Greedy only: the random model's windows fail Whisper's
+    thresholds, and six decodes per window would compare the same code six times."""
+    opts = TranscribeOptions(language="en", word_timestamps=True, temperature_fallback=False)
     ours, theirs = tiny_v3_engine.transcribe(speech_samples, opts), tiny_v3_easydel.transcribe(speech_samples, opts)
     assert ours.text == theirs.text and ours.words, "no words: this test checks nothing"
     assert [(s.start, s.end, s.tokens) for s in ours.segments] == [(s.start, s.end, s.tokens) for s in theirs.segments]
     assert [w.word for w in ours.words] == [w.word for w in theirs.words]
     for a, b in zip(ours.words, theirs.words):  # one 20 ms frame (times are rounded to ms)
         assert abs(a.start - b.start) <= 0.021 and abs(a.end - b.end) <= 0.021, (a, b)
-    opts = TranscribeOptions(language="en", without_timestamps=True)
+    opts = TranscribeOptions(language="en", without_timestamps=True, temperature_fallback=False)
     ours, theirs = tiny_v3_engine.transcribe(speech_samples, opts), tiny_v3_easydel.transcribe(speech_samples, opts)
     assert ours.text == theirs.text and ours.text
     assert [(s.start, s.end, s.tokens) for s in ours.segments] == [(s.start, s.end, s.tokens) for s in theirs.segments]
