@@ -41,7 +41,8 @@ class EngineSpec:
         model: a Hugging Face Whisper directory (chorus, transformers) or a CTranslate2 directory
             holding ``model.bin`` (faster-whisper).
         params: kind-specific settings: ``dtype``, ``quantization``, ``batch_size``, ``workers``,
-            ``without_timestamps`` (text tokens only), ``compile_cache_dir`` (chorus); ``compute_type``, ``batch_size`` (faster-whisper);
+            ``without_timestamps`` (text tokens only), ``temperature_fallback`` (default True),
+            ``compile_cache_dir`` (chorus); ``compute_type``, ``batch_size`` (faster-whisper);
             ``dtype`` (transformers); ``max_new_tokens`` (all, ``None`` = the engine's default).
     """
 
@@ -135,10 +136,12 @@ class ChorusRunner:
     def transcribe(self, samples: np.ndarray) -> str:
         from jax_models.engine import TranscribeOptions
 
-        text_only = bool(self.spec.params.get("without_timestamps"))
-        return self.engine.transcribe(
-            samples, TranscribeOptions(language=self.language, without_timestamps=text_only)
-        ).text
+        options = TranscribeOptions(
+            language=self.language,
+            without_timestamps=bool(self.spec.params.get("without_timestamps")),
+            temperature_fallback=bool(self.spec.params.get("temperature_fallback", True)),
+        )
+        return self.engine.transcribe(samples, options).text
 
     def close(self) -> None:
         if self.engine is not None:

@@ -23,6 +23,8 @@ CHORUS = "chorus"
 PEERS = (
     "chorus",
     "chorus-text",
+    "chorus-greedy",
+    "chorus-text-greedy",
     "chorus-int8",
     "chorus-int8-text",
     "chorus-int8-fixed",
@@ -42,7 +44,9 @@ default (``without_timestamps=True``). ``chorus-int8…``: the engine with ``qua
 weights and dynamically quantized int8 activations, CTranslate2's scheme: ``functional.Int8Linear``). ``…-w2``: two CTranslate2 workers (``num_workers=2``) with the threads split between them, so two
 concurrent requests run in parallel (faster-whisper's advice for multi-threaded callers).
 ``…-fixed``: the engine without continuous batching (``continuous=False``: every batch runs as many
-steps as its longest window), to measure what continuous batching adds."""
+steps as its longest window), to measure what continuous batching adds. ``…-greedy``: without
+temperature fallback (``--no-temperature-fallback``: each window's greedy decode kept), the work
+faster-whisper's batched pipeline does, to separate what the fallback rule costs from the engine."""
 DEFAULT_PEERS = (
     "chorus",
     "chorus-text",
@@ -124,10 +128,12 @@ def peer_specs(
             text_only = "-text" in name
             int8 = "-int8" in name
             fixed = name.endswith("-fixed")
+            greedy = name.endswith("-greedy")
             specs.append(
                 EngineSpec(
                     f"chorus {'int8' if int8 else 'fp32'}{' text-only' if text_only else ''}"
-                    f" (batch {batch_size}, {workers} workers{', fixed batches' if fixed else ''})",
+                    f" (batch {batch_size}, {workers} workers{', fixed batches' if fixed else ''}"
+                    f"{', no fallback' if greedy else ''})",
                     "chorus",
                     weights.hf_dir,
                     {
@@ -138,6 +144,7 @@ def peer_specs(
                         "compile_cache_dir": compile_cache_dir,
                         "without_timestamps": text_only,
                         "continuous": not fixed,
+                        "temperature_fallback": not greedy,
                         **common,
                     },
                 )

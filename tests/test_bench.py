@@ -341,3 +341,28 @@ def test_xla_dot_times_three_dtypes(tmp_path, capsys):
     table = (tmp_path / "table.md").read_text()
     assert record["kind"] == "xla-dot" and "python -m bench.xla_dot --repeats 1" in table
     assert "| int8 |" in table and "Audio:" not in table
+
+
+@pytest.mark.parametrize("params", [{}, {"without_timestamps": True, "temperature_fallback": False}])
+def test_chorus_runner_decodes_with_the_specs_options(params):
+    """The Chorus runner hands the spec's ``without_timestamps`` and ``temperature_fallback``
+    (``chorus-…-greedy`` rows) to the engine; both default to the engine's defaults."""
+    from bench.engines import ChorusRunner, EngineSpec
+    from jax_models.engine import TranscribeOptions
+
+    seen = []
+
+    class Engine:
+        def transcribe(self, samples, options):
+            seen.append(options)
+            return type("T", (), {"text": "hello"})()
+
+    runner = ChorusRunner(EngineSpec("chorus", "chorus", "model", params), "en", threads=1)
+    runner.engine = Engine()
+    assert runner.transcribe(np.zeros(16000, np.float32)) == "hello"
+    expected = TranscribeOptions(
+        language="en",
+        without_timestamps=params.get("without_timestamps", False),
+        temperature_fallback=params.get("temperature_fallback", True),
+    )
+    assert seen == [expected]

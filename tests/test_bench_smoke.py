@@ -176,7 +176,9 @@ def test_peers_every_kind_same_weights(tiny_whisper_dir, tiny_ct2_dir, cache_dir
     assert spec["chorus-text"].params == {**spec["chorus"].params, "without_timestamps": True}
     assert spec["chorus-int8"].params == {**spec["chorus"].params, "quantization": "int8"}
     assert spec["chorus-int8-text"].params == {**spec["chorus-text"].params, "quantization": "int8"}
-    assert spec["chorus"].params["continuous"] is True
+    assert spec["chorus"].params["continuous"] is True and spec["chorus"].params["temperature_fallback"] is True
+    for name in ("chorus", "chorus-text"):
+        assert spec[f"{name}-greedy"].params == {**spec[name].params, "temperature_fallback": False}
     assert spec["chorus-int8-fixed"].params == {**spec["chorus-int8"].params, "continuous": False}
     assert spec["chorus-int8-text-fixed"].params == {**spec["chorus-int8-text"].params, "continuous": False}
     w1, w2 = spec["faster-whisper-batched-int8"], spec["faster-whisper-batched-int8-w2"]
