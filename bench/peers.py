@@ -252,7 +252,8 @@ def render(record: dict, out_dir: Path) -> None:
     notes.append(
         f"- RTFx = audio seconds / transcription seconds, {how}, after a warm-up "
         "(decoding the file is not timed); × Chorus = RTFx ÷ Chorus's RTFx (above 1 is faster than Chorus). "
-        f"Decoding: greedy, language {settings['language'] or 'detected'}, temperature fallback, "
+        f"Decoding: greedy, language {settings['language'] or 'detected'}, temperature fallback "
+        "(except Chorus rows marked no fallback, and faster-whisper's batched pipeline, which never falls back), "
         "no previous-text prompt; timestamps predicted except by faster-whisper's batched pipeline and Chorus "
         "text-only (text tokens only, `without_timestamps`). WER: corpus WER after Whisper's English normalizer. Load s includes "
         "importing the engine's library."
