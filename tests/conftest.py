@@ -273,18 +273,18 @@ FILE_ORDER = (
     "test_sidecar_cli.py",
     "test_diarization_loss.py",
     "test_diarization_der_bench.py",
-    # then the rest, longest first (wall seconds on a 2-core AMD EPYC, two workers, 2026-12-01)
-    "test_ray_serve.py",  # 160
-    "test_router_e2e.py",  # 140
-    "test_bench_smoke.py",  # 115
-    "test_reliability.py",  # 67
-    "test_bad_input.py",  # 66
-    "test_whisper_server.py",  # 64
-    "test_router_longform.py",  # 60
-    "test_startup.py",  # 45
-    "test_router_contract.py",  # 38
-    "test_soak.py",  # 33
-    "test_openapi.py",  # 32
+    # then the rest, longest first (wall seconds on a 2-core AMD EPYC, two workers, 2026-12-02)
+    "test_ray_serve.py",  # 152
+    "test_router_e2e.py",  # 106
+    "test_bench_smoke.py",  # 97
+    "test_reliability.py",  # 62
+    "test_router_longform.py",  # 55
+    "test_whisper_server.py",  # 54
+    "test_router_contract.py",  # 46
+    "test_bad_input.py",  # 38
+    "test_startup.py",  # 37
+    "test_soak.py",  # 35
+    "test_openapi.py",  # 17
     "test_gpu_bench.py",  # 1
     "test_suite_order.py",
 )
