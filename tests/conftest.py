@@ -280,10 +280,13 @@ FILE_ORDER = (
     "test_reliability.py",  # 62
     "test_router_longform.py",  # 55
     "test_whisper_server.py",  # 54
-    "test_router_contract.py",  # 46
-    "test_bad_input.py",  # 38
-    "test_startup.py",  # 37
+    # the soak before two longer files: xdist hands a worker its next file when two tests of the
+    # current one are left, and start-up's last test is its longest, so the soak queued behind it
+    # ended the run 46 s after the other worker (2026-12-02)
     "test_soak.py",  # 35
+    "test_router_contract.py",  # 46
+    "test_startup.py",  # 37
+    "test_bad_input.py",  # 38
     "test_openapi.py",  # 17
     "test_gpu_bench.py",  # 1
     "test_suite_order.py",
