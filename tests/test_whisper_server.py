@@ -388,3 +388,31 @@ async def test_large_v3_shaped_model_through_the_sdk(tiny_v3_engine, tiny_v3_dir
     models = await client.models.list()
     card = models.data[0].model_extra["chorus"]
     assert card["multilingual"] is True and (card["n_mels"], card["vocab_size"]) == (128, 51866)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ([], {}, True),
+        (["--no-temperature-fallback"], {}, False),
+        ([], {"CHORUS_WHISPER_TEMPERATURE_FALLBACK": "false"}, False),
+    ],
+)
+def test_serve_whisper_temperature_fallback_flag_and_env(monkeypatch, tmp_path, args, env, expected):
+    """``chorus serve whisper --no-temperature-fallback`` and its environment variable reach the
+    app's settings (the app and the HTTP server are stand-ins here)."""
+    from click.testing import CliRunner
+
+    import jax_models.whisper_app
+    import server.kit.app
+    from server.cli import main
+
+    seen = []
+    monkeypatch.setattr(jax_models.whisper_app, "create_app", lambda settings: seen.append(settings) or "app")
+    monkeypatch.setattr(jax_models.whisper_app, "enable_compilation_cache", lambda path: None)
+    monkeypatch.setattr(server.kit.app, "serve", lambda app, settings: 0)
+    env = {"CHORUS_CACHE_DIR": str(tmp_path), **env}
+    result = CliRunner().invoke(main, ["serve", "whisper", "--port", "8011", *args], env=env)
+    assert result.exit_code == 0, result.output
+    (settings,) = seen
+    assert settings.temperature_fallback is expected and settings.port == 8011
