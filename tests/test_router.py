@@ -977,6 +977,35 @@ async def test_silence_gives_an_empty_transcript():
     assert [ev.type async for ev in stream] == ["transcript.text.done"]
 
 
+async def test_chunking_strategy_on_a_short_silent_file_asks_no_backend(conv):
+    """With ``chunking_strategy`` set the VAD decides what is speech (OpenAI's semantics): a short
+    file it hears no speech in is an empty transcript without a whisper-server call (Whisper writes
+    words on silence, e.g. "you"), streamed too; unset, the short file goes whole, as before, and a
+    short file with speech goes whole either way (its text stays the whisper server's)."""
+    log: list = []
+    control: dict = {}
+    client = make_client(router_app(log, control))
+    silent = ("s.wav", wav(np.zeros(5 * SAMPLE_RATE, np.float32)))
+    for strategy in ("auto", json.dumps({"type": "server_vad", "threshold": 0.6})):
+        out = await client.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize", file=silent, response_format="diarized_json", chunking_strategy=strategy
+        )
+        assert out.text == "" and out.segments == []
+    stream = await client.audio.transcriptions.create(
+        model="whisper-1", file=silent, stream=True, chunking_strategy="auto"
+    )
+    assert [ev.type async for ev in stream] == ["transcript.text.done"]
+    assert log == [] and not control.get("calls")
+    await client.audio.transcriptions.create(model="whisper-1", file=silent)
+    assert len(log) == 1  # unset: the whole file, as the whisper server alone would take it
+    samples, _ = conv
+    short = samples[: 8 * SAMPLE_RATE]
+    out = await client.audio.transcriptions.create(
+        model="whisper-1", file=("c.wav", wav(short)), chunking_strategy="auto"
+    )
+    assert len(log) == 2 and "low" in out.text
+
+
 def test_words_outside_every_turn_take_the_segments_speaker():
     from server.core.transcript import Segment, SpeakerTurn, Word
     from server.router.merge import assign_speakers

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -320,6 +321,7 @@ def create_app(
             temperature=req.temperature,
             diarize=diarize,
             vad=vad_options,
+            vad_requested=req.chunking_strategy is not None,
             known=tuple(zip(names, refs)),
             words="word" in req.timestamp_granularities and req.response_format == "verbose_json",
             timestamps=diarize or req.response_format not in TIMELESS_FORMATS,
@@ -333,7 +335,9 @@ def create_app(
     async def cut(router: Router, samples: np.ndarray, job: Job) -> Plan:
         """Chunks and diarization windows (as long as the sidecar takes, when diarizing)."""
         window_s = await router.diarization_window_s() if job.diarize else router.max_chunk_s
-        return await anyio.to_thread.run_sync(router.plan, samples, job.vad, window_s)
+        return await anyio.to_thread.run_sync(
+            functools.partial(router.plan, samples, job.vad, window_s, vad_requested=job.vad_requested)
+        )
 
     async def transcriptions(request: Request, req: Annotated[TranscriptionForm, Form(media_type=FORM)]) -> Response:
         router: Router = holder["router"]

@@ -107,6 +107,7 @@ class Job:
     temperature: float = 0.0
     diarize: bool = True
     vad: VadOptions = VadOptions()
+    vad_requested: bool = False  # the client set chunking_strategy (VAD decides what is speech)
     known: tuple[tuple[str, bytes], ...] = ()  # (name, reference audio as WAV bytes)
     words: bool = False  # the client asked for timestamp_granularities[]=word
     timestamps: bool = True
@@ -215,19 +216,30 @@ class Router:
         self._sidecar_window = None
         self._window_retry_at = 0.0
 
-    def plan(self, samples: np.ndarray, vad: VadOptions, window_s: float = DEFAULT_WINDOW_S) -> Plan:
+    def plan(
+        self, samples: np.ndarray, vad: VadOptions, window_s: float = DEFAULT_WINDOW_S, *, vad_requested: bool = False
+    ) -> Plan:
         """Cut ``samples`` into chunks and diarization windows (blocking: run it in a thread).
 
-        Audio no longer than ``max_chunk_s`` + ``WHOLE_SLACK_S`` is one chunk, whole (no VAD): the
-        whisper server then sees exactly the file it would be sent directly, and its text is the
-        router's. Longer audio is cut at silero-vad regions (or at quiet frames without a VAD).
-        Windows group consecutive chunks spanning at most ``window_s`` seconds (at least one chunk
-        each); the first starts at the file's start and the last ends at its end where they stay
-        within ``window_s`` (``group_windows``).
+        Audio no longer than ``max_chunk_s`` + ``WHOLE_SLACK_S`` is one chunk, whole: the whisper
+        server then sees exactly the file it would be sent directly, and its text is the router's.
+        When the client asked for VAD chunking (``vad_requested``: OpenAI's ``chunking_strategy``
+        set) and silero-vad hears no speech at all in it, it has no chunk (an empty transcript, as
+        longer silent audio gets, instead of Whisper's words on silence, e.g. "you"). Longer audio
+        is cut at silero-vad regions (or at quiet frames without a VAD). Windows group consecutive
+        chunks spanning at most ``window_s`` seconds (at least one chunk each); the first starts at
+        the file's start and the last ends at its end where they stay within ``window_s``
+        (``group_windows``).
         """
         n = int(samples.shape[0])
         duration = n / SAMPLE_RATE
         if n <= (self.max_chunk_s + WHOLE_SLACK_S) * SAMPLE_RATE:
+            if vad_requested and n and self.vad is not None:
+                try:
+                    if not self.vad.regions(samples, vad, self.max_chunk_s):
+                        return Plan([], [], "silero-vad", duration)
+                except Exception as exc:  # no torch / silero here: the file is sent whole
+                    log.warning("VAD failed (%s); the file is sent whole", exc)
             chunks = [Chunk(0, 0, n)] if n else []
             return Plan(chunks, group_windows(chunks, window_s, n), "whole", duration)
         regions, method = None, "fixed"
