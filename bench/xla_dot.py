@@ -10,6 +10,9 @@ updates its index).
 
 Why (issue 15, item 2): faster-whisper runs int8 CTranslate2 GEMMs; whether an int8 encoder could
 close Chorus's per-core gap on a CPU depends on XLA:CPU's int8 dot being faster than its fp32 one.
+``--torch`` adds two rows outside XLA, interleaved in the same rounds: PyTorch's float32 product and
+its dynamic int8 ``Linear`` (activations quantized per call, int8 weights; the ``x86`` quantized
+engine, fbgemm's AVX2 / AVX-512 kernels), i.e. what an int8 GEMM outside XLA would give on this CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,38 +31,68 @@ from bench import report
 M, K, N = 1500, 512, 2048  # frames of a 30 s window, base's d_model, its MLP width
 
 
-def measure(repeats: int = 20, rounds: int = 2, seed: int = 0) -> dict[str, list[float]]:
-    """Seconds per product, ``{dtype: [seconds per round]}`` for float32, bfloat16 and int8.
-
-    Each round times every dtype once (``repeats`` calls after a warm-up call), so drift in the
-    machine's load falls on all three alike.
-    """
+def _xla_cases(a: np.ndarray, b: np.ndarray) -> dict[str, Callable[[], object]]:
+    """One zero-argument call per XLA dtype, each running one product to completion."""
     import jax
     import jax.numpy as jnp
 
-    rng = np.random.default_rng(seed)
-    a, b = rng.standard_normal((M, K), np.float32), rng.standard_normal((K, N), np.float32)
     dims = (((1,), (0,)), ((), ()))
-    cases = {
-        "float32": (jax.jit(lambda x, y: x @ y), jnp.asarray(a), jnp.asarray(b)),
-        "bfloat16": (
+
+    def case(fn, x, y) -> Callable[[], object]:
+        return lambda: fn(x, y).block_until_ready()
+
+    return {
+        "float32": case(jax.jit(lambda x, y: x @ y), jnp.asarray(a), jnp.asarray(b)),
+        "bfloat16": case(
             jax.jit(lambda x, y: jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.float32)),
             jnp.asarray(a, jnp.bfloat16),
             jnp.asarray(b, jnp.bfloat16),
         ),
-        "int8": (
+        "int8": case(
             jax.jit(lambda x, y: jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.int32)),
             jnp.asarray(np.clip(a * 20, -127, 127).astype(np.int8)),
             jnp.asarray(np.clip(b * 20, -127, 127).astype(np.int8)),
         ),
     }
+
+
+def _torch_cases(a: np.ndarray, b: np.ndarray) -> dict[str, Callable[[], object]]:
+    """PyTorch's float32 product and its dynamic int8 ``Linear`` over the same matrices (outside XLA)."""
+    import warnings
+
+    import torch
+
+    x, w = torch.from_numpy(a), torch.from_numpy(b)
+    linear = torch.nn.Linear(K, N, bias=False)
+    linear.weight.data = w.T.contiguous()
+    with warnings.catch_warnings():  # torch 2.13 deprecates torch.ao.quantization for torchao, not on PyPI here
+        warnings.simplefilter("ignore")
+        int8 = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)
+
+    def run_int8() -> object:
+        with torch.inference_mode():
+            return int8(x)
+
+    return {"torch float32": lambda: x @ w, f"torch int8 dynamic ({torch.backends.quantized.engine})": run_int8}
+
+
+def measure(repeats: int = 20, rounds: int = 2, seed: int = 0, *, torch_rows: bool = False) -> dict[str, list[float]]:
+    """Seconds per product, ``{row: [seconds per round]}`` for XLA's float32, bfloat16 and int8
+    (and, with ``torch_rows``, PyTorch's float32 and dynamic int8).
+
+    Each round times every row once (``repeats`` calls after a warm-up call), so drift in the
+    machine's load falls on all of them alike.
+    """
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal((M, K), np.float32), rng.standard_normal((K, N), np.float32)
+    cases = _xla_cases(a, b) | (_torch_cases(a, b) if torch_rows else {})
     out: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(rounds):
-        for name, (fn, x, y) in cases.items():
-            fn(x, y).block_until_ready()
+        for name, run in cases.items():
+            run()
             t0 = time.perf_counter()
             for _ in range(repeats):
-                fn(x, y).block_until_ready()
+                run()
             out[name].append((time.perf_counter() - t0) / repeats)
     return out
 
@@ -70,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", type=Path)
+    p.add_argument("--torch", action="store_true", help="also PyTorch's float32 and dynamic int8 products")
     args = p.parse_args(argv)
-    seconds = measure(args.repeats, args.rounds)
+    seconds = measure(args.repeats, args.rounds, torch_rows=args.torch)
     best = {k: min(v) for k, v in seconds.items()}
     ops = 2 * M * K * N
     rows = {
@@ -82,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPU: {info['cpu']}, {info['cpu_logical_cores']} cores, flags {' '.join(info['cpu_flags'])}")
     print(f"({M}x{K} @ {K}x{N}, best of {args.rounds} rounds x {args.repeats} products)")
     for k, r in rows.items():
-        print(f"{k:9s} {r['ms']:8.2f} ms  {r['gops']:7.1f} GOP/s  {r['x_float32']:.2f}x float32")
+        print(f"{k:30s} {r['ms']:8.2f} ms  {r['gops']:7.1f} GOP/s  {r['x_float32']:.2f}x float32")
     if args.out:
         record = {
             "kind": "xla-dot",

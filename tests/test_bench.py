@@ -343,6 +343,30 @@ def test_xla_dot_times_three_dtypes(tmp_path, capsys):
     assert "| int8 |" in table and "Audio:" not in table
 
 
+def test_xla_dot_torch_rows_are_timed_beside_xla(tmp_path):
+    """``--torch``: PyTorch's float32 and dynamic int8 rows in the same rounds; the int8 row is a real
+    quantized product (its result within int8 error of the float32 one)."""
+    import torch
+
+    from bench import xla_dot
+
+    xla_dot.main(["--repeats", "1", "--rounds", "1", "--torch", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "result.json").read_text())
+    engine = torch.backends.quantized.engine
+    assert set(record["best"]) == {"float32", "bfloat16", "int8", "torch float32", f"torch int8 dynamic ({engine})"}
+    assert "--torch" in record["command"] and all(v[0] > 0 for v in record["seconds"].values())
+    rng = np.random.default_rng(0)
+    a, b = (
+        rng.standard_normal((xla_dot.M, xla_dot.K), np.float32),
+        rng.standard_normal((xla_dot.K, xla_dot.N), np.float32),
+    )
+    rows = xla_dot._torch_cases(a, b)
+    exact = (torch.from_numpy(a) @ torch.from_numpy(b)).numpy()
+    got = rows[f"torch int8 dynamic ({engine})"]().numpy()
+    err = np.abs(got - exact).max() / np.abs(exact).max()
+    assert 0 < err < 0.05  # quantized (not the float product), and close to it
+
+
 @pytest.mark.parametrize("params", [{}, {"without_timestamps": True, "temperature_fallback": False}])
 def test_chorus_runner_decodes_with_the_specs_options(params):
     """The Chorus runner hands the spec's ``without_timestamps`` and ``temperature_fallback``
