@@ -31,6 +31,12 @@ from bench import report
 M, K, N = 1500, 512, 2048  # frames of a 30 s window, base's d_model, its MLP width
 
 
+def operands(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The product's float32 operands, ``(M, K)`` and ``(K, N)``, standard normal from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((M, K), np.float32), rng.standard_normal((K, N), np.float32)
+
+
 def _xla_cases(a: np.ndarray, b: np.ndarray) -> dict[str, Callable[[], object]]:
     """One zero-argument call per XLA dtype, each running one product to completion."""
     import jax
@@ -83,8 +89,7 @@ def measure(repeats: int = 20, rounds: int = 2, seed: int = 0, *, torch_rows: bo
     Each round times every row once (``repeats`` calls after a warm-up call), so drift in the
     machine's load falls on all of them alike.
     """
-    rng = np.random.default_rng(seed)
-    a, b = rng.standard_normal((M, K), np.float32), rng.standard_normal((K, N), np.float32)
+    a, b = operands(seed)
     cases = _xla_cases(a, b) | (_torch_cases(a, b) if torch_rows else {})
     out: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(rounds):
