@@ -27,7 +27,7 @@ def nme_sc(X, max_k=10, p_max=None):
     from sklearn.cluster import SpectralClustering
     n = len(X)
     if n < 3:
-        return np.zeros(n, int)
+        return np.zeros(n, int), 0, 1
     A = np.clip(X @ X.T, -1, 1)
     p_max = p_max or max(2, min(n - 1, int(n * 0.25)))
     best = None

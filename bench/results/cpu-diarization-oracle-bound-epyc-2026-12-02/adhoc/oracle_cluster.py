@@ -14,7 +14,6 @@ orig = P.cluster_chunks
 for name in sys.argv[1].split(","):
     samples, ref, uem, a, sp = pickle.loads((CACHE / f"{name}.pkl").read_bytes())
     spk = sorted({t.speaker for t in ref})
-    T = a.hard.shape[1]
     C, F, S = a.hard.shape
     # reference activity per file frame per speaker
     nf = int(a.offsets.max()) + F
